@@ -1,0 +1,152 @@
+"""The ``matrix-synapse-workers`` command.
+
+Errors are one ``Error: ...`` line on stderr and exit code 1; nothing is written
+when any input is bad, because every check runs before the first write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, paths
+from .catalog import DEFAULT_PRESET, PRESETS, ROLES
+from .errors import WorkersError
+from .hostfacts import HostFacts, read_host_facts, require_postgres
+from .plan import Plan, make_plan, parse_worker_name
+from .render import RenderedFile, render
+from .selection import Selection, select
+from .settings import Settings, parse_redis
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything decided for a host, before anything is written."""
+
+    facts: HostFacts
+    selection: Selection
+    settings: Settings
+    plan: Plan
+    files: tuple[RenderedFile, ...]
+
+
+def current_workers_spec(facts: HostFacts) -> str | None:
+    """The workers on disk as a ``role:count`` spec, or None if there are none."""
+    counts: dict[str, int] = {}
+    for name in facts.existing_workers:
+        parsed = parse_worker_name(name)
+        if parsed:
+            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+    return ",".join(f"{role}:{count}" for role, count in counts.items()) or None
+
+
+def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:
+    """Read the host, validate the request, plan and render: all pure after the read."""
+    facts = read_host_facts(root)
+    require_postgres(facts)
+    if preset is None and workers is None:
+        workers = current_workers_spec(facts)
+        preset = None if workers else DEFAULT_PRESET
+    selection = select(preset=preset, workers=workers)
+    plan = make_plan(selection, facts)
+    return Desired(facts, selection, settings, plan, render(plan, facts, settings))
+
+
+def plan_as_json(desired: Desired) -> dict[str, object]:
+    return {
+        "workers": [
+            {"name": w.name, "role": w.role.name, "unit": w.unit,
+             "http_socket": str(w.http_socket),
+             "replication_socket": str(w.replication_socket) if w.replication_socket else None,
+             "resources": list(w.role.http_resources)}
+            for w in desired.plan.workers
+        ],
+        "counts": desired.plan.counts(),
+        "shared": desired.plan.shared_settings(),
+        "redis": desired.settings.redis.describe(),
+        "socket_group": desired.settings.socket_group,
+        "files": [str(f.path) for f in desired.files],
+    }
+
+
+def plan_as_table(desired: Desired) -> str:
+    rows = [("WORKER", "ROLE", "SERVES", "REPLICATION SOCKET")]
+    for w in desired.plan.workers:
+        rows.append((w.name, w.role.name, ",".join(w.role.http_resources),
+                     str(w.replication_socket or "-")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in rows]
+    lines.append("")
+    lines.append(f"{len(desired.plan.workers)} workers; Redis: {desired.settings.redis.describe()}; "
+                 f"socket group: {desired.settings.socket_group}")
+    return "\n".join(lines)
+
+
+def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("/"),
+                        help="root directory holding etc/matrix-synapse (default: /)")
+    parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--workers", metavar="SPEC",
+                        help="worker types and counts, e.g. 'sync:4,federation_sender:2,background'")
+    parser.add_argument("--socket-group", default=paths.DEFAULT_SOCKET_GROUP,
+                        help="group owning the socket directory (default: %(default)s)")
+    parser.add_argument("--web-user", default=paths.DEFAULT_WEB_USER,
+                        help="web server user put in the socket group (default: %(default)s)")
+    parser.add_argument("--redis", default="dedicated",
+                        help="dedicated (default), guide, unix:/PATH or HOST:PORT")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matrix-synapse-workers",
+        description="Plan and render a Synapse worker deployment for a Debian host.",
+        epilog="Worker types: " + ", ".join(ROLES) + ". Presets: " + ", ".join(
+            f"{p.name} ({p.summary})" for p in PRESETS.values()) + ".")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plan_parser = commands.add_parser("plan", help="print the workers that would be configured")
+    _add_choice_arguments(plan_parser)
+    plan_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    render_parser = commands.add_parser("render", help="write every configuration file under --root")
+    _add_choice_arguments(render_parser)
+    render_parser.add_argument("--chown", action="store_true",
+                               help="also set owners and groups (needs root and the users)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(socket_group=args.socket_group, web_user=args.web_user,
+                    redis=parse_redis(args.redis))
+
+
+def run(args: argparse.Namespace) -> int:
+    desired = decide(args.root, args.preset, args.workers, _settings(args))
+    if args.command == "plan":
+        if args.json:
+            print(json.dumps(plan_as_json(desired), indent=2))
+        else:
+            print(plan_as_table(desired))
+        return 0
+    from .system.files import write_atomically  # the edge, only when writing
+    for rendered in desired.files:
+        write_atomically(args.root, rendered, chown=args.chown)
+    print(f"wrote {len(desired.files)} files under {args.root}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except WorkersError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Turn what an admin asked for (a preset, ``role:count`` lists) into a Selection.
+
+This is the single place that validates worker choices, whatever they come
+from: the command line, debconf answers or a preseed file.
+
+>>> parse_workers("sync:4,federation_sender:2,events:2,background")
+{'sync': 4, 'federation_sender': 2, 'events': 2, 'background': 1}
+>>> select(preset="minimal", workers="client:2").counts
+{'sync': 1, 'client': 2}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from .catalog import PRESETS, ROLES, resolve_role
+from .errors import SelectionError
+
+_COUNT = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How many workers of each role, in catalog order, counts >= 1."""
+
+    counts: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        for role, count in self.counts.items():
+            if role not in ROLES:
+                raise SelectionError(f"unknown worker type {role!r}; accepted: {accepted_roles()}")
+            _check_count(role, count)
+
+
+def accepted_roles() -> str:
+    return ", ".join(ROLES)
+
+
+def accepted_presets() -> str:
+    return ", ".join(PRESETS)
+
+
+def _check_count(role: str, count: int) -> None:
+    if count < 1:
+        raise SelectionError(
+            f"count {count} for {role!r} is not allowed; a count is a whole number >= 1 "
+            "(leave a type out to have none of it)")
+    if count > 1 and not ROLES[role].scales:
+        raise SelectionError(
+            f"{role!r} can run only once (Synapse allows a single instance), but {count} were "
+            f"asked for; roles that scale: {', '.join(r.name for r in ROLES.values() if r.scales)}")
+
+
+def parse_workers(spec: str) -> dict[str, int]:
+    """Parse ``"sync:4,events:2,background"``; a role without a count means one.
+
+    Whitespace around items is ignored; an empty spec means no explicit workers.
+    """
+    counts: dict[str, int] = {}
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, count_text = item.partition(":")
+        try:
+            role = resolve_role(name).name
+        except KeyError:
+            raise SelectionError(
+                f"unknown worker type {name.strip()!r} in {spec!r}; accepted: {accepted_roles()}"
+            ) from None
+        if role in counts:
+            raise SelectionError(f"worker type {role!r} is given twice in {spec!r}; give it once with a count")
+        if not sep:
+            count = 1
+        elif _COUNT.match(count_text.strip()):
+            count = int(count_text.strip())
+        else:
+            raise SelectionError(
+                f"count {count_text!r} for {role!r} is not a number; write {role}:N with N >= 1")
+        _check_count(role, count)
+        counts[role] = count
+    return counts
+
+
+def preset_counts(name: str) -> dict[str, int]:
+    key = name.strip().lower().replace("-", "_")
+    if key not in PRESETS:
+        raise SelectionError(f"unknown preset {name!r}; accepted: {accepted_presets()}")
+    return dict(PRESETS[key].counts)
+
+
+def select(preset: str | None = None, workers: str | None = None) -> Selection:
+    """Combine a preset with explicit counts; explicit counts win per role."""
+    counts = preset_counts(preset) if preset else {}
+    counts.update(parse_workers(workers or ""))
+    if not counts:
+        raise SelectionError(
+            f"no workers chosen; give a preset ({accepted_presets()}) or worker types "
+            f"such as 'sync:2,client' (accepted: {accepted_roles()})")
+    ordered = {name: counts[name] for name in ROLES if name in counts}
+    return Selection(ordered)

@@ -1,0 +1,1 @@
+"""The edge: code that touches the running system."""

@@ -1,0 +1,103 @@
+"""Every rendered file set must load in the real Synapse, as main and as each worker."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hostroot import homeserver, make_root
+from matrix_synapse_workers.catalog import PRESETS, ROLES
+from matrix_synapse_workers.cli import main
+
+ETC = "etc/matrix-synapse"
+
+
+def file_sets(root: Path) -> dict[str, list[str]]:
+    """Main: homeserver.yaml + conf.d/; each worker: those + its own file (the units' order)."""
+    base = [str(root / ETC / "homeserver.yaml"), str(root / ETC / "conf.d")]
+    sets = {"main": base}
+    for worker in sorted((root / ETC / "workers").glob("*.yaml")):
+        sets[worker.stem] = base + [str(worker)]
+    return sets
+
+
+def assert_socket_modes_are_integers(root: Path) -> None:
+    """Synapse loads ``mode: 0o660`` as a string without complaint and crashes later
+    (after creating a 0755 socket), so the loader cannot catch it: check with the
+    same YAML parser Synapse uses."""
+    for path in [root / ETC / "conf.d/workers.yaml", *(root / ETC / "workers").glob("*.yaml")]:
+        data = yaml.safe_load(path.read_text())
+        for listener in data.get("listeners", []) + data.get("worker_listeners", []):
+            if "path" in listener:
+                assert listener["mode"] in (0o660, 0o600), (path, listener)
+
+
+def render_and_load(tmp_path, load, *args):
+    root = make_root(tmp_path)
+    assert main(["render", "--root", str(root), *args]) == 0
+    sets = file_sets(root)
+    assert_socket_modes_are_integers(root)
+    results = load(sets, (str(tmp_path / "signing.key"),))
+    failures = {label: r for label, r in results.items() if not r.startswith("OK")}
+    assert not failures
+    # Each process knows who it is: main is 'master', workers by their names.
+    assert results["main"] == "OK master"
+    for label in sets:
+        if label != "main":
+            assert results[label] == f"OK {label}"
+    return root, results
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_loads(tmp_path, load_with_synapse, preset):
+    render_and_load(tmp_path, load_with_synapse, "--preset", preset)
+
+
+@pytest.mark.parametrize("spec", [
+    "sync:4,federation_sender:2,events:2,background",
+    "sync:2,client:3,federation_reader:2,media:2,pusher:3,receipts:2,device_lists:2,quarantined_media:2",
+    "events:3,typing,to_device,account_data,presence,push_rules,thread_subscriptions:2",
+    "appservice,user_dir",
+])
+def test_mixed_explicit_counts_load(tmp_path, load_with_synapse, spec):
+    render_and_load(tmp_path, load_with_synapse, "--workers", spec)
+
+
+def test_every_role_in_the_catalog_loads(tmp_path, load_with_synapse):
+    render_and_load(tmp_path, load_with_synapse, "--workers", ",".join(ROLES))
+
+
+def test_synapse_rejects_a_broken_set_so_these_tests_can_fail(tmp_path, load_with_synapse):
+    """Control: remove a stream writer from instance_map and Synapse must refuse it."""
+    root = make_root(tmp_path)
+    assert main(["render", "--root", str(root), "--workers", "typing"]) == 0
+    shared = root / ETC / "conf.d/workers.yaml"
+    data = yaml.safe_load(shared.read_text())
+    del data["instance_map"]["typing-1"]
+    shared.write_text(yaml.safe_dump(data))
+    results = load_with_synapse(file_sets(root), (str(tmp_path / "signing.key"),))
+    assert "does not appear in `instance_map`" in results["main"]
+
+
+def test_catalog_streams_match_synapses_writer_list(synapse_python):
+    """Every stream Synapse's WriterLocations knows is a role in the catalog, and no more."""
+    code = ("import attr; from synapse.config.workers import WriterLocations; "
+            "print(' '.join(a.name for a in attr.fields(WriterLocations)))")
+    streams = set(subprocess.run([synapse_python, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    assert streams == {role.stream for role in ROLES.values() if role.stream}
+
+
+def test_catalog_duty_keys_are_read_by_synapse(synapse_python):
+    """Each duty key appears in Synapse's worker or media config code."""
+    code = ("import inspect, synapse.config.workers as w, synapse.config.repository as r; "
+            "print(inspect.getsource(w) + inspect.getsource(r))")
+    source = subprocess.run([synapse_python, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    for role in ROLES.values():
+        keys = [role.duty.key] if role.duty else []
+        keys += list(role.shared_when_present) + list(role.own_config)
+        keys += [role.leader_key] if role.leader_key else []
+        for key in keys:
+            assert f'"{key}"' in source, (role.name, key)

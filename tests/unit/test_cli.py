@@ -1,0 +1,75 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hostroot import make_root
+from matrix_synapse_workers import __version__
+from matrix_synapse_workers.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["--version"])
+    assert code.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "plan" in out and "render" in out and "busy" in out
+
+
+def test_plan_json_lists_workers(tmp_path, capsys):
+    assert main(["plan", "--root", str(make_root(tmp_path)), "--workers", "sync:2,typing", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [w["name"] for w in data["workers"]] == ["sync-1", "sync-2", "typing-1"]
+    assert data["workers"][2]["unit"] == "matrix-synapse-worker@typing-1.service"
+    assert data["counts"] == {"sync": 2, "typing": 1}
+
+
+def test_render_writes_files_and_a_rerender_reads_workers_back(tmp_path, capsys):
+    root = make_root(tmp_path)
+    assert main(["render", "--root", str(root), "--workers", "sync:2,client"]) == 0
+    assert (root / "etc/matrix-synapse/workers/sync-2.yaml").is_file()
+    assert oct((root / "etc/matrix-synapse/workers/sync-2.yaml").stat().st_mode & 0o777) == "0o644"
+    capsys.readouterr()
+    assert main(["plan", "--root", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"sync": 2, "client": 1}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--workers", "nosuch"], "unknown worker type 'nosuch'"),
+    (["--workers", "typing:2"], "'typing' can run only once"),
+    (["--workers", "sync:none"], "count 'none'"),
+    (["--preset", "gigantic"], "unknown preset 'gigantic'"),
+    (["--workers", "sync", "--socket-group", "Bad Group"], "socket group 'Bad Group'"),
+    (["--workers", "sync", "--redis", "tcp://x"], "Redis location 'tcp://x'"),
+])
+def test_bad_input_exits_1_names_the_value_and_writes_nothing(tmp_path, capsys, args, fragment):
+    root = make_root(tmp_path)
+    main(["render", "--root", str(root), "--workers", "sync"])
+    before = snapshot(root)
+    capsys.readouterr()
+    assert main(["render", "--root", str(root), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and fragment in err and err.count("\n") == 1
+    assert snapshot(root) == before
+
+
+def test_module_runs_as_a_command(tmp_path):
+    """The console script's entry point, run as a real process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    code = ("import conftest, sys; from matrix_synapse_workers.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "plan", "--root", str(make_root(tmp_path)),
+                             "--preset", "minimal"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "sync-1" in result.stdout

@@ -32,7 +32,8 @@ class FileMode(int):
     """An int written to YAML as a 0-prefixed octal literal."""
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter when PyYAML has it (python3-yaml does): ten times faster.
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     pass
 
 

@@ -44,14 +44,19 @@ def current_workers_spec(facts: HostFacts) -> str | None:
     return ",".join(f"{role}:{count}" for role, count in counts.items()) or None
 
 
+def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selection:
+    """What was asked for; with nothing asked, what is deployed, else the default preset."""
+    if preset is None and workers is None:
+        workers = current_workers_spec(facts)
+        preset = None if workers else DEFAULT_PRESET
+    return select(preset=preset, workers=workers)
+
+
 def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:
     """Read the host, validate the request, plan and render: all pure after the read."""
     facts = read_host_facts(root)
     require_postgres(facts)
-    if preset is None and workers is None:
-        workers = current_workers_spec(facts)
-        preset = None if workers else DEFAULT_PRESET
-    selection = select(preset=preset, workers=workers)
+    selection = choose(facts, preset, workers)
     plan = make_plan(selection, facts)
     return Desired(facts, selection, settings, plan, render(plan, facts, settings))
 
@@ -116,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice_arguments(render_parser)
     render_parser.add_argument("--chown", action="store_true",
                                help="also set owners and groups (needs root and the users)")
+    apply_parser = commands.add_parser(
+        "apply", help="configure this host: accounts, Redis, files, and restart only what changed")
+    _add_choice_arguments(apply_parser)
+    apply_parser.add_argument("--dry-run", action="store_true",
+                              help="print what would change; exit 2 if anything would")
+    for name, text in (("deconfigure", "stop the workers and return Synapse to a single process"),
+                       ("restart-after-upgrade", "restart main, then every worker (after a Synapse upgrade)")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -124,7 +138,29 @@ def _settings(args: argparse.Namespace) -> Settings:
                     redis=parse_redis(args.redis))
 
 
+def run_apply(args: argparse.Namespace) -> int:
+    from . import apply  # the edge: imported only by commands that change the system
+    if args.command == "deconfigure":
+        apply.deconfigure_host(args.root)
+        return 0
+    if args.command == "restart-after-upgrade":
+        apply.restart_after_upgrade(args.root)
+        return 0
+    facts = read_host_facts(args.root)
+    require_postgres(facts)
+    report = apply.apply_host(args.root, choose(facts, args.preset, args.workers), _settings(args),
+                              dry_run=args.dry_run, out=sys.stdout)
+    if args.dry_run:
+        return 2 if not report.changes.nothing else 0
+    for line in report.system_steps + report.services:
+        print(line)
+    print(apply.describe(report.changes) if report.changed else "nothing to change")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command in ("apply", "deconfigure", "restart-after-upgrade"):
+        return run_apply(args)
     desired = decide(args.root, args.preset, args.workers, _settings(args))
     if args.command == "plan":
         if args.json:

@@ -159,9 +159,9 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
         files.append(RenderedFile(
             paths.REDIS_INSTANCE_CONF, render_template("redis-instance.conf.j2"),
             mode=0o640, owner="redis", group="redis"))
-    if settings.socket_group != paths.DEFAULT_SOCKET_GROUP:
+    if not settings.socket_dir_is_default:
         files.append(RenderedFile(
             paths.TMPFILES_OVERRIDE,
             render_template("tmpfiles.conf.j2", line=tmpfiles_line(
-                paths.SYNAPSE_USER, settings.socket_group, paths.SOCKET_DIR_MODE))))
+                settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode))))
     return tuple(files)

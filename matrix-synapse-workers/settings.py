@@ -85,6 +85,14 @@ class Settings:
     socket_group: str = paths.DEFAULT_SOCKET_GROUP
     web_user: str = paths.DEFAULT_WEB_USER
     redis: RedisSettings = field(default_factory=RedisSettings)
+    #: Owner and mode of /run/matrix-synapse; an admin's dpkg-statoverride sets them.
+    socket_dir_owner: str = paths.SYNAPSE_USER
+    socket_dir_mode: int = paths.SOCKET_DIR_MODE
+
+    @property
+    def socket_dir_is_default(self) -> bool:
+        return (self.socket_dir_owner, self.socket_group, self.socket_dir_mode) == (
+            paths.SYNAPSE_USER, paths.DEFAULT_SOCKET_GROUP, paths.SOCKET_DIR_MODE)
 
     def __post_init__(self) -> None:
         check_system_name("socket group", self.socket_group)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-LOADER = Path(__file__).with_name("load_configs.py")
+LOADER = Path(__file__).resolve().parents[2] / "matrix-synapse-workers" / "synapse_check.py"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["catalog", "selection", "settings", "plan"]
+MODULES = ["catalog", "selection", "settings", "plan", "redisconf"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,5 +1,9 @@
 """Load Synapse config file sets with Synapse's own loader; run with Synapse's python.
 
+Run as a script by Synapse's interpreter (it imports Synapse, not this
+package): the apply engine checks every file set with it before writing, and
+the tests load every preset with it.
+
 Reads a JSON list of ``[label, [config paths...]]`` on stdin and prints a JSON
 object ``{label: "OK" | "<error text>"}``.  Arguments name signing key files to
 create first when missing (Synapse's loader reads the key).  One process loads them all, because

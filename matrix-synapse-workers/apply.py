@@ -1,0 +1,294 @@
+"""Apply a plan to a host: decide everything first, then act in one place.
+
+Order of work, so that nothing is half-applied and running processes see
+consistent config:
+
+1. read and validate (host config, users, the new file set loaded by Synapse's
+   own loader); any error here changes nothing;
+2. groups, memberships, the socket directory and its statoverride;
+3. stop removed workers; write files (atomically), remove the removed ones;
+4. Redis; systemd daemon-reload (the generator picks up the worker files);
+5. main restarts if shared config changed, then affected workers restart, then
+   new workers start: main always before workers.
+
+A second run with nothing changed writes nothing and restarts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import TextIO
+
+from . import paths
+from .changes import Changes, OnDisk, compute_changes
+from .errors import ApplyError, HostConfigError
+from .hostfacts import existing_worker_names, read_host_facts, require_postgres
+from .plan import Plan, make_plan
+from .redisconf import edit_guide_conf
+from .render import GENERATED_MARKER, RenderedFile, render
+from .selection import Selection
+from .settings import RedisMode, Settings
+from .system import accounts, statoverride
+from .system.files import write_atomically
+from .system.systemd import Systemd
+
+STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
+REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
+GUIDE_REDIS_UNIT = "redis-server.service"
+SYNAPSE_CHECK = Path(__file__).with_name("synapse_check.py")
+
+
+@dataclass
+class ApplyReport:
+    changes: Changes
+    plan: Plan
+    system_steps: list[str] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.system_steps or self.services or self.changes.files_changed)
+
+
+def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...]) -> dict[PurePosixPath, OnDisk]:
+    found: dict[PurePosixPath, OnDisk] = {}
+    candidates = {f.path for f in desired}
+    for directory in (paths.WORKERS_DIR, paths.WORKER_LOGS_DIR):
+        if (root / directory).is_dir():
+            candidates |= {directory / p.name for p in (root / directory).glob("*.yaml")}
+    for relative in candidates:
+        target = root / relative
+        if not target.is_file():
+            continue
+        try:
+            content: str | None = target.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            content = None
+        found[relative] = OnDisk(content, target.stat().st_mode & 0o7777)
+    return found
+
+
+def synapse_python(root: Path) -> Path | None:
+    """Synapse's interpreter: the Matrix.org venv, or Debian's python3 with Synapse."""
+    venv = root / paths.SYNAPSE_VENV.relative_to("/") / "bin/python"
+    if venv.exists():
+        return venv
+    system = root / "usr/bin/python3"
+    probe = subprocess.run([str(system), "-c", "import synapse"], capture_output=True) \
+        if root == Path("/") and system.exists() else None
+    return system if probe is not None and probe.returncode == 0 else None
+
+
+def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes: Changes,
+                          out: TextIO) -> None:
+    """Load the new file set with Synapse's own loader before anything is written."""
+    python = synapse_python(root)
+    if python is None or root != Path("/"):
+        out.write("Synapse's interpreter was not found: the new configuration is not checked "
+                  "by Synapse before it is written\n")
+        return
+    etc = root / paths.SYNAPSE_ETC
+    removed = set(changes.remove)
+    with tempfile.TemporaryDirectory(prefix="msw-check-") as tmp:
+        stage = Path(tmp)
+        shutil.copy2(etc / "homeserver.yaml", stage / "homeserver.yaml")
+        (stage / "conf.d").mkdir()
+        (stage / "workers").mkdir()
+        if (etc / "conf.d").is_dir():
+            for path in (etc / "conf.d").glob("*.yaml"):
+                shutil.copy2(path, stage / "conf.d" / path.name)
+        for rendered in desired:
+            if rendered.path.parent in (paths.CONF_D, paths.WORKERS_DIR):
+                (stage / rendered.path.parent.name / rendered.path.name).write_text(rendered.content)
+        base = [str(stage / "homeserver.yaml"), str(stage / "conf.d")]
+        sets = [("main", base)]
+        sets += [(p.stem, base + [str(p)]) for p in sorted((stage / "workers").glob("*.yaml"))
+                 if paths.WORKERS_DIR / p.name not in removed]
+        result = subprocess.run([str(python), str(SYNAPSE_CHECK)], input=json.dumps(sets),
+                                capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise ApplyError(f"Synapse's config check could not run: {result.stderr.strip()[-500:]}")
+    failures = {label: r for label, r in json.loads(result.stdout).items() if not r.startswith("OK")}
+    if failures:
+        label, message = sorted(failures.items())[0]
+        raise ApplyError(f"Synapse rejects the new configuration for {label}: {message}; "
+                         "nothing was changed")
+
+
+def _socket_dir_settings(settings: Settings, override: statoverride.Override | None,
+                         ours: bool) -> Settings:
+    """An admin's own statoverride decides owner, group and mode of the socket dir."""
+    if override is None or ours:
+        return settings
+    return replace(settings, socket_group=override.group, socket_dir_owner=override.owner,
+                   socket_dir_mode=override.mode)
+
+
+def _check_accounts(settings: Settings) -> None:
+    if not accounts.user_exists(paths.SYNAPSE_USER):
+        raise HostConfigError(f"the user {paths.SYNAPSE_USER!r} does not exist; is Synapse "
+                              "(matrix-synapse-py3) installed and configured?")
+    if settings.web_user and not accounts.user_exists(settings.web_user):
+        raise HostConfigError(
+            f"web server user {settings.web_user!r} does not exist; install the web server first "
+            "or choose another user (dpkg-reconfigure matrix-synapse-workers)")
+
+
+def _guide_redis_text(root: Path, settings: Settings) -> tuple[Path, str, str] | None:
+    if settings.redis.mode is not RedisMode.GUIDE:
+        return None
+    conf = root / paths.REDIS_GUIDE_CONF
+    try:
+        current = conf.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HostConfigError(f"/{paths.REDIS_GUIDE_CONF} does not exist; install redis-server "
+                              "or choose the dedicated Redis instance") from None
+    return conf, current, edit_guide_conf(current, str(settings.redis.socket))
+
+
+def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> None:
+    import grp
+    import pwd
+    directory = root / paths.SOCKET_DIR.relative_to("/")
+    uid = pwd.getpwnam(settings.socket_dir_owner).pw_uid
+    gid = grp.getgrnam(settings.socket_group).gr_gid
+    if not directory.is_dir():
+        directory.mkdir(parents=True)
+        report.system_steps.append(f"created {paths.SOCKET_DIR}")
+    status = directory.stat()
+    if (status.st_uid, status.st_gid) != (uid, gid):
+        os.chown(directory, uid, gid)
+        report.system_steps.append(f"{paths.SOCKET_DIR} owned by {settings.socket_dir_owner}:{settings.socket_group}")
+    if status.st_mode & 0o7777 != settings.socket_dir_mode:
+        os.chmod(directory, settings.socket_dir_mode)
+        report.system_steps.append(f"{paths.SOCKET_DIR} mode {settings.socket_dir_mode:04o}")
+
+
+def _accounts_and_overrides(root: Path, settings: Settings, override: statoverride.Override | None,
+                            ours: bool, report: ApplyReport) -> None:
+    steps = report.system_steps
+    if accounts.ensure_system_group(settings.socket_group):
+        steps.append(f"created group {settings.socket_group}")
+    for user in filter(None, (paths.SYNAPSE_USER, settings.web_user)):
+        if accounts.ensure_member(user, settings.socket_group):
+            steps.append(f"added {user} to {settings.socket_group}")
+    if settings.redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and accounts.group_exists("redis"):
+        if accounts.ensure_member(paths.SYNAPSE_USER, "redis"):
+            steps.append(f"added {paths.SYNAPSE_USER} to redis")
+    wanted = statoverride.Override(settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode)
+    if override is None or (ours and override != wanted):
+        if override is not None:
+            statoverride.remove(str(paths.SOCKET_DIR))
+        statoverride.add(str(paths.SOCKET_DIR), wanted)
+        mark = root / STATOVERRIDE_MARK
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text("matrix-synapse-workers added the statoverride of /run/matrix-synapse\n")
+        steps.append(f"dpkg-statoverride {wanted.owner} {wanted.group} {wanted.mode:04o} {paths.SOCKET_DIR}")
+    _ensure_socket_dir(root, settings, report)
+
+
+def describe(changes: Changes) -> str:
+    lines = [f"write {f.path}" for f in changes.write]
+    lines += [f"keep the admin's {p} as {p}.dpkg-old" for p in changes.set_aside]
+    lines += [f"remove {p}" for p in changes.remove]
+    lines += [f"stop {n}" for n in changes.stop]
+    lines += ["restart main"] if changes.restart_main else []
+    lines += [f"restart {n}" for n in changes.restart_workers]
+    lines += [f"start {n}" for n in changes.start]
+    lines += [f"  because {r}" for r in changes.reasons]
+    return "\n".join(lines) if lines else "nothing to change"
+
+
+def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run: bool = False,
+               out: TextIO = sys.stderr) -> ApplyReport:
+    # 1. Decide; every error is raised before the first change.
+    facts = read_host_facts(root)
+    require_postgres(facts)
+    _check_accounts(settings)
+    override = statoverride.get(str(paths.SOCKET_DIR))
+    ours = (root / STATOVERRIDE_MARK).exists()
+    settings = _socket_dir_settings(settings, override, ours)
+    plan = make_plan(selection, facts)
+    desired = render(plan, facts, settings)
+    changes = compute_changes(plan, desired, _read_on_disk(root, desired))
+    guide = _guide_redis_text(root, settings)
+    report = ApplyReport(changes, plan)
+    if dry_run:
+        out.write(describe(changes) + "\n")
+        return report
+    if changes.files_changed:
+        validate_with_synapse(root, desired, changes, out)
+
+    # 2. Accounts, statoverride, socket directory.
+    _accounts_and_overrides(root, settings, override, ours, report)
+
+    systemd = Systemd(out)
+    # 3. Files: removed workers stop before their files go.
+    systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
+    for relative in changes.set_aside:
+        os.replace(root / relative, root / f"{relative}.dpkg-old")
+        out.write(f"kept your {relative} as {relative}.dpkg-old\n")
+    for rendered in changes.write:
+        write_atomically(root, rendered, chown=True)
+    for relative in changes.remove:
+        (root / relative).unlink(missing_ok=True)
+
+    # 4. Redis.
+    redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
+    if guide is not None and guide[1] != guide[2]:
+        write_atomically(root, RenderedFile(paths.REDIS_GUIDE_CONF, guide[2],
+                                            mode=guide[0].stat().st_mode & 0o7777,
+                                            owner="redis", group="redis"), chown=True)
+        report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
+        systemd.restart(GUIDE_REDIS_UNIT)
+    if settings.redis.mode is RedisMode.DEDICATED:
+        systemd.enable(REDIS_UNIT)
+        if redis_changed and systemd.is_active(REDIS_UNIT):
+            systemd.restart(REDIS_UNIT)
+        elif not systemd.is_active(REDIS_UNIT):
+            systemd.start(REDIS_UNIT)
+    if changes.start or changes.stop:
+        systemd.daemon_reload()
+
+    # 5. Main before workers.
+    main_active = systemd.is_active(paths.MAIN_UNIT)
+    if changes.restart_main or not main_active:
+        systemd.restart(paths.MAIN_UNIT)
+    systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.restart_workers))
+    systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
+    if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
+        systemd.start(paths.TARGET_UNIT)
+    report.services = systemd.done
+    return report
+
+
+def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
+    """Package removal: workers stop, main goes back to a single process and keeps serving."""
+    systemd = Systemd(out)
+    names = existing_worker_names(root)
+    systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
+    removed = False
+    for relative in (paths.SHARED_CONF, paths.REDIS_CONF_D):
+        target = root / relative
+        if target.is_file() and target.read_text(encoding="utf-8", errors="replace").startswith(GENERATED_MARKER):
+            target.unlink()
+            removed = True
+    if removed and systemd.is_active(paths.MAIN_UNIT):
+        systemd.restart(paths.MAIN_UNIT)
+
+
+def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:
+    """After a Synapse upgrade: main first (it migrates the schema), then every worker."""
+    systemd = Systemd(out)
+    names = existing_worker_names(root)
+    if not names:
+        return
+    systemd.restart(paths.MAIN_UNIT)
+    systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))

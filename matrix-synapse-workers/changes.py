@@ -1,0 +1,169 @@
+"""Pure: compare what should exist with what is there, and say what must happen.
+
+The result is the smallest set of actions that makes the running processes
+match the files: new workers start, removed ones stop, a worker restarts only
+when its own file or shared config it reads changed, and main restarts only
+when shared config changed.  Who reads which shared key is catalog data
+(:class:`catalog.Scope`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Mapping
+
+import yaml
+
+from . import paths
+from .catalog import ROLES, Role, Scope
+from .plan import Plan, parse_worker_name
+from .render import GENERATED_MARKER, RenderedFile
+
+#: Shared keys every process reads, whoever set them.
+_EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
+#: Shared keys only main reads.
+_MAIN_ONLY_KEYS = frozenset({"listeners"})
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    """A file as found: its text (None if unreadable as text) and mode."""
+
+    content: str | None
+    mode: int
+
+    @property
+    def ours(self) -> bool:
+        return self.content is not None and self.content.startswith(GENERATED_MARKER)
+
+
+@dataclass(frozen=True)
+class Changes:
+    write: tuple[RenderedFile, ...] = ()
+    #: Files of ours that no longer belong (removed workers).
+    remove: tuple[PurePosixPath, ...] = ()
+    #: Admin files in the way of ours: kept as ``<path>.dpkg-old`` before writing.
+    set_aside: tuple[PurePosixPath, ...] = ()
+    stop: tuple[str, ...] = ()
+    start: tuple[str, ...] = ()
+    restart_workers: tuple[str, ...] = ()
+    restart_main: bool = False
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def files_changed(self) -> bool:
+        return bool(self.write or self.remove)
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.files_changed or self.stop or self.start or self.restart_workers
+                    or self.restart_main)
+
+
+def _key_owner_roles() -> dict[str, Role]:
+    owners: dict[str, Role] = {}
+    for role in ROLES.values():
+        keys = list(role.shared_when_present)
+        keys += [role.duty.key] if role.duty else []
+        keys += [role.leader_key] if role.leader_key else []
+        for key in keys:
+            owners[key] = role
+    return owners
+
+
+_KEY_OWNERS = _key_owner_roles()
+
+
+def _parse(content: str | None) -> dict[str, Any]:
+    if content is None:
+        return {}
+    try:
+        data = yaml.safe_load(content)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def changed_shared_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+
+
+def workers_reading(keys: set[str], kept: Mapping[str, Role]) -> set[str]:
+    """Names of kept workers that read any of ``keys``."""
+    readers: set[str] = set()
+    for key in keys:
+        if key in _MAIN_ONLY_KEYS:
+            continue
+        owner = _KEY_OWNERS.get(key)
+        if key in _EVERY_PROCESS_KEYS or owner is None or owner.shared_scope is Scope.EVERY_PROCESS:
+            return set(kept)
+        readers |= {name for name, role in kept.items() if role is owner}
+    return readers
+
+
+def _worker_of(path: PurePosixPath) -> str | None:
+    if path.parent in (paths.WORKERS_DIR, paths.WORKER_LOGS_DIR) and path.suffix == ".yaml":
+        return path.stem
+    return None
+
+
+def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
+                    on_disk: Mapping[PurePosixPath, OnDisk]) -> Changes:
+    """``on_disk`` holds every desired path that exists plus every file in the
+    workers and worker-logs directories."""
+    old_workers = {p.stem for p, f in on_disk.items()
+                   if p.parent == paths.WORKERS_DIR and f.ours and parse_worker_name(p.stem)}
+    new_workers = set(plan.names)
+    roles = {w.name: w.role for w in plan.workers}
+    kept = {name: roles[name] for name in new_workers & old_workers}
+    added = new_workers - old_workers
+    removed = old_workers - new_workers
+
+    write = []
+    set_aside = []
+    restart: set[str] = set()
+    reasons = []
+    for rendered in desired:
+        current = on_disk.get(rendered.path)
+        if current is not None and current.content == rendered.content and current.mode == rendered.mode:
+            continue
+        write.append(rendered)
+        if current is not None and not current.ours:
+            set_aside.append(rendered.path)
+        worker = _worker_of(rendered.path)
+        if worker in kept:
+            restart.add(worker)
+            reasons.append(f"{worker}: its own configuration changed")
+
+    shared_keys = changed_shared_keys(
+        _parse(on_disk[paths.SHARED_CONF].content) if paths.SHARED_CONF in on_disk else {},
+        _parse(next((f.content for f in desired if f.path == paths.SHARED_CONF), None)))
+    redis_changed = any(f.path == paths.REDIS_CONF_D for f in write)
+    readers = workers_reading(shared_keys, kept)
+    if redis_changed:
+        readers = set(kept)
+    if readers - restart:
+        reasons.append(f"{', '.join(sorted(readers - restart))}: shared settings they read changed "
+                       f"({', '.join(sorted(shared_keys)) or 'redis'})")
+    restart |= readers
+    for name in added | removed:
+        parsed = parse_worker_name(name)
+        if parsed and parsed[0].moves_together:
+            together = {n for n, r in kept.items() if r is parsed[0]}
+            if together - restart:
+                reasons.append(f"{', '.join(sorted(together))}: {parsed[0].name} workers move together")
+            restart |= together
+
+    remove = sorted(p for p, f in on_disk.items()
+                    if f.ours and _worker_of(p) in removed)
+    return Changes(
+        write=tuple(write),
+        remove=tuple(remove),
+        set_aside=tuple(set_aside),
+        stop=tuple(sorted(removed)),
+        start=tuple(n for n in plan.names if n in added),
+        restart_workers=tuple(n for n in plan.names if n in restart),
+        restart_main=bool(shared_keys) or redis_changed,
+        reasons=tuple(reasons),
+    )

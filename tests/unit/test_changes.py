@@ -1,0 +1,106 @@
+"""Which processes restart for which change: the pure change calculator."""
+
+from pathlib import PurePosixPath
+
+from hostroot import make_root
+from matrix_synapse_workers.changes import OnDisk, compute_changes
+from matrix_synapse_workers.cli import decide
+from matrix_synapse_workers.hostfacts import read_host_facts
+from matrix_synapse_workers.plan import Plan, plan_workers
+from matrix_synapse_workers.render import render
+from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.settings import Settings, parse_redis
+
+
+def deployed(tmp_path, spec, settings=Settings()):
+    """The files on disk after a deployment of ``spec``."""
+    root = make_root(tmp_path)
+    desired = decide(root, None, spec, settings)
+    return root, {f.path: OnDisk(f.content, f.mode) for f in desired.files}
+
+
+def change_to(root, on_disk, spec, settings=Settings()):
+    facts = read_host_facts(root)
+    existing = tuple(p.stem for p in on_disk if p.parent == PurePosixPath("etc/matrix-synapse/workers"))
+    plan = Plan(plan_workers(select(workers=spec), existing))
+    return compute_changes(plan, render(plan, facts, settings), on_disk)
+
+
+def test_first_deployment_starts_everything_and_restarts_main(tmp_path):
+    root = make_root(tmp_path)
+    changes = change_to(root, {}, "sync,typing")
+    assert changes.start == ("sync-1", "typing-1") and changes.restart_main
+    assert changes.restart_workers == () and changes.stop == ()
+
+
+def test_same_plan_again_changes_nothing(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:2,client,typing,federation_sender:2,media")
+    assert change_to(root, on_disk, "sync:2,client,typing,federation_sender:2,media").nothing
+
+
+def test_adding_a_sync_worker_touches_nothing_else(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:2,client,typing,pusher")
+    changes = change_to(root, on_disk, "sync:3,client,typing,pusher")
+    assert changes.start == ("sync-3",)
+    assert not changes.restart_main and changes.restart_workers == () and changes.stop == ()
+    assert [str(f.path) for f in changes.write] == [
+        "etc/matrix-synapse/workers/sync-3.yaml", "etc/matrix-synapse/worker-logs/sync-3.yaml"]
+
+
+def test_removing_workers_stops_them_and_removes_only_their_files(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:3,client:2")
+    on_disk[PurePosixPath("etc/matrix-synapse/workers/admin-own.yaml")] = OnDisk("worker_app: x\n", 0o644)
+    changes = change_to(root, on_disk, "sync,client:2")
+    assert changes.stop == ("sync-2", "sync-3")
+    assert {str(p) for p in changes.remove} == {
+        f"etc/matrix-synapse/{d}/sync-{n}.yaml" for d in ("workers", "worker-logs") for n in (2, 3)}
+    assert not changes.restart_main and changes.restart_workers == ()
+
+
+def test_a_new_pusher_restarts_main_and_other_pushers_only(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync,pusher")
+    changes = change_to(root, on_disk, "sync,pusher:2")
+    assert changes.restart_main and changes.start == ("pusher-2",)
+    assert changes.restart_workers == ("pusher-1",)
+
+
+def test_a_new_stream_writer_restarts_every_process(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:2,client")
+    changes = change_to(root, on_disk, "sync:2,client,typing")
+    assert changes.restart_main
+    assert set(changes.restart_workers) == {"sync-1", "sync-2", "client-1"}
+    assert changes.start == ("typing-1",)
+
+
+def test_federation_senders_move_together(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync,federation_sender:2")
+    changes = change_to(root, on_disk, "sync,federation_sender:3")
+    assert set(changes.restart_workers) == {"federation-sender-1", "federation-sender-2"}
+    assert "sync-1" not in changes.restart_workers
+
+
+def test_a_second_media_worker_leaves_main_alone(tmp_path):
+    root, on_disk = deployed(tmp_path, "media")
+    changes = change_to(root, on_disk, "media:2")
+    assert not changes.restart_main and changes.start == ("media-2",)
+
+
+def test_another_redis_restarts_every_process(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync,client")
+    changes = change_to(root, on_disk, "sync,client", Settings(redis=parse_redis("unix:/srv/r.sock")))
+    assert changes.restart_main and set(changes.restart_workers) == {"sync-1", "client-1"}
+
+
+def test_an_admin_file_in_our_way_is_set_aside_not_overwritten(tmp_path):
+    root = make_root(tmp_path)
+    admin = PurePosixPath("etc/matrix-synapse/conf.d/redis.yaml")
+    changes = change_to(root, {admin: OnDisk("redis:\n  enabled: true\n", 0o644)}, "sync")
+    assert changes.set_aside == (admin,)
+
+
+def test_a_hand_edited_worker_file_is_rewritten_and_that_worker_restarted(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:2")
+    path = PurePosixPath("etc/matrix-synapse/workers/sync-2.yaml")
+    on_disk[path] = OnDisk(on_disk[path].content + "# edited\n", 0o644)
+    changes = change_to(root, on_disk, "sync:2")
+    assert changes.restart_workers == ("sync-2",) and not changes.restart_main

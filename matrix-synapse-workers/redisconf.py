@@ -86,4 +86,5 @@ def undo_guide_conf(text: str) -> str:
         else:
             out.append(line)
             index += 1
-    return "\n".join(out) + ("\n" if text.endswith("\n") or not text else "")
+    body = "\n".join(out)
+    return body + "\n" if body else body

@@ -1,0 +1,115 @@
+"""Fixtures for the booted tests: a cached bookworm root and throwaway containers.
+
+Every test here needs root, systemd-nspawn and debootstrap (installed on
+demand).  Where they cannot be had the tests skip, unless MSW_REQUIRE_BOOTED=1
+(CI sets it): then that is a failure, so a green CI always means they ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import harness
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_STANDIN = REPO / "tests" / "standin" / "build-standin"
+BUILD_DEB = REPO / "scripts" / "build-deb"
+# The Synapse the stand-in package carries; >= 1.89 for the all-socket layout.
+STANDIN_VERSION = os.environ.get("MSW_STANDIN_VERSION", "1.163.2")
+
+
+def require_booted() -> bool:
+    return os.environ.get("MSW_REQUIRE_BOOTED") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail when the environment says booted tests must run."""
+    if require_booted():
+        pytest.fail(f"MSW_REQUIRE_BOOTED=1 but booted tests cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "booted: boots a systemd-nspawn container (needs root)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.booted)
+
+
+@pytest.fixture(scope="session")
+def booted_host() -> None:
+    """The machine can build and boot roots (tools installed if missing)."""
+    try:
+        harness.check_host()
+    except harness.HarnessUnavailable as e:
+        unavailable(str(e))
+
+
+@pytest.fixture(scope="session")
+def base_root(booted_host: None) -> Path:
+    """The cached bookworm root (built on first use, about 3 minutes)."""
+    return harness.ensure_base_root()
+
+
+def _name_for(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"^test_", "", request.node.name)
+
+
+@pytest.fixture
+def container(base_root: Path, request: pytest.FixtureRequest) -> Iterator[harness.Container]:
+    """A booted throwaway container, destroyed after the test."""
+    with harness.Container(base_root, name=_name_for(request)) as c:
+        yield c
+
+
+@pytest.fixture
+def unbooted(base_root: Path, request: pytest.FixtureRequest) -> Iterator[harness.Container]:
+    """A prepared but unbooted container, for image-build (chroot) scenarios."""
+    with harness.Container(base_root, name=_name_for(request), boot=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def standin_deb(booted_host: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in matrix-synapse-py3 .deb, built by tests/standin/build-standin."""
+    if not BUILD_STANDIN.exists():
+        pytest.skip("tests/standin/build-standin does not exist yet: no stand-in Synapse package")
+    out = tmp_path_factory.mktemp("standin")
+    r = subprocess.run([str(BUILD_STANDIN), STANDIN_VERSION, str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        pytest.fail(f"build-standin failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}",
+                    pytrace=False)
+    debs = sorted(out.glob("matrix-synapse-py3_*.deb"))
+    if len(debs) != 1:
+        pytest.fail(f"build-standin made {[d.name for d in out.iterdir()]}, "
+                    "expected one matrix-synapse-py3_*.deb", pytrace=False)
+    return debs[0]
+
+
+@pytest.fixture(scope="session")
+def package_deb(booted_host: None) -> Path:
+    """Our matrix-synapse-workers .deb: dist/ if built, else scripts/build-deb makes it."""
+    dist = REPO / "dist"
+    debs = sorted(dist.glob("matrix-synapse-workers_*.deb"))
+    if not debs:
+        if not BUILD_DEB.exists():
+            pytest.skip("no dist/matrix-synapse-workers_*.deb and no scripts/build-deb yet")
+        r = subprocess.run([str(BUILD_DEB)], cwd=REPO, capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            pytest.fail(f"scripts/build-deb failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}",
+                        pytrace=False)
+        debs = sorted(dist.glob("matrix-synapse-workers_*.deb"))
+    if len(debs) != 1:
+        pytest.fail(f"expected one dist/matrix-synapse-workers_*.deb, found {debs}", pytrace=False)
+    return debs[0]

@@ -5,7 +5,8 @@ run once per session (it installs its own build dependencies with apt-get
 when something is missing, which needs root).
 
 A tool these tests need and cannot find skips the test on a developer's
-machine but fails it when ``CI`` is set, so CI cannot pass by skipping.
+machine but fails it when ``CI`` or ``MSW_REQUIRE_PACKAGE`` is set, so CI
+cannot pass by skipping.
 """
 
 from __future__ import annotations

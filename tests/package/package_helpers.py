@@ -18,8 +18,9 @@ def require_tool(name: str) -> str:
     if found:
         return found
     message = f"{name} is not installed"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set: a missing tool is a failure)")
+    for flag in ("CI", "MSW_REQUIRE_PACKAGE"):
+        if os.environ.get(flag):
+            pytest.fail(f"{message} ({flag} is set: a missing tool is a failure)")
     pytest.skip(message)
 
 

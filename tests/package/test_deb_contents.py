@@ -62,7 +62,8 @@ def test_ships_every_module_and_template_of_the_tree(deb: DebFile) -> None:
         if "__pycache__" in relative.parts or not source.is_file():
             continue
         if source.suffix in (".py", ".j2"):
-            assert f"{PY_DIR}/{relative}" in shipped, f"{relative} is not in the .deb"
+            assert f"{PY_DIR}/{relative}" in shipped, \
+                f"{relative} is not in the .deb (if MSW_DEB is set: was it built from this tree?)"
 
 
 def test_nothing_under_slash_lib_or_run(deb: DebFile) -> None:

@@ -26,10 +26,13 @@ Answers(preset='custom', worker_types='sync, typing', worker_counts='sync:2')
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping
 
+from . import paths
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
+from .hostfacts import existing_worker_names
 from .plan import parse_worker_name
 from .selection import Selection, parse_workers, select
 from .settings import RedisMode, Settings, check_system_name, parse_redis
@@ -174,3 +177,27 @@ def answers_from_workers(names: Iterable[str]) -> Answers:
         worker_types=", ".join(counts),
         worker_counts=",".join(f"{role}:{n}" for role, n in counts.items() if n > 1),
     )
+
+
+def deployed_socket_group(root: Path) -> str:
+    """The group of the socket directory as the files say (what ``debian/config`` reads)."""
+    group = paths.DEFAULT_SOCKET_GROUP
+    try:
+        text = (root / paths.TMPFILES_OVERRIDE).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return group
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] == "d" and fields[1] == str(paths.SOCKET_DIR):
+            group = fields[4]
+    return group
+
+
+def applied_record(root: Path) -> str:
+    """What the postinst records after applying, read from the files under ``root``.
+
+    ``debian/config`` reads the files back in the same spelling and compares:
+    only a difference (a hand edit) makes it replace the debconf answers.
+    """
+    workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
+    return f"workers={workers}\nsocket_group={deployed_socket_group(root)}\n"

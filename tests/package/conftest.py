@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +26,7 @@ BUILD_DEB = REPO / "scripts" / "build-deb"
 
 
 @pytest.fixture(scope="session")
-def deb_path() -> Path:
+def deb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("MSW_DEB")
     if given:
         path = Path(given)
@@ -38,7 +39,10 @@ def deb_path() -> Path:
     assert lines, "scripts/build-deb printed no .deb path"
     path = Path(lines[-1])
     assert path.is_file(), f"scripts/build-deb printed {path}, which does not exist"
-    return path
+    # Our own copy: another build may replace dist/*.deb while the tests run.
+    copy = tmp_path_factory.mktemp("deb") / path.name
+    shutil.copy2(path, copy)
+    return copy
 
 
 @pytest.fixture(scope="session")

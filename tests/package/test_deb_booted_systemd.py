@@ -5,8 +5,10 @@ harness of tests/booted) with the files from the built .deb:
 
 - starting matrix-synapse.target starts main first, then every worker;
 - restarting main (as matrix-synapse-py3's postinst does on upgrade) restarts
-  the workers too; main dying and being restarted by systemd does not leave
-  the workers down; stopping main stops them;
+  the workers too; stopping main stops them;
+- main dying, or failing to start, and being restarted by systemd does not
+  leave the workers down (with Requires= a failed first start of main left
+  them down for good: "Dependency failed");
 - restart/reload/stop of the target reach main and every worker;
 - the generator follows /etc/matrix-synapse/workers on daemon-reload and at boot.
 
@@ -31,6 +33,8 @@ import harness  # noqa: E402  (tests/booted/harness.py)
 UNIT_DIR = "/usr/lib/systemd/system"
 GENERATOR = "/usr/lib/systemd/system-generators/matrix-synapse-workers-generator"
 EVENTS = "/var/tmp/fake-synapse.events"
+# When this file exists, the fake main removes it and fails: its next start works.
+FAIL_ONCE = "/var/lib/matrix-synapse/fail-once"
 WORKERS = ("sync-1", "client-1")
 ALL_UNITS = ("matrix-synapse.service",) + tuple(f"matrix-synapse-worker@{w}.service" for w in WORKERS)
 
@@ -49,6 +53,10 @@ def event(what):
     with open("%s", "a") as f:
         f.write("%%s %%s %%d %%.6f\\n" %% (what, name, os.getpid(), time.monotonic()))
 signal.signal(signal.SIGHUP, lambda *_: event("hup"))
+if name == "main" and os.path.exists("%s"):
+    os.unlink("%s")  # like a main that finds PostgreSQL not up yet
+    event("fail")
+    sys.exit(1)
 event("start")
 time.sleep(0.5)  # a real Synapse takes a while before it is ready
 addr = os.environ["NOTIFY_SOCKET"]
@@ -59,7 +67,7 @@ s.sendto(b"READY=1", addr)
 event("ready")
 while True:
     signal.pause()
-""" % EVENTS
+""" % (EVENTS, FAIL_ONCE, FAIL_ONCE)
 
 # Like matrix-synapse-py3's unit in what systemd sees (tests/standin has the same).
 MAIN_UNIT = """\
@@ -171,6 +179,24 @@ def test_main_crash_does_not_leave_workers_down(container: harness.Container) ->
                  timeout=30)
     time.sleep(4)  # past one more RestartSec of any worker
     wait_all(c, "active", timeout=30)
+
+
+def test_main_failing_to_start_does_not_strand_workers(container: harness.Container) -> None:
+    c = container
+    c.run("systemctl stop matrix-synapse.target matrix-synapse.service")
+    wait_all(c, "inactive")
+    c.run(f"runuser -u matrix-synapse -- touch {FAIL_ONCE}")
+    c.run("systemctl start matrix-synapse.target", check=False)
+    # Main fails once, systemd restarts it after RestartSec=3, then all run.
+    wait_all(c, "active", timeout=30)
+    rows = events(c)
+    fail = max(t for what, name, _, t in rows if what == "fail")
+    ready = min(t for what, name, _, t in rows if what == "ready" and name == "main" and t > fail)
+    # The workers started while main was down (Wants=), then were restarted
+    # with main's automatic restart (PartOf=), after main was ready (After=).
+    for w in WORKERS:
+        assert any(what == "start" and name == w and t > ready for what, name, _, t in rows), \
+            [r for r in rows if r[3] >= fail]
 
 
 def test_worker_crash_restarts_only_that_worker(container: harness.Container) -> None:

@@ -38,11 +38,13 @@ def test_worker_template(unpacked: Path, packaged_paths: ModuleType) -> None:
     p = packaged_paths
     workers = f"/{p.WORKERS_DIR}"
     assert unit_values(unit, "Unit", "AssertPathExists") == [f"{workers}/%i.yaml"]
-    assert unit_values(unit, "Unit", "PartOf") == [p.TARGET_UNIT]
     assert unit_values(unit, "Unit", "ReloadPropagatedFrom") == [p.TARGET_UNIT]
-    assert p.MAIN_UNIT in unit_values(unit, "Unit", "After")
-    # Requires=, not BindsTo=: main restarting on its own must not stop workers for good.
-    assert p.MAIN_UNIT in unit_values(unit, "Unit", "Requires")
+    assert unit_values(unit, "Unit", "After") == [p.MAIN_UNIT]
+    assert unit_values(unit, "Unit", "Wants") == [p.MAIN_UNIT]
+    assert sorted(" ".join(unit_values(unit, "Unit", "PartOf")).split()) == sorted([p.TARGET_UNIT, p.MAIN_UNIT])
+    # Not Requires= nor BindsTo=: a main that fails to start and is restarted
+    # by systemd would leave the workers down for good (test_deb_booted_systemd).
+    assert not unit_values(unit, "Unit", "Requires")
     assert not unit_values(unit, "Unit", "BindsTo")
     service = dict(unit["Service"])
     assert service["Type"] == "notify"

@@ -1,0 +1,417 @@
+"""Throwaway bookworm chroots with real dpkg and debconf, for the maintainer-script tests.
+
+Two cached layers under ``$MSW_TEST_CACHE/chroot/`` (default
+/var/cache/matrix-synapse-workers-tests), each keyed on everything that makes it:
+
+``deps-KEY``
+    ``debootstrap --variant=minbase`` of bookworm from the Debian mirror this
+    machine's apt uses (read at run time), a policy-rc.d that refuses every
+    start and logs what was asked, and the runtime dependencies of both
+    packages (ours and the matrix-synapse-py3 stand-in), so that installing
+    the .debs needs no network.
+``standin-KEY``
+    ``deps`` plus the stand-in installed, and its homeserver.yaml switched
+    from SQLite to PostgreSQL (no database runs: nothing starts in a chroot).
+
+Every test gets its own full copy (``cp -a --reflink=auto``) with /proc and
+/dev mounted while it runs; the mounts always go, and a copy is only deleted
+once nothing is mounted inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from debian import deb822
+
+SUITE = "bookworm"
+CACHE = Path(os.environ.get("MSW_TEST_CACHE", "/var/cache/matrix-synapse-workers-tests")) / "chroot"
+STALE_SECONDS = 24 * 3600
+# Where the per-test copies are mounted (never under pytest's tmp_path, which
+# pytest itself deletes with rm -rf in later sessions).
+WORK = Path(os.environ.get("MSW_TEST_WORKDIR", "/var/tmp/matrix-synapse-workers-tests")) / "chroot"
+COPY_TMPFS_SIZE = "4g"
+# Bump when the recipe below changes in a way the key does not see.
+RECIPE = "3"
+#: Runtime dependencies of matrix-synapse-workers (debian/control) and what the
+#: tests use inside the chroot.  systemd gives systemctl, which enables units
+#: offline; nothing runs it as init here.
+BASE_PACKAGES = (
+    "python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf",
+    "adduser", "redis-server", "libpq5", "debconf-utils", "systemd",
+)
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+POLICY_LOG = "/var/log/policy-rc.d.log"
+# Refuse every start/stop/restart, and note what was asked.
+POLICY_RC_D = f"""#!/bin/sh
+echo "$*" >> {POLICY_LOG}
+exit 101
+"""
+POSTGRES_DATABASE = """database:
+  name: psycopg2
+  args:
+    user: synapse
+    password: not-a-real-password
+    database: synapse
+    host: localhost
+    cp_min: 5
+    cp_max: 10
+"""
+
+
+class CommandFailed(AssertionError):
+    pass
+
+
+def run(*cmd: str | Path, check: bool = True, input: str | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a host command; stdout and stderr together in ``.stdout``."""
+    done = subprocess.run([str(c) for c in cmd], input=input, text=True, cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise CommandFailed(f"{[str(c) for c in cmd]} exited {done.returncode}:\n{done.stdout}")
+    return done
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses for SUITE (deb822 or one-line sources)."""
+    sources_d = Path("/etc/apt/sources.list.d")
+    for sources in sorted(sources_d.glob("*.sources")):
+        with open(sources, encoding="utf-8") as handle:
+            for para in deb822.Deb822.iter_paragraphs(handle):
+                if ("deb" in para.get("Types", "").split() and SUITE in para.get("Suites", "").split()
+                        and para.get("Enabled", "yes") != "no"):
+                    return para["URIs"].split()[0]
+    for sources in [Path("/etc/apt/sources.list"), *sorted(sources_d.glob("*.list"))]:
+        if not sources.exists():
+            continue
+        for line in sources.read_text(encoding="utf-8").splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                return words[1]
+    raise RuntimeError(f"this machine's apt has no source for {SUITE}")
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mounts", encoding="utf-8") as handle:
+        for line in handle:
+            target = line.split()[1].encode().decode("unicode_escape")
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(target)
+    return found
+
+
+@contextlib.contextmanager
+def mounted(root: Path) -> Iterator[None]:
+    """/proc, /dev and /dev/pts inside ``root`` while the context lasts; always unmounted."""
+    done: list[Path] = []
+    try:
+        for args, target in ((["-t", "proc", "proc"], root / "proc"),
+                             (["--bind", "/dev"], root / "dev"),
+                             (["--bind", "/dev/pts"], root / "dev/pts")):
+            run("mount", *args, target)
+            done.append(target)
+        yield
+    finally:
+        for target in reversed(done):
+            if subprocess.run(["umount", str(target)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)])
+
+
+def remove_tree(root: Path) -> None:
+    """rm -rf, but never through a mount (a bound /dev would take the host's with it)."""
+    left = mounts_under(root)
+    if left:
+        raise RuntimeError(f"not deleting {root}: still mounted: {left}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def chroot_run(root: Path, *cmd: str, env: Mapping[str, str] | None = None, check: bool = True,
+               input: str | None = None) -> subprocess.CompletedProcess[str]:
+    variables = [f"{k}={v}" for k, v in {**CHROOT_ENV, **(env or {})}.items()]
+    return run("chroot", root, "env", "-i", *variables, *cmd, check=check, input=input)
+
+
+def deb_depends(deb: Path) -> list[str]:
+    """First alternative of every Depends of a .deb, without versions."""
+    field = run("dpkg-deb", "--field", deb, "Depends").stdout
+    names = []
+    for relation in deb822.PkgRelation.parse_relations(field):
+        names.append(relation[0]["name"])
+    return names
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build_layer(final: Path, make) -> Path:
+    """Build a cached layer once (under a lock), atomically renamed into place."""
+    with locked(final.with_name(final.name + ".lock")):
+        if final.is_dir():
+            os.utime(final)  # in use: not stale
+            return final
+        tmp = final.with_name(final.name + ".tmp")
+        if tmp.exists():
+            remove_tree(tmp)
+        make(tmp)
+        tmp.rename(final)
+        _drop_stale(final)
+        return final
+
+
+def _drop_stale(final: Path) -> None:
+    """Layers of the same kind with another key, unused for a day, go."""
+    kind = final.name.split("-")[0]
+    for old in final.parent.glob(f"{kind}-*"):
+        if old == final or not old.is_dir() or old.name.endswith(".tmp"):
+            continue
+        if time.time() - old.stat().st_mtime > STALE_SECONDS:
+            remove_tree(old)
+            old.with_name(old.name + ".lock").unlink(missing_ok=True)
+
+
+def deps_root(standin_deb: Path) -> Path:
+    """bookworm minbase with the runtime dependencies of both packages."""
+    mirror = debian_mirror()
+    extra = sorted(set(deb_depends(standin_deb)) - set(BASE_PACKAGES))
+    final = CACHE / f"deps-{_key(RECIPE, SUITE, mirror, BASE_PACKAGES, extra, POLICY_RC_D)}"
+
+    def make(tmp: Path) -> None:
+        run("debootstrap", "--variant=minbase", SUITE, tmp, mirror)
+        policy = tmp / "usr/sbin/policy-rc.d"
+        policy.write_text(POLICY_RC_D)
+        policy.chmod(0o755)
+        shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
+        with mounted(tmp):
+            chroot_run(tmp, "apt-get", "update")
+            chroot_run(tmp, "apt-get", "install", "-y", "--no-install-recommends",
+                       *BASE_PACKAGES, *extra)
+            chroot_run(tmp, "apt-get", "clean")
+        (tmp / POLICY_LOG.lstrip("/")).unlink(missing_ok=True)
+
+    return _build_layer(final, make)
+
+
+def standin_root(standin_deb: Path) -> Path:
+    """deps_root plus the stand-in, with a PostgreSQL homeserver configuration."""
+    base = deps_root(standin_deb)
+    final = CACHE / f"standin-{_key(RECIPE, base.name, _file_sha(standin_deb), POSTGRES_DATABASE)}"
+
+    def make(tmp: Path) -> None:
+        run("cp", "-a", "--reflink=auto", base, tmp)
+        chroot = Chroot(tmp)
+        with mounted(tmp):
+            chroot.apt_install(standin_deb, env={"MATRIX_SYNAPSE_SERVER_NAME": "workers.test"})
+        use_postgres(chroot)
+        (tmp / POLICY_LOG.lstrip("/")).unlink(missing_ok=True)
+
+    return _build_layer(final, make)
+
+
+def use_postgres(chroot: "Chroot") -> None:
+    """Replace the ``database:`` section of homeserver.yaml with PostgreSQL settings."""
+    path = chroot / "/etc/matrix-synapse/homeserver.yaml"
+    text = path.read_text()
+    new, count = re.subn(r"(?m)^database:\n(?:[ \t]+.*\n|\n)*", POSTGRES_DATABASE + "\n", text)
+    assert count == 1, text
+    path.write_text(new)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    mode: int
+    owner: tuple[int, int]
+    mtime_ns: int
+    content: str  # sha256 of a file, target of a link, '' for a directory
+
+
+class Chroot:
+    """A bookworm root directory and the commands the tests run in it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __truediv__(self, path: str) -> Path:
+        return self.path / path.lstrip("/")
+
+    def run(self, *cmd: str, env: Mapping[str, str] | None = None, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return chroot_run(self.path, *cmd, env=env, check=check, input=input)
+
+    def copy_in(self, deb: Path) -> str:
+        inside = f"/tmp/{deb.name}"
+        shutil.copyfile(deb, self / inside)
+        return inside
+
+    def apt_install(self, *debs: Path, env: Mapping[str, str] | None = None,
+                    check: bool = True) -> subprocess.CompletedProcess[str]:
+        inside = [self.copy_in(deb) for deb in debs]
+        return self.run("apt-get", "install", "-y", "--no-install-recommends", *inside,
+                        env=env, check=check)
+
+    def preseed(self, answers: Mapping[str, str]) -> None:
+        """debconf-set-selections for our questions; values are typed by question."""
+        types = {"preset": "select", "worker-types": "multiselect", "redis": "select"}
+        lines = "".join(
+            f"matrix-synapse-workers matrix-synapse-workers/{q} {types.get(q, 'string')} {v}\n"
+            for q, v in answers.items())
+        self.run("debconf-set-selections", input=lines)
+
+    def answers(self) -> dict[str, str]:
+        """Our debconf answers, as debconf-get-selections shows them."""
+        out = self.run("debconf-get-selections").stdout
+        found = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[0] == "matrix-synapse-workers":
+                found[parts[1].split("/", 1)[1]] = parts[3] if len(parts) > 3 else ""
+        return found
+
+    def status(self, package: str = "matrix-synapse-workers") -> str:
+        done = self.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}", package, check=False)
+        return done.stdout.strip() if done.returncode == 0 else "not-installed"
+
+    def group_members(self, group: str) -> set[str]:
+        done = self.run("getent", "group", group, check=False)
+        if done.returncode != 0:
+            raise KeyError(group)
+        return set(filter(None, done.stdout.strip().split(":")[3].split(",")))
+
+    def has_group(self, group: str) -> bool:
+        return self.run("getent", "group", group, check=False).returncode == 0
+
+    def owner(self, path: str) -> tuple[str, str, int]:
+        user, group, mode = self.run("stat", "-c", "%U %G %a", path).stdout.split()
+        return user, group, int(mode, 8)
+
+    def statoverride(self, path: str) -> str:
+        return self.run("dpkg-statoverride", "--list", path, check=False).stdout.strip()
+
+    def policy_log(self) -> list[str]:
+        log = self / POLICY_LOG
+        return log.read_text().splitlines() if log.exists() else []
+
+    def snapshot(self, *dirs: str) -> dict[str, Entry]:
+        """Every entry under ``dirs`` (inside the chroot) with its content and metadata."""
+        found: dict[str, Entry] = {}
+        for top in dirs:
+            start = self / top
+            if not os.path.lexists(start):
+                continue
+            for path in [start, *sorted(start.rglob("*"))]:
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    kind, content = "link", os.readlink(path)
+                elif stat.S_ISDIR(st.st_mode):
+                    kind, content = "dir", ""
+                elif stat.S_ISREG(st.st_mode):
+                    kind, content = "file", _file_sha(path)
+                else:
+                    kind, content = "other", ""
+                rel = "/" + str(path.relative_to(self.path))
+                found[rel] = Entry(kind, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid),
+                                   st.st_mtime_ns, content)
+        return found
+
+
+def sweep_stale_copies() -> None:
+    """Unmount and drop the copies of test processes that were killed outright."""
+    if not WORK.is_dir():
+        return
+    for work in WORK.glob("copy-*"):
+        match = re.fullmatch(r"copy-(\d+)-\d+", work.name)
+        if not match or Path(f"/proc/{match[1]}").exists():
+            continue
+        for target in sorted(mounts_under(work), key=len, reverse=True):
+            if subprocess.run(["umount", target]).returncode != 0:
+                subprocess.run(["umount", "-l", target])
+        if not mounts_under(work):
+            with contextlib.suppress(OSError):
+                work.rmdir()
+
+
+_copies = 0
+
+
+@contextlib.contextmanager
+def chroot_copy(layer: Path) -> Iterator[Chroot]:
+    """A private copy of a cached layer, with /proc and /dev, gone afterwards.
+
+    The copy lives on a tmpfs of its own (``cp -a --reflink=auto`` from the
+    cache): copying is quick, and deleting it is an unmount, never an
+    ``rm -rf`` that could run into the bound /dev.
+    """
+    global _copies
+    _copies += 1
+    work = WORK / f"copy-{os.getpid()}-{_copies}"
+    work.mkdir(parents=True)
+    run("mount", "-t", "tmpfs", "-o", f"size={COPY_TMPFS_SIZE},mode=0755", "msw-chroot", work)
+    try:
+        root = work / "root"
+        run("cp", "-a", "--reflink=auto", layer, root)
+        with mounted(root):
+            yield Chroot(root)
+    finally:
+        if subprocess.run(["umount", str(work)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(work)])
+        with contextlib.suppress(OSError):
+            work.rmdir()
+
+
+def file_list(chroot: Chroot, skip: Iterable[str]) -> dict[str, str]:
+    """What piuparts compares: every path of the system, with a checksum for files.
+
+    ``skip`` are absolute paths (inside the chroot) left out with everything
+    below them: mount points and what changes by design (dpkg's and apt's own
+    state, logs, caches).
+    """
+    skipped = {str(chroot / s).rstrip("/") for s in ("/proc", "/dev", "/sys", *skip)}
+    result = {}
+    for top, dirs, files in os.walk(chroot.path):
+        dirs[:] = sorted(d for d in dirs if os.path.join(top, d) not in skipped)
+        for name in [*dirs, *files]:
+            path = Path(top, name)
+            if str(path) in skipped:
+                continue
+            rel = "/" + str(path.relative_to(chroot.path))
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                result[rel] = _file_sha(path)
+            elif stat.S_ISLNK(st.st_mode):
+                result[rel] = "-> " + os.readlink(path)
+            else:
+                result[rel] = "dir" if stat.S_ISDIR(st.st_mode) else "other"
+    return result

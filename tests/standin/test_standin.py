@@ -1,0 +1,567 @@
+"""Tests of the matrix-synapse-py3 test stand-in (tests/standin/build-standin).
+
+Run as root with Debian's Python:  /usr/bin/python3 -m pytest tests/standin
+
+The package checks read the two .debs with python-debian and run the venv from
+an extracted tree. The install checks run apt-get and dpkg in a debootstrapped
+bookworm chroot: the bootstrapped root is cached under
+$MSW_TEST_CACHE/standin/ (default /var/cache/matrix-synapse-workers-tests) and
+every test gets its own overlay on top of it, so tests never see each other's
+changes. Downloaded .debs are cached beside it.
+
+Without root or a needed tool the chroot tests are skipped; with CI set in the
+environment a skip is a failure instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+from debian import deb822, debfile
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build-standin"
+OLD, NEW = "1.163.1", "1.163.2"
+PACKAGE = "matrix-synapse-py3"
+VENV = "/opt/venvs/matrix-synapse"
+UNIT_PATH = "/lib/systemd/system/matrix-synapse.service"
+CONFFILES = {
+    "/etc/matrix-synapse/homeserver.yaml",
+    "/etc/matrix-synapse/log.yaml",
+    "/etc/default/matrix-synapse",
+}
+SYNAPSE_USER = "matrix-synapse"
+CACHE = Path(os.environ.get("MSW_TEST_CACHE", "/var/cache/matrix-synapse-workers-tests")) / "standin"
+SUITE = "bookworm"
+# Refresh the chroot's package lists when they are older than this.
+APT_LISTS_MAX_AGE = 12 * 3600
+# What maintainer scripts and apt in the chroot see: nothing of the host's
+# environment (pyenv, pip settings) leaks in.
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+# policy-rc.d for the chroot: refuse every start, and note what was asked, so
+# tests can see what the maintainer scripts wanted to do.
+POLICY_RC_D = """#!/bin/sh
+echo "$*" >> /var/log/policy-rc.d.log
+exit 101
+"""
+POLICY_LOG = "/var/log/policy-rc.d.log"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when condition is false; fail instead under CI."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"required for this test: {reason}")
+    pytest.skip(reason)
+
+
+def run(*cmd: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("check", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.STDOUT)
+    try:
+        return subprocess.run([str(c) for c in cmd], **kwargs)
+    except subprocess.CalledProcessError as e:
+        raise AssertionError(f"{cmd} exited {e.returncode}:\n{e.stdout}") from None
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+# --- the .debs ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    need(os.geteuid() == 0, "root (build-standin installs build dependencies and caches in /var/cache)")
+    out = tmp_path_factory.mktemp("debs")
+    built = {}
+    for version in (OLD, NEW):
+        path = Path(run(BUILD, version, out, stderr=None).stdout.strip())
+        assert path.name == f"{PACKAGE}_{version}+standin_{host_arch()}.deb"
+        built[version] = path
+    return built
+
+
+def host_arch() -> str:
+    return run("dpkg", "--print-architecture").stdout.strip()
+
+
+def relation_names(field: str) -> set[str]:
+    return {alt["name"] for rel in deb822.PkgRelation.parse_relations(field) for alt in rel}
+
+
+@pytest.mark.parametrize("version", [OLD, NEW])
+def test_control_says_what_it_is(debs: dict[str, Path], version: str) -> None:
+    deb = debfile.DebFile(str(debs[version]))
+    control = deb.debcontrol()
+    assert control["Package"] == PACKAGE
+    assert control["Version"] == f"{version}+standin"
+    assert control["Architecture"] == host_arch()
+    # Unversioned, like the real package.
+    assert control["Provides"] == "matrix-synapse"
+    description = control["Description"]
+    assert description.startswith("TEST STAND-IN for Matrix.org's matrix-synapse-py3")
+    assert "not for production" in description.splitlines()[0]
+    assert "not the Synapse package published by Matrix.org" in description
+    assert f"Synapse {version} from PyPI" in description
+    depends = relation_names(control["Depends"])
+    # The venv's interpreter, psycopg2's libpq, and adduser for the postinst.
+    assert {"python3.11", "libpq5", "adduser", "libc6"} <= depends
+
+
+@pytest.mark.parametrize("version", [OLD, NEW])
+def test_control_files(debs: dict[str, Path], version: str) -> None:
+    deb = debfile.DebFile(str(debs[version]))
+    conffiles = deb.control.get_content("conffiles", encoding="utf-8").split()
+    assert set(conffiles) == CONFFILES
+    tar = deb.control.tgz()
+    for script in ("postinst", "prerm", "postrm"):
+        member = tar.getmember(f"./{script}")
+        assert member.mode & 0o111 == 0o111, script
+        text = deb.control.get_content(script, encoding="utf-8")
+        assert text.startswith("#!/bin/sh\n"), script
+    assert "config" not in deb.control  # no debconf in the stand-in
+
+
+class DebData:
+    """The file list of a .deb's data, and the text of its small files under
+    /etc, /lib, /usr and the venv's bin/, read in one pass with python-debian."""
+
+    def __init__(self, path: Path):
+        self.members: dict[str, tarfile.TarInfo] = {}
+        self.texts: dict[str, str] = {}
+        tar = debfile.DebFile(str(path)).data.tgz()
+        for member in tar:
+            name = member.name.removeprefix(".").rstrip("/")
+            self.members[name] = member
+            if member.isfile() and (
+                name.startswith(("/etc/", "/lib/", "/usr/", f"{VENV}/bin/")) or name == f"{VENV}/pyvenv.cfg"
+            ):
+                self.texts[name] = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def data(debs: dict[str, Path]) -> dict[str, DebData]:
+    return {version: DebData(path) for version, path in debs.items()}
+
+
+@pytest.mark.parametrize("version", [OLD, NEW])
+def test_data_layout(data: dict[str, DebData], version: str) -> None:
+    members, texts = data[version].members, data[version].texts
+    assert all(m.uid == 0 and m.gid == 0 for m in members.values())
+    for path in CONFFILES | {
+        UNIT_PATH,
+        f"{VENV}/pyvenv.cfg",
+        f"{VENV}/bin/python3.11",
+        "/var/lib/matrix-synapse",
+        "/var/log/matrix-synapse",
+    }:
+        assert path in members, path
+    assert members[f"{VENV}/bin/python3.11"].linkname == os.path.realpath("/usr/bin/python3")
+    assert members["/usr/bin/synctl"].linkname == f"../..{VENV}/bin/synctl"
+    # Only the venv under /opt, nothing under /run.
+    assert all(
+        not p.startswith("/opt/") or p == "/opt/venvs" or p == VENV or p.startswith(f"{VENV}/")
+        for p in members
+    )
+    assert not any(p.startswith(("/run/", "/var/run/")) for p in members)
+
+    # Relocated: the scripts and pyvenv.cfg name the installed venv and
+    # nothing of the build host.
+    assert f"command = {os.path.realpath('/usr/bin/python3')} -m venv {VENV}\n" in texts[f"{VENV}/pyvenv.cfg"]
+    assert texts[f"{VENV}/bin/synctl"].startswith(f"#!{VENV}/bin/python3.11\n")
+    assert re.search(rf"^VIRTUAL_ENV=\"?{VENV}\"?$", texts[f"{VENV}/bin/activate"], re.M)
+    for name, text in texts.items():
+        assert "/var/cache/" not in text and ".staging" not in text, name
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(f"{section}.{key}", []).append(value)
+    return settings
+
+
+def test_unit_like_the_real_one(data: dict[str, DebData]) -> None:
+    unit = unit_settings(data[NEW].texts[UNIT_PATH])
+    run_synapse = (
+        f"{VENV}/bin/python -m synapse.app.homeserver"
+        " --config-path=/etc/matrix-synapse/homeserver.yaml"
+        " --config-path=/etc/matrix-synapse/conf.d/"
+    )
+    assert unit["Service.Type"] == ["notify"]
+    assert unit["Service.NotifyAccess"] == ["main"]
+    assert unit["Service.User"] == [SYNAPSE_USER]
+    assert unit["Service.WorkingDirectory"] == ["/var/lib/matrix-synapse"]
+    assert unit["Service.EnvironmentFile"] == ["-/etc/default/matrix-synapse"]
+    assert unit["Service.ExecStartPre"] == [run_synapse + " --generate-keys"]
+    assert unit["Service.ExecStart"] == [run_synapse]
+    assert unit["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["Service.Restart"] == ["always"]
+    assert unit["Service.RestartSec"] == ["3"]
+    assert unit["Service.SyslogIdentifier"] == ["matrix-synapse"]
+    assert unit["Install.WantedBy"] == ["multi-user.target"]
+
+
+# --- the chroot ------------------------------------------------------------
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses for SUITE."""
+    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        with open(sources) as f:
+            for para in deb822.Deb822.iter_paragraphs(f):
+                if (
+                    "deb" in para.get("Types", "").split()
+                    and SUITE in para.get("Suites", "").split()
+                    and para.get("Enabled", "yes") != "no"
+                ):
+                    return para["URIs"].split()[0]
+    for sources in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        if not sources.exists():
+            continue
+        for line in sources.read_text().splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                return words[1]
+    raise AssertionError(f"no apt source for {SUITE} on this machine")
+
+
+def ensure_tools() -> None:
+    need(os.geteuid() == 0, "root (chroot, mount, debootstrap)")
+    if shutil.which("debootstrap") is None:
+        run("apt-get", "install", "-y", "--no-install-recommends", "debootstrap", check=False)
+    need(shutil.which("debootstrap") is not None, "debootstrap")
+    need(shutil.which("unshare") is not None and shutil.which("ip") is not None, "unshare and ip")
+
+
+@contextlib.contextmanager
+def mounted_basics(root: Path) -> Iterator[None]:
+    """/proc and /dev inside root, while the context lasts."""
+    mounts = []
+    try:
+        for source, target, args in (
+            ("proc", root / "proc", ["-t", "proc"]),
+            ("/dev", root / "dev", ["--bind"]),
+        ):
+            run("mount", *args, source, target)
+            mounts.append(target)
+        yield
+    finally:
+        for target in reversed(mounts):
+            if subprocess.run(["umount", str(target)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)])
+
+
+def chroot_run(root: Path, *cmd: str, env: dict[str, str] | None = None, check: bool = True):
+    return run("chroot", root, "env", "-i", *[f"{k}={v}" for k, v in {**CHROOT_ENV, **(env or {})}.items()],
+               *cmd, check=check)
+
+
+@pytest.fixture(scope="session")
+def bookworm_root() -> Path:
+    """A minimal bookworm root, bootstrapped once and cached."""
+    ensure_tools()
+    mirror = debian_mirror()
+    key = hashlib.sha256(f"{SUITE} minbase {mirror} {POLICY_RC_D} unsafe-io".encode()).hexdigest()[:12]
+    root = CACHE / f"{SUITE}-minbase-{key}"
+    stamp = CACHE / f"{SUITE}-minbase-{key}.apt-updated"
+    with locked(CACHE / f"{SUITE}-minbase.lock"):
+        if not root.exists():
+            for old in CACHE.glob(f"{SUITE}-minbase-*"):
+                if old.is_dir():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+            tmp = CACHE / f"{SUITE}-minbase.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            run("debootstrap", "--variant=minbase", SUITE, tmp, mirror)
+            policy = tmp / "usr/sbin/policy-rc.d"
+            policy.write_text(POLICY_RC_D)
+            policy.chmod(0o755)
+            # A throwaway root: dpkg need not fsync every file it unpacks.
+            (tmp / "etc/dpkg/dpkg.cfg.d/unsafe-io").write_text("force-unsafe-io\n")
+            tmp.rename(root)
+        if not stamp.exists() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE:
+            shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+            with mounted_basics(root):
+                chroot_run(root, "apt-get", "update")
+            stamp.touch()
+    return root
+
+
+class Chroot:
+    """A throwaway bookworm root: an overlay on the cached one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __truediv__(self, path: str) -> Path:
+        return self.path / path.lstrip("/")
+
+    def run(self, *cmd: str, env: dict[str, str] | None = None, check: bool = True):
+        return chroot_run(self.path, *cmd, env=env, check=check)
+
+    def apt_install(self, deb: Path, env: dict[str, str] | None = None) -> str:
+        shutil.copyfile(deb, self / f"/tmp/{deb.name}")
+        return self.run("apt-get", "install", "-y", "--no-install-recommends", f"/tmp/{deb.name}", env=env).stdout
+
+    def python(self, code: str) -> str:
+        return self.run(f"{VENV}/bin/python", "-c", code).stdout.strip()
+
+    def passwd(self, name: str) -> list[str]:
+        return self.run("getent", "passwd", name).stdout.strip().split(":")
+
+    def owner(self, path: str) -> tuple[str, str]:
+        return tuple(self.run("stat", "-c", "%U %G", path).stdout.split())  # type: ignore[return-value]
+
+    def policy_log(self) -> list[str]:
+        log = self / POLICY_LOG
+        return log.read_text().splitlines() if log.exists() else []
+
+    def version(self) -> str:
+        return self.run("dpkg-query", "-W", "-f=${Status} ${Version}", PACKAGE).stdout
+
+
+@contextlib.contextmanager
+def overlay_chroot(base: Path, work: Path) -> Iterator[Chroot]:
+    upper, workdir, merged = work / "upper", work / "work", work / "root"
+    for d in (upper, workdir, merged):
+        d.mkdir(parents=True)
+    archives = CACHE / "apt-archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "overlay", "overlay", "-o",
+        f"lowerdir={base},upperdir={upper},workdir={workdir}", merged)
+    try:
+        shutil.copyfile("/etc/resolv.conf", merged / "etc/resolv.conf")
+        with mounted_basics(merged):
+            run("mount", "--bind", archives, merged / "var/cache/apt/archives")
+            try:
+                yield Chroot(merged)
+            finally:
+                if subprocess.run(["umount", str(merged / "var/cache/apt/archives")]).returncode:
+                    subprocess.run(["umount", "-l", str(merged / "var/cache/apt/archives")])
+    finally:
+        if subprocess.run(["umount", str(merged)]).returncode:
+            subprocess.run(["umount", "-l", str(merged)])
+
+
+@pytest.fixture
+def chroot(bookworm_root: Path, tmp_path: Path) -> Iterator[Chroot]:
+    with overlay_chroot(bookworm_root, tmp_path / "chroot") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def installed(bookworm_root: Path, debs: dict[str, Path], tmp_path_factory) -> Iterator[Chroot]:
+    """A chroot with the new stand-in freshly installed (no systemd running,
+    no server name given: the host's name is the default)."""
+    with overlay_chroot(bookworm_root, tmp_path_factory.mktemp("installed")) as c:
+        c.apt_install(debs[NEW])
+        yield c
+
+
+def test_install_runs_synapse_of_that_version(installed: Chroot) -> None:
+    assert installed.version() == f"install ok installed {NEW}+standin"
+    # With the extras: psycopg2 (postgres), txredisapi and hiredis (redis).
+    # The byte code names the installed paths, not the build's staging one.
+    code = (
+        "import marshal, synapse, psycopg2, txredisapi, hiredis\n"
+        "print(synapse.__version__)\n"
+        "print(marshal.loads(open(synapse.__cached__, 'rb').read()[16:]).co_filename)\n"
+    )
+    assert installed.python(code).splitlines() == [
+        NEW, f"{VENV}/lib/python3.11/site-packages/synapse/__init__.py"
+    ]
+    assert installed.run("synctl", "--help", check=False).returncode == 0
+
+
+def test_install_creates_system_user(installed: Chroot) -> None:
+    name, _, uid, gid, _, home, shell = installed.passwd(SYNAPSE_USER)
+    assert int(uid) < 1000
+    assert home == "/var/lib/matrix-synapse"
+    assert shell == "/usr/sbin/nologin"
+    group = installed.run("getent", "group", gid).stdout.split(":")[0]
+    assert group == SYNAPSE_USER
+
+
+def test_install_gives_synapse_its_directories(installed: Chroot) -> None:
+    overrides = installed.run("dpkg-statoverride", "--list").stdout.splitlines()
+    for path in ("/etc/matrix-synapse", "/var/lib/matrix-synapse", "/var/log/matrix-synapse"):
+        assert installed.owner(path) == (SYNAPSE_USER, SYNAPSE_USER), path
+        assert (installed / path).stat().st_mode & 0o7777 == 0o755, path
+        assert f"{SYNAPSE_USER} {SYNAPSE_USER} 755 {path}" in overrides
+    assert installed.owner("/etc/matrix-synapse/homeserver.yaml") == ("root", "root")
+
+
+def test_install_writes_debian_style_config(installed: Chroot) -> None:
+    config = yaml.safe_load((installed / "/etc/matrix-synapse/homeserver.yaml").read_text())
+    assert "server_name" not in config and "report_stats" not in config
+    assert config["database"] == {
+        "name": "sqlite3",
+        "args": {"database": "/var/lib/matrix-synapse/homeserver.db"},
+    }
+    assert config["listeners"] == [
+        {
+            "port": 8008,
+            "tls": False,
+            "type": "http",
+            "x_forwarded": True,
+            "bind_addresses": ["::1", "127.0.0.1"],
+            "resources": [{"names": ["client", "federation"], "compress": False}],
+        }
+    ]
+    assert config["pid_file"] == "/var/run/matrix-synapse.pid"
+    assert config["media_store_path"] == "/var/lib/matrix-synapse/media"
+    assert config["signing_key_path"] == "/etc/matrix-synapse/homeserver.signing.key"
+    assert config["log_config"] == "/etc/matrix-synapse/log.yaml"
+    assert config["trusted_key_servers"] == [{"server_name": "matrix.org"}]
+
+    conf_d = installed / "/etc/matrix-synapse/conf.d"
+    assert sorted(p.name for p in conf_d.iterdir()) == ["report_stats.yaml", "server_name.yaml"]
+    host_name = installed.run("uname", "-n").stdout.strip()
+    assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": host_name}
+    assert yaml.safe_load((conf_d / "report_stats.yaml").read_text()) == {"report_stats": False}
+
+    log = yaml.safe_load((installed / "/etc/matrix-synapse/log.yaml").read_text())
+    assert log["handlers"]["file"]["filename"] == "/var/log/matrix-synapse/homeserver.log"
+    assert set(log["root"]["handlers"]) == {"file", "console"}
+
+
+def test_install_creates_signing_key(installed: Chroot) -> None:
+    key = installed / "/etc/matrix-synapse/homeserver.signing.key"
+    assert re.fullmatch(r"ed25519 a_\w+ [A-Za-z0-9+/]+=*\n?", key.read_text())
+    assert installed.owner("/etc/matrix-synapse/homeserver.signing.key") == (SYNAPSE_USER, SYNAPSE_USER)
+    assert key.stat().st_mode & 0o007 == 0, oct(key.stat().st_mode)
+
+
+def test_install_enables_unit_but_starts_nothing_without_systemd(installed: Chroot) -> None:
+    wants = installed / "/etc/systemd/system/multi-user.target.wants/matrix-synapse.service"
+    assert os.readlink(wants) == UNIT_PATH
+    # No systemd: the postinst did not even ask policy-rc.d, and Synapse never
+    # ran (it would have created its database).
+    assert installed.policy_log() == []
+    assert not (installed / "/var/lib/matrix-synapse/homeserver.db").exists()
+
+
+def test_unit_commands_work(installed: Chroot) -> None:
+    """The unit's ExecStartPre validates the config; its ExecStart serves /health."""
+    unit = unit_settings((installed / UNIT_PATH).read_text())
+    workdir = unit["Service.WorkingDirectory"][0]
+    user = unit["Service.User"][0]
+    [pre] = unit["Service.ExecStartPre"]
+    installed.run("sh", "-c", f'cd {workdir} && exec runuser -u {user} -- {pre}')
+
+    [start] = unit["Service.ExecStart"]
+    # Synapse in its own network namespace, so port 8008 is never the host's.
+    probe = f"""
+set -e
+ip link set lo up
+chroot {installed.path} env -i {" ".join(f"{k}={v}" for k, v in CHROOT_ENV.items())} \\
+    sh -c 'cd {workdir} && exec runuser -u {user} -- {start}' >/dev/null 2>&1 &
+pid=$!
+for i in $(seq 1 120); do
+    if out=$(chroot {installed.path} {VENV}/bin/python -c '
+import urllib.request
+with urllib.request.urlopen("http://127.0.0.1:8008/health", timeout=2) as r:
+    print(r.read().decode(), r.headers["Server"])' 2>/dev/null); then
+        echo "health: $out"
+        kill $pid; wait $pid 2>/dev/null || true
+        exit 0
+    fi
+    kill -0 $pid 2>/dev/null || {{ echo "Synapse exited"; exit 1; }}
+    sleep 0.5
+done
+kill $pid; wait $pid 2>/dev/null || true
+echo "no answer on /health"
+exit 1
+"""
+    out = run("unshare", "--net", "--fork", "--kill-child", "sh", "-c", probe).stdout
+    assert f"health: OK Synapse/{NEW}\n" in out
+    log = (installed / "/var/log/matrix-synapse/homeserver.log").read_text()
+    assert "Synapse now listening on TCP port 8008" in log
+    assert installed.owner("/var/lib/matrix-synapse/homeserver.db") == (SYNAPSE_USER, SYNAPSE_USER)
+
+
+def test_upgrade_keeps_admin_config_then_purge_cleans_up(chroot: Chroot, debs: dict[str, Path]) -> None:
+    chroot.apt_install(debs[OLD], env={"MATRIX_SYNAPSE_SERVER_NAME": "first.test"})
+    assert chroot.python("import synapse; print(synapse.__version__)") == OLD
+    conf_d = chroot / "/etc/matrix-synapse/conf.d"
+    assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "first.test"}
+
+    homeserver = chroot / "/etc/matrix-synapse/homeserver.yaml"
+    edited = homeserver.read_text().replace("port: 8008", "port: 8448") + "\n# edited by the admin\n"
+    homeserver.write_text(edited)
+    # The value in the file read last wins and is written back to every file
+    # that sets the key, as the real package's debconf handling does.
+    admin = conf_d / "zz-admin.yaml"
+    admin.write_text("report_stats: true\n")
+    key = (chroot / "/etc/matrix-synapse/homeserver.signing.key").read_text()
+    # Pretend systemd runs: the postinst then asks deb-systemd-invoke (and
+    # so policy-rc.d, which logs and refuses) to restart Synapse.
+    (chroot / "/run/systemd/system").mkdir(parents=True)
+
+    chroot.apt_install(debs[NEW], env={"MATRIX_SYNAPSE_SERVER_NAME": "second.test"})
+
+    assert chroot.version() == f"install ok installed {NEW}+standin"
+    assert chroot.python("import synapse; print(synapse.__version__)") == NEW
+    assert homeserver.read_text() == edited
+    assert not list((chroot / "/etc/matrix-synapse").glob("*.dpkg-*"))
+    assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "first.test"}
+    assert yaml.safe_load((conf_d / "report_stats.yaml").read_text()) == {"report_stats": True}
+    assert admin.read_text() == "report_stats: true\n"
+    assert (chroot / "/etc/matrix-synapse/homeserver.signing.key").read_text() == key
+    assert chroot.policy_log() == ["matrix-synapse.service restart"]
+
+    # Remove: the program goes, the configuration stays, the unit is masked
+    # (Synapse would be stopped first).
+    chroot.run("dpkg", "--remove", PACKAGE)
+    assert chroot.policy_log()[1:] == ["matrix-synapse.service stop"]
+    assert not (chroot / "/opt/venvs").exists()
+    assert homeserver.read_text() == edited
+    assert os.readlink(chroot / "/etc/systemd/system/matrix-synapse.service") == "/dev/null"
+
+    chroot.run("dpkg", "--purge", PACKAGE)
+    # What the admin added stays; all else under /etc/matrix-synapse goes.
+    leftover = sorted(str(p.relative_to(chroot.path)) for p in (chroot / "/etc/matrix-synapse").rglob("*"))
+    assert leftover == ["etc/matrix-synapse/conf.d", "etc/matrix-synapse/conf.d/zz-admin.yaml"]
+    for path in ("/var/lib/matrix-synapse", "/var/log/matrix-synapse",
+                 "/etc/default/matrix-synapse", "/etc/systemd/system/matrix-synapse.service",
+                 "/etc/systemd/system/multi-user.target.wants/matrix-synapse.service"):
+        assert not os.path.lexists(chroot / path), path
+    assert chroot.run("dpkg-statoverride", "--list", check=False).stdout == ""
+    # Debian practice: the system user stays.
+    assert chroot.passwd(SYNAPSE_USER)[0] == SYNAPSE_USER

@@ -7,6 +7,8 @@ demand).  Where they cannot be had the tests skip, unless MSW_REQUIRE_BOOTED=1
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import subprocess
@@ -22,6 +24,9 @@ BUILD_STANDIN = REPO / "tests" / "standin" / "build-standin"
 BUILD_DEB = REPO / "scripts" / "build-deb"
 # The Synapse the stand-in package carries; >= 1.89 for the all-socket layout.
 STANDIN_VERSION = os.environ.get("MSW_STANDIN_VERSION", "1.163.2")
+# The stand-in's Synapse, as matrix-synapse-py3 installs it: port 8008 on loopback.
+SERVER_NAME = "example.test"
+STANDIN_MAIN_URL = "http://127.0.0.1:8008"
 
 
 def require_booted() -> bool:
@@ -113,3 +118,25 @@ def package_deb(booted_host: None) -> Path:
     if len(debs) != 1:
         pytest.fail(f"expected one dist/matrix-synapse-workers_*.deb, found {debs}", pytrace=False)
     return debs[0]
+
+
+def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
+    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
+    c.install_debs([deb], env={"MATRIX_SYNAPSE_SERVER_NAME": server_name})
+    harness.synapse_setup(c, server_name)
+    harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")
+
+
+@pytest.fixture(scope="session")
+def synapse_root(base_root: Path, standin_deb: Path) -> Path:
+    """base_root + the stand-in Synapse on PostgreSQL (server_name SERVER_NAME,
+    registration shared secret harness.TEST_SHARED_SECRET), cached as a layer.
+
+    Building it takes about a minute once; a container of it boots with
+    Synapse running in about 7 s.  Our package is NOT installed in it.
+    """
+    setup = functools.partial(install_standin_synapse, deb=standin_deb, server_name=SERVER_NAME)
+    return harness.ensure_derived_root(
+        "standin-synapse", base_root, setup,
+        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
+                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import hmac
 import inspect
@@ -42,7 +43,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 SUITE = "bookworm"
 # Runtime dependencies of our package and of the stand-in Synapse package,
@@ -547,23 +548,61 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _used_as_lower(root: Path) -> bool:
+    """Whether an overlay mount (of any process in this mount namespace) stacks on root."""
     target = os.path.realpath(root)
     with open("/proc/self/mountinfo") as f:
-        return any(f"lowerdir={target}" in line for line in f)
+        for line in f:
+            m = re.search(r"lowerdir=([^,\s]+)", line)
+            if m and any(_unescape_mount(d) == target or _unescape_mount(d).startswith(target + "/")
+                         for d in m.group(1).split(":")):
+                return True
+    return False
+
+
+def root_layers(root: Path) -> list[Path]:
+    """The directories that make up root, top first.
+
+    A base root is one full tree.  A derived root (ensure_derived_root) is a
+    directory holding `layer/` (what its setup changed, in overlayfs upper-dir
+    form, whiteouts included) and a `parent` file naming the root below it.
+    """
+    root = Path(root)
+    layer = root / "layer"
+    if not layer.is_dir():
+        return [root]
+    parent_file = root / "parent"
+    if not parent_file.is_file():
+        return [layer]
+    return [layer, *root_layers(Path(parent_file.read_text().strip()))]
 
 
 def _prune_roots(keep: str) -> None:
-    """Delete roots of other keys that have not been used for a week and are not mounted."""
+    """Delete cached roots that nobody used for a week, that nothing has mounted
+    and that no kept derived root stacks on; and derived roots whose parent is gone."""
     now = time.time()
-    for stamp in ROOTS_DIR.glob("*.last-used"):
-        key = stamp.name[: -len(".last-used")]
-        root = ROOTS_DIR / key
-        if key == keep or now - stamp.stat().st_mtime < ROOT_MAX_IDLE_SECONDS:
+    keys = {p.name[: -len(".last-used")] for p in ROOTS_DIR.glob("*.last-used")}
+    stale = set()
+    for key in keys:
+        stamp = ROOTS_DIR / f"{key}.last-used"
+        if key != keep and now - stamp.stat().st_mtime >= ROOT_MAX_IDLE_SECONDS:
+            stale.add(key)
+    for key in keys:
+        parent = ROOTS_DIR / key / "parent"
+        if parent.is_file() and not Path(parent.read_text().strip()).is_dir():
+            stale.add(key)
+    needed = set()  # every root a kept root stacks on
+    for key in keys - stale:
+        try:
+            layers = root_layers(ROOTS_DIR / key)
+        except OSError:
             continue
+        needed |= {(p.parent if p.name == "layer" else p).name for p in layers}
+    for key in sorted(stale - needed):
+        root = ROOTS_DIR / key
         if _used_as_lower(root):
             continue
         _safe_rmtree(root)
-        stamp.unlink(missing_ok=True)
+        (ROOTS_DIR / f"{key}.last-used").unlink(missing_ok=True)
 
 
 def ensure_base_root(log: Path | None = None) -> Path:
@@ -594,6 +633,84 @@ def ensure_base_root(log: Path | None = None) -> Path:
                 raise
         (ROOTS_DIR / f"{key}.last-used").touch()
         _prune_roots(key)
+    return root
+
+
+def _hash_input(h: "hashlib._Hash", item: str | bytes | os.PathLike[str]) -> None:
+    if isinstance(item, bytes):
+        h.update(b"b" + item + b"\0")
+    elif isinstance(item, os.PathLike):
+        with open(item, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    else:
+        h.update(b"s" + str(item).encode() + b"\0")
+
+
+def _hash_callable(h: "hashlib._Hash", fn: Callable[..., Any]) -> None:
+    """Hash a function's source; for functools.partial also its arguments
+    (paths by content, so a temporary path to the same file gives the same key)."""
+    if isinstance(fn, functools.partial):
+        _hash_callable(h, fn.func)
+        for arg in [*fn.args, *(v for _, v in sorted(fn.keywords.items()))]:
+            _hash_input(h, arg if isinstance(arg, (bytes, os.PathLike)) else repr(arg))
+        _hash_input(h, repr(sorted(fn.keywords)))
+        return
+    try:
+        _hash_input(h, inspect.getsource(fn))
+    except (OSError, TypeError):
+        _hash_input(h, getattr(fn, "__qualname__", repr(fn)))
+
+
+def ensure_derived_root(name: str, parent: Path, setup: Callable[["Container"], None],
+                        inputs: Iterable[str | bytes | os.PathLike[str]] = ()) -> Path:
+    """A root made from parent by booting it and running setup(container); cached.
+
+    For state that many scenarios share and that is slow to make (e.g. the
+    stand-in Synapse installed and switched to PostgreSQL: about a minute),
+    so each scenario boots it in seconds instead.  setup() runs in a booted
+    container; the container is then powered off cleanly and what it changed
+    is kept as an overlay layer above parent.
+
+    The cache key is parent's key, name, setup's source code and inputs:
+    paths are hashed by content (pass the .deb files setup installs), str and
+    bytes as they are.  setup may be a functools.partial: its arguments count
+    too (paths by content).  Anything else setup depends on (helpers it calls,
+    constants) must be in inputs.
+    """
+    h = hashlib.sha256()
+    for item in (Path(parent).name, name):
+        _hash_input(h, item)
+    _hash_callable(h, setup)
+    for item in inputs:
+        _hash_input(h, item)
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "derived"
+    key = f"{slug}-{h.hexdigest()[:16]}"
+    ROOTS_DIR.mkdir(parents=True, exist_ok=True)
+    root = ROOTS_DIR / key
+    with open(ROOTS_DIR / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not root.is_dir():
+            for stale in ROOTS_DIR.glob(f".build-{key}-*"):
+                _safe_rmtree(stale)
+            tmp = ROOTS_DIR / f".build-{key}-{os.getpid()}"
+            tmp.mkdir()
+            try:
+                with Container(parent, name=f"derive-{slug}") as c:
+                    setup(c)
+                    if c.poweroff() != 0:
+                        raise HarnessError(f"{c.name} did not power off cleanly after setup")
+                    c._take_layer(tmp / "layer")
+                (tmp / "parent").write_text(f"{Path(parent).resolve()}\n")
+                os.rename(tmp, root)
+            except BaseException:
+                _safe_rmtree(tmp)
+                raise
+        (ROOTS_DIR / f"{key}.last-used").touch()
+        parent_stamp = ROOTS_DIR / f"{Path(parent).name}.last-used"
+        if parent_stamp.exists():
+            parent_stamp.touch()
     return root
 
 
@@ -743,6 +860,7 @@ class Container:
         if mode not in ("overlay", "copy"):
             raise ValueError(f"mode must be 'overlay' or 'copy', not {mode!r}")
         self.lower = Path(root)
+        self.layers = root_layers(self.lower)
         self.name = _machine_name(name)
         self.mode = mode
         self.dir = WORK_DIR / self.name
@@ -754,6 +872,7 @@ class Container:
         self._pid: int | None = None
         self._prepared = False
         self._destroyed = False
+        self._destroyed_layer = False
         self.boots = 0
         self.last_state: str | None = None
         self.last_failed_units: list[str] = []
@@ -786,18 +905,45 @@ class Container:
             _LIVE.add(self)
         self.dir.mkdir(parents=True)
         self._write_owner()
+        lowers = ":".join(str(p) for p in self.layers)
         if self.mode == "overlay":
             for sub in ("upper", "work", "root"):
                 (self.dir / sub).mkdir()
-            opts = f"lowerdir={self.lower},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
+            opts = f"lowerdir={lowers},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
             r = _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(self.path)], check=False)
             if r.returncode != 0:  # e.g. the cache is on a file system overlay refuses
                 self.mode = "copy"
                 for sub in ("upper", "work", "root"):
                     (self.dir / sub).rmdir()
         if self.mode == "copy":
-            _run(["cp", "-a", "--reflink=auto", str(self.lower), str(self.path)], timeout=900)
+            if len(self.layers) == 1:
+                _run(["cp", "-a", "--reflink=auto", str(self.layers[0]), str(self.path)],
+                     timeout=900)
+            else:  # flatten the layers through a read-only overlay
+                flat = self.dir / "flat"
+                flat.mkdir()
+                _run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowers}", str(flat)])
+                try:
+                    _run(["cp", "-a", "--reflink=auto", str(flat), str(self.path)], timeout=900)
+                finally:
+                    _umount_all_under(flat)
+                    flat.rmdir()
         self._prepared = True
+
+    def _take_layer(self, dest: Path) -> None:
+        """Move what this container changed (or, in copy mode, its whole tree) to dest.
+
+        Only for a powered-off container; it cannot be booted again afterwards.
+        """
+        if self.booted:
+            raise HarnessError("power off before taking the layer")
+        _umount_all_under(self.path)
+        src = self.dir / "upper" if self.mode == "overlay" else self.path
+        try:
+            os.rename(src, dest)
+        except OSError:  # another file system: cp -a keeps whiteouts and xattrs
+            _run(["cp", "-a", str(src), str(dest)], timeout=900)
+        self._destroyed_layer = True
 
     def _write_owner(self) -> None:
         owner = {"owner_pid": os.getpid(), "owner_start": _proc_start_time(os.getpid())}
@@ -832,6 +978,8 @@ class Container:
         self.prepare()
         if self.booted:
             raise HarnessError(f"{self.name} is already booted")
+        if self._destroyed_layer:
+            raise HarnessError(f"{self.name} gave its layer away")
         timeout = timeout or self.boot_timeout
         self.boots += 1
         policy = self.path / str(POLICY_RC_D).lstrip("/")
@@ -1097,13 +1245,17 @@ class Container:
     def install_debs(self, paths: Iterable[str | os.PathLike[str]],
                      preseed: str | None = None,
                      timeout: float = 900.0,
-                     env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+                     env: Mapping[str, str] | None = None,
+                     unsafe_io: bool = True) -> subprocess.CompletedProcess:
         """Install .deb files with dpkg -i, offline.
 
         Dependencies must already be in the root (ROOT_PACKAGES): there is no
         network inside.  If dpkg reports unmet dependencies, MissingDependencies
         names them.  preseed is debconf-set-selections input applied first;
         env is added to dpkg's environment (maintainer scripts see it).
+        unsafe_io skips dpkg's fsync of every unpacked file (it halves the
+        install time of a venv package; the container is shut down cleanly, so
+        nothing is lost), as build chroots do.
         Booted: maintainer scripts see systemd.  Unbooted: image-build mode.
         """
         paths = [Path(p) for p in paths]
@@ -1119,7 +1271,8 @@ class Container:
             target = str(CONTAINER_DEB_DIR / p.name)
             self.copy_in(p, target)
             inside.append(target)
-        r = self.exec(["dpkg", "-i", *inside], check=False, timeout=timeout, env=env)
+        dpkg = ["dpkg", "--force-unsafe-io"] if unsafe_io else ["dpkg"]
+        r = self.exec([*dpkg, "-i", *inside], check=False, timeout=timeout, env=env)
         if r.returncode != 0:
             out = r.stdout + r.stderr
             missing = sorted(set(re.findall(r"depends on ([^;]+?);\s*however", out)))
@@ -1278,11 +1431,10 @@ def drop_key(text, key):
         out.append(line)
     return "".join(out)
 
+MARK = "# Set by the matrix-synapse-workers booted tests.\n"
 for key in args["settings"]:
     text = drop_key(text, key)
-if not text.endswith("\n"):
-    text += "\n"
-text += "\n# Set by the matrix-synapse-workers booted tests.\n"
+text = text.replace(MARK, "").rstrip("\n") + "\n\n" + MARK
 text += yaml.safe_dump(args["settings"], default_flow_style=False, sort_keys=False)
 
 # server_name lives where the admin (or debconf) put it: a conf.d file, else here.
@@ -1293,7 +1445,7 @@ for p in holders:
     body = re.sub(r"(?m)^server_name\s*:.*$", "server_name: %s" % json.dumps(name), open(p).read())
     open(p, "w").write(body)
 if not holders:
-    text = drop_key(text, "server_name") + "server_name: %s\n" % json.dumps(name)
+    text = drop_key(text, "server_name").rstrip("\n") + "\nserver_name: %s\n" % json.dumps(name)
 
 loaded = yaml.safe_load(text)
 for k, v in args["settings"].items():

@@ -344,3 +344,40 @@ def test_apt_sources_parsing() -> None:
         "deb [arch=amd64 signed-by=/k.gpg] http://m.invalid/debian bookworm main\n"
         "# deb http://x.invalid/debian bookworm main\ndeb-src http://m.invalid/debian bookworm main\n")
     assert one == [harness.AptSource("http://m.invalid/debian", "bookworm", ("main",))]
+
+
+def _derive_setup(c: Container) -> None:
+    c.write_file("/var/lib/msw-derived/made-by-setup", "yes\n")
+    c.run(["rm", "/etc/issue.net"])  # a deletion must survive as a whiteout
+    c.run(["systemctl", "disable", "--now", "nginx.service"])
+    COUNTER.append(1)
+
+
+COUNTER: list[int] = []
+
+
+def test_derived_root_is_built_once_and_stacks_on_the_base(base_root: Path) -> None:
+    nonce = f"{os.getpid()}-{time.time()}"  # a fresh key: this test builds for real
+    derived = harness.ensure_derived_root("harness-test", base_root, _derive_setup, [nonce])
+    try:
+        assert len(COUNTER) == 1
+        assert harness.ensure_derived_root("harness-test", base_root, _derive_setup,
+                                           [nonce]) == derived
+        assert len(COUNTER) == 1, "the second call must come from the cache"
+        assert harness.root_layers(derived) == [derived / "layer", base_root]
+        assert not (derived / "layer/usr/bin").exists(), "the layer holds only the changes"
+        with Container(derived, name="derived") as c:
+            assert c.last_state == "running", c.last_failed_units
+            assert c.read_file("/var/lib/msw-derived/made-by-setup") == "yes\n"
+            assert not c.exists("/etc/issue.net")
+            assert c.run(["systemctl", "is-active", "nginx.service"],
+                         check=False).stdout.strip() == "inactive"
+            assert harness.psql(c, "SELECT 1").stdout.strip() == "1"
+            c.write_file("/var/lib/msw-derived/scenario", "only here\n")
+        # What a scenario changes stays out of the cached layers.
+        assert not (derived / "layer/var/lib/msw-derived/scenario").exists()
+        assert (base_root / "etc/issue.net").exists()
+    finally:
+        harness._safe_rmtree(derived)
+        for suffix in (".last-used", ".lock"):
+            Path(f"{derived}{suffix}").unlink(missing_ok=True)

@@ -2,9 +2,10 @@
 
 Run as root with Debian's Python:  /usr/bin/python3 -m pytest tests/standin
 
-The package checks read the two .debs with python-debian and run the venv from
-an extracted tree. The install checks run apt-get and dpkg in a debootstrapped
-bookworm chroot: the bootstrapped root is cached under
+The package checks read the two .debs with python-debian. The install checks
+run apt-get and dpkg in a debootstrapped bookworm chroot (no systemd), run the
+installed Synapse there, upgrade, remove and purge it. The bootstrapped root is
+cached under
 $MSW_TEST_CACHE/standin/ (default /var/cache/matrix-synapse-workers-tests) and
 every test gets its own overlay on top of it, so tests never see each other's
 changes. Downloaded .debs are cached beside it.
@@ -107,6 +108,13 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
+def test_build_standin_rejects_a_bad_version(tmp_path: Path) -> None:
+    done = run(BUILD, "latest", tmp_path, check=False)
+    assert done.returncode != 0
+    assert "not a Synapse release version" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def host_arch() -> str:
     return run("dpkg", "--print-architecture").stdout.strip()
 
@@ -197,7 +205,8 @@ def test_data_layout(data: dict[str, DebData], version: str) -> None:
     assert texts[f"{VENV}/bin/synctl"].startswith(f"#!{VENV}/bin/python3.11\n")
     assert re.search(rf"^VIRTUAL_ENV=\"?{VENV}\"?$", texts[f"{VENV}/bin/activate"], re.M)
     for name, text in texts.items():
-        assert "/var/cache/" not in text and ".staging" not in text, name
+        if name.startswith(f"{VENV}/"):
+            assert "/var/cache/" not in text and ".staging" not in text, name
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
@@ -286,6 +295,15 @@ def mounted_basics(root: Path) -> Iterator[None]:
                 subprocess.run(["umount", "-l", str(target)])
 
 
+def unmount_below(path: Path) -> None:
+    """Unmount whatever is mounted at or below path, deepest first."""
+    with open("/proc/self/mounts") as f:
+        targets = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    prefix = str(path)
+    for target in sorted((t for t in targets if t == prefix or t.startswith(prefix + "/")), reverse=True):
+        subprocess.run(["umount", "-l", target])
+
+
 def chroot_run(root: Path, *cmd: str, env: dict[str, str] | None = None, check: bool = True):
     return run("chroot", root, "env", "-i", *[f"{k}={v}" for k, v in {**CHROOT_ENV, **(env or {})}.items()],
                *cmd, check=check)
@@ -307,6 +325,7 @@ def bookworm_root() -> Path:
                 else:
                     old.unlink()
             tmp = CACHE / f"{SUITE}-minbase.tmp"
+            unmount_below(tmp)  # a failed debootstrap may leave its /proc
             shutil.rmtree(tmp, ignore_errors=True)
             run("debootstrap", "--variant=minbase", SUITE, tmp, mirror)
             policy = tmp / "usr/sbin/policy-rc.d"
@@ -377,6 +396,10 @@ def overlay_chroot(base: Path, work: Path) -> Iterator[Chroot]:
     finally:
         if subprocess.run(["umount", str(merged)]).returncode:
             subprocess.run(["umount", "-l", str(merged)])
+        else:
+            # The upper layer holds a whole installed Synapse: do not leave it
+            # to pytest's retained temporary directories.
+            shutil.rmtree(upper, ignore_errors=True)
 
 
 @pytest.fixture

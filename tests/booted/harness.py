@@ -790,15 +790,18 @@ def _sweep_stale_containers() -> None:
     if not WORK_DIR.is_dir():
         return
     for d in WORK_DIR.iterdir():
-        owner_file = d / "owner.json"
+        # Only directories named by _machine_name(): others may share WORK_DIR.
+        m = _CONTAINER_DIR_RE.match(d.name)
+        if not m or not d.is_dir():
+            continue
         try:
-            owner = json.loads(owner_file.read_text())
+            owner = json.loads((d / "owner.json").read_text())
         except (OSError, ValueError):
             owner = {}
         pid, start = owner.get("owner_pid"), owner.get("owner_start")
         if pid and _proc_start_time(pid) == start:
             continue  # its owner still runs
-        if not owner and time.time() - d.stat().st_mtime < 600:
+        if not owner and _pid_alive(int(m.group(1))):
             continue  # being set up right now
         nspawn = owner.get("nspawn_pid")
         if nspawn and _proc_start_time(nspawn) == owner.get("nspawn_start"):
@@ -823,6 +826,7 @@ def _kill(pid: int) -> None:
 
 
 _name_counter = 0
+_CONTAINER_DIR_RE = re.compile(r"^msw-[a-z0-9-]*?-(\d+)-(\d+)$")
 
 
 def _machine_name(name: str) -> str:
@@ -947,7 +951,7 @@ class Container:
 
     def _write_owner(self) -> None:
         owner = {"owner_pid": os.getpid(), "owner_start": _proc_start_time(os.getpid())}
-        if self._nspawn is not None:
+        if self._nspawn is not None and self._nspawn.poll() is None:
             owner["nspawn_pid"] = self._nspawn.pid
             owner["nspawn_start"] = _proc_start_time(self._nspawn.pid)
         tmp = self.dir / "owner.json.tmp"
@@ -1141,6 +1145,9 @@ class Container:
                  **kw: Any) -> subprocess.CompletedProcess:
         if self._pid is None:
             raise HarnessError(f"{self.name} is not booted")
+        if self._nspawn is not None and self._nspawn.poll() is not None:
+            raise BootFailed(f"{self.name} stopped on its own (nspawn exited "
+                             f"{self._nspawn.returncode}):\n{self._nspawn_log()}")
         full = ["nsenter", "-t", str(self._pid), "-a", "--", *_guest_env_argv(env), *argv]
         return _run(full, **kw)
 

@@ -28,6 +28,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,18 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def deb_identity(deb: Path) -> str:
+    """A digest of what a .deb installs: its control files (md5sums of every
+    file, maintainer scripts, fields), not its bytes, which change with every
+    rebuild of the same content."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="msw-deb-control-") as tmp:
+        run("dpkg-deb", "--control", deb, tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _build_layer(final: Path, make) -> Path:
     """Build a cached layer once (under a lock), atomically renamed into place."""
     with locked(final.with_name(final.name + ".lock")):
@@ -227,7 +240,7 @@ def deps_root(standin_deb: Path) -> Path:
 def standin_root(standin_deb: Path) -> Path:
     """deps_root plus the stand-in, with a PostgreSQL homeserver configuration."""
     base = deps_root(standin_deb)
-    final = CACHE / f"standin-{_key(RECIPE, base.name, _file_sha(standin_deb), POSTGRES_DATABASE)}"
+    final = CACHE / f"standin-{_key(RECIPE, base.name, deb_identity(standin_deb), POSTGRES_DATABASE)}"
 
     def make(tmp: Path) -> None:
         run("cp", "-a", "--reflink=auto", base, tmp)

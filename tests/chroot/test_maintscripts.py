@@ -254,6 +254,8 @@ BAD_PRESEEDS = {
                            ["'typing' can run only once", "roles that scale"]),
     "count x": ({"preset": "custom", "worker-types": "sync", "worker-counts": "sync:x"},
                 ["count 'x' for 'sync' is not a number"]),
+    "missing web server user": ({"preset": "small", "web-user": "caddy"},
+                                ["web server user 'caddy' does not exist"]),
 }
 
 
@@ -277,7 +279,7 @@ def test_bad_preseed_fails_the_install_before_any_change(synapse_host, ours_deb,
     assert not c.has_group("clubmatrix")
 
     # The loud stop is easy to recover from: fix the answer, configure again.
-    c.preseed(INSTALL_ANSWERS)
+    c.preseed({**INSTALL_ANSWERS, "web-user": "www-data"})
     c.run("dpkg", "--configure", "-a")
     assert c.status() == "ii"
     assert workers_on_disk(c) == INSTALL_WORKERS
@@ -294,6 +296,24 @@ def test_bad_preseed_on_reconfigure_changes_nothing(synapse_host, ours_deb):
     assert done.returncode != 0
     assert "'typing' can run only once" in done.stdout
     assert changed(before, c.snapshot(*WATCHED)) == {}
+
+
+def test_interactive_invalid_answer_is_shown_and_asked_again(synapse_host, ours_deb):
+    """With a terminal the admin sees the message and answers again, until it is valid."""
+    c = synapse_host
+    install(c, ours_deb, {"preset": "small"})
+    c.preseed({"worker-counts": "sync:x"})  # below priority high: config does not ask it
+    answers = "5\n1 11\ntyping:2\nsync:2\n"  # custom; sync and typing; two bad counts, a good one
+    done = c.run("script", "-qec", f"dpkg-reconfigure -phigh {PACKAGE}", "/dev/null",
+                 input=answers, env={"DEBIAN_FRONTEND": "teletype"})
+
+    out = " ".join(done.stdout.split())
+    first, second = out.split("Invalid answer")[1:3]
+    assert "count 'x' for 'sync' is not a number" in first
+    assert "'typing' can run only once" in second
+    assert "Worker counts:" in second
+    assert c.answers()["worker-counts"] == "sync:2"
+    assert workers_on_disk(c) == {"sync-1", "sync-2", "typing-1"}
 
 
 # --- Redis the guide's way ------------------------------------------------------------

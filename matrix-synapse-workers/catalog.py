@@ -8,6 +8,12 @@ change calculator read this table; nothing about a role is written twice.
 Facts checked against Synapse 1.163 (``synapse/config/workers.py``) and
 upstream's docs/workers.md.  The all-socket layout needs Synapse >= 1.89.
 
+The reverse proxy's routes live here too, in :data:`ENDPOINTS`: each class of
+endpoints names its URL patterns once and the roles that serve it, in order of
+preference (main serves whatever no worker takes).  :mod:`routing` turns this
+table and a plan into the nginx model; tests/synapse checks the table against
+the servlets the installed Synapse registers on a generic worker.
+
 >>> ROLES["typing"].stream
 'typing'
 >>> ROLES["sync"].scales, ROLES["typing"].scales
@@ -207,3 +213,136 @@ _PRESET_LIST: tuple[Preset, ...] = (
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in _PRESET_LIST})
 DEFAULT_PRESET = "small"
+
+
+# --------------------------------------------------------------------------
+# Reverse-proxy routes: the one table of which endpoints go to which role.
+
+
+class Balance(Enum):
+    """How requests of one endpoint class are spread over a pool of workers."""
+
+    #: Any worker will do (least connections).
+    ANY = "any"
+    #: The same user to the same worker: the localpart of a Synapse-issued
+    #: ``syt_`` access token, or the whole token when it is of another form.
+    USER = "user"
+    #: The same room to the same worker: the room id after ``/rooms/`` in the path.
+    ROOM = "room"
+    #: The same remote server to the same worker: the X-Matrix origin, else the address.
+    ORIGIN = "origin"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """A class of endpoints and who serves it.
+
+    ``patterns`` are anchored PCRE regexes (valid for nginx and for Python's
+    ``re``), matched against the request path in the order of :data:`ENDPOINTS`
+    (the first class that matches wins).  ``roles`` serve every method, first
+    role with workers first; ``read_roles`` serve only GET and HEAD when none of
+    ``roles`` has workers.  Main serves the rest, and every request whose pool is
+    down.  ``resource`` is the listener resource a worker needs to serve them.
+    """
+
+    name: str
+    summary: str
+    resource: str
+    patterns: tuple[str, ...]
+    roles: tuple[str, ...] = ()
+    read_roles: tuple[str, ...] = ()
+    balance: Balance = Balance.ANY
+
+
+_CS = "^/_matrix/client/"
+_V = "(api/v1|r0|v3|unstable)"   # every client API version prefix
+_R = "(r0|v3|unstable)"
+
+_ENDPOINT_LIST: tuple[Endpoints, ...] = (
+    # Stream writers first: their endpoints would otherwise match broader classes.
+    Endpoints("typing", "typing notifications", "client",
+              (f"{_CS}{_V}/rooms/.*/typing",), roles=("typing",)),
+    Endpoints("to_device", "to-device messages", "client",
+              (f"{_CS}{_R}/sendToDevice/",), roles=("to_device",)),
+    Endpoints("account_data", "account data and tags", "client",
+              (f"{_CS}{_R}/.*/tags", f"{_CS}{_R}/.*/account_data"),
+              roles=("account_data",), read_roles=("client",)),
+    Endpoints("receipts", "read receipts and markers", "client",
+              (f"{_CS}{_R}/rooms/.*/receipt", f"{_CS}{_R}/rooms/.*/read_markers"),
+              roles=("receipts", "client")),
+    Endpoints("presence", "presence", "client",
+              (f"{_CS}{_V}/presence/",), roles=("presence",), read_roles=("client",)),
+    Endpoints("push_rules", "push rules", "client",
+              (f"{_CS}{_V}/pushrules/",), roles=("push_rules",), read_roles=("client",)),
+    Endpoints("device_lists", "devices and key uploads", "client",
+              (f"{_CS}(r0|v3)/delete_devices$", f"{_CS}{_V}/devices(/|$)",
+               f"{_CS}{_R}/keys/upload", f"{_CS}{_V}/keys/device_signing/upload$",
+               f"{_CS}{_V}/keys/signatures/upload$"),
+              roles=("device_lists", "client")),
+    Endpoints("user_directory", "user directory search", "client",
+              (f"{_CS}{_R}/user_directory/search$",), roles=("user_dir", "client")),
+    # Single sign-on: every step of one login must reach the same process.
+    Endpoints("sso", "single sign-on (kept on main: one process for every step)", "client",
+              (f"{_CS}{_V}/login/sso/redirect", "^/_synapse/client/pick_idp$",
+               "^/_synapse/client/pick_username", "^/_synapse/client/new_user_consent$",
+               "^/_synapse/client/sso_register$", "^/_synapse/client/oidc/callback$",
+               "^/_synapse/client/saml2/authn_response$", f"{_CS}{_V}/login/cas/ticket$")),
+    Endpoints("sync", "/sync and the other event streams, sticky per user", "client",
+              (f"{_CS}(r0|v3)/sync$", f"{_CS}(api/v1|r0|v3)/events$",
+               f"{_CS}(api/v1|r0|v3)/initialSync$", f"{_CS}(api/v1|r0|v3)/rooms/[^/]+/initialSync$"),
+              roles=("sync", "client"), balance=Balance.USER),
+    Endpoints("room", "room reads and event sending, one worker per room", "client",
+              (f"{_CS}{_V}/rooms/.*/messages$", f"{_CS}{_V}/rooms/.*/context/.*$",
+               f"{_CS}{_V}/rooms/.*/members$", f"{_CS}{_V}/rooms/.*/joined_members$",
+               f"{_CS}{_V}/rooms/.*/state$", f"{_CS}v1/rooms/.*/hierarchy$",
+               f"{_CS}(v1|unstable)/rooms/.*/relations/", f"{_CS}v1/rooms/.*/threads$",
+               f"{_CS}{_V}/rooms/.*/event/", f"{_CS}v1/rooms/.*/timestamp_to_event$",
+               f"{_CS}(api/v1|r0|v3|unstable/.*)/rooms/.*/aliases",
+               f"{_CS}{_V}/rooms/.*/redact", f"{_CS}{_V}/rooms/.*/send",
+               f"{_CS}{_V}/rooms/.*/state/",
+               f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)$"),
+              roles=("client",), balance=Balance.ROOM),
+    Endpoints("client", "other client API reads and writes a generic worker serves", "client",
+              (f"{_CS}{_V}/createRoom$", f"{_CS}{_V}/publicRooms$",
+               f"{_CS}unstable/im.nheko.summary/summary/.*$",
+               f"{_CS}{_R}/account/3pid$", f"{_CS}{_R}/account/whoami$",
+               f"{_CS}{_R}/account/deactivate$", f"{_CS}versions$",
+               f"{_CS}{_V}/voip/turnServer$", f"{_CS}{_V}/joined_rooms$",
+               f"{_CS}{_V}/search$", f"{_CS}{_R}/user/.*/filter(/|$)",
+               f"{_CS}{_V}/directory/room/.*$", f"{_CS}{_R}/capabilities$",
+               f"{_CS}{_R}/notifications$",
+               f"{_CS}{_R}/keys/query$", f"{_CS}{_R}/keys/changes$", f"{_CS}{_R}/keys/claim$",
+               f"{_CS}{_R}/room_keys/",
+               f"{_CS}{_V}/login$", f"{_CS}{_R}/register$", f"{_CS}{_R}/register/available$",
+               f"{_CS}v1/register/m.login.registration_token/validity$",
+               f"{_CS}{_R}/password_policy$",
+               f"{_CS}{_V}/join/", f"{_CS}{_V}/knock/", f"{_CS}{_V}/profile/"),
+              roles=("client",)),
+    Endpoints("delayed_events", "delayed events (reads)", "client",
+              (f"{_CS}unstable/org.matrix.msc4140/delayed_events",), read_roles=("client",)),
+    Endpoints("media", "the media repository", "media",
+              ("^/_matrix/media/", f"{_CS}v1/media/", "^/_matrix/federation/v1/media/"),
+              roles=("media",)),
+    Endpoints("federation_send", "inbound federation transactions, by origin server",
+              "federation", ("^/_matrix/federation/v1/send/",),
+              roles=("federation_reader",), balance=Balance.ORIGIN),
+    Endpoints("federation", "other inbound federation requests", "federation",
+              ("^/_matrix/federation/v1/version$", "^/_matrix/federation/v1/event/",
+               "^/_matrix/federation/v1/state/", "^/_matrix/federation/v1/state_ids/",
+               "^/_matrix/federation/v1/backfill/", "^/_matrix/federation/v1/get_missing_events/",
+               "^/_matrix/federation/v1/publicRooms", "^/_matrix/federation/v1/query/",
+               "^/_matrix/federation/v1/make_join/", "^/_matrix/federation/v1/make_leave/",
+               "^/_matrix/federation/(v1|v2)/send_join/", "^/_matrix/federation/(v1|v2)/send_leave/",
+               "^/_matrix/federation/v1/make_knock/", "^/_matrix/federation/v1/send_knock/",
+               "^/_matrix/federation/(v1|v2)/invite/", "^/_matrix/federation/v1/event_auth/",
+               "^/_matrix/federation/v1/timestamp_to_event/",
+               "^/_matrix/federation/v1/exchange_third_party_invite/",
+               "^/_matrix/federation/v1/user/devices/", "^/_matrix/key/v2/query",
+               "^/_matrix/federation/v1/hierarchy/"),
+              roles=("federation_reader",)),
+)
+
+#: Every endpoint class by name, in matching order.
+ENDPOINTS: Mapping[str, Endpoints] = MappingProxyType({e.name: e for e in _ENDPOINT_LIST})
+#: The Synapse version whose registered servlets the table was last checked against.
+ENDPOINTS_CHECKED_AGAINST = (1, 163, 2)

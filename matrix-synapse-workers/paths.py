@@ -21,6 +21,10 @@ REDIS_CONF_D = CONF_D / "redis.yaml"
 STATE_DIR = PurePosixPath("var/lib/matrix-synapse-workers")
 TMPFILES_OVERRIDE = PurePosixPath("etc/tmpfiles.d/matrix-synapse-workers.conf")
 NGINX_DIR = PurePosixPath("etc/nginx")
+# http context: Debian's nginx.conf includes conf.d/*.conf inside http {}.
+NGINX_HTTP_CONF = NGINX_DIR / "conf.d" / f"{PACKAGE}.conf"
+# server context: snippets/ is included by nobody until the admin's vhost does.
+NGINX_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}.conf"
 
 # Absolute runtime paths written into configuration.
 SOCKET_DIR = PurePosixPath("/run/matrix-synapse")

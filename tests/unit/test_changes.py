@@ -43,8 +43,10 @@ def test_adding_a_sync_worker_touches_nothing_else(tmp_path):
     changes = change_to(root, on_disk, "sync:3,client,typing,pusher")
     assert changes.start == ("sync-3",)
     assert not changes.restart_main and changes.restart_workers == () and changes.stop == ()
+    # The new socket joins the sync pool in nginx's upstreams; the locations stay.
     assert [str(f.path) for f in changes.write] == [
-        "etc/matrix-synapse/workers/sync-3.yaml", "etc/matrix-synapse/worker-logs/sync-3.yaml"]
+        "etc/matrix-synapse/workers/sync-3.yaml", "etc/matrix-synapse/worker-logs/sync-3.yaml",
+        "etc/nginx/conf.d/matrix-synapse-workers.conf"]
 
 
 def test_removing_workers_stops_them_and_removes_only_their_files(tmp_path):

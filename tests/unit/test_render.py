@@ -21,6 +21,7 @@ def test_one_file_per_worker_plus_shared_redis_and_log_configs(tmp_path):
         "etc/matrix-synapse/worker-logs/sync-1.yaml", "etc/matrix-synapse/worker-logs/sync-2.yaml",
         "etc/matrix-synapse/worker-logs/typing-1.yaml",
         "etc/redis/redis-matrix-synapse.conf",
+        "etc/nginx/conf.d/matrix-synapse-workers.conf", "etc/nginx/snippets/matrix-synapse-workers.conf",
     }
 
 

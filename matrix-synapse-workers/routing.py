@@ -1,0 +1,191 @@
+"""Pure: the catalog's endpoint table x a plan -> where each class of requests goes.
+
+The reverse proxy needs, for every class of endpoints in :data:`catalog.ENDPOINTS`,
+the pool of workers that serves it (or main), and how requests are spread over
+that pool.  This module decides that once; the nginx templates only print it.
+
+>>> from .selection import select
+>>> from .plan import Plan, plan_workers
+>>> plan = Plan(plan_workers(select(workers="sync:2,client")))
+>>> destination(plan, "/_matrix/client/v3/sync", "GET")
+('sync', ('sync-1', 'sync-2'))
+>>> destination(plan, "/_matrix/client/v3/rooms/!r:x/typing/@a:x", "PUT")
+('main', ())
+>>> destination(plan, "/_matrix/client/v3/user/@a:x/account_data/t", "GET")
+('client', ('client-1',))
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from . import paths
+from .catalog import ENDPOINTS, ROLES, Balance, Endpoints
+from .plan import Plan
+
+MAIN = "main"
+#: Methods a ``read_roles`` pool serves.
+READ_METHODS = ("GET", "HEAD")
+#: Synapse's default max_upload_size; the proxy must let such uploads through.
+MAX_BODY_SIZE = "50M"
+
+#: The nginx variable each balance hashes on (set by maps in the http-context file).
+HASH_KEYS: dict[Balance, str | None] = {
+    Balance.ANY: None,
+    Balance.USER: "$msw_user",
+    Balance.ROOM: "$msw_room",
+    Balance.ORIGIN: "$msw_origin",
+}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A pool of sockets and how nginx picks one of them."""
+
+    name: str
+    sockets: tuple[PurePosixPath, ...]
+    #: nginx variable to hash on (consistent hashing); None: least connections.
+    hash_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Location:
+    """One regex location: an endpoint class and the upstream (or method map) it uses."""
+
+    endpoints: Endpoints
+    #: Every method goes to ``upstream``; None when only reads leave main.
+    upstream: Upstream | None
+    #: Only GET and HEAD go here (the rest to main); set when ``upstream`` is None.
+    read_upstream: Upstream | None = None
+
+    @property
+    def regex(self) -> str:
+        return combined_regex(self.endpoints.patterns)
+
+    @property
+    def method_map(self) -> str:
+        """Name of the nginx variable that picks the upstream by method."""
+        return f"$msw_{self.endpoints.name}_by_method"
+
+
+@dataclass(frozen=True)
+class NginxModel:
+    main: Upstream
+    upstreams: tuple[Upstream, ...]
+    locations: tuple[Location, ...]
+
+    @property
+    def balances(self) -> frozenset[Balance]:
+        return frozenset(l.endpoints.balance for l in self.locations if l.upstream is not None)
+
+
+def combined_regex(patterns: tuple[str, ...]) -> str:
+    """One anchored regex for several ``^...`` patterns.
+
+    >>> combined_regex(("^/a$", "^/b/"))
+    '^(?:/a$|/b/)'
+    """
+    bodies = [p[1:] if p.startswith("^") else p for p in patterns]
+    return "^(?:" + "|".join(bodies) + ")"
+
+
+def upstream_name(role: str, balance: Balance) -> str:
+    suffix = "" if balance is Balance.ANY else f"_by_{balance.value}"
+    return f"msw_{role}{suffix}"
+
+
+def main_upstream() -> Upstream:
+    return Upstream("msw_main", (paths.MAIN_HTTP_SOCKET,))
+
+
+def _first_staffed(plan: Plan, roles: tuple[str, ...]) -> str | None:
+    return next((role for role in roles if plan.of_role(role)), None)
+
+
+def _pool(plan: Plan, role: str, balance: Balance) -> Upstream:
+    return Upstream(upstream_name(role, balance),
+                    tuple(w.http_socket for w in plan.of_role(role)), HASH_KEYS[balance])
+
+
+def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
+    """Where one class goes with this plan; None when main serves all of it."""
+    role = _first_staffed(plan, endpoints.roles)
+    if role is not None:
+        return Location(endpoints, _pool(plan, role, endpoints.balance))
+    reader = _first_staffed(plan, endpoints.read_roles)
+    if reader is not None:
+        return Location(endpoints, None, _pool(plan, reader, endpoints.balance))
+    return None
+
+
+def nginx_model(plan: Plan) -> NginxModel:
+    """Upstreams and locations for a plan, in the catalog's matching order."""
+    locations = tuple(filter(None, (location_for(plan, e) for e in ENDPOINTS.values())))
+    upstreams: dict[str, Upstream] = {}
+    for location in locations:
+        for upstream in (location.upstream, location.read_upstream):
+            if upstream is not None:
+                upstreams.setdefault(upstream.name, upstream)
+    return NginxModel(main_upstream(), tuple(upstreams.values()), locations)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str) -> re.Pattern[str]:
+    return re.compile(combined_regex(ENDPOINTS[name].patterns))
+
+
+def endpoint_class(path: str) -> Endpoints | None:
+    """The first class whose patterns match ``path`` (nginx's regex-location order)."""
+    return next((e for e in ENDPOINTS.values() if _compiled(e.name).match(path)), None)
+
+
+def destination(plan: Plan, path: str, method: str) -> tuple[str, tuple[str, ...]]:
+    """The role (or ``main``) and the workers a request goes to while they are up."""
+    endpoints = endpoint_class(path)
+    if endpoints is None:
+        return MAIN, ()
+    role = _first_staffed(plan, endpoints.roles)
+    if role is None and method.upper() in READ_METHODS:
+        role = _first_staffed(plan, endpoints.read_roles)
+    if role is None:
+        return MAIN, ()
+    return role, tuple(w.name for w in plan.of_role(role))
+
+
+def route_table(plan: Plan) -> list[dict[str, object]]:
+    """Every endpoint class with where it goes, for people and for ``--json``."""
+    rows: list[dict[str, object]] = []
+    for endpoints in ENDPOINTS.values():
+        location = location_for(plan, endpoints)
+        upstream = location.upstream if location else None
+        reads = location.read_upstream if location else None
+        target = upstream or reads
+        rows.append({
+            "endpoints": endpoints.name,
+            "summary": endpoints.summary,
+            "methods": "all" if upstream or not reads else "GET, HEAD (others: main)",
+            "to": [p.stem for p in target.sockets] if target else [MAIN],
+            "balance": endpoints.balance.value if target else None,
+        })
+    return rows
+
+
+def check_table() -> list[str]:
+    """Inconsistencies in the catalog's endpoint table (empty when sound)."""
+    problems = []
+    for endpoints in ENDPOINTS.values():
+        for role in endpoints.roles + endpoints.read_roles:
+            if role not in ROLES:
+                problems.append(f"{endpoints.name}: unknown role {role}")
+            elif endpoints.resource not in ROLES[role].http_resources:
+                problems.append(f"{endpoints.name}: {role} workers do not serve "
+                                f"the {endpoints.resource} resource")
+        for pattern in endpoints.patterns:
+            if not pattern.startswith("^"):
+                problems.append(f"{endpoints.name}: {pattern} is not anchored")
+            if any(c in pattern for c in ' ;{}"\''):
+                problems.append(f"{endpoints.name}: {pattern} needs quoting in nginx")
+    return problems

@@ -1,0 +1,175 @@
+"""The route table (catalog.ENDPOINTS) and the nginx files rendered from it."""
+
+import doctest
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from matrix_synapse_workers import paths, routing
+from matrix_synapse_workers.catalog import ENDPOINTS, PRESETS, ROLES, Balance
+from matrix_synapse_workers.plan import Plan, plan_workers
+from matrix_synapse_workers.render import nginx_files
+from matrix_synapse_workers.selection import select
+
+
+def plan_of(spec: str) -> Plan:
+    return Plan(plan_workers(select(workers=spec)))
+
+
+def snippet_and_http(spec: str) -> tuple[str, str]:
+    http, snippet = nginx_files(plan_of(spec))
+    return http.content, snippet.content
+
+
+def test_module_examples():
+    result = doctest.testmod(routing)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_table_is_consistent_with_the_roles():
+    assert routing.check_table() == []
+
+
+def test_no_pattern_is_written_twice():
+    patterns = [p for e in ENDPOINTS.values() for p in e.patterns]
+    assert len(patterns) == len(set(patterns))
+
+
+# One example request per endpoint class (method, path) and where it must go
+# with every worker type present ("busy" plus user_dir etc.).
+EXAMPLES = {
+    ("GET", "/_matrix/client/v3/sync"): "sync",
+    ("GET", "/_matrix/client/r0/initialSync"): "sync",
+    ("GET", "/_matrix/client/v3/rooms/!a:x/messages"): "client",
+    ("PUT", "/_matrix/client/v3/rooms/!a:x/send/m.room.message/1"): "client",
+    ("GET", "/_matrix/client/v3/account/whoami"): "client",
+    ("POST", "/_matrix/client/v3/login"): "client",
+    ("GET", "/_matrix/client/v3/login/sso/redirect"): "main",
+    ("GET", "/_synapse/client/pick_idp"): "main",
+    ("PUT", "/_matrix/client/v3/rooms/!a:x/typing/@u:x"): "typing",
+    ("PUT", "/_matrix/client/v3/sendToDevice/m.x/1"): "to_device",
+    ("PUT", "/_matrix/client/v3/user/@u:x/account_data/t"): "account_data",
+    ("POST", "/_matrix/client/v3/rooms/!a:x/receipt/m.read/$e"): "receipts",
+    ("PUT", "/_matrix/client/v3/presence/@u:x/status"): "presence",
+    ("PUT", "/_matrix/client/v3/pushrules/global/override/x"): "push_rules",
+    ("POST", "/_matrix/client/v3/keys/upload"): "device_lists",
+    ("GET", "/_matrix/client/v3/devices"): "device_lists",
+    ("POST", "/_matrix/client/v3/keys/query"): "client",
+    ("POST", "/_matrix/client/v3/user_directory/search"): "user_dir",
+    ("GET", "/_matrix/media/v3/download/x/y"): "media",
+    ("GET", "/_matrix/client/v1/media/config"): "media",
+    ("GET", "/_matrix/federation/v1/media/download/x"): "media",
+    ("PUT", "/_matrix/federation/v1/send/123"): "federation_reader",
+    ("GET", "/_matrix/federation/v1/event/$e"): "federation_reader",
+    ("POST", "/_matrix/key/v2/query"): "federation_reader",
+    ("GET", "/_matrix/client/v3/pushers"): "main",
+    ("POST", "/_matrix/client/v3/logout"): "main",
+    ("GET", "/_synapse/admin/v1/server_version"): "main",
+}
+EVERYTHING = "sync:2,client:2,federation_reader:2,media,user_dir,typing,to_device,account_data," \
+             "receipts,presence,push_rules,device_lists,events"
+
+
+@pytest.mark.parametrize("request_line", sorted(EXAMPLES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_each_class_goes_to_its_role(request_line):
+    method, path = request_line
+    assert routing.destination(plan_of(EVERYTHING), path, method)[0] == EXAMPLES[request_line]
+
+
+def test_without_the_writer_its_endpoints_fall_back_in_the_catalog_order():
+    plan = plan_of("sync,client")
+    assert routing.destination(plan, "/_matrix/client/v3/keys/upload", "POST")[0] == "client"
+    assert routing.destination(plan, "/_matrix/client/v3/rooms/!a:x/typing/@u:x", "PUT")[0] == "main"
+    # account data: a generic worker serves only reads of it.
+    path = "/_matrix/client/v3/user/@u:x/account_data/t"
+    assert routing.destination(plan, path, "GET")[0] == "client"
+    assert routing.destination(plan, path, "PUT")[0] == "main"
+    # sync without a sync worker: the client pool serves it.
+    assert routing.destination(plan_of("client"), "/_matrix/client/v3/sync", "GET")[0] == "client"
+    # federation needs the federation resource: never the client pool.
+    assert routing.destination(plan, "/_matrix/federation/v1/send/1", "PUT")[0] == "main"
+
+
+def test_no_workers_means_no_locations_but_the_main_ones():
+    http, snippet = snippet_and_http("pusher")
+    assert "location ~" not in snippet
+    assert "location /_matrix/" in snippet and "location @msw_main" in snippet
+    assert re.findall(r"^upstream (\S+)", http, re.M) == ["msw_main"]
+
+
+def test_sync_is_sticky_by_user_rooms_by_room_federation_by_origin():
+    http, _ = snippet_and_http("sync:3,client:2,federation_reader:2")
+    upstreams = dict(re.findall(r"^upstream (\S+) \{\n    (.*);", http, re.M))
+    assert upstreams["msw_sync_by_user"] == "hash $msw_user consistent"
+    assert upstreams["msw_client_by_room"] == "hash $msw_room consistent"
+    assert upstreams["msw_federation_reader_by_origin"] == "hash $msw_origin consistent"
+    assert upstreams["msw_client"] == "least_conn"
+    for name in ("sync-1", "sync-2", "sync-3"):
+        assert f"server unix:{paths.SOCKET_DIR}/{name}.sock;" in http
+
+
+def test_every_worker_location_falls_back_to_main_and_sets_the_forwarded_headers():
+    _, snippet = snippet_and_http(EVERYTHING)
+    blocks = re.findall(r"location ([^{]*)\{(.*?)\n    \}", snippet, re.S)
+    assert len(blocks) > 10
+    for where, body in blocks:
+        assert "proxy_set_header X-Forwarded-For $remote_addr;" in body, where
+        assert "proxy_set_header X-Forwarded-Proto $scheme;" in body, where
+        assert "client_max_body_size 50M;" in body, where
+        if where.startswith("~"):
+            assert "error_page 502 = @msw_main;" in body, where
+    assert "backup" not in snippet
+
+
+def test_reads_only_classes_pick_the_upstream_by_method():
+    http, snippet = snippet_and_http("client")
+    assert "map $request_method $msw_account_data_by_method {" in http
+    assert "proxy_pass http://$msw_account_data_by_method;" in snippet
+
+
+def test_rendering_is_deterministic():
+    assert snippet_and_http(EVERYTHING) == snippet_and_http(EVERYTHING)
+
+
+def test_files_start_with_the_generated_marker_and_sit_where_debian_includes_them():
+    http, snippet = nginx_files(plan_of("sync"))
+    assert str(http.path) == "etc/nginx/conf.d/matrix-synapse-workers.conf"
+    assert str(snippet.path) == "etc/nginx/snippets/matrix-synapse-workers.conf"
+    assert http.content.startswith("# Generated by matrix-synapse-workers")
+    assert snippet.content.startswith("# Generated by matrix-synapse-workers")
+
+
+def test_synapse_tokens_hash_on_the_localpart():
+    """The map's regex, run by Python on a token Synapse would issue."""
+    http, _ = snippet_and_http("sync:2")
+    regex = re.search(r'"~\^syt_(.*)" \$msw_localpart', http)[1]
+    match = re.match("^syt_" + regex.replace("?<", "?P<"), "syt_YWxpY2U_RaNdOmStRiNgXXXXXXXX_0Abc1D")
+    assert match["msw_localpart"] == "YWxpY2U"
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
+@pytest.mark.parametrize("spec", ["sync", "client", EVERYTHING, *(f"preset:{p}" for p in PRESETS)])
+def test_nginx_accepts_the_files(tmp_path: Path, spec: str):
+    """`nginx -t` with the files in the contexts Debian's layout puts them in."""
+    plan = Plan(plan_workers(select(preset=spec[7:]) if spec.startswith("preset:") else select(workers=spec)))
+    http, snippet = nginx_files(plan)
+    (tmp_path / "http.conf").write_text(http.content)
+    (tmp_path / "snippet.conf").write_text(snippet.content)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/http.conf;\n"
+        f"  server {{\n    listen 127.0.0.1:18080;\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
+    r = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_every_role_with_client_endpoints_is_routed_somewhere():
+    """A role serving an HTTP resource other than health appears in the table."""
+    routed = {r for e in ENDPOINTS.values() for r in e.roles + e.read_roles}
+    serving = {name for name, role in ROLES.items() if role.resources and not role.stream}
+    assert serving <= routed
+    assert all(b in routing.HASH_KEYS for b in Balance)

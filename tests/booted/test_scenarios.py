@@ -1,8 +1,9 @@
 """What an admin lives through, on a booted bookworm system with real Synapse.
 
-Each test installs the stand-in matrix-synapse-py3 (Synapse from PyPI), points
-it at PostgreSQL, then installs matrix-synapse-workers with preseeded debconf
-answers, exactly as `apt install` would, and checks the running result.
+Each test starts from the stand-in matrix-synapse-py3 (Synapse from PyPI)
+already pointed at PostgreSQL (a cached layer, see conftest.synapse_root), then
+installs matrix-synapse-workers with preseeded debconf answers, exactly as
+`apt install` would, and checks the running result.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import Container, http_unix, login, register_user, synapse_setup, wait_for_http
+from conftest import BUILD_STANDIN, REPO, SERVER_NAME as SERVER, _name_for
+from harness import Container, http_unix, login, register_user, wait_for_http
 
-SERVER = "example.test"
 SOCKETS = "/run/matrix-synapse"
 
 
@@ -38,9 +39,18 @@ def preseed(preset: str = "small", types: str = "", counts: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_synapse(c: Container, standin: Path) -> None:
-    c.install_debs([standin])
-    synapse_setup(c, SERVER)
+@pytest.fixture
+def synapse(synapse_root: Path, request: pytest.FixtureRequest):
+    """A booted container with Synapse running on PostgreSQL, our package not installed."""
+    with Container(synapse_root, name=_name_for(request)) as c:
+        yield c
+
+
+@pytest.fixture
+def synapse_unbooted(synapse_root: Path, request: pytest.FixtureRequest):
+    """The same, prepared but not booted: an image being built."""
+    with Container(synapse_root, name=_name_for(request), boot=False) as c:
+        yield c
 
 
 def install_workers(c: Container, deb: Path, answers: str) -> None:
@@ -84,9 +94,8 @@ def redis_clients(c: Container) -> int:
     return len([l for l in out.splitlines() if "cmd=" in l])
 
 
-def test_fresh_install_with_a_preset(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_fresh_install_with_a_preset(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, client, typing", "sync:2"))
     names = workers_on_disk(c)
     assert names == ["client-1", "sync-1", "sync-2", "typing-1"]
@@ -114,9 +123,8 @@ def test_fresh_install_with_a_preset(container, standin_deb, package_deb):
     assert r.returncode != 0
 
 
-def test_traffic_reaches_the_worker_meant_for_it(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_traffic_reaches_the_worker_meant_for_it(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, client, typing"))
     assert_all_healthy(c, ["client-1", "sync-1", "typing-1"])
     register_user(c, f"{SOCKETS}/main.sock", "alice", "alice-password-1")
@@ -144,9 +152,8 @@ def test_traffic_reaches_the_worker_meant_for_it(container, standin_deb, package
         c.wait_until(["grep", "-q", path, f"/var/log/matrix-synapse/{name}.log"], timeout=30)
 
 
-def test_reconfigure_adding_a_sync_worker_keeps_the_others_running(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_reconfigure_adding_a_sync_worker_keeps_the_others_running(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, client", "sync:1"))
     assert_all_healthy(c, ["client-1", "sync-1"])
     before = {u: main_pid(c, u) for u in ["matrix-synapse.service", unit_of("sync-1"), unit_of("client-1")]}
@@ -178,9 +185,8 @@ def test_reconfigure_adding_a_sync_worker_keeps_the_others_running(container, st
     assert requests[0] > 0 and errors == []
 
 
-def test_reconfigure_removing_workers(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_reconfigure_removing_workers(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, client, typing", "sync:2"))
     assert_all_healthy(c, ["client-1", "sync-1", "sync-2", "typing-1"])
     reconfigure(c, preseed("custom", "sync", "sync:1"))
@@ -200,9 +206,8 @@ def test_reconfigure_removing_workers(container, standin_deb, package_deb):
     assert r.status == 200, r.text
 
 
-def test_reboot_brings_everything_back(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_reboot_brings_everything_back(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, typing"))
     names = ["sync-1", "typing-1"]
     assert_all_healthy(c, names)
@@ -213,10 +218,8 @@ def test_reboot_brings_everything_back(container, standin_deb, package_deb):
     assert socket_modes(c) == modes
 
 
-def test_image_build_comes_up_at_first_boot(unbooted, standin_deb, package_deb):
-    c = unbooted
-    c.install_debs([standin_deb])
-    synapse_setup(c, SERVER, restart=False)
+def test_image_build_comes_up_at_first_boot(synapse_unbooted, package_deb):
+    c = synapse_unbooted
     install_workers(c, package_deb, preseed("custom", "sync, client"))
     assert sorted(n for n in c.chroot_run("ls /etc/matrix-synapse/workers").stdout.split()) == [
         "client-1.yaml", "sync-1.yaml"]
@@ -225,9 +228,8 @@ def test_image_build_comes_up_at_first_boot(unbooted, standin_deb, package_deb):
     assert_all_healthy(c, ["client-1", "sync-1"])
 
 
-def test_crashed_worker_is_restarted(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_crashed_worker_is_restarted(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync"))
     assert_all_healthy(c, ["sync-1"])
     old = main_pid(c, unit_of("sync-1"))
@@ -236,9 +238,8 @@ def test_crashed_worker_is_restarted(container, standin_deb, package_deb):
     wait_for_http(c, f"{SOCKETS}/sync-1.sock", "/health", timeout=60)
 
 
-def test_purge_leaves_a_working_single_process(container, standin_deb, package_deb):
-    c = container
-    install_synapse(c, standin_deb)
+def test_purge_leaves_a_working_single_process(synapse, package_deb):
+    c = synapse
     install_workers(c, package_deb, preseed("custom", "sync, typing"))
     assert_all_healthy(c, ["sync-1", "typing-1"])
     c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)
@@ -250,3 +251,38 @@ def test_purge_leaves_a_working_single_process(container, standin_deb, package_d
                       check=False).stdout.strip()
     assert leftovers == ""
     assert c.run(["dpkg-statoverride", "--list", SOCKETS], check=False).stdout.strip() == ""
+
+
+@pytest.fixture(scope="session")
+def old_standin_deb(tmp_path_factory) -> Path:
+    """The stand-in at the previous Synapse release, to upgrade from."""
+    import subprocess
+    out = tmp_path_factory.mktemp("standin-old")
+    subprocess.run([str(BUILD_STANDIN), "1.163.1", str(out)], cwd=REPO, check=True,
+                   capture_output=True, text=True, timeout=1200)
+    return next(out.glob("matrix-synapse-py3_*.deb"))
+
+
+def server_versions(c: Container, names: list[str]) -> dict[str, str]:
+    return {n: http_unix(c, f"{SOCKETS}/{n}.sock", "GET", "/health").headers.get("server", "")
+            for n in ["main", *names]}
+
+
+def active_since(c: Container, unit: str) -> int:
+    return int(c.run(["systemctl", "show", "-P", "ActiveEnterTimestampMonotonic", unit]).stdout)
+
+
+def test_synapse_upgrade_restarts_workers_after_main(synapse, old_standin_deb, standin_deb, package_deb):
+    c = synapse
+    # Go back to the older Synapse first (the admin's starting point), then deploy workers.
+    c.install_debs([old_standin_deb])
+    install_workers(c, package_deb, preseed("custom", "sync, client, typing"))
+    names = ["client-1", "sync-1", "typing-1"]
+    assert_all_healthy(c, names)
+    assert set(server_versions(c, names).values()) == {"Synapse/1.163.1"}
+    c.install_debs([standin_deb])  # the upgrade: its own postinst restarts only main
+    for name in names:
+        wait_for_http(c, f"{SOCKETS}/{name}.sock", "/health", timeout=90)
+    assert set(server_versions(c, names).values()) == {"Synapse/1.163.2"}
+    main_started = active_since(c, "matrix-synapse.service")
+    assert all(active_since(c, unit_of(n)) >= main_started for n in names)

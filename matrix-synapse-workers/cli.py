@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice_arguments(apply_parser)
     apply_parser.add_argument("--dry-run", action="store_true",
                               help="print what would change; exit 2 if anything would")
+    status_parser = commands.add_parser(
+        "status", help="check every process, socket, Redis and the config; exit 0 healthy, "
+                       "1 degraded, 2 broken")
+    status_parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
     for name, text in (("deconfigure", "stop the workers and return Synapse to a single process"),
                        ("restart-after-upgrade", "restart main, then every worker (after a Synapse upgrade)")):
         sub = commands.add_parser(name, help=text)
@@ -158,7 +162,22 @@ def run_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_status(args: argparse.Namespace) -> int:
+    import time
+    from . import status, statusprobe  # probing is only for this command
+    started = time.monotonic()
+    rows = status.evaluate(statusprobe.gather())
+    seconds = time.monotonic() - started
+    if args.json:
+        print(json.dumps(status.as_json(rows, seconds), indent=2))
+    else:
+        print(status.as_table(rows, seconds, colour=sys.stdout.isatty()))
+    return status.exit_code(rows)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        return run_status(args)
     if args.command in ("apply", "deconfigure", "restart-after-upgrade"):
         return run_apply(args)
     desired = decide(args.root, args.preset, args.workers, _settings(args))

@@ -1,0 +1,539 @@
+"""Pure: what the probes found -> rows of ok/info/warn/fail with one line of advice.
+
+:mod:`statusprobe` does all the looking (systemd, sockets, Redis, nginx,
+debconf) and hands over a :class:`Facts`; everything here is a function of
+those facts, so every verdict can be tested with recorded facts.
+
+Exit codes: 0 healthy, 1 degraded (warnings), 2 broken (a failure: main down,
+Redis down, a process without replication, a stream without its writer).
+
+>>> worst([Row("x", "a", OK, ""), Row("x", "b", WARN, "", "do this")])
+'warn'
+>>> exit_code([Row("x", "a", OK, ""), Row("x", "b", FAIL, "", "do that")])
+2
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Iterable, Mapping, Sequence
+
+from . import paths
+from .plan import parse_worker_name
+
+OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
+_RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}
+RECONFIGURE = f"dpkg-reconfigure {paths.PACKAGE}"
+RESTART_ALL = f"systemctl restart {paths.TARGET_UNIT}"
+MAIN = "main"
+_VERSION = re.compile(r"Synapse/(?P<version>[0-9][^\s]*)")
+
+
+# --- facts (what the probes hand over) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Process:
+    """A Synapse process that should run: main or a worker."""
+
+    name: str
+    unit: str
+    http_socket: PurePosixPath
+    #: Its replication socket (stream writers and main), if any.
+    replication_socket: PurePosixPath | None = None
+    #: Writes a stream: when it is down, that stream's writes fail.
+    stream: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitState:
+    active: str  # active, inactive, failed, activating, ...
+    sub: str = ""
+    main_pid: int = 0
+
+
+@dataclass(frozen=True)
+class Health:
+    """The answer to GET /health over a process's socket."""
+
+    status: int | None = None
+    body: str = ""
+    server: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.body.strip() == "OK"
+
+    @property
+    def version(self) -> str | None:
+        match = _VERSION.search(self.server)
+        return match["version"] if match else None
+
+
+@dataclass(frozen=True)
+class PathStat:
+    exists: bool
+    is_socket: bool = False
+    owner: str = ""
+    group: str = ""
+    mode: int = 0
+
+
+@dataclass(frozen=True)
+class RedisClient:
+    """One line of Redis's CLIENT LIST, as far as it matters here."""
+
+    fd: int
+    subscriptions: int = 0
+    flags: str = ""
+
+    @property
+    def subscribed(self) -> bool:
+        return self.subscriptions > 0 or "P" in self.flags
+
+
+@dataclass(frozen=True)
+class RedisFacts:
+    #: ``unix:/path`` or ``host:port`` from conf.d/redis.yaml; "" when it has none.
+    location: str
+    #: The unit running it, for the dedicated instance and the guide's Redis.
+    unit: str | None = None
+    socket: PurePosixPath | None = None
+    socket_stat: PathStat | None = None
+    error: str = ""
+    #: ``CONFIG GET port``: 0 means no TCP; None when not asked or refused.
+    tcp_port: int | None = None
+    clients: tuple[RedisClient, ...] = ()
+    #: Redis server fd -> pid of the client process at the other end (from ss),
+    #: None when connections cannot be attributed (not root, no ss).
+    client_pids: Mapping[int, int] | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self.location) and not self.error
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the configuration on disk says should be running."""
+
+    processes: tuple[Process, ...]
+    socket_group: str = paths.DEFAULT_SOCKET_GROUP
+    web_user: str = paths.DEFAULT_WEB_USER
+    dir_owner: str = paths.SYNAPSE_USER
+    dir_mode: int = paths.SOCKET_DIR_MODE
+    #: Whether matrix-synapse must be in the redis group (our Redis socket is 0770 redis:redis).
+    needs_redis_group: bool = True
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """The deployed files against the answers and the admin's homeserver.yaml."""
+
+    #: Worker counts on disk, as ``answers.normalized_counts`` spells them.
+    disk_workers: str
+    #: The same from the debconf answers; None when debconf could not be read.
+    answer_workers: str | None = None
+    answer_error: str = ""
+    #: From /var/lib/matrix-synapse-workers/applied; None when there is none.
+    recorded_workers: str | None = None
+    #: Our files whose content differs from what the package would write now.
+    drifted: tuple[str, ...] = ()
+    #: Our files that should exist and do not.
+    missing: tuple[str, ...] = ()
+    #: conf.d/workers.yaml re-emits every listener of the admin's config.
+    listeners_match: bool | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class NginxFacts:
+    #: Files the renderer produces under etc/nginx/ (absolute paths).
+    rendered: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    #: Rendered files ``nginx -T`` does not show as part of the configuration.
+    not_included: tuple[str, ...] = ()
+    test_ok: bool | None = None
+    test_output: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    expected: Expected
+    units: Mapping[str, UnitState]
+    health: Mapping[str, Health]
+    #: The socket directory and every socket, by absolute path.
+    paths: Mapping[str, PathStat]
+    #: Group name -> its members, including users whose primary group it is;
+    #: a missing group is absent.
+    groups: Mapping[str, frozenset[str]]
+    redis: RedisFacts
+    installed_version: str | None
+    config: ConfigFacts
+    nginx: NginxFacts
+    target_unit: UnitState | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    subject: str
+    status: str
+    detail: str
+    advice: str | None = None
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def worst(rows: Iterable[Row]) -> str:
+    result = OK
+    for row in rows:
+        if _RANK[row.status] > _RANK[result]:
+            result = row.status
+    return result
+
+
+def exit_code(rows: Iterable[Row]) -> int:
+    return _RANK[worst(rows)]
+
+
+def upstream_version(version: str | None) -> str | None:
+    """``1:1.163.2+bookworm1`` -> ``1.163.2``: the Synapse release a package carries."""
+    if not version:
+        return None
+    version = version.split(":", 1)[-1]
+    return re.split(r"[+~-]", version, maxsplit=1)[0] or None
+
+
+def expected_processes(worker_names: Iterable[str]) -> tuple[Process, ...]:
+    """Main and one process per worker file, with the sockets the catalog gives them."""
+    found = [Process(MAIN, paths.MAIN_UNIT, paths.MAIN_HTTP_SOCKET, paths.MAIN_REPLICATION_SOCKET)]
+    for name in worker_names:
+        parsed = parse_worker_name(name)
+        role = parsed[0] if parsed else None
+        replication = (paths.worker_replication_socket(name)
+                       if role is not None and role.needs_replication_listener else None)
+        found.append(Process(name, paths.WORKER_UNIT_TEMPLATE.format(name=name),
+                             paths.worker_http_socket(name), replication,
+                             role.stream if role is not None else None))
+    return tuple(found)
+
+
+def _mode(mode: int) -> str:
+    return f"{mode:04o}" if mode > 0o777 else f"{mode:03o}"
+
+
+# --- checks --------------------------------------------------------------------
+
+
+def check_redis(facts: Facts) -> list[Row]:
+    redis = facts.redis
+    if not redis.location:
+        return [Row("redis", "config", FAIL, f"/{paths.REDIS_CONF_D} names no Redis",
+                    f"run: {RECONFIGURE}")]
+    rows = []
+    if redis.unit is not None:
+        state = facts.units.get(redis.unit, UnitState("unknown"))
+        if state.active != "active":
+            rows.append(Row("redis", redis.unit, FAIL, state.active,
+                            f"systemctl restart {redis.unit} (why it stopped: journalctl -u {redis.unit})"))
+        else:
+            rows.append(Row("redis", redis.unit, OK, "active"))
+    if redis.socket is not None and (redis.socket_stat is None or not redis.socket_stat.exists):
+        rows.append(Row("redis", str(redis.socket), FAIL, "socket missing",
+                        f"restart Redis: systemctl restart {redis.unit or 'redis-server'}"))
+    elif redis.error:
+        rows.append(Row("redis", redis.location, FAIL, f"no answer: {redis.error}",
+                        f"restart Redis: systemctl restart {redis.unit or 'redis-server'}"))
+    else:
+        tcp = redis.tcp_port
+        if redis.socket is None:
+            rows.append(Row("redis", redis.location, OK, "answers over TCP (an existing Redis)"))
+        elif tcp is None:
+            rows.append(Row("redis", redis.location, INFO, "answers; TCP port not readable (CONFIG refused)"))
+        elif tcp != 0:
+            where = (f"/{paths.REDIS_INSTANCE_CONF}" if redis.socket == paths.REDIS_INSTANCE_SOCKET
+                     else "the Redis configuration")
+            rows.append(Row("redis", redis.location, WARN, f"answers, but also listens on TCP port {tcp}",
+                            f"set 'port 0' in {where} and restart Redis ({RECONFIGURE} does it for ours)"))
+        else:
+            rows.append(Row("redis", redis.location, OK, "answers on the socket, TCP closed (port 0)"))
+    return rows
+
+
+def check_groups(facts: Facts) -> list[Row]:
+    expected = facts.expected
+    group = expected.socket_group
+    members = facts.groups.get(group)
+    if members is None:
+        return [Row("groups", group, FAIL, "group does not exist", f"run: {RECONFIGURE}")]
+    wanted = [paths.SYNAPSE_USER] + ([expected.web_user] if expected.web_user else [])
+    missing = [user for user in wanted if user not in members]
+    rows = []
+    if missing:
+        rows.append(Row("groups", group, FAIL if paths.SYNAPSE_USER in missing else WARN,
+                        f"{', '.join(missing)} not in {group}",
+                        f"adduser {missing[0]} {group}, then restart it ({RECONFIGURE} does both)"))
+    else:
+        rows.append(Row("groups", group, OK, f"{', '.join(wanted)} in {group}"))
+    if expected.needs_redis_group:
+        redis_members = facts.groups.get("redis", frozenset())
+        if paths.SYNAPSE_USER not in redis_members:
+            rows.append(Row("groups", "redis", FAIL, f"{paths.SYNAPSE_USER} not in redis: it cannot open "
+                                                     "the Redis socket",
+                            f"adduser {paths.SYNAPSE_USER} redis, then {RESTART_ALL}"))
+        else:
+            rows.append(Row("groups", "redis", OK, f"{paths.SYNAPSE_USER} in redis"))
+    return rows
+
+
+def check_socket_dir(facts: Facts) -> Row:
+    expected = facts.expected
+    directory = str(paths.SOCKET_DIR)
+    stat = facts.paths.get(directory, PathStat(False))
+    want = f"{expected.dir_owner}:{expected.socket_group} {_mode(expected.dir_mode)}"
+    if not stat.exists:
+        return Row("sockets", directory, FAIL, "directory missing",
+                   f"systemd-tmpfiles --create, then {RESTART_ALL}")
+    have = f"{stat.owner}:{stat.group} {_mode(stat.mode)}"
+    if have != want:
+        return Row("sockets", directory, WARN, f"{have}, expected {want}",
+                   f"run: {RECONFIGURE} (it sets owner, group and mode)")
+    return Row("sockets", directory, OK, have)
+
+
+def _socket_problems(facts: Facts) -> list[tuple[Process, str, str]]:
+    """(process, socket, problem) for sockets of running processes with a wrong mode or group."""
+    problems = []
+    for process in facts.expected.processes:
+        if facts.units.get(process.unit, UnitState("unknown")).active != "active":
+            continue  # a stopped process has no socket to judge; its row says so
+        wanted = [(process.http_socket, paths.HTTP_SOCKET_MODE)]
+        if process.replication_socket is not None:
+            wanted.append((process.replication_socket, paths.REPLICATION_SOCKET_MODE))
+        for path, mode in wanted:
+            stat = facts.paths.get(str(path), PathStat(False))
+            if not stat.exists:
+                problems.append((process, str(path), "missing"))
+            elif not stat.is_socket:
+                problems.append((process, str(path), "not a socket"))
+            elif stat.mode & 0o777 != mode:
+                problems.append((process, str(path), f"mode {_mode(stat.mode & 0o777)}, expected {_mode(mode)}"))
+            elif stat.group != facts.expected.socket_group:
+                problems.append((process, str(path), f"group {stat.group}, expected "
+                                                     f"{facts.expected.socket_group}"))
+    return problems
+
+
+def check_sockets(facts: Facts) -> list[Row]:
+    rows = [check_socket_dir(facts)]
+    problems = _socket_problems(facts)
+    for process, path, problem in problems:
+        rows.append(Row("sockets", path, WARN, problem,
+                        f"Synapse sets it when it starts: systemctl restart {process.unit}"))
+    if not problems:
+        count = sum(1 + (p.replication_socket is not None) for p in facts.expected.processes
+                    if facts.units.get(p.unit, UnitState("unknown")).active == "active")
+        rows.append(Row("sockets", "modes", OK, f"{count} sockets: http 0660, replication 0600"))
+    return rows
+
+
+def check_target(facts: Facts) -> Row:
+    state = facts.target_unit or UnitState("unknown")
+    if state.active != "active":
+        return Row("units", paths.TARGET_UNIT, WARN, state.active,
+                   f"systemctl start {paths.TARGET_UNIT}")
+    return Row("units", paths.TARGET_UNIT, OK, "active")
+
+
+def _redis_links(facts: Facts, pid: int) -> tuple[int, bool] | None:
+    """(connections, subscribed) of one process, or None when not attributable."""
+    redis = facts.redis
+    if redis.client_pids is None or not redis.reachable:
+        return None
+    mine = [c for c in redis.clients if redis.client_pids.get(c.fd) == pid]
+    return len(mine), any(c.subscribed for c in mine)
+
+
+def check_process(facts: Facts, process: Process) -> Row:
+    """Unit state, /health, version and Redis link of one process, in one row."""
+    state = facts.units.get(process.unit, UnitState("unknown"))
+    health = facts.health.get(process.name, Health(error="not probed"))
+    critical = process.name == MAIN or process.stream is not None
+    down = FAIL if critical else WARN
+    what = "main" if process.name == MAIN else (
+        f"the only writer of the {process.stream} stream" if process.stream else "")
+    logs = f"journalctl -u {process.unit}"
+    if state.active != "active":
+        verb = "restart" if state.active == "failed" else "start"
+        detail = f"{process.unit} {state.active}" + (f" ({what})" if what else "")
+        return Row("process", process.name, down, detail,
+                   f"systemctl {verb} {process.unit} (why it stopped: {logs})")
+    parts = ["active"]
+    if not health.ok:
+        got = health.error or f"HTTP {health.status} {health.body.strip()[:40]!r}"
+        return Row("process", process.name, down, f"active, /health on {process.http_socket}: {got}",
+                   f"it runs but does not answer: see {logs}, then systemctl restart {process.unit}")
+    parts.append("/health OK")
+    if health.version:
+        parts.append(f"Synapse {health.version}")
+    links = _redis_links(facts, state.main_pid)
+    if links is not None:
+        connections, subscribed = links
+        if not subscribed:
+            return Row("process", process.name, FAIL,
+                       ", ".join(parts) + f", no Redis replication subscription ({connections} connections)",
+                       f"replication is not working for it: look for redis in {logs}, then "
+                       f"systemctl restart {process.unit}")
+        parts.append(f"Redis: {connections} connections, subscribed")
+    return Row("process", process.name, OK, ", ".join(parts))
+
+
+def check_replication_total(facts: Facts) -> Row | None:
+    """Without per-process attribution: at least one subscriber per running process."""
+    redis = facts.redis
+    if redis.client_pids is not None or not redis.reachable:
+        return None
+    running = sum(1 for p in facts.expected.processes
+                  if facts.units.get(p.unit, UnitState("unknown")).active == "active")
+    subscribed = sum(1 for c in redis.clients if c.subscribed)
+    if subscribed < running:
+        return Row("redis", "replication", FAIL,
+                   f"{subscribed} replication subscriptions for {running} running processes",
+                   f"look for redis in journalctl -u 'matrix-synapse*', then {RESTART_ALL}")
+    return Row("redis", "replication", OK,
+               f"{subscribed} subscriptions for {running} processes (run as root to see each process)")
+
+
+def check_versions(facts: Facts) -> Row:
+    seen: dict[str, list[str]] = {}
+    for process in facts.expected.processes:
+        version = facts.health.get(process.name, Health()).version
+        if version:
+            seen.setdefault(version, []).append(process.name)
+    installed = upstream_version(facts.installed_version)
+    if not seen:
+        return Row("versions", "synapse", INFO, "no process answered with its version"
+                   + (f"; installed: {installed}" if installed else ""))
+    reference = installed or _majority(seen)
+    if set(seen) == {reference}:
+        return Row("versions", "synapse", OK, f"every process runs {reference}"
+                   + (", as installed" if installed else ""))
+    spread = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(seen.items()))
+    odd = sorted(name for v, names in seen.items() if v != reference for name in names)
+    return Row("versions", "synapse", WARN,
+               spread + (f" (installed: {installed})" if installed else "")
+               + f"; not running {reference}: {', '.join(odd)}",
+               f"restart them after the upgrade: {RESTART_ALL}")
+
+
+def _majority(seen: Mapping[str, list[str]]) -> str:
+    return max(seen, key=lambda v: (MAIN in seen[v], len(seen[v])))
+
+
+def check_config(facts: Facts) -> list[Row]:
+    config = facts.config
+    if config.error:
+        return [Row("config", "files", WARN, config.error, f"run: {RECONFIGURE}")]
+    rows = []
+    if config.answer_workers is None:
+        if config.recorded_workers is not None and config.recorded_workers != config.disk_workers:
+            rows.append(Row("config", "workers", WARN,
+                            f"on disk {config.disk_workers or 'none'}, last applied "
+                            f"{config.recorded_workers or 'none'}",
+                            f"run: {RECONFIGURE}"))
+        else:
+            rows.append(Row("config", "workers", INFO, f"{config.disk_workers or 'none'}; debconf answers "
+                                                       f"not readable{': ' + config.answer_error if config.answer_error else ''}"))
+    elif config.answer_workers != config.disk_workers:
+        rows.append(Row("config", "workers", WARN,
+                        f"on disk {config.disk_workers or 'none'}, debconf answers {config.answer_workers}",
+                        f"run: {RECONFIGURE}"))
+    else:
+        rows.append(Row("config", "workers", OK, f"{config.disk_workers} as the debconf answers say"))
+    if config.listeners_match is False:
+        rows.append(Row("config", f"/{paths.SHARED_CONF}", WARN,
+                        f"its listeners differ from /{paths.HOMESERVER_YAML}'s (edited since the last apply)",
+                        f"run: {RECONFIGURE}"))
+    if config.missing or config.drifted:
+        names = [*config.missing, *config.drifted]
+        detail = (f"{len(config.missing)} missing, " if config.missing else "") + \
+            f"{len(config.drifted)} differ from what the package writes: {', '.join(names[:4])}" + \
+            (" ..." if len(names) > 4 else "")
+        rows.append(Row("config", "files", WARN, detail, f"run: {RECONFIGURE}"))
+    elif config.listeners_match is not False:
+        rows.append(Row("config", "files", OK, "as the package writes them"))
+    return rows
+
+
+def check_nginx(facts: Facts) -> list[Row]:
+    nginx = facts.nginx
+    if not nginx.rendered:
+        return [Row("nginx", "routing", INFO, "this version renders no nginx files: not checked")]
+    rows = []
+    if nginx.missing:
+        rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
+    if nginx.not_included:
+        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(nginx.not_included)}",
+                        f"include {nginx.not_included[0]} as the README shows, then nginx -t && "
+                        "systemctl reload nginx"))
+    if nginx.test_ok is False:
+        first = next((line for line in nginx.test_output.splitlines() if "emerg" in line or "error" in line),
+                     nginx.test_output.strip().splitlines()[-1] if nginx.test_output.strip() else "")
+        rows.append(Row("nginx", "nginx -t", FAIL, first[:200] or "fails",
+                        "fix what nginx -t reports; the running nginx keeps its old configuration until then"))
+    elif nginx.test_ok is None:
+        rows.append(Row("nginx", "nginx -t", INFO, "nginx not found: not tested"))
+    if not rows or all(r.status == INFO for r in rows):
+        rows.insert(0, Row("nginx", "routing", OK, f"{len(nginx.rendered)} files included"
+                           + (", nginx -t passes" if nginx.test_ok else "")))
+    return rows
+
+
+def evaluate(facts: Facts) -> list[Row]:
+    """Every check, in the order a person reads them."""
+    rows = [*check_redis(facts), *check_groups(facts), *check_sockets(facts), check_target(facts)]
+    rows += [check_process(facts, p) for p in facts.expected.processes]
+    total = check_replication_total(facts)
+    if total is not None:
+        rows.append(total)
+    rows.append(check_versions(facts))
+    rows += check_nginx(facts)
+    rows += check_config(facts)
+    return rows
+
+
+# --- output --------------------------------------------------------------------
+
+_COLOURS = {OK: "32", INFO: "36", WARN: "33", FAIL: "31"}
+_VERDICT = {0: "healthy", 1: "degraded", 2: "broken"}
+
+
+def as_json(rows: Sequence[Row], seconds: float) -> dict[str, object]:
+    code = exit_code(rows)
+    return {"status": _VERDICT[code], "exit_code": code, "seconds": round(seconds, 3),
+            "checks": [asdict(row) for row in rows]}
+
+
+def as_table(rows: Sequence[Row], seconds: float, colour: bool = False) -> str:
+    def paint(status: str) -> str:
+        text = status.upper().ljust(4)
+        return f"\033[{_COLOURS[status]}m{text}\033[0m" if colour else text
+
+    widths = [max(len(getattr(r, key)) for r in rows) for key in ("check", "subject")]
+    lines = []
+    for row in rows:
+        lines.append(f"{paint(row.status)}  {row.check.ljust(widths[0])}  "
+                     f"{row.subject.ljust(widths[1])}  {row.detail}".rstrip())
+        if row.advice and row.status in (WARN, FAIL):
+            lines.append(f"{'':4}  {'':{widths[0]}}  -> {row.advice}")
+    code = exit_code(rows)
+    lines.append("")
+    problems = sum(1 for r in rows if r.status in (WARN, FAIL))
+    lines.append(f"{_VERDICT[code]}: {problems} problem{'s' if problems != 1 else ''} "
+                 f"in {len(rows)} checks ({seconds:.2f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,315 @@
+"""status: verdicts from recorded facts, and the probe parsers on recorded output."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from matrix_synapse_workers import status, statusprobe
+from matrix_synapse_workers.status import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
+                                           NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
+                                           evaluate, exit_code, expected_processes)
+
+WORKERS = ("client-1", "sync-1", "sync-2", "typing-1")
+REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
+REDIS_UNIT = "redis-server@matrix-synapse.service"
+
+
+def healthy(workers=WORKERS, version="1.163.2") -> Facts:
+    """What a working host with these workers looks like to the probes."""
+    processes = expected_processes(workers)
+    units = {"matrix-synapse.target": UnitState("active"), REDIS_UNIT: UnitState("active", "running", 50)}
+    health, stats, clients, pids = {}, {"/run/matrix-synapse": PathStat(True, False, "matrix-synapse",
+                                                                        "clubmatrix", 0o2750)}, [], {}
+    for index, process in enumerate(processes):
+        pid = 100 + index
+        units[process.unit] = UnitState("active", "running", pid)
+        health[process.name] = Health(200, "OK", f"Synapse/{version}")
+        stats[str(process.http_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o660)
+        if process.replication_socket:
+            stats[str(process.replication_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o600)
+        for n, sub in ((0, 0), (1, 2)):
+            fd = 10 + 2 * index + n
+            clients.append(RedisClient(fd, sub, "P" if sub else "N"))
+            pids[fd] = pid
+    return Facts(
+        expected=Expected(processes),
+        units=units, health=health, paths=stats,
+        groups={"clubmatrix": frozenset({"matrix-synapse", "www-data"}), "redis": frozenset({"matrix-synapse"})},
+        redis=RedisFacts(f"unix:{REDIS_SOCKET}", REDIS_UNIT, Path(REDIS_SOCKET),
+                         PathStat(True, True, "redis", "redis", 0o770), tcp_port=0,
+                         clients=tuple(clients), client_pids=pids),
+        installed_version="1.163.2",
+        config=ConfigFacts("sync:2,client:1,typing:1", "sync:2,client:1,typing:1",
+                           recorded_workers="sync:2,client:1,typing:1", listeners_match=True),
+        nginx=NginxFacts(), target_unit=UnitState("active"))
+
+
+def row(rows, check, subject):
+    found = [r for r in rows if r.check == check and r.subject == subject]
+    assert len(found) == 1, (check, subject, rows)
+    return found[0]
+
+
+def problems(rows):
+    return [r for r in rows if r.status in (WARN, FAIL)]
+
+
+def test_doctests():
+    result = doctest.testmod(status)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_healthy_host_is_exit_0_with_every_process_seen():
+    rows = evaluate(healthy())
+    assert problems(rows) == [], rows
+    assert exit_code(rows) == 0
+    assert [r.subject for r in rows if r.check == "process"] == ["main", *WORKERS]
+    assert "subscribed" in row(rows, "process", "sync-2").detail
+    assert row(rows, "versions", "synapse").detail == "every process runs 1.163.2, as installed"
+    assert row(rows, "nginx", "routing").status == INFO
+
+
+def test_one_worker_stopped_is_degraded_and_names_it():
+    facts = healthy()
+    units = dict(facts.units, **{"matrix-synapse-worker@sync-2.service": UnitState("inactive", "dead")})
+    health = dict(facts.health, **{"sync-2": Health(error="socket missing")})
+    rows = evaluate(replace(facts, units=units, health=health))
+    assert [(r.subject, r.status) for r in problems(rows)] == [("sync-2", WARN)]
+    assert "systemctl start matrix-synapse-worker@sync-2.service" in row(rows, "process", "sync-2").advice
+    assert exit_code(rows) == 1
+
+
+def test_a_stopped_stream_writer_or_main_is_broken():
+    facts = healthy()
+    for unit, name in (("matrix-synapse-worker@typing-1.service", "typing-1"),
+                       ("matrix-synapse.service", "main")):
+        units = dict(facts.units, **{unit: UnitState("failed", "failed")})
+        rows = evaluate(replace(facts, units=units))
+        assert row(rows, "process", name).status == FAIL
+        assert row(rows, "process", name).advice.startswith(f"systemctl restart {unit}")
+        assert exit_code(rows) == 2
+
+
+def test_redis_down_is_broken():
+    facts = healthy()
+    redis = replace(facts.redis, socket_stat=PathStat(False), error="No such file or directory",
+                    clients=(), tcp_port=None)
+    units = dict(facts.units, **{REDIS_UNIT: UnitState("inactive", "dead")})
+    rows = evaluate(replace(facts, redis=redis, units=units))
+    assert exit_code(rows) == 2
+    assert row(rows, "redis", REDIS_UNIT).advice.startswith(f"systemctl restart {REDIS_UNIT}")
+    assert row(rows, "redis", REDIS_SOCKET).detail == "socket missing"
+    # The processes still answer /health: they are not blamed for Redis.
+    assert row(rows, "process", "sync-1").status == OK
+
+
+def test_a_worker_without_its_redis_subscription_is_broken():
+    facts = healthy()
+    pid = facts.units["matrix-synapse-worker@sync-1.service"].main_pid
+    clients = tuple(c for c in facts.redis.clients if not (facts.redis.client_pids[c.fd] == pid and c.subscribed))
+    rows = evaluate(replace(facts, redis=replace(facts.redis, clients=clients)))
+    sync = row(rows, "process", "sync-1")
+    assert sync.status == FAIL and "no Redis replication subscription (1 connections)" in sync.detail
+    assert exit_code(rows) == 2
+
+
+def test_without_attribution_subscriptions_are_counted():
+    facts = healthy()
+    rows = evaluate(replace(facts, redis=replace(facts.redis, client_pids=None)))
+    assert row(rows, "redis", "replication").status == OK
+    fewer = replace(facts.redis, client_pids=None, clients=facts.redis.clients[:-1])
+    rows = evaluate(replace(facts, redis=fewer))
+    assert row(rows, "redis", "replication").status == FAIL
+    assert "4 replication subscriptions for 5 running processes" in row(rows, "redis", "replication").detail
+
+
+def test_redis_on_tcp_is_a_warning():
+    facts = healthy()
+    rows = evaluate(replace(facts, redis=replace(facts.redis, tcp_port=6379)))
+    assert row(rows, "redis", f"unix:{REDIS_SOCKET}").status == WARN
+    assert "port 0" in row(rows, "redis", f"unix:{REDIS_SOCKET}").advice
+
+
+def test_wrong_socket_mode_is_reported_with_the_unit_to_restart():
+    facts = healthy()
+    stats = dict(facts.paths)
+    stats["/run/matrix-synapse/sync-1.sock"] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o666)
+    stats["/run/matrix-synapse/typing-1-replication.sock"] = PathStat(True, True, "matrix-synapse",
+                                                                      "clubmatrix", 0o660)
+    rows = evaluate(replace(facts, paths=stats))
+    bad = row(rows, "sockets", "/run/matrix-synapse/sync-1.sock")
+    assert bad.status == WARN and bad.detail == "mode 666, expected 660"
+    assert bad.advice.endswith("systemctl restart matrix-synapse-worker@sync-1.service")
+    assert row(rows, "sockets", "/run/matrix-synapse/typing-1-replication.sock").detail == \
+        "mode 660, expected 600"
+    assert exit_code(rows) == 1
+
+
+def test_socket_directory_and_groups():
+    facts = healthy()
+    stats = dict(facts.paths, **{"/run/matrix-synapse": PathStat(True, False, "root", "root", 0o755)})
+    groups = {"clubmatrix": frozenset({"matrix-synapse"}), "redis": frozenset()}
+    rows = evaluate(replace(facts, paths=stats, groups=groups))
+    assert row(rows, "sockets", "/run/matrix-synapse").detail == \
+        "root:root 755, expected matrix-synapse:clubmatrix 2750"
+    assert row(rows, "groups", "clubmatrix").status == WARN
+    assert row(rows, "groups", "clubmatrix").advice.startswith("adduser www-data clubmatrix")
+    assert row(rows, "groups", "redis").status == FAIL
+    rows = evaluate(replace(facts, groups={}))
+    assert row(rows, "groups", "clubmatrix").detail == "group does not exist"
+
+
+def test_version_skew_names_the_process_left_behind():
+    facts = healthy()
+    health = dict(facts.health, **{"sync-1": Health(200, "OK", "Synapse/1.163.1")})
+    rows = evaluate(replace(facts, health=health))
+    versions = row(rows, "versions", "synapse")
+    assert versions.status == WARN
+    assert versions.detail.endswith("not running 1.163.2: sync-1")
+    assert versions.advice.endswith("systemctl restart matrix-synapse.target")
+    # Every process on the old version after the package was upgraded.
+    old = {name: Health(200, "OK", "Synapse/1.163.1") for name in facts.health}
+    rows = evaluate(replace(facts, health=old, installed_version="1.163.2+standin"))
+    assert "not running 1.163.2: client-1, main, sync-1, sync-2, typing-1" in row(rows, "versions", "synapse").detail
+
+
+def test_upstream_version_of_package_versions():
+    assert status.upstream_version("1:1.163.2+bookworm1") == "1.163.2"
+    assert status.upstream_version("1.163.2~rc1-1") == "1.163.2"
+    assert status.upstream_version(None) is None
+
+
+def test_health_that_fails_while_the_unit_runs():
+    facts = healthy()
+    health = dict(facts.health, **{"client-1": Health(error="no answer within 1 s")})
+    rows = evaluate(replace(facts, health=health))
+    client = row(rows, "process", "client-1")
+    assert client.status == WARN and "no answer within 1 s" in client.detail
+    assert "journalctl -u matrix-synapse-worker@client-1.service" in client.advice
+
+
+def test_config_drift_asks_for_reconfigure():
+    facts = healthy()
+    config = replace(facts.config, answer_workers="sync:1", drifted=("/etc/matrix-synapse/conf.d/workers.yaml",),
+                     listeners_match=False)
+    rows = evaluate(replace(facts, config=config))
+    assert row(rows, "config", "workers").detail == "on disk sync:2,client:1,typing:1, debconf answers sync:1"
+    assert row(rows, "config", "/etc/matrix-synapse/conf.d/workers.yaml").status == WARN
+    assert all(r.advice == "run: dpkg-reconfigure matrix-synapse-workers" for r in problems(rows))
+    # No debconf: the record the postinst wrote is the reference.
+    config = replace(facts.config, answer_workers=None, recorded_workers="sync:1")
+    assert row(evaluate(replace(facts, config=config)), "config", "workers").status == WARN
+
+
+def test_nginx_rows_only_when_routing_files_are_rendered():
+    facts = healthy()
+    files = ("/etc/nginx/conf.d/matrix-synapse-workers.conf", "/etc/nginx/snippets/matrix-synapse-workers.conf")
+    rows = evaluate(replace(facts, nginx=NginxFacts(files, test_ok=True)))
+    assert row(rows, "nginx", "routing").status == OK
+    rows = evaluate(replace(facts, nginx=NginxFacts(files, not_included=files[1:], test_ok=False,
+                                                    test_output="nginx: [emerg] unknown directive\n")))
+    assert row(rows, "nginx", "include").advice.startswith(f"include {files[1]}")
+    assert row(rows, "nginx", "nginx -t").detail == "nginx: [emerg] unknown directive"
+    assert exit_code(rows) == 2
+
+
+def test_outputs():
+    facts = healthy()
+    units = dict(facts.units, **{"matrix-synapse-worker@sync-2.service": UnitState("inactive", "dead")})
+    rows = evaluate(replace(facts, units=units))
+    data = status.as_json(rows, 0.25)
+    assert data["status"] == "degraded" and data["exit_code"] == 1
+    assert json.loads(json.dumps(data))["checks"][0].keys() == {"check", "subject", "status", "detail", "advice"}
+    table = status.as_table(rows, 0.25)
+    assert "\033[" not in table
+    assert "-> systemctl start matrix-synapse-worker@sync-2.service" in table
+    assert table.endswith("degraded: 1 problem in %d checks (0.25 s)" % len(rows))
+    assert "\033[33mWARN\033[0m" in status.as_table(rows, 0.25, colour=True)
+
+
+# --- probe parsers, on recorded output ---------------------------------------------
+
+
+def test_parse_client_list():
+    text = ("id=3 addr=/run/redis-matrix-synapse/redis-server.sock:0 laddr=/run/redis-matrix-synapse/"
+            "redis-server.sock:0 fd=8 name= age=5 idle=5 flags=P db=0 sub=2 psub=0 cmd=subscribe\n"
+            "id=4 addr=/run/redis-matrix-synapse/redis-server.sock:0 fd=9 name= flags=N sub=0 psub=0 "
+            "cmd=publish\n")
+    assert statusprobe.parse_client_list(text) == (RedisClient(8, 2, "P"), RedisClient(9, 0, "N"))
+
+
+def test_parse_ss_joins_redis_fds_to_client_pids():
+    text = (f"u_str LISTEN 0 511 {REDIS_SOCKET} 1000 * 0 users:((\"redis-server\",pid=50,fd=6))\n"
+            f"u_str ESTAB 0 0 {REDIS_SOCKET} 1001 * 2001 users:((\"redis-server\",pid=50,fd=8))\n"
+            f"u_str ESTAB 0 0 {REDIS_SOCKET} 1002 * 2002 users:((\"redis-server\",pid=50,fd=9))\n"
+            "u_str ESTAB 0 0 * 2001 * 1001 users:((\"python\",pid=101,fd=20))\n"
+            "u_str ESTAB 0 0 * 2002 * 1002 users:((\"python\",pid=102,fd=21))\n"
+            "u_str ESTAB 0 0 /run/matrix-synapse/main.sock 3000 * 3001 users:((\"python\",pid=100,fd=9))\n")
+    assert statusprobe.parse_ss(text, REDIS_SOCKET) == {8: 101, 9: 102}
+
+
+@pytest.fixture
+def unix_server(tmp_path):
+    """A one-shot UNIX socket server answering with the given bytes; yields (path, set_reply, seen)."""
+    path = str(tmp_path / "s.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    reply, seen = [b""], []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                seen.append(conn.recv(4096))
+                if reply[0]:
+                    conn.sendall(reply[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield path, lambda data: reply.__setitem__(0, data), seen
+    server.close()
+    thread.join(timeout=2)
+
+
+def test_http_health_over_a_unix_socket(unix_server):
+    path, set_reply, seen = unix_server
+    set_reply(b"HTTP/1.1 200 OK\r\nServer: Synapse/1.163.2\r\nContent-Length: 2\r\n\r\nOK")
+    health = statusprobe.http_health(path, timeout=1)
+    assert health.ok and health.version == "1.163.2"
+    assert b"X-Forwarded-For: 127.0.0.1\r\n" in seen[0] and seen[0].startswith(b"GET /health HTTP/1.1\r\n")
+    set_reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n")
+    assert statusprobe.http_health(path, timeout=1).body == "OK"
+
+
+def test_http_health_errors(tmp_path, unix_server):
+    assert statusprobe.http_health(str(tmp_path / "absent.sock")).error == "socket missing"
+    path, set_reply, _ = unix_server
+    set_reply(b"")  # accepts, reads, answers nothing, closes
+    assert statusprobe.http_health(path, timeout=0.3).error == "not an HTTP answer"
+
+
+def test_settings_from_answers_and_redis_location():
+    deployed = statusprobe.Deployed(("sync-1",), {"enabled": True, "path": REDIS_SOCKET}, None)
+    answers = {"matrix-synapse-workers/preset": "custom", "matrix-synapse-workers/worker-types": "sync, client",
+               "matrix-synapse-workers/worker-counts": "sync:2", "matrix-synapse-workers/socket-group": "clubmatrix",
+               "matrix-synapse-workers/web-user": "www-data", "matrix-synapse-workers/redis": "dedicated",
+               "matrix-synapse-workers/redis-location": ""}
+    settings, workers, error = statusprobe.settings_from(answers, deployed, "clubmatrix")
+    assert (workers, error, settings.web_user) == ("sync:2,client:1", "", "www-data")
+    _, workers, error = statusprobe.settings_from({**answers, "matrix-synapse-workers/preset": "huge"},
+                                                  deployed, "clubmatrix")
+    assert workers is None and "unknown preset 'huge'" in error
+    assert statusprobe.redis_location({"path": REDIS_SOCKET}) == f"unix:{REDIS_SOCKET}"
+    assert statusprobe.redis_location({"host": "10.0.0.5", "port": 6380}) == "10.0.0.5:6380"
+    assert statusprobe.redis_settings_of({"path": "/run/redis/redis-server.sock"}).mode.value == "guide"

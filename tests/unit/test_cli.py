@@ -66,7 +66,8 @@ def test_bad_input_exits_1_names_the_value_and_writes_nothing(tmp_path, capsys, 
 
 def test_module_runs_as_a_command(tmp_path):
     """The console script's entry point, run as a real process."""
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
     code = ("import conftest, sys; from matrix_synapse_workers.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", code, "plan", "--root", str(make_root(tmp_path)),

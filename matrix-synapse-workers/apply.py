@@ -35,7 +35,7 @@ from .redisconf import edit_guide_conf
 from .render import GENERATED_MARKER, RenderedFile, render
 from .selection import Selection
 from .settings import RedisMode, Settings
-from .system import accounts, statoverride
+from .system import accounts, nginx, statoverride
 from .system.files import write_atomically
 from .system.systemd import Systemd
 
@@ -217,6 +217,8 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
     settings = _socket_dir_settings(settings, override, ours)
     plan = make_plan(selection, facts)
     desired = render(plan, facts, settings)
+    if not nginx.installed(root):
+        desired = tuple(f for f in desired if f.path not in nginx.FILES)
     changes = compute_changes(plan, desired, _read_on_disk(root, desired))
     guide = _guide_redis_text(root, settings)
     report = ApplyReport(changes, plan)
@@ -230,13 +232,19 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
     _accounts_and_overrides(root, settings, override, ours, report)
 
     systemd = Systemd(out)
-    # 3. Files: removed workers stop before their files go.
+    # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+    nginx_changed = nginx.write_checked(
+        root, [f for f in changes.write if f.path in nginx.FILES],
+        [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+    # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
     for relative in changes.set_aside:
-        os.replace(root / relative, root / f"{relative}.dpkg-old")
+        if relative not in nginx.FILES:
+            os.replace(root / relative, root / f"{relative}.dpkg-old")
         out.write(f"kept your {relative} as {relative}.dpkg-old\n")
     for rendered in changes.write:
-        write_atomically(root, rendered, chown=True)
+        if rendered.path not in nginx.FILES:
+            write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
 
@@ -265,6 +273,9 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
+    # 6. nginx, after the workers are up (until then their pools fall back to main).
+    if nginx_changed and systemd.is_active(nginx.UNIT):
+        systemd.reload(nginx.UNIT)
     report.services = systemd.done
     return report
 

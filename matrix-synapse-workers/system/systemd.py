@@ -75,3 +75,6 @@ class Systemd:
 
     def restart(self, *units: str) -> bool:
         return self._act("restart", list(units))
+
+    def reload(self, *units: str) -> bool:
+        return self._act("reload", list(units))

@@ -173,3 +173,36 @@ def test_every_role_with_client_endpoints_is_routed_somewhere():
     serving = {name for name, role in ROLES.items() if role.resources and not role.stream}
     assert serving <= routed
     assert all(b in routing.HASH_KEYS for b in Balance)
+
+
+# --- the nginx edge: a rejected check puts everything back -----------------
+
+from matrix_synapse_workers.errors import ApplyError  # noqa: E402
+from matrix_synapse_workers.system import nginx as nginx_edge  # noqa: E402
+
+
+def test_a_rejected_nginx_check_puts_the_previous_files_back(tmp_path, monkeypatch):
+    http, snippet = nginx_files(plan_of("sync"))
+    (tmp_path / http.path).parent.mkdir(parents=True)
+    (tmp_path / http.path).write_text("# the previous http file\n")
+    (tmp_path / snippet.path).parent.mkdir(parents=True)
+    monkeypatch.setattr(nginx_edge, "check", lambda root: "unknown directive \"x\" in ...")
+    with pytest.raises(ApplyError, match=r"nginx -t' rejects .*unknown directive.*put back"):
+        nginx_edge.write_checked(tmp_path, [http, snippet], [], chown=False)
+    assert (tmp_path / http.path).read_text() == "# the previous http file\n"
+    assert not (tmp_path / snippet.path).exists()
+
+
+def test_an_admin_file_in_the_way_is_kept_or_restored(tmp_path, monkeypatch):
+    http, _ = nginx_files(plan_of("sync"))
+    target = tmp_path / http.path
+    target.parent.mkdir(parents=True)
+    target.write_text("upstream mine {}\n")
+    monkeypatch.setattr(nginx_edge, "check", lambda root: "duplicate upstream")
+    with pytest.raises(ApplyError):
+        nginx_edge.write_checked(tmp_path, [http], [http.path], chown=False)
+    assert target.read_text() == "upstream mine {}\n"
+    monkeypatch.setattr(nginx_edge, "check", lambda root: None)
+    assert nginx_edge.write_checked(tmp_path, [http], [http.path], chown=False)
+    assert target.read_text() == http.content
+    assert (tmp_path / f"{http.path}.dpkg-old").read_text() == "upstream mine {}\n"

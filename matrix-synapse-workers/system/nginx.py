@@ -1,0 +1,95 @@
+"""nginx: write our two files only if ``nginx -t`` accepts them, reload only if running.
+
+A failed check puts the previous files back (or removes the new ones), so the
+running nginx and its files stay as they were, and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from .. import paths
+from ..errors import ApplyError
+from ..render import RenderedFile
+from .files import write_atomically
+from .run import run
+
+UNIT = "nginx.service"
+FILES = (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET)
+
+
+def installed(root: Path) -> bool:
+    """nginx's configuration directory exists: only then do our files belong there."""
+    return (root / paths.NGINX_DIR).is_dir()
+
+
+def binary() -> str | None:
+    return shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+@dataclass(frozen=True)
+class _Saved:
+    path: PurePosixPath
+    content: bytes | None
+    mode: int = 0o644
+
+
+def _save(root: Path, relative: PurePosixPath) -> _Saved:
+    target = root / relative
+    if not target.is_file():
+        return _Saved(relative, None)
+    return _Saved(relative, target.read_bytes(), target.stat().st_mode & 0o7777)
+
+
+def _restore(root: Path, saved: _Saved) -> None:
+    target = root / saved.path
+    if saved.content is None:
+        target.unlink(missing_ok=True)
+        return
+    tmp = target.with_name(f".{target.name}.restore")
+    tmp.write_bytes(saved.content)
+    os.chmod(tmp, saved.mode)
+    os.replace(tmp, target)
+
+
+def check(root: Path) -> str | None:
+    """nginx's complaint about its whole configuration, or None when it passes
+    (or cannot be asked: no nginx binary, or a root other than /)."""
+    nginx = binary()
+    if nginx is None or root != Path("/"):
+        return None
+    result = run([nginx, "-t", "-q"], check=False, capture=True)
+    return None if result.returncode == 0 else (result.stderr or "").strip()[-1500:]
+
+
+def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence[PurePosixPath],
+                  *, chown: bool) -> bool:
+    """Write ``files`` (ours under /etc/nginx); keep them only if ``nginx -t`` passes.
+
+    ``set_aside`` are admin files at our paths, kept as ``<path>.dpkg-old``.
+    Returns whether anything was written.  Raises ApplyError, with every file as
+    it was before, when nginx rejects the result.
+    """
+    if not files:
+        return False
+    saved = [_save(root, f.path) for f in files]
+    for relative in set_aside:
+        os.replace(root / relative, root / f"{relative}.dpkg-old")
+    for rendered in files:
+        write_atomically(root, rendered, chown=chown)
+    complaint = check(root)
+    if complaint is None:
+        return True
+    for item in saved:
+        _restore(root, item)
+    for relative in set_aside:
+        os.replace(root / f"{relative}.dpkg-old", root / relative)
+    raise ApplyError(
+        f"'nginx -t' rejects the nginx configuration with the new "
+        f"{' and '.join('/' + str(f.path) for f in files)}: {complaint}; the previous files "
+        "were put back, nginx was not reloaded and nothing else was changed. Fix the nginx "
+        "configuration (see 'nginx -t'), then run: dpkg-reconfigure matrix-synapse-workers")

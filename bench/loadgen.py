@@ -1,0 +1,362 @@
+#!/usr/bin/python3
+"""A lean Matrix client load generator: raw HTTP/1.1 over asyncio, standard library only.
+
+Runs inside the benchmark container (Debian's python3), against nginx on the
+container's own loopback.  Two steps, so that nothing of the setup is timed:
+
+    loadgen.py setup --users 50 --rooms 10 --out /var/tmp/bench-setup.json
+    loadgen.py run --setup /var/tmp/bench-setup.json --duration 60 --out result.json
+
+setup registers users through Synapse's shared-secret admin API, creates the
+rooms, joins every user to two of them, sends a little history and does each
+user's initial /sync (for its since token).  run is a closed loop: every user
+keeps one keep-alive connection and sends its next request as soon as the
+last one is answered, choosing by the mix; it stops at the deadline or after
+--max-requests, whichever comes first.  Each user sends its own
+X-Forwarded-For (the benchmark's vhost trusts it from loopback), since
+Synapse rate-limits per client address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stats import CLASSES, DEFAULT_MIX, Mix, parse_mix, summarize  # noqa: E402
+
+NEXT_BATCH = re.compile(rb'"next_batch"\s*:\s*"([^"]+)"')
+CS = "/_matrix/client/v3"
+
+
+class HttpFailure(Exception):
+    """The connection broke or the response could not be read."""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to host:port or a UNIX socket, reopened when closed."""
+
+    def __init__(self, target: str, timeout: float = 60.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _open(self) -> None:
+        if self.target.startswith("unix:"):
+            self.reader, self.writer = await asyncio.open_unix_connection(self.target[5:])
+        else:
+            host, _, port = self.target.rpartition(":")
+            self.reader, self.writer = await asyncio.open_connection(host, int(port))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes | None = None) -> Response:
+        for attempt in (1, 2):
+            fresh = self.writer is None
+            if fresh:
+                await self._open()
+            try:
+                return await asyncio.wait_for(self._exchange(method, path, headers, body), self.timeout)
+            except (ConnectionError, asyncio.IncompleteReadError, HttpFailure) as e:
+                self.close()
+                if fresh or attempt == 2:  # a reused connection may have been closed by the server
+                    raise HttpFailure(f"{method} {path}: {e!r}") from e
+            except asyncio.TimeoutError as e:
+                self.close()
+                raise HttpFailure(f"{method} {path}: timed out after {self.timeout} s") from e
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, method: str, path: str, headers: dict[str, str],
+                        body: bytes | None) -> Response:
+        assert self.reader is not None and self.writer is not None
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body is not None:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise HttpFailure(f"bad status line {status_line!r}")
+        fields = {}
+        for line in header_lines:
+            k, sep, v = line.partition(":")
+            if sep:
+                fields[k.strip().lower()] = v.strip()
+        if "content-length" in fields:
+            data = await self.reader.readexactly(int(fields["content-length"]))
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            data = await self._chunked()
+        else:
+            data = await self.reader.read()
+            self.close()
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return Response(int(parts[1]), data)
+
+    async def _chunked(self) -> bytes:
+        assert self.reader is not None
+        out = bytearray()
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")
+                return bytes(out)
+            out += await self.reader.readexactly(size)
+            await self.reader.readexactly(2)
+
+
+def client_ip(i: int) -> str:
+    return f"10.77.{i // 200}.{i % 200 + 1}"
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+# --------------------------------------------------------------------------
+# setup
+
+
+async def call(conn: Connection, method: str, path: str, ip: str, token: str | None = None,
+               body: Any = None, ok: tuple[int, ...] = (200,)) -> Response:
+    """A setup request: JSON body, retried on 429 as Synapse asks; other statuses fail."""
+    headers = {"X-Forwarded-For": ip}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    for _ in range(30):
+        r = await conn.request(method, path, headers, data)
+        if r.status == 429:
+            wait = r.json().get("retry_after_ms", 500) / 1000
+            await asyncio.sleep(min(wait, 5.0))
+            continue
+        if r.status not in ok:
+            raise SystemExit(f"setup: {method} {path} -> {r.status} {r.body[:300]!r}")
+        return r
+    raise SystemExit(f"setup: {method} {path} still rate-limited after 30 tries")
+
+
+async def register(admin: str, name: str, secret: str, ip: str) -> dict[str, Any]:
+    conn = Connection(admin)
+    try:
+        nonce = (await call(conn, "GET", "/_synapse/admin/v1/register", ip)).json()["nonce"]
+        password = f"{name}-bench-password"
+        mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+        mac.update(b"\x00".join([nonce.encode(), name.encode(), password.encode(), b"notadmin"]))
+        body = {"nonce": nonce, "username": name, "password": password, "admin": False,
+                "mac": mac.hexdigest()}
+        return (await call(conn, "POST", "/_synapse/admin/v1/register", ip, body=body)).json()
+    finally:
+        conn.close()
+
+
+async def bounded(limit: int, coros: list) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await c
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def setup(args: argparse.Namespace) -> dict[str, Any]:
+    tag = args.tag or format(int(time.time()), "x")
+    names = [f"bench{tag}u{i}" for i in range(args.users)]
+    ips = [client_ip(i) for i in range(args.users)]
+    regs = await bounded(4, [register(args.admin, n, args.secret, ip) for n, ip in zip(names, ips)])
+    conns = [Connection(args.target) for _ in names]
+    tokens = [r["access_token"] for r in regs]
+    rooms: list[str] = []
+    for j in range(args.rooms):
+        i = j % args.users
+        r = await call(conns[i], "POST", f"{CS}/createRoom", ips[i], tokens[i],
+                       {"preset": "public_chat", "name": f"bench room {j}"})
+        rooms.append(r.json()["room_id"])
+    member_of = [sorted({rooms[i % args.rooms], rooms[(i + 1) % args.rooms]}) for i in range(args.users)]
+
+    async def join_and_talk(i: int) -> None:
+        for room in member_of[i]:
+            await call(conns[i], "POST", f"{CS}/join/{q(room)}", ips[i], tokens[i], {})
+        for room in member_of[i]:
+            for k in range(args.history):
+                await call(conns[i], "PUT", f"{CS}/rooms/{q(room)}/send/m.room.message/setup{k}",
+                           ips[i], tokens[i], {"msgtype": "m.text", "body": f"history {k} from {i}"})
+
+    await bounded(8, [join_and_talk(i) for i in range(args.users)])
+
+    async def initial_sync(i: int) -> str:
+        r = await call(conns[i], "GET", f"{CS}/sync?timeout=0", ips[i], tokens[i])
+        return r.json()["next_batch"]
+
+    since = await bounded(8, [initial_sync(i) for i in range(args.users)])
+    for c in conns:
+        c.close()
+    return {"target": args.target, "rooms": rooms,
+            "users": [{"user_id": r["user_id"], "token": t, "ip": ip, "rooms": m, "since": s}
+                      for r, t, ip, m, s in zip(regs, tokens, ips, member_of, since)]}
+
+
+# --------------------------------------------------------------------------
+# run
+
+
+@dataclass
+class Recorder:
+    started: float
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CLASSES})
+    errors: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
+    #: (seconds since start, class, status or failure text), the first few hundred.
+    error_samples: list[tuple[float, str, str]] = field(default_factory=list)
+    #: per whole second since start: [ok, errors]
+    timeline: dict[int, list[int]] = field(default_factory=dict)
+
+    def ok(self, cls: str, latency: float, now: float) -> None:
+        self.latencies[cls].append(latency)
+        self.timeline.setdefault(int(now - self.started), [0, 0])[0] += 1
+
+    def error(self, cls: str, what: str, now: float) -> None:
+        self.errors[cls] += 1
+        self.timeline.setdefault(int(now - self.started), [0, 0])[1] += 1
+        if len(self.error_samples) < 300:
+            self.error_samples.append((round(now - self.started, 3), cls, what))
+
+
+def request_for(cls: str, user: dict[str, Any], users: list[dict[str, Any]], rng: random.Random,
+                txn: int) -> tuple[str, str, bytes | None]:
+    room = rng.choice(user["rooms"])
+    if cls == "sync":
+        return "GET", f"{CS}/sync?timeout=0&since={q(user['since'])}", None
+    if cls == "send":
+        body = json.dumps({"msgtype": "m.text", "body": f"load {txn}"}).encode()
+        return "PUT", f"{CS}/rooms/{q(room)}/send/m.room.message/b{txn}", body
+    if cls == "messages":
+        return "GET", f"{CS}/rooms/{q(room)}/messages?dir=b&limit=20", None
+    if cls == "profile":
+        return "GET", f"{CS}/profile/{q(rng.choice(users)['user_id'])}", None
+    raise ValueError(cls)
+
+
+async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], mix: Mix,
+                    target: str, deadline: float, budget: list[int], rec: Recorder,
+                    seed: int) -> None:
+    rng = random.Random(seed * 7919 + i)
+    conn = Connection(target, timeout=30.0)
+    headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
+    txn = 0
+    try:
+        while time.monotonic() < deadline and budget[0] > 0:
+            budget[0] -= 1
+            cls = mix.choose(rng)
+            txn += 1
+            method, path, body = request_for(cls, user, users, rng, txn)
+            t0 = time.monotonic()
+            try:
+                r = await conn.request(method, path, headers, body)
+            except HttpFailure as e:
+                rec.error(cls, str(e)[:200], time.monotonic())
+                await asyncio.sleep(0.05)
+                continue
+            now = time.monotonic()
+            if r.status == 200:
+                rec.ok(cls, now - t0, now)
+                if cls == "sync":
+                    m = NEXT_BATCH.search(r.body)
+                    if m:
+                        user["since"] = m.group(1).decode()
+            else:
+                rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
+    finally:
+        conn.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with open(args.setup) as f:
+        data = json.load(f)
+    users = data["users"][: args.users or None]
+    mix = parse_mix(args.mix)
+    started = time.monotonic()
+    deadline = started + args.duration
+    budget = [args.max_requests]
+    rec = Recorder(started)
+    cpu0 = os.times()
+    await asyncio.gather(*(user_loop(i, u, users, mix, args.target, deadline, budget, rec, args.seed)
+                           for i, u in enumerate(users)))
+    elapsed = time.monotonic() - started
+    cpu1 = os.times()
+    classes = {}
+    for cls in CLASSES:
+        s = summarize(rec.latencies[cls], rec.errors[cls])
+        classes[cls] = s.__dict__
+    total_ok = sum(len(v) for v in rec.latencies.values())
+    return {
+        "elapsed_s": elapsed, "users": len(users), "mix": args.mix,
+        "requests_ok": total_ok, "errors": sum(rec.errors.values()),
+        "requests_per_s": total_ok / elapsed if elapsed else 0.0,
+        "classes": classes, "error_samples": rec.error_samples,
+        "timeline": {str(k): v for k, v in sorted(rec.timeline.items())},
+        "generator_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    s = sub.add_parser("setup")
+    s.add_argument("--users", type=int, default=50)
+    s.add_argument("--rooms", type=int, default=10)
+    s.add_argument("--history", type=int, default=3, help="messages each user sends per room in setup")
+    s.add_argument("--target", default="127.0.0.1:8080", help="nginx: HOST:PORT or unix:PATH")
+    s.add_argument("--admin", default="127.0.0.1:8008", help="where the admin register API is")
+    s.add_argument("--secret", required=True, help="registration_shared_secret")
+    s.add_argument("--tag", default="")
+    s.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--setup", required=True)
+    r.add_argument("--target", default="127.0.0.1:8080")
+    r.add_argument("--users", type=int, default=0, help="use only the first N users (0: all)")
+    r.add_argument("--duration", type=float, default=60.0)
+    r.add_argument("--max-requests", type=int, default=200_000)
+    r.add_argument("--mix", default=",".join(f"{k}:{int(v * 100)}" for k, v in DEFAULT_MIX.items()))
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.step == "run" and not 0 < args.duration <= 3600:
+        p.error("--duration must be within (0, 3600] seconds")
+    result = asyncio.run(setup(args) if args.step == "setup" else run(args))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""CPU and memory of every process in the benchmark container, read from the host's /proc.
+
+The container's processes are ordinary processes of this kernel: their
+utime + stime (``/proc/PID/stat``) and VmRSS (``/proc/PID/status``) are read
+directly, without entering the container, so measuring costs it nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+TICKS = os.sysconf("SC_CLK_TCK")
+_WORKER = re.compile(r"workers/([^/\s]+)\.yaml")
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    group: str
+    cpu_s: float
+    rss_kib: int
+
+
+def group_of(comm: str, cmdline: str) -> str:
+    """What a process is, for the report: one Synapse process by name, else its kind."""
+    if "synapse.app.homeserver" in cmdline:
+        return "synapse:main"
+    if "synapse.app.generic_worker" in cmdline:
+        m = _WORKER.search(cmdline)
+        return f"synapse:{m.group(1) if m else 'worker'}"
+    if "loadgen.py" in cmdline:
+        return "generator"
+    if comm.startswith("postgres"):
+        return "postgresql"
+    if comm == "nginx":
+        return "nginx"
+    if comm.startswith("redis-server"):
+        return "redis"
+    return "other"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            stat = _read(f"/proc/{d}/stat")
+            if stat:
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def snapshot(root_pid: int) -> dict[int, Proc]:
+    """Every process at or under root_pid (the container's init), by host PID."""
+    procs = {}
+    for pid in _descendants(root_pid):
+        stat = _read(f"/proc/{pid}/stat")
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        status = _read(f"/proc/{pid}/status")
+        if stat is None or cmdline is None or status is None:
+            continue  # gone meanwhile
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        m = re.search(r"VmRSS:\s+(\d+)", status)
+        procs[pid] = Proc(pid, group_of(comm, cmdline.replace("\0", " ")), cpu,
+                          int(m.group(1)) if m else 0)
+    return procs
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    group: str
+    processes: int
+    cpu_s: float
+    rss_mib: float
+
+
+def usage(before: Mapping[int, Proc], after: Mapping[int, Proc]) -> dict[str, GroupUsage]:
+    """CPU seconds spent between two snapshots and RSS at the second, per group.
+
+    A process that started in between counts with all its CPU; one that ended
+    in between is lost (its last ticks are not visible any more).
+    """
+    cpu: dict[str, float] = {}
+    rss: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for pid, p in after.items():
+        start = before[pid].cpu_s if pid in before and before[pid].group == p.group else 0.0
+        cpu[p.group] = cpu.get(p.group, 0.0) + max(0.0, p.cpu_s - start)
+        rss[p.group] = rss.get(p.group, 0) + p.rss_kib
+        count[p.group] = count.get(p.group, 0) + 1
+    return {g: GroupUsage(g, count[g], cpu[g], rss[g] / 1024) for g in sorted(cpu)}
+
+
+def host_busy_s() -> float:
+    """CPU seconds this machine has spent busy (all CPUs, everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / TICKS

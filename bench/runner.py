@@ -1,0 +1,238 @@
+"""Run each configuration in its own fresh container and measure it.
+
+One configuration: boot the cached Synapse-on-PostgreSQL layer, install the
+package with a preset (or leave it out: the single-process baseline), put
+nginx in front on 127.0.0.1:8080, create users and rooms (not timed), warm
+up, then run the generator for the stated time while reading every process's
+CPU from /proc and checking Synapse's Redis connections mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procs, stage
+from bench.stage import BENCH_DIR, Container
+
+SETUP_JSON = "/var/tmp/msw-bench-setup.json"
+RESULT_JSON = "/var/tmp/msw-bench-result.json"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    preset: str | None  # None: our package not installed
+    pin_main: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.preset is None:
+            return "single process, main pinned to 1 core" if self.pin_main else "single process"
+        return f"preset {self.preset}"
+
+
+CONFIGS: dict[str, Config] = {c.name: c for c in (
+    Config("single", None),
+    Config("single-pinned", None, pin_main=True),
+    Config("minimal", "minimal"),
+    Config("small", "small"),
+    Config("one_of_each", "one_of_each"),
+    Config("busy", "busy"),
+)}
+
+
+@dataclass(frozen=True)
+class Load:
+    users: int
+    rooms: int
+    duration_s: float
+    warmup_s: float
+    max_requests: int
+    mix: str
+    cores: int
+
+
+@dataclass
+class Outcome:
+    config: Config
+    workers: list[str]
+    load: dict[str, Any]
+    cpu: dict[str, procs.GroupUsage]
+    redis_clients: int | None
+    redis_expected: int | None
+    loadavg_before: str
+    #: CPU (in cores) this machine spent outside the container during the run: other load.
+    outside_cores: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = asdict(self.config) | {"label": self.config.label}
+        d["cpu"] = {k: asdict(v) for k, v in self.cpu.items()}
+        return d
+
+
+def generator(c: Container, *args: str, timeout: float) -> None:
+    c.run(["python3", f"{BENCH_DIR}/loadgen.py", *args], timeout=timeout)
+
+
+def setup_users(c: Container, load: Load) -> None:
+    generator(c, "setup", "--users", str(load.users), "--rooms", str(load.rooms),
+              "--secret", stage.harness.TEST_SHARED_SECRET, "--out", SETUP_JSON, timeout=900)
+
+
+def run_load(c: Container, load: Load, duration: float, out: str = RESULT_JSON,
+             seed: int = 1) -> dict[str, Any]:
+    generator(c, "run", "--setup", SETUP_JSON, "--duration", str(duration),
+              "--max-requests", str(load.max_requests), "--mix", load.mix, "--seed", str(seed),
+              "--out", out, timeout=duration + 120)
+    return json.loads(c.read_file(out))
+
+
+def measure(c: Container, cfg: Config, load: Load, workers: list[str]) -> Outcome:
+    setup_users(c, load)
+    if load.warmup_s > 0:
+        run_load(c, load, load.warmup_s, seed=99)
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    redis: dict[str, int] = {}
+
+    def check_redis() -> None:
+        redis["clients"] = stage.redis_clients(c)
+
+    timer = threading.Timer(load.duration_s / 2, check_redis) if cfg.preset else None
+    before = procs.snapshot(c.pid)
+    host0 = procs.host_busy_s()
+    if timer:
+        timer.start()
+    try:
+        result = run_load(c, load, load.duration_s)
+    finally:
+        if timer:
+            timer.cancel()
+            timer.join()
+    host1 = procs.host_busy_s()
+    after = procs.snapshot(c.pid)
+    cpu = procs.usage(before, after)
+    cpu.pop("generator", None)  # it exited before the second snapshot: it reports its own CPU
+    cpu["generator"] = procs.GroupUsage("generator", 1, result["generator_cpu_s"], 0.0)
+    problems = []
+    expected = 2 * (len(workers) + 1) if cfg.preset else None
+    got = redis.get("clients") if cfg.preset else None
+    if cfg.preset and (got is None or got < expected):
+        problems.append(f"Redis replication connections mid-run: {got}, want {expected}")
+    if result["errors"]:
+        problems.append(f"{result['errors']} failed requests")
+    inside = sum(g.cpu_s for g in cpu.values())
+    outside = max(0.0, (host1 - host0) - inside) / result["elapsed_s"]
+    return Outcome(cfg, workers, result, cpu, got, expected, " ".join(loadavg), outside, problems)
+
+
+def run_config(root: Path, deb: Path, cfg: Config, load: Load, log: Any) -> Outcome:
+    log(f"{cfg.name}: booting")
+    with Container(root, name=f"bench-{cfg.name}") as c:
+        stage.limit_cores(c, load.cores)
+        workers = stage.prepare(c, deb, cfg.preset)
+        if cfg.pin_main:
+            stage.pin_main(c, 0)
+        log(f"{cfg.name}: workers {', '.join(workers) or 'none'}; setting up "
+            f"{load.users} users in {load.rooms} rooms")
+        outcome = measure(c, cfg, load, workers)
+        log(f"{cfg.name}: {outcome.load['requests_per_s']:.1f} requests/s, "
+            f"{outcome.load['errors']} errors{'' if outcome.valid else ' INVALID: ' + '; '.join(outcome.problems)}")
+        return outcome
+
+
+# --------------------------------------------------------------------------
+# What the package's own operations cost
+
+
+def _pids(c: Container) -> dict[str, str]:
+    units = ["matrix-synapse.service", "redis-server@matrix-synapse.service", "nginx.service",
+             *(f"matrix-synapse-worker@{n}.service" for n in stage.workers_on_disk(c))]
+    return {u: c.run(["systemctl", "show", "-P", "MainPID", u], check=False).stdout.strip() for u in units}
+
+
+def _reconfigure(c: Container, answers: str) -> float:
+    c.run(["debconf-set-selections"], input=answers)
+    t0 = time.monotonic()
+    c.run(["dpkg-reconfigure", "-fnoninteractive", "matrix-synapse-workers"], timeout=600)
+    return time.monotonic() - t0
+
+
+def package_operations(root: Path, deb: Path, load: Load, log: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with Container(root, name="bench-ops") as c:
+        stage.limit_cores(c, load.cores)
+        workers = stage.prepare(c, deb, "small")
+        log(f"ops: workers {', '.join(workers)}")
+
+        # 1. postinst with nothing changed.
+        before = _pids(c)
+        wall = _reconfigure(c, stage.preseed("small"))
+        after = _pids(c)
+        restarted = sorted(u for u in before if before[u] != after.get(u))
+        out["unchanged"] = {"wall_s": wall, "restarted": restarted, "units": len(before)}
+        log(f"ops: unchanged reconfigure {wall:.2f} s, restarted {restarted or 'none'}")
+
+        # 2. Adding a worker under load.
+        setup_users(c, load)
+        duration = max(30.0, min(load.duration_s, 60.0))
+        result: dict[str, Any] = {}
+
+        def loader() -> None:
+            result.update(run_load(c, load, duration, out="/var/tmp/msw-bench-ops.json"))
+
+        t = threading.Thread(target=loader)
+        t.start()
+        time.sleep(5)
+        keep = list(workers)
+        new = "sync-2"
+        t0 = time.monotonic()
+        wall = _reconfigure(c, stage.preseed("custom", "sync, client", "sync:2"))
+        stage.harness.wait_for_http(c, f"{stage.SOCKETS}/{new}.sock", "/health", timeout=120)
+        healthy = time.monotonic() - t0
+        pids_now = _pids(c)
+        t.join()
+        by_class = {k: v["errors"] for k, v in result["classes"].items()}
+        out["add_worker"] = {
+            "added": new, "kept": keep, "reconfigure_wall_s": wall, "healthy_after_s": healthy,
+            "requests_ok": result["requests_ok"], "errors_by_class": by_class,
+            "errors_not_sync": sum(v for k, v in by_class.items() if k != "sync"),
+            "error_samples": result["error_samples"][:20],
+            "restarted": sorted(u for u in after if after[u] != pids_now.get(u)),
+        }
+        log(f"ops: added {new} under load: dpkg-reconfigure {wall:.1f} s, healthy after "
+            f"{healthy:.1f} s, errors {by_class}")
+
+        # 3. Redis over its UNIX socket against TCP, one throwaway instance serving both.
+        c.run("redis-server --port 6390 --bind 127.0.0.1 --unixsocket /run/msw-bench-redis.sock "
+              "--save '' --appendonly no --daemonize yes --pidfile /run/msw-bench-redis.pid")
+        c.wait_until(["redis-cli", "-s", "/run/msw-bench-redis.sock", "PING"], timeout=20)
+        bench = ["redis-benchmark", "-q", "-n", "100000", "-c", "50", "-t", "set,get", "--csv"]
+        sock = c.run([*bench, "-s", "/run/msw-bench-redis.sock"], timeout=300).stdout
+        tcp = c.run([*bench, "-h", "127.0.0.1", "-p", "6390"], timeout=300).stdout
+        c.run("kill $(cat /run/msw-bench-redis.pid)", check=False)
+        out["redis"] = {"socket": _redis_csv(sock), "tcp": _redis_csv(tcp)}
+        log(f"ops: redis {out['redis']}")
+    return out
+
+
+def _redis_csv(text: str) -> dict[str, float]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [x.strip('"') for x in line.split(",")]
+        if len(cells) >= 2:
+            try:
+                rows[cells[0]] = float(cells[1])
+            except ValueError:
+                continue
+    return rows

@@ -1,0 +1,166 @@
+"""The benchmark's container: Synapse on PostgreSQL, our package with a preset, nginx in front.
+
+Built from the same cached layers as the booted tests (tests/booted/harness.py
+and conftest.py): the first run builds them, later runs boot in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "booted"))
+
+import harness  # noqa: E402
+from harness import Container  # noqa: E402
+
+SERVER_NAME = "example.test"
+STANDIN_VERSION = "1.163.2"
+STANDIN_MAIN_URL = "http://127.0.0.1:8008"
+SOCKETS = "/run/matrix-synapse"
+REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
+BENCH_DIR = "/opt/msw-bench"
+NGINX_PORT = 8080
+
+# nginx trusts X-Forwarded-For from loopback (the generator), so each simulated
+# user reaches Synapse with its own address, as real clients would.
+_REALIP = """    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Forwarded-For;
+"""
+# The package's routing: its snippet in a vhost, as the README tells an admin.
+VHOST_WORKERS = f"""server {{
+    listen 127.0.0.1:{NGINX_PORT};
+    server_name {SERVER_NAME};
+{_REALIP}    include snippets/matrix-synapse-workers.conf;
+}}
+"""
+# The single process without the package: the usual reverse proxy to main's TCP port,
+# with the same keep-alive pool the package's upstreams have.
+VHOST_SINGLE = f"""upstream msw_bench_single {{
+    server 127.0.0.1:8008;
+    keepalive 16;
+}}
+server {{
+    listen 127.0.0.1:{NGINX_PORT};
+    server_name {SERVER_NAME};
+{_REALIP}    location / {{
+        proxy_pass http://msw_bench_single;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        client_max_body_size 50M;
+    }}
+}}
+"""
+
+
+def _build(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return r.stdout.strip().splitlines()[-1]
+
+
+def standin_deb(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(_build([str(REPO / "tests/standin/build-standin"), STANDIN_VERSION, str(out)]))
+
+
+def package_deb(given: Path | None) -> Path:
+    if given:
+        return given
+    return Path(_build([str(REPO / "scripts/build-deb"), "--head"]))
+
+
+def _booted_conftest() -> ModuleType:
+    """tests/booted/conftest.py, under its own name (tests/conftest.py is `conftest`)."""
+    spec = importlib.util.spec_from_file_location(
+        "msw_booted_conftest", REPO / "tests" / "booted" / "conftest.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def synapse_root(standin: Path) -> Path:
+    """The booted tests' cached layer: the stand-in Synapse on PostgreSQL, package not installed."""
+    base = harness.ensure_base_root()
+    setup = functools.partial(_booted_conftest().install_standin_synapse, deb=standin, server_name=SERVER_NAME)
+    return harness.ensure_derived_root(
+        "standin-synapse", base, setup,
+        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
+                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
+
+
+def preseed(preset: str, types: str = "", counts: str = "") -> str:
+    lines = [f"matrix-synapse-workers matrix-synapse-workers/preset select {preset}"]
+    if types:
+        lines.append(f"matrix-synapse-workers matrix-synapse-workers/worker-types multiselect {types}")
+    lines.append(f"matrix-synapse-workers matrix-synapse-workers/worker-counts string {counts}")
+    return "\n".join(lines) + "\n"
+
+
+def workers_on_disk(c: Container) -> list[str]:
+    out = c.run("ls /etc/matrix-synapse/workers/ 2>/dev/null", check=False).stdout.split()
+    return sorted(n[:-5] for n in out if n.endswith(".yaml"))
+
+
+def redis_clients(c: Container) -> int:
+    """Synapse's connections to its Redis (redis-cli's own excluded)."""
+    r = c.run(["redis-cli", "-s", REDIS_SOCKET, "CLIENT", "LIST"], check=False, timeout=20)
+    lines = [l for l in r.stdout.splitlines() if "cmd=" in l]
+    return len([l for l in lines if "cmd=client" not in l])
+
+
+def wait_healthy(c: Container, names: list[str], timeout: float = 120.0) -> None:
+    for name in ["main", *names]:
+        harness.wait_for_http(c, f"{SOCKETS}/{name}.sock", "/health", timeout=timeout)
+    want = 2 * (len(names) + 1)
+    deadline = time.monotonic() + timeout
+    while redis_clients(c) < want:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {redis_clients(c)} Redis connections, want {want}")
+        time.sleep(0.5)
+
+
+def limit_cores(c: Container, cores: int) -> None:
+    """Keep the whole container on CPUs 0..cores-1 (children inherit the affinity)."""
+    import bench.procs as procs  # noqa: PLC0415
+    cpus = f"0-{cores - 1}"
+    for pid in procs._descendants(c.pid):
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
+
+
+def pin_main(c: Container, cpu: int = 0) -> None:
+    pid = c.run(["systemctl", "show", "-P", "MainPID", "matrix-synapse.service"]).stdout.strip()
+    c.run(["taskset", "-a", "-p", "-c", str(cpu), pid])
+
+
+def prepare(c: Container, deb: Path, preset: str | None) -> list[str]:
+    """Install the package with preset (None: leave it out), nginx in front, the generator copied in."""
+    if preset:
+        c.install_debs([deb], preseed=preseed(preset))
+        names = workers_on_disk(c)
+        wait_healthy(c, names)
+        vhost = VHOST_WORKERS
+    else:
+        names = []
+        harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=120)
+        vhost = VHOST_SINGLE
+    c.run("rm -f /etc/nginx/sites-enabled/default")
+    c.write_file("/etc/nginx/sites-enabled/msw-bench", vhost)
+    c.run(["nginx", "-t", "-q"])
+    c.run(["systemctl", "reload-or-restart", "nginx.service"])
+    harness.wait_for_http(c, f"http://127.0.0.1:{NGINX_PORT}", "/_matrix/client/versions", timeout=60)
+    here = Path(__file__).resolve().parent
+    for f in ("loadgen.py", "stats.py"):
+        c.copy_in(here / f, f"{BENCH_DIR}/{f}")
+    return names

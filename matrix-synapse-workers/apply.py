@@ -16,8 +16,10 @@ A second run with nothing changed writes nothing and restarts nothing.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -96,6 +98,7 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         return
     etc = root / paths.SYNAPSE_ETC
     removed = set(changes.remove)
+    synapse = pwd.getpwnam(paths.SYNAPSE_USER)
     with tempfile.TemporaryDirectory(prefix="msw-check-") as tmp:
         stage = Path(tmp)
         shutil.copy2(etc / "homeserver.yaml", stage / "homeserver.yaml")
@@ -107,12 +110,17 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         for rendered in desired:
             if rendered.path.parent in (paths.CONF_D, paths.WORKERS_DIR):
                 (stage / rendered.path.parent.name / rendered.path.name).write_text(rendered.content)
+        # Synapse's loader creates what it finds missing (the media store, say):
+        # run it as the user Synapse runs as, so whatever it makes is Synapse's.
+        for path in [stage, *stage.rglob("*")]:
+            os.chown(path, synapse.pw_uid, synapse.pw_gid)
         base = [str(stage / "homeserver.yaml"), str(stage / "conf.d")]
         sets = [("main", base)]
         sets += [(p.stem, base + [str(p)]) for p in sorted((stage / "workers").glob("*.yaml"))
                  if paths.WORKERS_DIR / p.name not in removed]
         result = subprocess.run([str(python), str(SYNAPSE_CHECK)], input=json.dumps(sets),
-                                capture_output=True, text=True, timeout=600)
+                                capture_output=True, text=True, timeout=600, cwd=stage,
+                                user=synapse.pw_uid, group=synapse.pw_gid, extra_groups=[])
     if result.returncode != 0:
         raise ApplyError(f"Synapse's config check could not run: {result.stderr.strip()[-500:]}")
     failures = {label: r for label, r in json.loads(result.stdout).items() if not r.startswith("OK")}
@@ -154,8 +162,6 @@ def _guide_redis_text(root: Path, settings: Settings) -> tuple[Path, str, str] |
 
 
 def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> None:
-    import grp
-    import pwd
     directory = root / paths.SOCKET_DIR.relative_to("/")
     uid = pwd.getpwnam(settings.socket_dir_owner).pw_uid
     gid = grp.getgrnam(settings.socket_group).gr_gid

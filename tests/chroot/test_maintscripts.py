@@ -28,6 +28,9 @@ REDIS_INSTANCE_LINK = "/etc/systemd/system/multi-user.target.wants/redis-server@
 TARGET_LINK = "/etc/systemd/system/multi-user.target.wants/matrix-synapse.target"
 TMPFILES_OVERRIDE = "/etc/tmpfiles.d/matrix-synapse-workers.conf"
 STATE = "/var/lib/matrix-synapse-workers"
+NGINX_HTTP_CONF = "/etc/nginx/conf.d/matrix-synapse-workers.conf"
+NGINX_SNIPPET = "/etc/nginx/snippets/matrix-synapse-workers.conf"
+ADMIN_SITE = "/etc/nginx/sites-enabled/matrix"
 
 INSTALL_ANSWERS = {"preset": "custom", "worker-types": "sync, client, federation_sender, typing",
                    "worker-counts": "sync:2"}
@@ -126,6 +129,15 @@ def test_install_sets_up_the_dedicated_redis_instance(installed):
     assert "matrix-synapse-workers" not in (c / "/etc/redis/redis.conf").read_text()
 
 
+def test_install_writes_the_nginx_files(installed):
+    c = installed.chroot
+    for path in (NGINX_HTTP_CONF, NGINX_SNIPPET):
+        assert (c / path).read_text().startswith(MARKER), path
+        assert c.owner(path) == ("root", "root", 0o644), path
+    # nginx accepts its configuration with our http-context file in it.
+    c.run("nginx", "-t")
+
+
 def test_install_creates_group_and_memberships(installed):
     c = installed.chroot
     entry = c.run("getent", "group", "clubmatrix").stdout.strip().split(":")
@@ -152,9 +164,6 @@ def test_install_enables_the_target(installed):
     assert (installed.chroot / TARGET_LINK).is_symlink()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "apply_host checks the new config with Synapse's loader as root, which creates "
-    "media_store_path owned by root: Synapse (matrix-synapse) then cannot store media"))
 def test_install_creates_nothing_synapse_owns(installed):
     c = installed.chroot
     media = c / "/var/lib/matrix-synapse/media"
@@ -434,9 +443,14 @@ def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(synapse_host, our
     assert workers_on_disk(c) == INSTALL_WORKERS
     assert c.status() == "rc"
 
-    c.run("apt-get", "purge", "-y", PACKAGE)
+    # The admin's server block uses our snippet: purge must say it is gone.
+    (c / ADMIN_SITE).write_text(f"server {{\n    listen 8448;\n    include {NGINX_SNIPPET[len('/etc/nginx/'):]};\n}}\n")
+
+    out = c.run("apt-get", "purge", "-y", PACKAGE).stdout
 
     assert c.status() == "not-installed"
+    assert f"{PACKAGE}: warning: the nginx snippet" in out and ADMIN_SITE in out
+    (c / ADMIN_SITE).unlink()
     assert c.statoverride(SOCKET_DIR) == ""
     assert not any(k for k in c.answers()), "debconf answers were purged"
     assert (c / f"{ETC}/workers/README.txt").read_text() == "mine\n"

@@ -685,8 +685,8 @@ def ensure_derived_root(name: str, parent: Path, setup: Callable[["Container"], 
     constants) must be in inputs.
     """
     h = hashlib.sha256()
-    for item in (Path(parent).name, name):
-        _hash_input(h, item)
+    for part in (Path(parent).name, name):
+        _hash_input(h, part)
     _hash_callable(h, setup)
     for item in inputs:
         _hash_input(h, item)
@@ -1270,16 +1270,16 @@ class Container:
         nothing is lost), as build chroots do.
         Booted: maintainer scripts see systemd.  Unbooted: image-build mode.
         """
-        paths = [Path(p) for p in paths]
-        if not paths:
+        debs = [Path(p) for p in paths]
+        if not debs:
             raise ValueError("no packages given")
-        for p in paths:
+        for p in debs:
             if not p.is_file():
                 raise HarnessError(f"no such package file: {p}")
         if preseed:
             self.exec(["debconf-set-selections"], input=preseed)
         inside = []
-        for p in paths:
+        for p in debs:
             target = str(CONTAINER_DEB_DIR / p.name)
             self.copy_in(p, target)
             inside.append(target)

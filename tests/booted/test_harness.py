@@ -184,6 +184,7 @@ def _start_child(base_root: Path) -> tuple[subprocess.Popen, dict]:
     code = CHILD.format(here=str(HERE), root=str(base_root))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stderr is not None
     line = child.stdout.readline()
     if not line:
         child.wait()

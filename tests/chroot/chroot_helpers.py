@@ -45,12 +45,12 @@ WORK = Path(os.environ.get("MSW_TEST_WORKDIR", "/var/tmp/matrix-synapse-workers-
 COPY_TMPFS_SIZE = "4g"
 # Bump when the recipe below changes in a way the key does not see.
 RECIPE = "3"
-#: Runtime dependencies of matrix-synapse-workers (debian/control) and what the
-#: tests use inside the chroot.  systemd gives systemctl, which enables units
-#: offline; nothing runs it as init here.
+#: Runtime dependencies of matrix-synapse-workers (debian/control), its
+#: recommended nginx, and what the tests use inside the chroot.  systemd gives
+#: systemctl, which enables units offline; nothing runs it as init here.
 BASE_PACKAGES = (
     "python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf",
-    "adduser", "redis-server", "libpq5", "debconf-utils", "systemd",
+    "adduser", "redis-server", "libpq5", "debconf-utils", "systemd", "nginx",
 )
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

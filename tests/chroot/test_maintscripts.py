@@ -164,7 +164,9 @@ def test_install_enables_the_target(installed):
     assert (installed.chroot / TARGET_LINK).is_symlink()
 
 
-def test_install_creates_nothing_synapse_owns(installed):
+def test_install_creates_nothing_synapse_cannot_write(installed):
+    """The apply engine checks the config with Synapse's loader, which creates the
+    media store if missing: as matrix-synapse, or Synapse could not store media."""
     c = installed.chroot
     media = c / "/var/lib/matrix-synapse/media"
     assert not media.exists() or c.owner(str(media).removeprefix(str(c.path)))[:2] == (
@@ -419,9 +421,12 @@ PURGE_IGNORED = (
     "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/cache/debconf", "/var/log", "/tmp",
     "/etc/group", "/etc/group-", "/etc/gshadow", "/etc/gshadow-",
     "/etc/passwd", "/etc/passwd-", "/etc/shadow", "/etc/shadow-", "/etc/ld.so.cache",
-    # Made by the apply engine's Synapse config check, see
-    # test_install_creates_nothing_synapse_owns; Synapse's data, not ours to purge.
+    # Made by Synapse's own loader in the apply engine's config check (see
+    # test_install_creates_nothing_synapse_cannot_write): Synapse's data, not ours.
     "/var/lib/matrix-synapse/media",
+    # Made by 'nginx -t' in the apply engine's nginx check: nginx's runtime
+    # state, which nginx makes anyway when it first starts.
+    "/var/lib/nginx", "/run/nginx.pid",
 )
 
 

@@ -41,7 +41,7 @@ def targets(outcomes: Sequence[dict[str, Any]], default_preset: str) -> list[tup
 
 
 def markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]], ops: dict[str, Any] | None,
-             default_preset: str, chart: str | None) -> str:
+             default_preset: str, chart: str | None, failed: dict[str, str] | None = None) -> str:
     load = meta["load"]
     out = [f"# matrix-synapse-workers benchmark, {meta['date']}", "",
            f"Machine: {meta['nproc']} cores ({meta['cpu_model']}), {meta['ram_gib']:.0f} GiB RAM; "
@@ -89,16 +89,24 @@ def markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]], ops: dict
         out.append(f"- {o['config']['label']}: " + ", ".join(parts)
                    + f"; outside the container (other load on the machine): {o['outside_cores']:.2f}; "
                    f"load average before: {o['loadavg_before']}{redis}")
+    for name, why in (failed or {}).items():
+        first = why.splitlines()[0] if why else "?"
+        out.append(f"- {name}: NOT MEASURED: {first}")
     rows = targets(outcomes, default_preset)
     if rows:
         out += ["", f"Targets (default preset `{default_preset}` against the unpinned single process):", "",
                 "| target | measured | met |", "|---|---|---|"]
         out += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in rows]
-    if ops:
+    if ops and "failed" in ops:
+        out += ["", f"Package operations FAILED: {ops['failed'][:500]}"]
+    elif ops:
         u, a, r = ops["unchanged"], ops["add_worker"], ops["redis"]
         out += ["", "Package operations (preset small):", "",
                 f"- postinst with nothing changed (dpkg-reconfigure, same answers): {u['wall_s']:.2f} s "
-                f"(target < 2 s); processes restarted: {', '.join(u['restarted']) or 'none'} of {u['units']} units.",
+                f"(target < 2 s); processes restarted: {', '.join(u['restarted']) or 'none'} of {u['units']} units. "
+                f"Of that, `matrix-synapse-workers apply` alone (what the postinst runs) {u['apply_s']:.2f} s, "
+                f"of which importing Synapse's config code (for the check that Synapse loads the files) "
+                f"{u['synapse_import_s']:.2f} s.",
                 f"- dpkg-reconfigure adding {a['added']} under load: {a['reconfigure_wall_s']:.1f} s, "
                 f"healthy {a['healthy_after_s']:.1f} s after it began; {a['requests_ok']} requests answered, "
                 f"errors by class {a['errors_by_class']} (target: none outside sync); "

@@ -46,6 +46,10 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
 )}
 
 
+class ConfigFailed(Exception):
+    """A configuration could not be measured; the message carries Synapse's errors."""
+
+
 @dataclass(frozen=True)
 class Load:
     users: int
@@ -145,7 +149,12 @@ def run_config(root: Path, deb: Path, cfg: Config, load: Load, log: Any) -> Outc
             stage.pin_main(c, 0)
         log(f"{cfg.name}: workers {', '.join(workers) or 'none'}; setting up "
             f"{load.users} users in {load.rooms} rooms")
-        outcome = measure(c, cfg, load, workers)
+        try:
+            outcome = measure(c, cfg, load, workers)
+        except Exception as e:
+            logs = c.run("grep -h -B2 -A12 Traceback /var/log/matrix-synapse/*.log | tail -60",
+                         check=False).stdout
+            raise ConfigFailed(f"{cfg.name}: {str(e)[-1500:]}\nSynapse logs:\n{logs}") from e
         log(f"{cfg.name}: {outcome.load['requests_per_s']:.1f} requests/s, "
             f"{outcome.load['errors']} errors{'' if outcome.valid else ' INVALID: ' + '; '.join(outcome.problems)}")
         return outcome
@@ -159,6 +168,12 @@ def _pids(c: Container) -> dict[str, str]:
     units = ["matrix-synapse.service", "redis-server@matrix-synapse.service", "nginx.service",
              *(f"matrix-synapse-worker@{n}.service" for n in stage.workers_on_disk(c))]
     return {u: c.run(["systemctl", "show", "-P", "MainPID", u], check=False).stdout.strip() for u in units}
+
+
+def _timed(c: Container, argv: list[str]) -> float:
+    t0 = time.monotonic()
+    c.run(argv, timeout=600)
+    return time.monotonic() - t0
 
 
 def _reconfigure(c: Container, answers: str) -> float:
@@ -180,7 +195,10 @@ def package_operations(root: Path, deb: Path, load: Load, log: Any) -> dict[str,
         wall = _reconfigure(c, stage.preseed("small"))
         after = _pids(c)
         restarted = sorted(u for u in before if before[u] != after.get(u))
-        out["unchanged"] = {"wall_s": wall, "restarted": restarted, "units": len(before)}
+        out["unchanged"] = {"wall_s": wall, "restarted": restarted, "units": len(before),
+                            "apply_s": _timed(c, ["matrix-synapse-workers", "apply"]),
+                            "synapse_import_s": _timed(c, [f"{stage.SYNAPSE_PYTHON}", "-c",
+                                                           "import synapse.config.homeserver"])}
         log(f"ops: unchanged reconfigure {wall:.2f} s, restarted {restarted or 'none'}")
 
         # 2. Adding a worker under load.

@@ -7,6 +7,7 @@ enabled target bring everything up at first boot.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import TextIO
 
@@ -39,7 +40,7 @@ class Systemd:
         if not units:
             return False
         if not self.running:
-            self.out.write(f"systemd is not running: not {action}ing {' '.join(units)}\n")
+            self.out.write(f"systemd is not running: no {action} of {' '.join(units)}\n")
             return False
         allowed = [u for u in units if policy_allows(u, action)]
         for unit in sorted(set(units) - set(allowed)):
@@ -58,6 +59,9 @@ class Systemd:
     def enable(self, unit: str) -> None:
         """Works offline too (chroot): it only makes symlinks."""
         if self.dry_run:
+            return
+        if shutil.which("systemctl") is None:
+            self.out.write(f"systemctl is not installed: {unit} is not enabled\n")
             return
         if run(["systemctl", "--quiet", "is-enabled", unit], check=False, capture=True).returncode != 0:
             run(["systemctl", "--quiet", "enable", unit])

@@ -155,8 +155,10 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
                 reasons.append(f"{', '.join(sorted(together))}: {parsed[0].name} workers move together")
             restart |= together
 
-    remove = sorted(p for p, f in on_disk.items()
-                    if f.ours and _worker_of(p) in removed)
+    # A removed worker's files, and log configs left by a worker file an admin deleted.
+    remove = sorted(p for p, f in on_disk.items() if f.ours and (
+        _worker_of(p) in removed
+        or (p.parent == paths.WORKER_LOGS_DIR and _worker_of(p) not in new_workers)))
     return Changes(
         write=tuple(write),
         remove=tuple(remove),

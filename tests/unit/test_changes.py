@@ -106,3 +106,11 @@ def test_a_hand_edited_worker_file_is_rewritten_and_that_worker_restarted(tmp_pa
     on_disk[path] = OnDisk(on_disk[path].content + "# edited\n", 0o644)
     changes = change_to(root, on_disk, "sync:2")
     assert changes.restart_workers == ("sync-2",) and not changes.restart_main
+
+
+def test_a_log_config_left_by_a_deleted_worker_file_is_removed(tmp_path):
+    root, on_disk = deployed(tmp_path, "sync:2")
+    del on_disk[PurePosixPath("etc/matrix-synapse/workers/sync-2.yaml")]  # the admin deleted it
+    changes = change_to(root, on_disk, "sync:1")
+    assert changes.remove == (PurePosixPath("etc/matrix-synapse/worker-logs/sync-2.yaml"),)
+    assert changes.stop == ()

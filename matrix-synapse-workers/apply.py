@@ -30,11 +30,11 @@ from typing import TextIO
 
 from . import paths
 from .changes import Changes, OnDisk, compute_changes
-from .errors import ApplyError, HostConfigError
+from .errors import ApplyError, HostConfigError, WorkersError
 from .hostfacts import existing_worker_names, read_host_facts, require_postgres
 from .plan import Plan, make_plan
 from .redisconf import edit_guide_conf
-from .render import GENERATED_MARKER, RenderedFile, render
+from .render import GENERATED_MARKER, RenderedFile, render, render_single_process
 from .selection import Selection
 from .settings import RedisMode, Settings
 from .system import accounts, nginx, statoverride
@@ -286,19 +286,45 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
     return report
 
 
+def _ours(path: Path) -> bool:
+    return path.is_file() and path.read_text(encoding="utf-8", errors="replace").startswith(GENERATED_MARKER)
+
+
 def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
-    """Package removal: workers stop, main goes back to a single process and keeps serving."""
+    """Package removal: workers stop; main goes back to a single process and keeps
+    serving, directly and through nginx (everything routed to main.sock) until purge."""
     systemd = Systemd(out)
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
-    removed = False
-    for relative in (paths.SHARED_CONF, paths.REDIS_CONF_D):
-        target = root / relative
-        if target.is_file() and target.read_text(encoding="utf-8", errors="replace").startswith(GENERATED_MARKER):
-            target.unlink()
-            removed = True
-    if removed and systemd.is_active(paths.MAIN_UNIT):
+    changed = False
+    if _ours(root / paths.REDIS_CONF_D):
+        (root / paths.REDIS_CONF_D).unlink()
+        changed = True
+    if not _ours(root / paths.SHARED_CONF):
+        if changed and systemd.is_active(paths.MAIN_UNIT):
+            systemd.restart(paths.MAIN_UNIT)
+        return
+    try:
+        single = render_single_process(read_host_facts(root))
+    except WorkersError as exc:  # the admin's config broke since: main alone, no routing
+        out.write(f"{exc}; removing /{paths.SHARED_CONF}\n")
+        (root / paths.SHARED_CONF).unlink()
+        single = ()
+    for rendered in single:
+        if rendered.path in nginx.FILES:
+            continue
+        current = root / rendered.path
+        if current.read_text(encoding="utf-8") != rendered.content:
+            write_atomically(root, rendered, chown=True)
+            changed = True
+    if changed and systemd.is_active(paths.MAIN_UNIT):
         systemd.restart(paths.MAIN_UNIT)
+    routing = [f for f in single if f.path in nginx.FILES and _ours(root / f.path)]
+    try:
+        if nginx.write_checked(root, routing, [], chown=True) and systemd.is_active(nginx.UNIT):
+            systemd.reload(nginx.UNIT)
+    except WorkersError as exc:
+        out.write(f"{exc}\n")
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:

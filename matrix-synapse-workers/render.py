@@ -69,7 +69,7 @@ def _listener(path: PurePosixPath, mode: int, resources: Iterable[str]) -> dict[
             "resources": [{"names": list(resources)}]}
 
 
-def main_listeners(facts: HostFacts) -> list[dict[str, Any]]:
+def main_listeners(facts: HostFacts, *, replication: bool = True) -> list[dict[str, Any]]:
     """The admin's listeners, then main's replication and local client sockets.
 
     Synapse replaces the whole ``listeners`` list when a later file sets it, so
@@ -77,8 +77,8 @@ def main_listeners(facts: HostFacts) -> list[dict[str, Any]]:
     """
     ours = [
         _listener(paths.MAIN_REPLICATION_SOCKET, paths.REPLICATION_SOCKET_MODE, ["replication"]),
-        _listener(paths.MAIN_HTTP_SOCKET, paths.HTTP_SOCKET_MODE, ["client", "federation"]),
-    ]
+    ] if replication else []
+    ours.append(_listener(paths.MAIN_HTTP_SOCKET, paths.HTTP_SOCKET_MODE, ["client", "federation"]))
     return [_with_octal_mode(l) for l in facts.listeners] + ours
 
 
@@ -157,6 +157,16 @@ def nginx_files(plan: Plan) -> tuple[RenderedFile, RenderedFile]:
             "nginx-locations.conf.j2", model=model, max_body=MAX_BODY_SIZE,
             http_conf="/" + str(paths.NGINX_HTTP_CONF))),
     )
+
+
+def render_single_process(facts: HostFacts) -> tuple[RenderedFile, ...]:
+    """After package removal: main alone, still on main.sock, and nginx sending it everything.
+
+    The admin's server blocks include our snippet; routing everything to main
+    keeps Synapse answering through nginx until purge removes the files.
+    """
+    return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
+            *nginx_files(Plan(())))
 
 
 def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFile, ...]:

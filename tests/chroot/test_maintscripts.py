@@ -440,10 +440,16 @@ def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(synapse_host, our
 
     c.run("apt-get", "remove", "-y", PACKAGE)
 
-    # Main is a single process again: no shared worker config, no Redis; the
-    # dedicated Redis instance is disabled; the configuration stays until purge.
+    # Main is a single process again: no Redis, no replication, no instance_map;
+    # it keeps main.sock so nginx (whose snippet admins include) still reaches it,
+    # now with every route to main.  The dedicated Redis instance is disabled; the
+    # configuration stays until purge.
     conf_d = {p.name for p in (c / f"{ETC}/conf.d").iterdir()}
-    assert conf_d == {"server_name.yaml", "report_stats.yaml"}
+    assert conf_d == {"server_name.yaml", "report_stats.yaml", "workers.yaml"}
+    shared = yaml.safe_load((c / f"{ETC}/conf.d/workers.yaml").read_text())
+    assert list(shared) == ["listeners"]
+    assert [l.get("path") for l in shared["listeners"] if "path" in l] == ["/run/matrix-synapse/main.sock"]
+    assert "upstream msw_sync" not in (c / "/etc/nginx/conf.d/matrix-synapse-workers.conf").read_text()
     assert not (c / REDIS_INSTANCE_LINK).is_symlink()
     assert workers_on_disk(c) == INSTALL_WORKERS
     assert c.status() == "rc"

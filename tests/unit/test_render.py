@@ -4,6 +4,7 @@ import pytest
 from hostroot import DEBIAN_LOG_CONFIG, homeserver, make_root
 from matrix_synapse_workers.cli import decide
 from matrix_synapse_workers.errors import HostConfigError
+from matrix_synapse_workers.hostfacts import read_host_facts
 from matrix_synapse_workers.settings import Settings, parse_redis
 
 
@@ -157,3 +158,15 @@ def test_admin_conf_d_before_ours_is_merged_like_synapse_does(tmp_path):
     root = make_root(tmp_path, conf_d={"listeners.yaml": {"listeners": extra}})
     shared = yaml.safe_load(files_of(root, workers="sync")["etc/matrix-synapse/conf.d/workers.yaml"].content)
     assert shared["listeners"][0] == extra[0] and len(shared["listeners"]) == 3
+
+
+def test_single_process_after_removal_keeps_main_sock_and_routes_everything_to_main(tmp_path):
+    from matrix_synapse_workers.render import render_single_process
+    files = {str(f.path): f for f in render_single_process(read_host_facts(make_root(tmp_path)))}
+    shared = yaml.safe_load(files["etc/matrix-synapse/conf.d/workers.yaml"].content)
+    assert list(shared) == ["listeners"]
+    assert [l.get("path") for l in shared["listeners"]][-1] == "/run/matrix-synapse/main.sock"
+    assert not any("replication" in str(l) for l in shared["listeners"])
+    upstreams = [l for l in files["etc/nginx/conf.d/matrix-synapse-workers.conf"].content.splitlines()
+                 if l.startswith("upstream ")]
+    assert upstreams == ["upstream msw_main {"]

@@ -90,7 +90,8 @@ def markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]], ops: dict
                    + f"; outside the container (other load on the machine): {o['outside_cores']:.2f}; "
                    f"load average before: {o['loadavg_before']}{redis}")
     for name, why in (failed or {}).items():
-        first = why.splitlines()[0] if why else "?"
+        lines = why.splitlines() or ["?"]
+        first = next((l for l in lines if "setup:" in l or "->" in l), lines[0]).strip()
         out.append(f"- {name}: NOT MEASURED: {first}")
     rows = targets(outcomes, default_preset)
     if rows:
@@ -104,9 +105,9 @@ def markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]], ops: dict
         out += ["", "Package operations (preset small):", "",
                 f"- postinst with nothing changed (dpkg-reconfigure, same answers): {u['wall_s']:.2f} s "
                 f"(target < 2 s); processes restarted: {', '.join(u['restarted']) or 'none'} of {u['units']} units. "
-                f"Of that, `matrix-synapse-workers apply` alone (what the postinst runs) {u['apply_s']:.2f} s, "
-                f"of which importing Synapse's config code (for the check that Synapse loads the files) "
-                f"{u['synapse_import_s']:.2f} s.",
+                f"`matrix-synapse-workers apply` alone (what the postinst runs) {u['apply_s']:.2f} s; for "
+                f"comparison, importing Synapse's config code (the check that Synapse loads a new file set) "
+                f"takes {u['synapse_import_s']:.2f} s by itself.",
                 f"- dpkg-reconfigure adding {a['added']} under load: {a['reconfigure_wall_s']:.1f} s, "
                 f"healthy {a['healthy_after_s']:.1f} s after it began; {a['requests_ok']} requests answered, "
                 f"errors by class {a['errors_by_class']} (target: none outside sync); "

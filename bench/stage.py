@@ -27,6 +27,7 @@ STANDIN_MAIN_URL = "http://127.0.0.1:8008"
 SOCKETS = "/run/matrix-synapse"
 REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
 BENCH_DIR = "/opt/msw-bench"
+SYNAPSE_PYTHON = "/opt/venvs/matrix-synapse/bin/python"
 NGINX_PORT = 8080
 
 # nginx trusts X-Forwarded-For from loopback (the generator), so each simulated

@@ -19,14 +19,8 @@ import pytest
 
 import harness
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD_STANDIN = REPO / "tests" / "standin" / "build-standin"
-BUILD_DEB = REPO / "scripts" / "build-deb"
-# The Synapse the stand-in package carries; >= 1.89 for the all-socket layout.
-STANDIN_VERSION = os.environ.get("MSW_STANDIN_VERSION", "1.163.2")
-# The stand-in's Synapse, as matrix-synapse-py3 installs it: port 8008 on loopback.
-SERVER_NAME = "example.test"
-STANDIN_MAIN_URL = "http://127.0.0.1:8008"
+from booted_config import (BUILD_DEB, BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
+                           STANDIN_VERSION, container_name)
 
 
 def require_booted() -> bool:
@@ -67,7 +61,7 @@ def base_root(booted_host: None) -> Path:
 
 
 def _name_for(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"^test_", "", request.node.name)
+    return container_name(request.node.name)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import harness
-from conftest import SERVER_NAME, STANDIN_MAIN_URL
+from booted_config import SERVER_NAME, STANDIN_MAIN_URL
 from harness import Container
 
 URL = STANDIN_MAIN_URL

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from conftest import BUILD_STANDIN, REPO, SERVER_NAME as SERVER, _name_for
+from booted_config import BUILD_STANDIN, REPO, SERVER_NAME as SERVER, container_name
 from harness import Container, http_unix, login, register_user, wait_for_http
 
 SOCKETS = "/run/matrix-synapse"
@@ -42,14 +42,14 @@ def preseed(preset: str = "small", types: str = "", counts: str = "") -> str:
 @pytest.fixture
 def synapse(synapse_root: Path, request: pytest.FixtureRequest):
     """A booted container with Synapse running on PostgreSQL, our package not installed."""
-    with Container(synapse_root, name=_name_for(request)) as c:
+    with Container(synapse_root, name=container_name(request.node.name)) as c:
         yield c
 
 
 @pytest.fixture
 def synapse_unbooted(synapse_root: Path, request: pytest.FixtureRequest):
     """The same, prepared but not booted: an image being built."""
-    with Container(synapse_root, name=_name_for(request), boot=False) as c:
+    with Container(synapse_root, name=container_name(request.node.name), boot=False) as c:
         yield c
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import BUILD_STANDIN, REPO
+from booted_config import BUILD_STANDIN, REPO
 from harness import POLICY_RC_D, POLICY_RC_D_TEXT, Container, synapse_setup
 from test_scenarios import SERVER, install_workers, preseed, unit_of
 

@@ -31,10 +31,10 @@ from typing import TextIO
 from . import paths
 from .changes import Changes, OnDisk, compute_changes
 from .errors import ApplyError, HostConfigError, WorkersError
-from .hostfacts import existing_worker_names, read_host_facts, require_postgres
+from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
 from .plan import Plan, make_plan
 from .redisconf import edit_guide_conf
-from .render import GENERATED_MARKER, RenderedFile, render, render_single_process
+from .render import RenderedFile, is_generated, render, render_single_process
 from .selection import Selection
 from .settings import RedisMode, Settings
 from .system import accounts, nginx, statoverride
@@ -213,9 +213,10 @@ def describe(changes: Changes) -> str:
 
 
 def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run: bool = False,
-               out: TextIO = sys.stderr) -> ApplyReport:
+               out: TextIO = sys.stderr, facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already."""
     # 1. Decide; every error is raised before the first change.
-    facts = read_host_facts(root)
+    facts = facts if facts is not None else read_host_facts(root)
     require_postgres(facts)
     _check_accounts(settings)
     override = statoverride.get(str(paths.SOCKET_DIR))
@@ -287,7 +288,7 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
 
 
 def _ours(path: Path) -> bool:
-    return path.is_file() and path.read_text(encoding="utf-8", errors="replace").startswith(GENERATED_MARKER)
+    return path.is_file() and is_generated(path.read_text(encoding="utf-8", errors="replace"))
 
 
 def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:

@@ -18,7 +18,7 @@ import yaml
 from . import paths
 from .catalog import ROLES, Role, Scope
 from .plan import Plan, parse_worker_name
-from .render import GENERATED_MARKER, RenderedFile
+from .render import RenderedFile, is_generated
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
@@ -35,7 +35,7 @@ class OnDisk:
 
     @property
     def ours(self) -> bool:
-        return self.content is not None and self.content.startswith(GENERATED_MARKER)
+        return is_generated(self.content)
 
 
 @dataclass(frozen=True)

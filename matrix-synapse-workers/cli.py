@@ -153,7 +153,7 @@ def run_apply(args: argparse.Namespace) -> int:
     facts = read_host_facts(args.root)
     require_postgres(facts)
     report = apply.apply_host(args.root, choose(facts, args.preset, args.workers), _settings(args),
-                              dry_run=args.dry_run, out=sys.stdout)
+                              dry_run=args.dry_run, out=sys.stdout, facts=facts)
     if args.dry_run:
         return 2 if not report.changes.nothing else 0
     for line in report.system_steps + report.services:

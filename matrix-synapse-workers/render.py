@@ -30,6 +30,11 @@ _HEADER = (
 )
 
 
+def is_generated(text: str | None) -> bool:
+    """Whether a file's text is one this package wrote (and may overwrite or remove)."""
+    return text is not None and text.startswith(GENERATED_MARKER)
+
+
 class FileMode(int):
     """An int written to YAML as a 0-prefixed octal literal."""
 

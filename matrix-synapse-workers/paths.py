@@ -19,6 +19,14 @@ WORKER_LOGS_DIR = SYNAPSE_ETC / "worker-logs"
 SHARED_CONF = CONF_D / "workers.yaml"
 REDIS_CONF_D = CONF_D / "redis.yaml"
 STATE_DIR = PurePosixPath("var/lib/matrix-synapse-workers")
+# Written on the main host once workers run on other machines; the admin copies
+# the whole directory to each worker host.
+CLUSTER_DIR = SYNAPSE_ETC / "cluster"
+CLUSTER_FILE = CLUSTER_DIR / "cluster.yaml"
+REPLICATION_SECRET = CLUSTER_DIR / "replication-secret"
+REDIS_PASSWORD = CLUSTER_DIR / "redis-password"
+# Present on a worker host: the drop-in's ConditionPathExists keeps main from starting.
+WORKER_HOST_MARK = STATE_DIR / "worker-host"
 TMPFILES_OVERRIDE = PurePosixPath("etc/tmpfiles.d/matrix-synapse-workers.conf")
 NGINX_DIR = PurePosixPath("etc/nginx")
 # http context: Debian's nginx.conf includes conf.d/*.conf inside http {}.
@@ -47,6 +55,8 @@ REPLICATION_SOCKET_MODE = 0o600
 REDIS_INSTANCE = "matrix-synapse"
 REDIS_INSTANCE_CONF = PurePosixPath(f"etc/redis/redis-{REDIS_INSTANCE}.conf")
 REDIS_INSTANCE_SOCKET = PurePosixPath(f"/run/redis-{REDIS_INSTANCE}/redis-server.sock")
+# requirepass for the dedicated instance, written once with the password (0640 redis).
+REDIS_INSTANCE_AUTH_CONF = PurePosixPath(f"etc/redis/redis-{REDIS_INSTANCE}-auth.conf")
 REDIS_GUIDE_CONF = PurePosixPath("etc/redis/redis.conf")
 REDIS_GUIDE_SOCKET = PurePosixPath("/run/redis/redis-server.sock")
 

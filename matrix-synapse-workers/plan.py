@@ -23,8 +23,9 @@ from .catalog import ROLES, DutyKind, Role
 from .errors import HostConfigError, SelectionError
 from .hostfacts import HostFacts, socket_paths_in_use
 from .selection import Selection
+from .topology import Address, Topology, check_index, http_port, replication_port
 
-_NAME = re.compile(r"^(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]*)$")
+_NAME = re.compile(r"^(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]*)(?:-(?P<host>[a-z][a-z0-9]*))?$")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,34 @@ class Worker:
     name: str
     role: Role
     index: int
+    #: Label of the worker host it runs on; None: the main host.
+    host: str | None = None
+    #: That worker host's private address (None on the main host).
+    address: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+    @property
+    def http_address(self) -> Address | None:
+        """Where a worker on a worker host serves HTTP (TCP); None on the main host."""
+        if self.address is None:
+            return None
+        return Address(self.address, http_port(self.role.name, self.index))
+
+    def replication_address(self, main_replication: Address | None) -> Address | None:
+        """Its replication listener over TCP: on its own host, or on main's private address."""
+        if not self.role.needs_replication_listener:
+            return None
+        host = self.address or (main_replication.host if main_replication else None)
+        return Address(host, replication_port(self.role.name, self.index)) if host else None
+
+    @property
+    def http_upstream(self) -> str:
+        """The server nginx proxies to: ``unix:/run/...sock`` or ``10.0.0.2:18001``."""
+        address = self.http_address
+        return f"unix:{self.http_socket}" if address is None else str(address)
 
     @property
     def unit(self) -> str:
@@ -50,39 +79,73 @@ class Worker:
 
 @dataclass(frozen=True)
 class Plan:
-    """The workers that should exist and the shared config they imply."""
+    """The workers that should exist and the shared config they imply.
+
+    ``workers`` is the whole deployment (every host); ``here`` says which host
+    this plan is rendered for (None: the main host), so that each host writes
+    only its own workers' files and reaches the others by the right address.
+    """
 
     workers: tuple[Worker, ...]
+    #: Main's replication listener on the private network, once workers run elsewhere.
+    replication: Address | None = None
+    #: The worker-host label this plan is rendered on; None for the main host.
+    here: str | None = None
+
+    @property
+    def spans_hosts(self) -> bool:
+        return self.replication is not None
+
+    @property
+    def local_workers(self) -> tuple[Worker, ...]:
+        return tuple(w for w in self.workers if w.host == self.here)
 
     def of_role(self, role_name: str) -> tuple[Worker, ...]:
         return tuple(w for w in self.workers if w.role.name == role_name)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(w.name for w in self.workers)
+        return tuple(w.name for w in self.local_workers)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for worker in self.workers:
+        for worker in self.local_workers:
             counts[worker.role.name] = counts.get(worker.role.name, 0) + 1
         return counts
 
     def socket_paths(self) -> tuple[PurePosixPath, ...]:
-        """Every socket this plan makes Synapse create."""
+        """Every socket this plan makes Synapse create on this host."""
+        if self.here is not None:
+            return ()
         found = [paths.MAIN_REPLICATION_SOCKET, paths.MAIN_HTTP_SOCKET]
-        for worker in self.workers:
+        for worker in self.local_workers:
             found.append(worker.http_socket)
             if worker.replication_socket is not None:
                 found.append(worker.replication_socket)
         return tuple(found)
 
+    def _reach(self, worker: Worker) -> dict[str, Any]:
+        """How a process on this host reaches ``worker``'s replication listener."""
+        if worker.host is None and self.here is None:
+            return {"path": str(worker.replication_socket)}
+        address = worker.replication_address(self.replication)
+        assert address is not None
+        return {"host": address.host, "port": address.port}
+
     def shared_settings(self) -> dict[str, Any]:
         """Duty keys, stream writers and instance_map, derived from the catalog.
 
         Keys come out in a stable order so rendering twice gives the same bytes.
+        Every host derives the same duties and writers; only the addresses in
+        instance_map depend on where the reader runs.
         """
         settings: dict[str, Any] = {}
-        instance_map: dict[str, Any] = {"main": {"path": str(paths.MAIN_REPLICATION_SOCKET)}}
+        if self.here is None:
+            main: dict[str, Any] = {"path": str(paths.MAIN_REPLICATION_SOCKET)}
+        else:
+            assert self.replication is not None
+            main = {"host": self.replication.host, "port": self.replication.port}
+        instance_map: dict[str, Any] = {"main": main}
         stream_writers: dict[str, list[str]] = {}
         for role in ROLES.values():
             workers = self.of_role(role.name)
@@ -97,28 +160,51 @@ class Plan:
             if role.stream is not None:
                 stream_writers[role.stream] = names
                 for worker in workers:
-                    instance_map[worker.name] = {"path": str(worker.replication_socket)}
+                    instance_map[worker.name] = self._reach(worker)
         settings["instance_map"] = instance_map
         if stream_writers:
             settings["stream_writers"] = stream_writers
+        if self.spans_hosts:
+            settings["worker_replication_secret_path"] = "/" + str(paths.REPLICATION_SECRET)
         return settings
 
 
-def worker_name(role: Role, index: int) -> str:
-    return f"{role.name.replace('_', '-')}-{index}"
+def worker_name(role: Role, index: int, host: str | None = None) -> str:
+    base = f"{role.name.replace('_', '-')}-{index}"
+    return f"{base}-{host}" if host else base
 
 
-def parse_worker_name(name: str) -> tuple[Role, int] | None:
-    """The role and number of a name this package made, or None for other names."""
+def split_worker_name(name: str) -> tuple[Role, int, str | None] | None:
+    """Role, number and worker-host label (None: main host) of a name this package made."""
     match = _NAME.match(name)
     if not match:
         return None
     role = ROLES.get(match["role"].replace("-", "_"))
-    return (role, int(match["index"])) if role else None
+    return (role, int(match["index"]), match["host"]) if role else None
+
+
+def parse_worker_name(name: str) -> tuple[Role, int] | None:
+    """The role and number of a main-host worker name this package made, else None."""
+    parsed = split_worker_name(name)
+    if parsed is None or parsed[2] is not None:
+        return None
+    return parsed[0], parsed[1]
+
+
+def remote_workers(topology: Topology) -> tuple[Worker, ...]:
+    """The workers of every worker host a main host's admin named: ``role-n-label``."""
+    workers: list[Worker] = []
+    for host in topology.worker_hosts:
+        for role_name, count in host.counts.items():
+            check_index(role_name, count)
+            role = ROLES[role_name]
+            workers.extend(Worker(worker_name(role, i, host.label), role, i, host.label, host.address)
+                           for i in range(1, count + 1))
+    return tuple(workers)
 
 
 def plan_workers(selection: Selection, existing: Iterable[str] = ()) -> tuple[Worker, ...]:
-    """Name the selected workers, keeping names already on disk."""
+    """Name the selected workers of the main host, keeping names already on disk."""
     kept_indices: dict[str, list[int]] = {}
     for name in existing:
         parsed = parse_worker_name(name)
@@ -153,9 +239,19 @@ def check_socket_conflicts(plan: Plan, facts: HostFacts) -> None:
                 f"point it at another path outside {paths.SOCKET_DIR}")
 
 
-def make_plan(selection: Selection, facts: HostFacts) -> Plan:
-    """The whole plan for a host; raises on anything that cannot work."""
-    plan = Plan(plan_workers(selection, facts.existing_workers))
+def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topology()) -> Plan:
+    """The whole plan for a main host; raises on anything that cannot work."""
+    local = plan_workers(selection, facts.existing_workers)
+    if topology.worker_hosts:
+        for worker in local:
+            check_index(worker.role.name, worker.index)
+    plan = Plan(local + remote_workers(topology), topology.replication)
+    unique_writers = [r for r in ROLES.values() if not r.scales and len(plan.of_role(r.name)) > 1]
+    if unique_writers:
+        role = unique_writers[0]
+        hosts = sorted({w.host or "main" for w in plan.of_role(role.name)})
+        raise SelectionError(f"{role.name!r} can run only once in the whole deployment, but "
+                             f"{', '.join(hosts)} each run one; keep it on one host")
     check_socket_conflicts(plan, facts)
     return plan
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import paths
 from .errors import SelectionError
+from .topology import Topology
 
 # adduser's default NAME_REGEX for system names, which is what addgroup accepts.
 _SYSTEM_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
@@ -88,6 +89,8 @@ class Settings:
     #: Owner and mode of /run/matrix-synapse; an admin's dpkg-statoverride sets them.
     socket_dir_owner: str = paths.SYNAPSE_USER
     socket_dir_mode: int = paths.SOCKET_DIR_MODE
+    #: This host's part when Synapse spans machines; the default is one machine.
+    topology: Topology = field(default_factory=Topology)
 
     @property
     def socket_dir_is_default(self) -> bool:

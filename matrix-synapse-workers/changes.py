@@ -17,7 +17,7 @@ import yaml
 
 from . import paths
 from .catalog import ROLES, Role, Scope
-from .plan import Plan, parse_worker_name
+from .plan import Plan, split_worker_name
 from .render import RenderedFile, is_generated
 
 #: Shared keys every process reads, whoever set them.
@@ -113,9 +113,9 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     """``on_disk`` holds every desired path that exists plus every file in the
     workers and worker-logs directories."""
     old_workers = {p.stem for p, f in on_disk.items()
-                   if p.parent == paths.WORKERS_DIR and f.ours and parse_worker_name(p.stem)}
+                   if p.parent == paths.WORKERS_DIR and f.ours and split_worker_name(p.stem)}
     new_workers = set(plan.names)
-    roles = {w.name: w.role for w in plan.workers}
+    roles = {w.name: w.role for w in plan.local_workers}
     kept = {name: roles[name] for name in new_workers & old_workers}
     added = new_workers - old_workers
     removed = old_workers - new_workers
@@ -148,7 +148,7 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
                        f"({', '.join(sorted(shared_keys)) or 'redis'})")
     restart |= readers
     for name in added | removed:
-        parsed = parse_worker_name(name)
+        parsed = split_worker_name(name)
         if parsed and parsed[0].moves_together:
             together = {n for n, r in kept.items() if r is parsed[0]}
             if together - restart:

@@ -30,16 +30,18 @@ from typing import TextIO
 
 from . import paths
 from .changes import Changes, OnDisk, compute_changes
-from .errors import ApplyError, HostConfigError, WorkersError
+from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
+from .cluster import plan_from_cluster, read_cluster
 from .plan import Plan, make_plan
 from .redisconf import edit_guide_conf
 from .render import RenderedFile, is_generated, render, render_single_process
 from .selection import Selection
 from .settings import RedisMode, Settings
-from .system import accounts, nginx, statoverride
+from .system import accounts, netprobe, nginx, secrets, statoverride
 from .system.files import write_atomically
-from .system.systemd import Systemd
+from .system.systemd import Systemd, systemd_running
+from .topology import HostRole
 
 STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
 REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
@@ -212,17 +214,71 @@ def describe(changes: Changes) -> str:
     return "\n".join(lines) if lines else "nothing to change"
 
 
-def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run: bool = False,
-               out: TextIO = sys.stderr, facts: HostFacts | None = None) -> ApplyReport:
-    """``facts``: the host's Synapse configuration when the caller has read it already."""
+def check_spanning_settings(settings: Settings) -> None:
+    """Workers on other hosts reach Redis over the network: only our own instance
+    is set up for that (a private address and a password)."""
+    if settings.topology.worker_hosts and settings.redis.mode is not RedisMode.DEDICATED:
+        raise SelectionError(
+            f"worker hosts need Redis on the private network with a password, which this package "
+            f"sets up only for its dedicated instance, but Redis is {settings.redis.describe()!r}; "
+            "choose the dedicated Redis (debconf matrix-synapse-workers/redis, or --redis dedicated)")
+
+
+def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: TextIO) -> Plan:
+    """A worker host's plan from the copied cluster files, refused unless they work."""
+    label = settings.topology.label
+    assert label is not None
+    cluster = read_cluster(root)
+    plan = plan_from_cluster(cluster, label)
+    secret = secrets.read_copied(root, paths.REPLICATION_SECRET)
+    password = secrets.read_copied(root, paths.REDIS_PASSWORD)
+    address = cluster.addresses[label]
+    if not netprobe.is_local_address(address):
+        raise HostConfigError(
+            f"/{paths.CLUSTER_FILE} places worker host {label!r} at {address}, which is not an "
+            f"address of this machine: another machine may already be {label!r}, or this one's "
+            f"private address is not up; give this host its own name, or fix the address on the "
+            "main host")
+    if not systemd_running():
+        out.write("no running system (an image build?): main, Redis and the database are "
+                  "not checked from here\n")
+        return plan
+    probes = [netprobe.replication_secret(cluster.replication, secret),
+              netprobe.redis_auth(cluster.redis, password)]
+    if facts.database_address is not None:
+        host, port = facts.database_address
+        probes.append(netprobe.tcp(netprobe.Address(host, port)))
+    failed = [p.detail for p in probes if not p.ok]
+    if failed:
+        raise HostConfigError("this worker host cannot work yet, nothing was changed: "
+                              + "; ".join(failed))
+    return plan
+
+
+def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
+               dry_run: bool = False, out: TextIO = sys.stderr,
+               facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already.
+
+    ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    """
     # 1. Decide; every error is raised before the first change.
     facts = facts if facts is not None else read_host_facts(root)
     require_postgres(facts)
+    worker_host = settings.topology.role is HostRole.WORKER_HOST
+    if worker_host:
+        settings = replace(settings, web_user="")  # no web server here: main's host routes
     _check_accounts(settings)
+    check_spanning_settings(settings)
     override = statoverride.get(str(paths.SOCKET_DIR))
     ours = (root / STATOVERRIDE_MARK).exists()
     settings = _socket_dir_settings(settings, override, ours)
-    plan = make_plan(selection, facts)
+    if worker_host:
+        plan = _worker_host_plan(root, settings, facts, out)
+    else:
+        if selection is None:
+            raise SelectionError("no workers chosen for the main host")
+        plan = make_plan(selection, facts, settings.topology)
     desired = render(plan, facts, settings)
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
@@ -232,11 +288,19 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
     if dry_run:
         out.write(describe(changes) + "\n")
         return report
+    if plan.spans_hosts and not worker_host:
+        # Synapse's check reads them, so they exist first; made once, never replaced.
+        for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
+            if secrets.ensure_generated(root, secret_path):
+                report.system_steps.append(f"generated /{secret_path}")
     if changes.files_changed:
         validate_with_synapse(root, desired, changes, out)
 
     # 2. Accounts, statoverride, socket directory.
     _accounts_and_overrides(root, settings, override, ours, report)
+    if worker_host and secrets.mark_worker_host(root, settings.topology.label or ""):
+        report.system_steps.append(f"marked as worker host {settings.topology.label}: "
+                                   f"{paths.MAIN_UNIT} does not start here")
 
     systemd = Systemd(out)
     # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
@@ -257,6 +321,10 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
 
     # 4. Redis.
     redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
+    if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+        if secrets.write_redis_auth(root):
+            report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")
+            redis_changed = True
     if guide is not None and guide[1] != guide[2]:
         write_atomically(root, RenderedFile(paths.REDIS_GUIDE_CONF, guide[2],
                                             mode=guide[0].stat().st_mode & 0o7777,
@@ -273,8 +341,10 @@ def apply_host(root: Path, selection: Selection, settings: Settings, *, dry_run:
         systemd.daemon_reload()
 
     # 5. Main before workers.
-    main_active = systemd.is_active(paths.MAIN_UNIT)
-    if changes.restart_main or not main_active:
+    if worker_host:
+        if systemd.is_active(paths.MAIN_UNIT):
+            systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
+    elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
         systemd.restart(paths.MAIN_UNIT)
     systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.restart_workers))
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))

@@ -15,12 +15,13 @@ from typing import Sequence
 
 from . import __version__, paths
 from .catalog import DEFAULT_PRESET, PRESETS, ROLES
-from .errors import WorkersError
+from .errors import SelectionError, WorkersError
 from .hostfacts import HostFacts, read_host_facts, require_postgres
 from .plan import Plan, make_plan, parse_worker_name
 from .render import RenderedFile, render
 from .selection import Selection, select
 from .settings import Settings, parse_redis
+from .topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class Desired:
     """Everything decided for a host, before anything is written."""
 
     facts: HostFacts
-    selection: Selection
+    #: None on a worker host (its workers come from cluster.yaml).
+    selection: Selection | None
     settings: Settings
     plan: Plan
     files: tuple[RenderedFile, ...]
@@ -54,18 +56,49 @@ def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selecti
 
 def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:
     """Read the host, validate the request, plan and render: all pure after the read."""
+    from .cluster import plan_from_cluster, read_cluster
     facts = read_host_facts(root)
     require_postgres(facts)
-    selection = choose(facts, preset, workers)
-    plan = make_plan(selection, facts)
+    if settings.topology.role is HostRole.WORKER_HOST:
+        selection = None
+        plan = plan_from_cluster(read_cluster(root), settings.topology.label or "")
+    else:
+        selection = choose(facts, preset, workers)
+        plan = make_plan(selection, facts, settings.topology)
     return Desired(facts, selection, settings, plan, render(plan, facts, settings))
+
+
+def deployed_topology(root: Path) -> Topology:
+    """What this host is now: a worker host (its mark), a main host with worker hosts
+    (its cluster.yaml), or one machine."""
+    from .cluster import MAIN, read_cluster
+    from .plan import split_worker_name
+    from .topology import WorkerHost
+    mark = root / paths.WORKER_HOST_MARK
+    if mark.is_file():
+        return worker_host_topology(mark.read_text(encoding="utf-8").strip())
+    if not (root / paths.CLUSTER_FILE).is_file():
+        return Topology()
+    cluster = read_cluster(root)
+    hosts = []
+    for label, names in cluster.workers.items():
+        if label == MAIN:
+            continue
+        counts: dict[str, int] = {}
+        for name in names:
+            parsed = split_worker_name(name)
+            if parsed:
+                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+        hosts.append(WorkerHost(label, cluster.addresses[label], counts))
+    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
 
 
 def plan_as_json(desired: Desired) -> dict[str, object]:
     return {
         "workers": [
             {"name": w.name, "role": w.role.name, "unit": w.unit,
-             "http_socket": str(w.http_socket),
+             "host": w.host or "main", "http_upstream": w.http_upstream,
+             "http_socket": None if w.remote else str(w.http_socket),
              "replication_socket": str(w.replication_socket) if w.replication_socket else None,
              "resources": list(w.role.http_resources)}
             for w in desired.plan.workers
@@ -79,10 +112,10 @@ def plan_as_json(desired: Desired) -> dict[str, object]:
 
 
 def plan_as_table(desired: Desired) -> str:
-    rows = [("WORKER", "ROLE", "SERVES", "REPLICATION SOCKET")]
+    rows = [("WORKER", "HOST", "ROLE", "SERVES", "LISTENS ON")]
     for w in desired.plan.workers:
-        rows.append((w.name, w.role.name, ",".join(w.role.http_resources),
-                     str(w.replication_socket or "-")))
+        rows.append((w.name, w.host or "main", w.role.name, ",".join(w.role.http_resources),
+                     w.http_upstream))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in rows]
@@ -104,6 +137,18 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="web server user put in the socket group (default: %(default)s)")
     parser.add_argument("--redis", default="dedicated",
                         help="dedicated (default), guide, unix:/PATH or HOST:PORT")
+    parser.add_argument("--host-role", choices=HOST_ROLES,
+                        help="main (main process, Redis and local workers) or worker-host (only "
+                             "workers; main elsewhere). Default: what this host is now")
+    parser.add_argument("--host-name", metavar="LABEL",
+                        help="on a worker host: its name in the main host's cluster.yaml")
+    parser.add_argument("--worker-hosts", metavar="SPEC",
+                        help="on the main host: 'LABEL ADDRESS WORKERS; ...', e.g. "
+                             "'hostb 10.0.0.2 sync:2,events'; '' for none. Default: as deployed")
+    parser.add_argument("--replication-address", metavar="ADDRESS[:PORT]", default="",
+                        help="main's private address for the worker hosts (port 9093 by default)")
+    parser.add_argument("--allow-public-address", action="store_true",
+                        help="accept a public or wildcard replication address")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _topology(args: argparse.Namespace) -> Topology:
+    """The topology asked for; what is left unsaid stays as deployed."""
+    role = args.host_role
+    if role is None and args.host_name:
+        role = HostRole.WORKER_HOST.value
+    elif role is None and args.worker_hosts is not None:
+        role = HostRole.MAIN.value
+    if role is None:
+        return deployed_topology(args.root)
+    if role == HostRole.WORKER_HOST.value:
+        if not args.host_name:
+            raise SelectionError("a worker host needs --host-name, its name in the main host's "
+                                 "cluster.yaml")
+        return worker_host_topology(args.host_name)
+    if args.worker_hosts is None:
+        current = deployed_topology(args.root)
+        return current if current.role is HostRole.MAIN else Topology()
+    return main_topology(args.worker_hosts, args.replication_address, args.allow_public_address)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis))
+                    redis=parse_redis(args.redis), topology=_topology(args))
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -152,7 +217,10 @@ def run_apply(args: argparse.Namespace) -> int:
         return 0
     facts = read_host_facts(args.root)
     require_postgres(facts)
-    report = apply.apply_host(args.root, choose(facts, args.preset, args.workers), _settings(args),
+    settings = _settings(args)
+    selection = (None if settings.topology.role is HostRole.WORKER_HOST
+                 else choose(facts, args.preset, args.workers))
+    report = apply.apply_host(args.root, selection, settings,
                               dry_run=args.dry_run, out=sys.stdout, facts=facts)
     if args.dry_run:
         return 2 if not report.changes.nothing else 0

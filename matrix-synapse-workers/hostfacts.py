@@ -39,6 +39,8 @@ class HostFacts:
     log_config_path: str | None
     log_config: Mapping[str, Any] | None
     existing_workers: tuple[str, ...] = ()
+    #: PostgreSQL's TCP host and port, when it is reached over TCP.
+    database_address: tuple[str, int] | None = None
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 
@@ -102,6 +104,22 @@ def _database_engine(config: Mapping[str, Any]) -> str:
     return database["name"]
 
 
+def _database_address(config: Mapping[str, Any]) -> tuple[str, int] | None:
+    """psycopg2's host/port; None for a UNIX socket (a host starting with '/') or none."""
+    database = config.get("database")
+    args = database.get("args") if isinstance(database, dict) else None
+    if not isinstance(args, dict):
+        return None
+    host = args.get("host")
+    if not isinstance(host, str) or not host or host.startswith("/"):
+        return None
+    try:
+        port = int(args.get("port") or 5432)
+    except (TypeError, ValueError):
+        return None
+    return host, port
+
+
 def _listeners(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
     listeners = config.get("listeners") or []
     if not isinstance(listeners, list) or not all(isinstance(x, dict) for x in listeners):
@@ -131,6 +149,7 @@ def read_host_facts(root: Path) -> HostFacts:
     return HostFacts(
         listeners=_listeners(config),
         database_engine=_database_engine(config),
+        database_address=_database_address(config),
         log_config_path=log_config_path if isinstance(log_config_path, str) else None,
         log_config=log_config,
         existing_workers=existing_worker_names(root),

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["catalog", "selection", "settings", "plan", "redisconf"]
+MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "topology", "cluster"]
 
 
 @pytest.mark.parametrize("name", MODULES)

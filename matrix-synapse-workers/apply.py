@@ -367,6 +367,9 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     systemd = Systemd(out)
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
+    if (root / paths.WORKER_HOST_MARK).exists():
+        _deconfigure_worker_host(root, systemd, out)
+        return
     changed = False
     if _ours(root / paths.REDIS_CONF_D):
         (root / paths.REDIS_CONF_D).unlink()
@@ -396,6 +399,17 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
             systemd.reload(nginx.UNIT)
     except WorkersError as exc:
         out.write(f"{exc}\n")
+
+
+def _deconfigure_worker_host(root: Path, systemd: Systemd, out: TextIO) -> None:
+    """A worker host shares main's database: a main process here must never start,
+    so it is disabled before the drop-in that kept it from starting goes away."""
+    for rendered_path in (paths.SHARED_CONF, paths.REDIS_CONF_D):
+        if _ours(root / rendered_path):
+            (root / rendered_path).unlink()
+    systemd.disable(paths.MAIN_UNIT)
+    out.write(f"{paths.MAIN_UNIT} is disabled on this worker host: its database belongs to the "
+              "main host. Enable it only once this host has its own database.\n")
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:

@@ -66,6 +66,13 @@ class Systemd:
         if run(["systemctl", "--quiet", "is-enabled", unit], check=False, capture=True).returncode != 0:
             run(["systemctl", "--quiet", "enable", unit])
 
+    def disable(self, unit: str) -> None:
+        """Works offline too (chroot): it only removes symlinks."""
+        if self.dry_run or shutil.which("systemctl") is None:
+            return
+        if run(["systemctl", "--quiet", "is-enabled", unit], check=False, capture=True).returncode == 0:
+            run(["systemctl", "--quiet", "disable", unit])
+
     def is_active(self, unit: str) -> bool:
         if not self.running:
             return False

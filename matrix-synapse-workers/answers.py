@@ -7,6 +7,13 @@ checks them all and returns what the apply engine takes, or raises
 :class:`InvalidAnswer` naming the question to ask again and a message that
 names the bad value and what is accepted.
 
+When Synapse spans machines, the host's role decides which answers count.  A
+main host may name worker hosts (``LABEL ADDRESS WORKERS; ...``) and then
+needs its private replication address; a worker host gives only its label and
+gets no Selection (``None``): its workers come from the cluster file the main
+host wrote.  The errors of :mod:`.topology` are traced to the question that
+gave the bad value.
+
 :func:`answers_from_workers` goes the other way: from the worker names on
 disk to the answers that would configure exactly them, which is what
 ``debian/config`` (in sh) does when it reads the deployed state back; and
@@ -17,6 +24,14 @@ record and compare what was applied.
 ...                                    "www-data", "dedicated", "")
 >>> selection.counts
 {'sync': 2, 'typing': 1}
+>>> selection, settings = from_answers("small", "", "", "clubmatrix", "www-data", "dedicated", "",
+...                                    "main", "", "hostb 10.0.0.2 sync:2", "10.0.0.1")
+>>> str(settings.topology.replication), [h.label for h in settings.topology.worker_hosts]
+('10.0.0.1:9093', ['hostb'])
+>>> selection, settings = from_answers("small", "", "", "clubmatrix", "www-data", "dedicated", "",
+...                                    "worker-host", "hostb")
+>>> selection is None, settings.topology.label
+(True, 'hostb')
 >>> answers_from_workers(["sync-1", "sync-2", "typing-1"])
 Answers(preset='custom', worker_types='sync, typing', worker_counts='sync:2')
 >>> normalized_counts({"typing": 1, "sync": 2})
@@ -36,6 +51,9 @@ from .hostfacts import existing_worker_names
 from .plan import parse_worker_name
 from .selection import Selection, parse_workers, select
 from .settings import RedisMode, Settings, check_system_name, parse_redis
+from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
+                       check_index, main_topology, parse_address, parse_worker_hosts,
+                       worker_host_topology)
 
 PACKAGE = "matrix-synapse-workers"
 CUSTOM = "custom"
@@ -47,7 +65,14 @@ Q_SOCKET_GROUP = f"{PACKAGE}/socket-group"
 Q_WEB_USER = f"{PACKAGE}/web-user"
 Q_REDIS = f"{PACKAGE}/redis"
 Q_REDIS_LOCATION = f"{PACKAGE}/redis-location"
-QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION)
+Q_HOST_ROLE = f"{PACKAGE}/host-role"
+Q_HOST_NAME = f"{PACKAGE}/host-name"
+Q_WORKER_HOSTS = f"{PACKAGE}/worker-hosts"
+Q_REPLICATION = f"{PACKAGE}/replication-address"
+Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
+#: Every question :func:`from_answers` takes, in the order of its parameters.
+QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
+             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (*PRESETS, CUSTOM)
 #: The choices of the redis question.
@@ -127,14 +152,90 @@ def _redis(choice: str, location: str):
         raise InvalidAnswer(Q_REDIS_LOCATION, str(exc)) from None
 
 
-def from_answers(preset: str, types: str, counts: str, socket_group: str, web_user: str,
-                 redis: str, redis_location: str) -> tuple[Selection, Settings]:
-    """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
+def _host_role(value: str) -> HostRole:
+    # Empty: a debconf database from before the question existed; one machine.
+    text = value.strip() or HostRole.MAIN.value
+    for role in HostRole:
+        if role.value == text:
+            return role
+    raise InvalidAnswer(Q_HOST_ROLE, f"unknown host role {value.strip()!r}; accepted: "
+                                     f"{', '.join(HOST_ROLES)}")
 
-    ``types`` and ``counts`` count only with the preset ``custom``, and
-    ``redis_location`` only with the Redis choice ``existing``.
-    """
-    selection = _selection(preset, types, counts)
+
+def _boolean(question: str, value: str) -> bool:
+    text = value.strip()
+    if text in ("true", "false", ""):
+        return text == "true"
+    raise InvalidAnswer(question, f"{question} is {text!r}, which is not a debconf boolean; "
+                                  "accepted: true, false")
+
+
+def _worker_host(label: str) -> Topology:
+    if not label.strip():
+        raise InvalidAnswer(Q_HOST_NAME, "no host name given: a worker host needs the name the "
+                                         "main host's worker hosts list gives it "
+                                         f"({LABEL_RULE})")
+    try:
+        return worker_host_topology(label)
+    except SelectionError as exc:
+        raise InvalidAnswer(Q_HOST_NAME, str(exc)) from None
+
+
+def _main_host(worker_hosts: str, replication_address: str, allow_public: bool) -> Topology:
+    """:func:`.topology.main_topology`, each error traced to the question that caused it."""
+    try:
+        hosts = parse_worker_hosts(worker_hosts)
+    except SelectionError as exc:
+        raise InvalidAnswer(Q_WORKER_HOSTS, f"worker hosts: {exc}") from None
+    if not hosts:
+        return Topology()
+    if not replication_address.strip():
+        raise InvalidAnswer(Q_REPLICATION, "worker hosts are named, but no replication address: "
+                                           "give this main host's address on the private "
+                                           "network the worker hosts reach it by (for example "
+                                           "10.0.0.1 or 10.0.0.1:9093)")
+    # An address that is wrong whatever the confirmation says, then one that
+    # is refused only for want of it.
+    for question, allowed in ((Q_REPLICATION, True), (Q_ALLOW_PUBLIC, allow_public)):
+        try:
+            parse_address(replication_address, default_port=DEFAULT_REPLICATION_PORT,
+                          what="replication address", allow_public=allowed)
+        except SelectionError as exc:
+            raise InvalidAnswer(question, str(exc)) from None
+    try:
+        return main_topology(worker_hosts, replication_address, allow_public)
+    except SelectionError as exc:
+        # What is left is a worker host at main's own address.
+        raise InvalidAnswer(Q_WORKER_HOSTS, f"worker hosts: {exc}") from None
+
+
+def _check_deployment(selection: Selection, topology: Topology, redis_mode: RedisMode) -> None:
+    """What only holds across hosts: one writer of each unique stream, ports, Redis."""
+    if not topology.worker_hosts:
+        return
+    for role, count in selection.counts.items():
+        try:
+            check_index(role, count)
+        except SelectionError as exc:
+            raise InvalidAnswer(Q_COUNTS, f"worker counts: {exc}") from None
+    for name, role in ROLES.items():
+        if role.scales:
+            continue
+        hosts = ["main"] if name in selection.counts else []
+        hosts += [h.label for h in topology.worker_hosts if name in h.counts]
+        if len(hosts) > 1:
+            raise InvalidAnswer(Q_WORKER_HOSTS,
+                                f"worker hosts: {name!r} can run only once in the whole "
+                                f"deployment, but {', '.join(hosts)} each run one; keep it on "
+                                "one host")
+    if redis_mode is not RedisMode.DEDICATED:
+        raise InvalidAnswer(Q_REDIS, f"Redis {redis_mode.value!r} cannot serve worker hosts: they "
+                                     "reach the dedicated instance over the private network, "
+                                     "with the password in /etc/matrix-synapse/cluster/; choose "
+                                     "'dedicated', or name no worker hosts")
+
+
+def _names(socket_group: str, web_user: str) -> tuple[str, str]:
     group = socket_group.strip()
     try:
         check_system_name("socket group", group)
@@ -146,8 +247,35 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
             check_system_name("web server user", user)
         except SelectionError as exc:
             raise InvalidAnswer(Q_WEB_USER, str(exc)) from None
+    return group, user
+
+
+def from_answers(preset: str, types: str, counts: str, socket_group: str, web_user: str,
+                 redis: str, redis_location: str, host_role: str = HostRole.MAIN.value,
+                 host_name: str = "", worker_hosts: str = "", replication_address: str = "",
+                 allow_public_address: str = "false") -> tuple[Selection | None, Settings]:
+    """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
+
+    ``types`` and ``counts`` count only with the preset ``custom``, and
+    ``redis_location`` only with the Redis choice ``existing``.  On a worker
+    host the workers and Redis come from the cluster file: the Selection is
+    ``None`` and those answers are not looked at, nor are the main host's
+    ``worker_hosts``, ``replication_address`` and ``allow_public_address``;
+    nor ``web_user``: the web server runs on the main host and reaches the
+    workers over TCP.
+    """
+    if _host_role(host_role) is HostRole.WORKER_HOST:
+        topology = _worker_host(host_name)
+        group, _ = _names(socket_group, "")
+        return None, Settings(socket_group=group, web_user="", topology=topology)
+    selection = _selection(preset, types, counts)
+    group, user = _names(socket_group, web_user)
     redis_settings = _redis(redis, redis_location)
-    return selection, Settings(socket_group=group, web_user=user, redis=redis_settings)
+    topology = _main_host(worker_hosts, replication_address,
+                          _boolean(Q_ALLOW_PUBLIC, allow_public_address))
+    _check_deployment(selection, topology, redis_settings.mode)
+    return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
+                               topology=topology)
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:

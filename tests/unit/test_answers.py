@@ -12,19 +12,29 @@ from debian import deb822
 
 from matrix_synapse_workers import answers
 from matrix_synapse_workers.answers import (
-    CUSTOM, Q_COUNTS, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER,
+    CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
+    Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
     InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.catalog import PRESETS, ROLES
-from matrix_synapse_workers.plan import plan_workers, worker_name
+from matrix_synapse_workers.errors import SelectionError
+from matrix_synapse_workers.hostfacts import HostFacts
+from matrix_synapse_workers.plan import make_plan, plan_workers, worker_name
 from matrix_synapse_workers.selection import select
 from matrix_synapse_workers.settings import RedisMode
+from matrix_synapse_workers.topology import (
+    DEFAULT_REDIS_PORT, DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, Address, HostRole, Topology,
+    main_topology)
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "debian" / "templates"
 CONFIG = REPO / "debian" / "config"
 
 DEFAULTS = dict(preset="small", types="sync, client", counts="", socket_group="clubmatrix",
-                web_user="www-data", redis="dedicated", redis_location="")
+                web_user="www-data", redis="dedicated", redis_location="", host_role="main",
+                host_name="", worker_hosts="", replication_address="", allow_public_address="false")
+# A main host with two worker hosts, as its admin would answer.
+SPREAD = dict(worker_hosts="hostb 10.99.0.2 sync:2,events; hostc 10.99.0.3 federation_sender",
+              replication_address="10.99.0.1")
 
 
 def answer(**changes):
@@ -87,12 +97,13 @@ def test_single_instance_help_lists_exactly_the_roles_that_do_not_scale():
 def test_defaults_are_valid_without_a_terminal():
     t = templates()
     default = {q: t[q].get("Default", "") for q in answers.QUESTIONS}
-    selection, settings = from_answers(default[Q_PRESET], default[Q_TYPES], default[Q_COUNTS],
-                                       default[Q_SOCKET_GROUP], default[Q_WEB_USER],
-                                       default[Q_REDIS], default[Q_REDIS_LOCATION])
+    # In the order of QUESTIONS, as the postinst and status pass them.
+    selection, settings = from_answers(*(default[q] for q in answers.QUESTIONS))
     assert selection == select(preset="small")
     assert (settings.socket_group, settings.web_user, settings.redis.mode) == (
         "clubmatrix", "www-data", RedisMode.DEDICATED)
+    # One machine, as before worker hosts existed.
+    assert settings.topology == Topology()
     # The custom defaults are valid too.
     assert from_answers(CUSTOM, default[Q_TYPES], default[Q_COUNTS], "clubmatrix", "www-data",
                         "dedicated", "")[0] == select(workers="sync,client")
@@ -105,6 +116,28 @@ def test_every_question_has_a_template_and_a_translatable_description():
     for error in ("matrix-synapse-workers/invalid-answer", "matrix-synapse-workers/not-configured"):
         assert t[error]["Type"] == "error"
         assert "${message}" in t[error]["_Description"]
+
+
+def test_host_role_choices_are_the_topology_roles():
+    assert choices_c(templates()[Q_HOST_ROLE]) == list(HOST_ROLES)
+    assert templates()[Q_HOST_ROLE]["Default"] == HostRole.MAIN.value
+
+
+def test_host_names_are_described_by_the_rule_topology_checks():
+    for question in (Q_HOST_NAME, Q_WORKER_HOSTS):
+        text = " ".join(templates()[question]["_Description"].split())
+        assert LABEL_RULE in text, question
+
+
+def test_ports_in_the_descriptions_are_the_ones_used():
+    t = templates()
+    assert f"other than {DEFAULT_REPLICATION_PORT} " in " ".join(t[Q_REPLICATION]["_Description"].split())
+    assert f"Redis (port {DEFAULT_REDIS_PORT})" in " ".join(t[Q_ALLOW_PUBLIC]["_Description"].split())
+
+
+def test_public_address_is_not_allowed_by_default():
+    assert (templates()[Q_ALLOW_PUBLIC]["Type"], templates()[Q_ALLOW_PUBLIC]["Default"]) == (
+        "boolean", "false")
 
 
 def test_the_pot_file_is_up_to_date():
@@ -190,6 +223,154 @@ def test_bad_answers_name_the_question_the_value_and_what_is_accepted(changes, q
         assert fragment in message, (fragment, message)
 
 
+# --- several machines ---------------------------------------------------------
+
+
+def test_main_without_worker_hosts_is_one_machine_whatever_the_address_says():
+    """The address and the confirmation count only once worker hosts are named."""
+    selection, settings = answer(replication_address="1.2.3.4", allow_public_address="true",
+                                 worker_hosts=" ; ")
+    assert selection == select(preset="small")
+    assert settings.topology == Topology()
+    assert not settings.topology.spans_hosts
+
+
+def test_main_with_worker_hosts():
+    selection, settings = answer(**SPREAD)
+    assert selection == select(preset="small")
+    topology = settings.topology
+    assert topology == main_topology(SPREAD["worker_hosts"], SPREAD["replication_address"])
+    assert topology.role is HostRole.MAIN
+    assert topology.replication == Address("10.99.0.1", DEFAULT_REPLICATION_PORT)
+    assert [(h.label, h.address, dict(h.counts)) for h in topology.worker_hosts] == [
+        ("hostb", "10.99.0.2", {"sync": 2, "events": 1}),
+        ("hostc", "10.99.0.3", {"federation_sender": 1})]
+    assert not topology.allow_public
+    # The main host's own answers are kept.
+    assert (settings.socket_group, settings.web_user, settings.redis.mode) == (
+        "clubmatrix", "www-data", RedisMode.DEDICATED)
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("10.99.0.1:9094", Address("10.99.0.1", 9094)),
+    (" fd00::1 ", Address("fd00::1", DEFAULT_REPLICATION_PORT)),
+    ("[fd00::1]:9094", Address("fd00::1", 9094)),
+])
+def test_replication_address_forms(address, expected):
+    assert answer(**{**SPREAD, "replication_address": address})[1].topology.replication == expected
+
+
+@pytest.mark.parametrize("address", ["1.2.3.4", "0.0.0.0", "::"])
+def test_public_or_wildcard_address_when_confirmed(address):
+    topology = answer(**{**SPREAD, "replication_address": address,
+                         "allow_public_address": "true"})[1].topology
+    assert topology.replication.host == address and topology.allow_public
+
+
+def test_worker_host_takes_only_its_name_and_the_socket_group():
+    """The workers, Redis and the main host's questions are not looked at, even when invalid;
+    the web server runs on the main host."""
+    selection, settings = answer(host_role="worker-host", host_name=" hostb ", preset="huge",
+                                 redis="cluster", web_user="www data", worker_hosts="garbage",
+                                 replication_address="127.0.0.1", allow_public_address="maybe",
+                                 socket_group="synapse-sockets")
+    assert selection is None
+    assert settings.topology == Topology(HostRole.WORKER_HOST, label="hostb")
+    assert (settings.socket_group, settings.web_user) == ("synapse-sockets", "")
+
+
+def test_empty_host_role_is_a_main_host():
+    """What status passes for a question a debconf database does not have yet."""
+    assert answer(host_role="", **SPREAD)[1].topology.worker_hosts
+
+
+@pytest.mark.parametrize("changes,question,fragments", [
+    # The worker hosts' list.
+    (dict(worker_hosts="hostb 10.99.0.2"), Q_WORKER_HOSTS,
+     ["'hostb 10.99.0.2'", "LABEL ADDRESS WORKERS", "';'"]),
+    (dict(worker_hosts="Host_B 10.99.0.2 sync"), Q_WORKER_HOSTS, ["'Host_B'", LABEL_RULE]),
+    (dict(worker_hosts="main 10.99.0.2 sync"), Q_WORKER_HOSTS, ["'main'", LABEL_RULE]),
+    (dict(worker_hosts="hostb 10.99.0.2 sync; hostc 10.99.0.2 client"), Q_WORKER_HOSTS,
+     ["address '10.99.0.2'", "its own address"]),
+    (dict(worker_hosts="hostb 10.99.0.2 sync; hostb 10.99.0.3 client"), Q_WORKER_HOSTS,
+     ["label 'hostb'", "its own label"]),
+    (dict(worker_hosts="hostb 10.99.0.1 sync"), Q_WORKER_HOSTS,
+     ["'hostb'", "main's own address 10.99.0.1"]),
+    (dict(worker_hosts="hostb 10.99.0.2 bogus"), Q_WORKER_HOSTS, ["'bogus'", "accepted:"]),
+    (dict(worker_hosts="hostb hostb.lan sync"), Q_WORKER_HOSTS, ["'hostb.lan'", "not an IP address"]),
+    (dict(worker_hosts="hostb 127.0.0.2 sync"), Q_WORKER_HOSTS, ["'127.0.0.2'", "loopback"]),
+    (dict(worker_hosts="hostb 1.2.3.4 sync"), Q_WORKER_HOSTS, ["'1.2.3.4'", "public"]),
+    (dict(worker_hosts="hostb 10.99.0.2 sync:50"), Q_WORKER_HOSTS, ["sync worker number 50", "49"]),
+    # A type Synapse runs once, on two hosts.
+    (dict(worker_hosts="hostb 10.99.0.2 sync,typing", preset="custom", types="sync, typing"),
+     Q_WORKER_HOSTS, ["'typing'", "main, hostb", "one host"]),
+    (dict(worker_hosts="hostb 10.99.0.2 background; hostc 10.99.0.3 background"), Q_WORKER_HOSTS,
+     ["'background'", "hostb, hostc"]),
+    # Main's own workers must fit the port range too once ports are used.
+    (dict(preset="custom", types="sync", counts="sync:50"), Q_COUNTS, ["sync worker number 50", "49"]),
+    # Worker hosts reach only the dedicated Redis.
+    (dict(redis="guide"), Q_REDIS, ["'guide'", "'dedicated'"]),
+    (dict(redis="existing", redis_location="10.99.0.9:6379"), Q_REDIS, ["'existing'", "'dedicated'"]),
+    # Main's replication address.
+    (dict(replication_address=" "), Q_REPLICATION, ["no replication address", "10.0.0.1"]),
+    (dict(replication_address="localhost"), Q_REPLICATION, ["'localhost'", "not an IP address"]),
+    (dict(replication_address="10.99.0.1:x"), Q_REPLICATION, ["'10.99.0.1:x'", "ADDRESS:PORT"]),
+    (dict(replication_address="10.99.0.1:70000"), Q_REPLICATION, ["70000", "1..65535"]),
+    (dict(replication_address="127.0.0.1"), Q_REPLICATION, ["'127.0.0.1'", "loopback"]),
+    # Loopback stays refused when public addresses are allowed.
+    (dict(replication_address="::1", allow_public_address="true"), Q_REPLICATION, ["'::1'", "loopback"]),
+    # Public or wildcard without the confirmation: the confirmation is asked.
+    (dict(replication_address="1.2.3.4"), Q_ALLOW_PUBLIC,
+     ["'1.2.3.4'", "public address", "private address", "allow-public-address"]),
+    (dict(replication_address="0.0.0.0:9093"), Q_ALLOW_PUBLIC, ["'0.0.0.0'", "wildcard"]),
+    (dict(allow_public_address="yes"), Q_ALLOW_PUBLIC, ["'yes'", "true, false"]),
+])
+def test_bad_spread_answers_name_the_question_the_value_and_what_is_accepted(changes, question,
+                                                                             fragments):
+    with pytest.raises(InvalidAnswer) as caught:
+        answer(**{**SPREAD, **changes})
+    assert caught.value.question == question
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("changes,question,fragments", [
+    (dict(host_role="cluster"), Q_HOST_ROLE, ["'cluster'", "main, worker-host"]),
+    (dict(host_role="worker-host", host_name=""), Q_HOST_NAME, ["no host name", LABEL_RULE]),
+    (dict(host_role="worker-host", host_name="HostB"), Q_HOST_NAME, ["'HostB'", LABEL_RULE]),
+    (dict(host_role="worker-host", host_name="main"), Q_HOST_NAME, ["'main'"]),
+    (dict(host_role="worker-host", host_name="hostb", socket_group="Bad Group"), Q_SOCKET_GROUP,
+     ["'Bad Group'"]),
+])
+def test_bad_host_answers(changes, question, fragments):
+    with pytest.raises(InvalidAnswer) as caught:
+        answer(**changes)
+    assert caught.value.question == question
+    for fragment in fragments:
+        assert fragment in str(caught.value), (fragment, str(caught.value))
+
+
+FACTS = HostFacts(listeners=(), database_engine="psycopg2", log_config_path=None, log_config=None)
+
+
+@pytest.mark.parametrize("role", [r for r in ROLES.values() if not r.scales])
+def test_answers_refuse_a_single_instance_type_on_two_hosts_as_the_plan_does(role):
+    """The answers' check is the plan's rule, traced to the worker hosts' question."""
+    changes = dict(SPREAD, worker_hosts=f"hostb 10.99.0.2 {role.name}", preset="custom",
+                   types=f"sync, {role.name}")
+    with pytest.raises(InvalidAnswer) as caught:
+        answer(**changes)
+    assert caught.value.question == Q_WORKER_HOSTS
+    topology = main_topology(changes["worker_hosts"], changes["replication_address"])
+    with pytest.raises(SelectionError):
+        make_plan(select(workers=f"sync,{role.name}"), FACTS, topology)
+    # Elsewhere only: both agree it is fine.
+    selection, settings = answer(**{**changes, "types": "sync"})
+    assert make_plan(selection, FACTS, settings.topology).of_role(role.name)
+
+
 # --- the way back --------------------------------------------------------------
 
 
@@ -214,20 +395,43 @@ def test_normalized_counts_is_catalog_order_and_drops_zero():
 # --- debian/config reads the files back like this module -----------------------
 
 STUB_CONFMODULE = r"""
-# Records what debian/config sets instead of talking to debconf.
+# Records what debian/config sets and asks instead of talking to debconf.  A
+# question with a line in $MSW_TYPED is shown and answered with that value;
+# every other one is not shown (code 30, as debconf says below the priority).
 db_version() { :; }
 db_capb() { :; }
 db_settitle() { :; }
-db_set() { printf 'set %s=%s\n' "$1" "$2" >> "$MSW_LOG"; }
+db_set() {
+    printf 'set %s=%s\n' "$1" "$2" >> "$MSW_LOG"
+    printf '%s=%s\n' "$1" "$2" >> "$MSW_ANSWERS"
+}
 db_get() { RET=$(sed -n "s|^$1=||p" "$MSW_ANSWERS" | tail -n 1); }
-db_input() { return 30; }
+db_input() {
+    printf 'input %s %s\n' "$1" "$2" >> "$MSW_LOG"
+    grep -q "^$2=" "$MSW_TYPED" || return 30
+    sed -n "s|^$2=|$2=|p" "$MSW_TYPED" >> "$MSW_ANSWERS"
+}
 db_go() { return 0; }
 db_stop() { :; }
 db_fset() { :; }
 """
 
 
-def run_config(tmp_path: Path, answers_now: dict[str, str]) -> dict[str, str]:
+def run_config(tmp_path: Path, answers_now: dict[str, str],
+               typed: dict[str, str] | None = None) -> dict[str, str]:
+    """The answers debian/config sets (the questions it asks: :func:`asked`)."""
+    return {key: value for kind, key, value in config_log(tmp_path, answers_now, typed)
+            if kind == "set"}
+
+
+def asked(tmp_path: Path, answers_now: dict[str, str], typed: dict[str, str] | None = None):
+    """(priority, question) for each question debian/config puts to debconf, in order."""
+    return [(value, key.removeprefix("matrix-synapse-workers/"))
+            for kind, key, value in config_log(tmp_path, answers_now, typed) if kind == "input"]
+
+
+def config_log(tmp_path: Path, answers_now: dict[str, str],
+               typed: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     stub = tmp_path / "confmodule"
     stub.write_text(STUB_CONFMODULE)
     config = tmp_path / "config"
@@ -238,14 +442,21 @@ def run_config(tmp_path: Path, answers_now: dict[str, str]) -> dict[str, str]:
     log.write_text("")
     state = tmp_path / "answers"
     state.write_text("".join(f"{k}={v}\n" for k, v in answers_now.items()))
+    typed_file = tmp_path / "typed"
+    typed_file.write_text("".join(f"{k}={v}\n" for k, v in (typed or {}).items()))
     subprocess.run(["sh", str(config), "configure", ""], check=True,
                    env={"PATH": os.environ["PATH"], "MSW_ROOT": str(tmp_path / "root"),
-                        "MSW_LOG": str(log), "MSW_ANSWERS": str(state)})
-    sets = {}
+                        "MSW_LOG": str(log), "MSW_ANSWERS": str(state),
+                        "MSW_TYPED": str(typed_file)})
+    entries = []
     for line in log.read_text().splitlines():
-        key, _, value = line.removeprefix("set ").partition("=")
-        sets[key] = value
-    return sets
+        kind, _, rest = line.partition(" ")
+        if kind == "set":
+            key, _, value = rest.partition("=")
+        else:
+            value, _, key = rest.partition(" ")
+        entries.append((kind, key, value))
+    return entries
 
 
 def deploy(root: Path, names, group: str | None = None, applied: str | None = None) -> None:
@@ -318,3 +529,60 @@ def test_config_role_list_is_the_catalog(tmp_path):
     names = [worker_name(role, 1) for role in ROLES.values()]
     deploy(tmp_path / "root", names)
     assert run_config(tmp_path, {})[Q_TYPES] == ", ".join(ROLES)
+
+
+# --- debian/config asks what the host's role needs ----------------------------
+
+MAIN_FLOW = [("medium", "host-role"), ("high", "preset"), ("medium", "worker-hosts"),
+             ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis")]
+
+
+@needs_sh
+def test_config_on_one_machine_asks_the_role_only_below_the_default_priority(tmp_path):
+    (tmp_path / "root").mkdir()
+    assert asked(tmp_path, {}) == MAIN_FLOW
+    # A plain install shows only questions of priority high and above.
+    assert [q for p, q in asked(tmp_path, {}) if p in ("high", "critical")] == ["preset"]
+
+
+@needs_sh
+def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_path):
+    (tmp_path / "root").mkdir()
+    flow = asked(tmp_path, {Q_WORKER_HOSTS: "hostb 10.99.0.2 sync", Q_PRESET: "custom",
+                            Q_REDIS: "existing"})
+    assert flow == [("medium", "host-role"), ("high", "preset"), ("high", "worker-types"),
+                    ("medium", "worker-counts"), ("medium", "worker-hosts"),
+                    ("high", "replication-address"), ("low", "allow-public-address"),
+                    ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
+                    ("high", "redis-location")]
+    # Blanks and separators alone name no host.
+    assert asked(tmp_path, {Q_WORKER_HOSTS: " ; "}) == MAIN_FLOW
+    # Typed in this run: the next questions follow from the new answer.
+    assert ("high", "replication-address") in asked(
+        tmp_path, {}, typed={Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"})
+
+
+@needs_sh
+def test_config_on_a_worker_host_asks_its_name_and_reads_nothing_back(tmp_path):
+    # Files that would be read back on a main host, and no record of an apply.
+    deploy(tmp_path / "root", ["sync-1", "sync-2", "sync-1-hostb"], group="synapse-sockets")
+    answers_now = {Q_HOST_ROLE: "worker-host", Q_PRESET: "custom", Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"}
+    assert asked(tmp_path, answers_now) == [("medium", "host-role"), ("high", "host-name"),
+                                            ("low", "socket-group")]
+    assert run_config(tmp_path, answers_now) == {}
+    # Chosen in this run: the name is asked, the main host's questions are not.
+    assert asked(tmp_path, {}, typed={Q_HOST_ROLE: "worker-host"}) == [
+        ("medium", "host-role"), ("high", "host-name"), ("low", "socket-group")]
+
+
+@needs_sh
+def test_config_asks_again_for_the_confirmation_when_the_address_changes(tmp_path):
+    (tmp_path / "root").mkdir()
+    confirmed = {Q_WORKER_HOSTS: "hostb 10.99.0.2 sync", Q_REPLICATION: "1.2.3.4",
+                 Q_ALLOW_PUBLIC: "true"}
+    # The same address (preseeded with its confirmation, or typed again): kept.
+    assert run_config(tmp_path, confirmed) == {}
+    assert run_config(tmp_path, confirmed, typed={Q_REPLICATION: "1.2.3.4"}) == {}
+    # Another address: the confirmation was for the old one.
+    assert run_config(tmp_path, confirmed, typed={Q_REPLICATION: "5.6.7.8"}) == {
+        Q_ALLOW_PUBLIC: "false"}

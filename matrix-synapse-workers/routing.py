@@ -21,6 +21,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Iterable
 
 from . import paths
 from .catalog import ENDPOINTS, ROLES, Balance, Endpoints
@@ -133,13 +134,15 @@ def nginx_model(plan: Plan) -> NginxModel:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name: str) -> re.Pattern[str]:
-    return re.compile(combined_regex(ENDPOINTS[name].patterns))
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(combined_regex(patterns))
 
 
-def endpoint_class(path: str) -> Endpoints | None:
-    """The first class whose patterns match ``path`` (nginx's regex-location order)."""
-    return next((e for e in ENDPOINTS.values() if _compiled(e.name).match(path)), None)
+def endpoint_class(path: str, table: Iterable[Endpoints] | None = None) -> Endpoints | None:
+    """The first class of ``table`` (default: the catalog's) whose patterns match
+    ``path``, as nginx tries regex locations in order."""
+    classes = ENDPOINTS.values() if table is None else table
+    return next((e for e in classes if _compiled(e.patterns).match(path)), None)
 
 
 def destination(plan: Plan, path: str, method: str) -> tuple[str, tuple[str, ...]]:

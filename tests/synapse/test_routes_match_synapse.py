@@ -1,12 +1,20 @@
 """The route table still matches what the installed Synapse serves on a worker.
 
 Synapse has no machine-readable list of worker endpoints, so this asks it: the
-patterns every servlet registers on a generic worker (tests/synapse/servlet_patterns.py,
-run in Synapse's venv) are turned into example paths, and each example must
-either be routed by catalog.ENDPOINTS to a worker pool or be on the short list
-of servlets knowingly left on main.  And every pattern of the table must still
-be served by some servlet.  An upgrade that adds or moves an endpoint fails
-here instead of silently landing on main.
+patterns every servlet registers on a generic worker and on main
+(tests/synapse/servlet_patterns.py, run in Synapse's venv) are turned into
+example requests, and three things must hold for the table that applies to the
+installed version:
+
+- every request a worker serves is routed by catalog.ENDPOINTS to a worker pool,
+  or its servlet is on the short list of those knowingly left on main;
+- every alternative of every routed pattern still matches a request a worker serves;
+- every request main serves that the table sends to a worker is one a worker
+  serves with that method (otherwise a client gets a 404 or 405 from the worker).
+
+An upgrade that adds, moves or drops an endpoint fails here instead of silently
+landing on main or on a worker that cannot answer.  The last test breaks the
+table on purpose and proves each check notices.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ import itertools
 import json
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import pytest
 
 from hostroot import make_root
-from matrix_synapse_workers.catalog import ENDPOINTS
+from matrix_synapse_workers.catalog import ENDPOINTS, Endpoints
 from matrix_synapse_workers.cli import main
-from matrix_synapse_workers.routing import endpoint_class
+from matrix_synapse_workers.routing import READ_METHODS, endpoint_class
 
 try:
     from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -30,102 +40,240 @@ except ImportError:  # Python < 3.11
     import sre_parse  # type: ignore[no-redef]
 
 PROBE = Path(__file__).with_name("servlet_patterns.py")
-#: Servlets a worker registers that the table leaves on main on purpose.
+#: Servlets a worker registers that the table leaves on main on purpose, with the reason.
 LEFT_ON_MAIN: dict[str, str] = {
 }
 #: Table classes served by other resources than the client and federation ones.
 OTHER_RESOURCES = {"media"}
-OTHER_PATTERNS = {"^/_matrix/key/v2/query"}
+Registration = tuple[str, str, str]          # method, regex, servlet class
+Request = tuple[str, str]                    # method, path
+Servlets = dict[str, list[Registration]]     # "worker" / "main" -> registrations
+
+_MAX_EXAMPLES = 10_000
 
 
-def examples(pattern: str, limit: int = 64) -> list[str]:
-    """Paths the regex matches: every alternative, each repeat once, any class a letter."""
-    def walk(items) -> list[str]:
+def _leaf_example(op: str, arg: object) -> str:
+    """One character a single-character item matches."""
+    if op == "IN":
+        for kind, value in arg:  # type: ignore[attr-defined]
+            if str(kind) == "RANGE":
+                return chr(value[0])
+            if str(kind) == "LITERAL":
+                return chr(value)
+            if str(kind) == "CATEGORY" and str(value) == "CATEGORY_DIGIT":
+                return "1"
+        return "x"
+    if op == "CATEGORY" and str(arg) == "CATEGORY_DIGIT":
+        return "1"
+    return "x"
+
+
+def _expand(pattern: str, leaf: Callable[[str, object, bool], str],
+            repeat: Callable[[int, list[str]], list[str]]) -> list[str]:
+    """Every alternative of a regex, spelt by ``leaf`` and ``repeat``.
+
+    ``leaf(op, arg, repeated)`` spells one single-character item; ``repeat(low,
+    bodies)`` spells a ``*``/``+``/``{n,}`` repeat of the spelt bodies.  An
+    optional part (``?``) comes out both without and with it.
+    """
+    def walk(items, repeated: bool = False) -> list[str]:
         results = [""]
         for op, arg in items:
             name = str(op)
             if name == "LITERAL":
-                options = [chr(arg)]
+                options = [leaf(name, arg, repeated)]
             elif name == "SUBPATTERN":
-                options = walk(arg[-1])
+                options = walk(arg[-1], repeated)
             elif name == "BRANCH":
-                options = [s for branch in arg[1] for s in walk(branch)]
+                options = [s for branch in arg[1] for s in walk(branch, repeated)]
             elif name in ("MAX_REPEAT", "MIN_REPEAT"):
-                low, _, body = arg
-                options = [s * max(low, 1) for s in walk(body)]
-            elif name in ("IN", "ANY", "NOT_LITERAL", "CATEGORY"):
-                options = ["x"]
-            elif name == "AT":
-                options = [""]
+                low, high, body = arg
+                if high == 1:
+                    options = ([""] if low == 0 else []) + walk(body, repeated)
+                else:
+                    options = repeat(low, walk(body, True))
+            elif name in ("IN", "ANY", "NOT_LITERAL", "CATEGORY", "AT"):
+                options = [leaf(name, arg, repeated)]
             else:
-                raise ValueError(f"{pattern}: cannot make an example of {name}")
-            results = [a + b for a, b in itertools.product(results, options)][:limit]
+                raise ValueError(f"{pattern}: cannot spell {name}")
+            results = [a + b for a, b in itertools.product(results, options)]
+            if len(results) > _MAX_EXAMPLES:
+                raise ValueError(f"{pattern}: more than {_MAX_EXAMPLES} alternatives")
         return results
     return walk(sre_parse.parse(pattern))
 
 
-def test_examples_match_their_pattern():
-    for pattern in ("^/_matrix/client/(api/v1|r0|v3)/rooms/(?P<room_id>[^/]*)/x$", "^/a/.*/b(/|$)"):
-        for path in examples(pattern):
-            assert re.match(pattern, path), (pattern, path)
+def examples(pattern: str) -> list[str]:
+    """Concrete paths a servlet regex matches: every alternative, optional parts with
+    and without, each repeat once.  A lone ``.`` is a dot (Synapse leaves the dots of
+    names like ``im.nheko.summary`` unescaped); other wildcards are a letter."""
+    def leaf(op: str, arg: object, repeated: bool) -> str:
+        if op == "LITERAL":
+            return chr(arg)  # type: ignore[arg-type]
+        if op == "AT":
+            return ""
+        if op == "ANY":
+            return "x" if repeated else "."
+        return _leaf_example(op, arg)
+    return _expand(pattern, leaf, lambda low, bodies: [b * max(low, 1) for b in bodies])
+
+
+def shapes(pattern: str) -> list[re.Pattern[str]]:
+    """One regex per alternative of a table pattern: alternations and optional
+    parts expanded, any repeat as any text, any single-character class as any
+    character.  Each is at least as wide as the alternative it stands for."""
+    def leaf(op: str, arg: object, repeated: bool) -> str:
+        if op == "LITERAL":
+            return re.escape(chr(arg))  # type: ignore[arg-type]
+        if op == "AT":
+            return "$" if str(arg) == "AT_END" else ""
+        return "."
+    spelt = _expand(pattern, leaf, lambda low, bodies: [".*" if low == 0 else ".+"])
+    return [re.compile(s) for s in dict.fromkeys(spelt)]
+
+
+def requests(registrations: Iterable[Registration]) -> list[tuple[Request, str]]:
+    """Example requests of registrations, each with its servlet."""
+    return [((method, path), servlet) for method, pattern, servlet in registrations
+            for path in examples(pattern)]
+
+
+def serves(registrations: Sequence[Registration]) -> Callable[[str, str], bool]:
+    compiled = [(method, re.compile(pattern)) for method, pattern, _ in registrations]
+    return lambda method, path: any(m == method and r.match(path) for m, r in compiled)
+
+
+def to_a_worker(table: Sequence[Endpoints], method: str, path: str) -> Endpoints | None:
+    """The class that sends this request to a worker pool (while one exists), else None."""
+    endpoints = endpoint_class(path, table)
+    if endpoints is None:
+        return None
+    if endpoints.roles or (endpoints.read_roles and method in READ_METHODS):
+        return endpoints
+    return None
+
+
+# --- the three checks, each returning what it found wrong ----------------------
+
+def unrouted(table: Sequence[Endpoints], servlets: Servlets) -> dict[str, list[str]]:
+    """Requests a worker serves that the table leaves on main."""
+    found: dict[str, list[str]] = {}
+    for (method, path), servlet in requests(servlets["worker"]):
+        if servlet not in LEFT_ON_MAIN and to_a_worker(table, method, path) is None:
+            found.setdefault(servlet, []).append(f"{method} {path}")
+    return found
+
+
+def stale(table: Sequence[Endpoints], servlets: Servlets) -> list[str]:
+    """Alternatives of routed patterns that match no request a worker serves."""
+    paths = [path for (_, path), _ in requests(servlets["worker"])]
+    found = []
+    for endpoints in table:
+        if endpoints.name in OTHER_RESOURCES or not (endpoints.roles or endpoints.read_roles):
+            continue
+        for pattern in endpoints.patterns:
+            if pattern.startswith("^/_matrix/key/"):  # the key resource: not in the probe
+                continue
+            for shape in shapes(pattern):
+                if not any(shape.match(path) for path in paths):
+                    found.append(f"{endpoints.name}: {pattern} ({shape.pattern})")
+    return found
+
+
+def misrouted(table: Sequence[Endpoints], servlets: Servlets) -> dict[str, list[str]]:
+    """Requests main serves that the table sends to a worker which does not serve them."""
+    worker_serves = serves(servlets["worker"])
+    found: dict[str, list[str]] = {}
+    for (method, path), servlet in requests(servlets["main"]):
+        endpoints = to_a_worker(table, method, path)
+        if endpoints is None or endpoints.name in OTHER_RESOURCES:
+            continue
+        if not worker_serves(method, path):
+            found.setdefault(servlet, []).append(f"{method} {path} -> {endpoints.name}")
+    return found
+
+
+# --- the example generator itself -------------------------------------------------
+
+def test_examples_match_their_pattern_and_cover_every_alternative():
+    pattern = r"^/_matrix/client/(r0|v3)/rooms/(?P<room_id>[^/]*)/x(/(?P<t>[^/]+))?/im.a$"
+    found = examples(pattern)
+    assert sorted(found) == sorted(f"/_matrix/client/{v}/rooms/x/x{t}/im.a"
+                                   for v in ("r0", "v3") for t in ("", "/x"))
+    for path in found + examples("^/a/.*/b(/|$)") + examples(r"^/n/[0-9]+/\d$"):
+        assert re.match(r"^/a/.*/b(/|$)|^/n/[0-9]+/\d$|" + pattern, path), path
+
+
+def test_shapes_stand_for_each_alternative():
+    found = [s.pattern for s in shapes("^/_matrix/client/(r0|v3)/rooms/.*/receipt(/|$)")]
+    assert found == [r"/_matrix/client/r0/rooms/.*/receipt/", r"/_matrix/client/r0/rooms/.*/receipt$",
+                     r"/_matrix/client/v3/rooms/.*/receipt/", r"/_matrix/client/v3/rooms/.*/receipt$"]
+    assert shapes("^/a/[^/]+/b$")[0].match("/a/x/b")
+
+
+# --- against the installed Synapse ----------------------------------------------------
+
+def _probe(synapse_python: str, tmp: Path, config_paths: list[Path]) -> list[Registration]:
+    r = subprocess.run([synapse_python, str(PROBE), str(tmp / "signing.key"), *map(str, config_paths)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [tuple(x) for x in json.loads(r.stdout)]  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
-def registered(synapse_python, tmp_path_factory) -> list[tuple[str, str, str]]:
-    """[method, regex, servlet] of a generic worker that writes every stream with
-    endpoints, so every servlet a worker may register is there."""
+def servlets(synapse_python, tmp_path_factory) -> Servlets:
+    """What main and a generic worker register, with every stream that has endpoints
+    written by a worker (so every servlet a worker may register is there)."""
     tmp = tmp_path_factory.mktemp("routes")
     root = make_root(tmp)
     spec = "client,federation_reader,typing,to_device,account_data,receipts,presence,push_rules,device_lists"
     assert main(["render", "--root", str(root), "--workers", spec]) == 0
     etc = root / "etc/matrix-synapse"
-    found: list[tuple[str, str, str]] = []
-    for worker in ("client-1", "federation-reader-1", "typing-1", "to-device-1", "account-data-1",
-                   "receipts-1", "presence-1", "push-rules-1", "device-lists-1"):
-        r = subprocess.run([synapse_python, str(PROBE), str(tmp / "signing.key"),
-                            str(etc / "homeserver.yaml"), str(etc / "conf.d"),
-                            str(etc / "workers" / f"{worker}.yaml")],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        found += [tuple(x) for x in json.loads(r.stdout)]
-    return sorted(set(found))
+    shared = [etc / "homeserver.yaml", etc / "conf.d"]
+    worker: set[Registration] = set()
+    for name in ("client-1", "federation-reader-1", "typing-1", "to-device-1", "account-data-1",
+                 "receipts-1", "presence-1", "push-rules-1", "device-lists-1"):
+        worker.update(_probe(synapse_python, tmp, shared + [etc / "workers" / f"{name}.yaml"]))
+    found = {"worker": sorted(worker), "main": sorted(set(_probe(synapse_python, tmp, shared)))}
+    assert len(found["worker"]) > 100 and len(found["main"]) > len(found["worker"])
+    return found
 
 
-# Both comparisons find real differences with Synapse 1.163.2 today (e.g. the
-# membership PUT with a transaction id, appservice ping, unstable /events), and
-# the example generator is too naive for ".*" in the table's own patterns; until
-# the table is reconciled they are expected failures, strict so a fix shows.
-_NOT_RECONCILED = pytest.mark.xfail(strict=True, reason="route table not yet reconciled with 1.163.2")
+@pytest.fixture(scope="module")
+def table() -> tuple[Endpoints, ...]:
+    return tuple(ENDPOINTS.values())
 
 
-@_NOT_RECONCILED
-def test_every_endpoint_a_worker_serves_is_routed_to_a_worker(registered):
-    unrouted = {}
-    for method, pattern, servlet in registered:
-        if servlet in LEFT_ON_MAIN:
-            continue
-        for path in examples(pattern):
-            endpoints = endpoint_class(path)
-            reads_only = endpoints is not None and not endpoints.roles and endpoints.read_roles
-            if endpoints is None or (not endpoints.roles and not endpoints.read_roles) or (
-                    reads_only and method not in ("GET", "HEAD")):
-                unrouted.setdefault(servlet, []).append(f"{method} {path}")
-    assert not unrouted, ("endpoints a worker serves that the route table sends to main; add them "
-                          "to catalog.ENDPOINTS (or LEFT_ON_MAIN with the reason): "
-                          + json.dumps(unrouted, indent=1))
+def test_every_endpoint_a_worker_serves_is_routed_to_a_worker(table, servlets):
+    found = unrouted(table, servlets)
+    assert not found, ("endpoints a worker serves that the route table sends to main; add them "
+                       "to catalog.ENDPOINTS (or LEFT_ON_MAIN with the reason): "
+                       + json.dumps(found, indent=1))
 
 
-@_NOT_RECONCILED
-def test_every_routed_pattern_is_still_served_by_a_worker(registered):
-    compiled = [(method, re.compile(pattern)) for method, pattern, _ in registered]
-    stale = []
-    for endpoints in ENDPOINTS.values():
-        if endpoints.name in OTHER_RESOURCES or not (endpoints.roles or endpoints.read_roles):
-            continue
-        for pattern in endpoints.patterns:
-            if pattern in OTHER_PATTERNS:
-                continue
-            paths = [p + suffix for p in examples(pattern) for suffix in ("", "x", "/x")]
-            if not any(regex.match(path) for path in paths for _, regex in compiled):
-                stale.append(f"{endpoints.name}: {pattern}")
-    assert not stale, f"routed patterns no worker servlet serves any more: {stale}"
+def test_every_routed_pattern_is_still_served_by_a_worker(table, servlets):
+    found = stale(table, servlets)
+    assert not found, f"routed patterns (or alternatives of them) no worker servlet serves: {found}"
+
+
+def test_nothing_main_alone_serves_is_sent_to_a_worker(table, servlets):
+    found = misrouted(table, servlets)
+    assert not found, ("requests only main can answer that the route table sends to a worker: "
+                       + json.dumps(found, indent=1))
+
+
+def test_each_check_fails_on_a_broken_table(table, servlets):
+    """The checks can fail: drop a class, add a dead pattern, widen one onto main's ground."""
+    by_name = {e.name: e for e in table}
+    without_rooms = tuple(e for e in table if e.name != "room")
+    assert "RoomMessageListRestServlet" in unrouted(without_rooms, servlets)
+
+    dead = replace(by_name["client"], patterns=by_name["client"].patterns
+                   + (r"^/_matrix/client/v3/no_such_servlet$", r"^/_matrix/client/(v3|r1)/versions$"))
+    found = stale([dead if e.name == "client" else e for e in table], servlets)
+    assert any("no_such_servlet" in f for f in found) and any("r1" in f for f in found), found
+
+    wide = replace(by_name["client"], patterns=by_name["client"].patterns
+                   + (r"^/_matrix/client/(r0|v3)/rooms/[^/]+/forget$", r"^/_matrix/client/v3/pushers"))
+    found_main = misrouted([wide if e.name == "client" else e for e in table], servlets)
+    assert {"RoomForgetRestServlet", "PushersRestServlet"} <= set(found_main), found_main

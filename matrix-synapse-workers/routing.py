@@ -20,12 +20,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Iterable
 
 from . import paths
 from .catalog import ENDPOINTS, ROLES, Balance, Endpoints
-from .plan import Plan
+from .plan import Plan, Worker
 
 MAIN = "main"
 #: Methods a ``read_roles`` pool serves.
@@ -42,14 +41,27 @@ HASH_KEYS: dict[Balance, str | None] = {
 }
 
 
+#: A worker on another machine: one failed attempt (refused, or no connection
+#: within :data:`CONNECT_TIMEOUT`) takes it out of its pool for 10 s.
+REMOTE_SERVER_PARAMETERS = "max_fails=1 fail_timeout=10s"
+#: How long nginx waits to connect to a worker before trying the next one, and
+#: at last main: short, so a worker host whose link is cut costs seconds.
+CONNECT_TIMEOUT = "3s"
+
+
 @dataclass(frozen=True)
 class Upstream:
-    """A pool of sockets and how nginx picks one of them."""
+    """A pool of servers and how nginx picks one of them."""
 
     name: str
-    sockets: tuple[PurePosixPath, ...]
+    #: Arguments of nginx ``server`` lines: ``unix:/run/...sock`` for a process
+    #: on this host, ``10.0.0.2:18001 max_fails=1 fail_timeout=10s`` for a worker
+    #: on another one.
+    servers: tuple[str, ...]
     #: nginx variable to hash on (consistent hashing); None: least connections.
     hash_key: str | None = None
+    #: Names of the workers behind the servers (none for main).
+    workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class NginxModel:
     main: Upstream
     upstreams: tuple[Upstream, ...]
     locations: tuple[Location, ...]
+    connect_timeout: str = CONNECT_TIMEOUT
 
     @property
     def balances(self) -> frozenset[Balance]:
@@ -99,7 +112,16 @@ def upstream_name(role: str, balance: Balance) -> str:
 
 
 def main_upstream() -> Upstream:
-    return Upstream("msw_main", (paths.MAIN_HTTP_SOCKET,))
+    """Main, always on this host: its UNIX socket."""
+    return Upstream("msw_main", (f"unix:{paths.MAIN_HTTP_SOCKET}",))
+
+
+def server(worker: Worker) -> str:
+    """The ``server`` arguments of one worker: its socket, or its TCP address with
+    failure settings when it runs on another host."""
+    if worker.remote:
+        return f"{worker.http_upstream} {REMOTE_SERVER_PARAMETERS}"
+    return worker.http_upstream
 
 
 def _first_staffed(plan: Plan, roles: tuple[str, ...]) -> str | None:
@@ -107,8 +129,9 @@ def _first_staffed(plan: Plan, roles: tuple[str, ...]) -> str | None:
 
 
 def _pool(plan: Plan, role: str, balance: Balance) -> Upstream:
-    return Upstream(upstream_name(role, balance),
-                    tuple(w.http_socket for w in plan.of_role(role)), HASH_KEYS[balance])
+    workers = plan.of_role(role)
+    return Upstream(upstream_name(role, balance), tuple(server(w) for w in workers),
+                    HASH_KEYS[balance], tuple(w.name for w in workers))
 
 
 def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
@@ -170,7 +193,7 @@ def route_table(plan: Plan) -> list[dict[str, object]]:
             "endpoints": endpoints.name,
             "summary": endpoints.summary,
             "methods": "all" if upstream or not reads else "GET, HEAD (others: main)",
-            "to": [p.stem for p in target.sockets] if target else [MAIN],
+            "to": list(target.workers) if target else [MAIN],
             "balance": endpoints.balance.value if target else None,
         })
     return rows

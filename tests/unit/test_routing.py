@@ -132,7 +132,7 @@ def test_every_worker_location_falls_back_to_main_and_sets_the_forwarded_headers
         assert "proxy_set_header X-Forwarded-Proto $scheme;" in body, where
         assert "client_max_body_size 50M;" in body, where
         if where.startswith("~"):
-            assert "error_page 502 = @msw_main;" in body, where
+            assert "error_page 502 504 = @msw_main;" in body, where
     assert "backup" not in snippet
 
 

@@ -7,6 +7,12 @@ those facts, so every verdict can be tested with recorded facts.
 Exit codes: 0 healthy, 1 degraded (warnings), 2 broken (a failure: main down,
 Redis down, a process without replication, a stream without its writer).
 
+When Synapse spans machines (:class:`ClusterFacts`), the main host also
+judges each remote worker's /health over the private network, Redis's way in
+for the worker hosts, and the shared secret files; a worker host judges its
+own workers, its copy of the secrets, and whether main's replication and
+Redis answer it and accept those secrets.
+
 >>> worst([Row("x", "a", OK, ""), Row("x", "b", WARN, "", "do this")])
 'warn'
 >>> exit_code([Row("x", "a", OK, ""), Row("x", "b", FAIL, "", "do that")])
@@ -21,13 +27,17 @@ from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
 from . import paths
-from .plan import parse_worker_name
+from .plan import Worker, parse_worker_name
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 _RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}
 RECONFIGURE = f"dpkg-reconfigure {paths.PACKAGE}"
 RESTART_ALL = f"systemctl restart {paths.TARGET_UNIT}"
 MAIN = "main"
+MAIN_HOST, WORKER_HOST = "main", "worker-host"
+CLUSTER_FILE = f"/{paths.CLUSTER_FILE}"
+COPY_AGAIN = (f"copy /{paths.CLUSTER_DIR} again from the main host, keeping owners and modes "
+              f"(rsync -a MAINHOST:/{paths.CLUSTER_DIR}/ /{paths.CLUSTER_DIR}/), then {RESTART_ALL}")
 _VERSION = re.compile(r"Synapse/(?P<version>[0-9][^\s]*)")
 
 
@@ -40,11 +50,23 @@ class Process:
 
     name: str
     unit: str
-    http_socket: PurePosixPath
+    #: Its HTTP socket; None when it serves HTTP over TCP (:attr:`http_address`).
+    http_socket: PurePosixPath | None
     #: Its replication socket (stream writers and main), if any.
     replication_socket: PurePosixPath | None = None
     #: Writes a stream: when it is down, that stream's writes fail.
     stream: str | None = None
+    #: The worker host it runs on (its label); None: the main host.
+    host: str | None = None
+    #: ``address:port`` of its HTTP listener on a worker host's private address.
+    http_address: str | None = None
+    #: It runs on another machine: no unit or socket here, /health over the network.
+    remote: bool = False
+
+    @property
+    def where(self) -> str:
+        """Where /health is asked."""
+        return str(self.http_socket) if self.http_socket is not None else (self.http_address or "?")
 
 
 @dataclass(frozen=True)
@@ -89,10 +111,25 @@ class RedisClient:
     fd: int
     subscriptions: int = 0
     flags: str = ""
+    #: ``addr=``: the client's end, ``IP:PORT`` over TCP, ``/path:0`` over a socket.
+    addr: str = ""
 
     @property
     def subscribed(self) -> bool:
         return self.subscriptions > 0 or "P" in self.flags
+
+    @property
+    def peer_host(self) -> str | None:
+        """The client's IP address over TCP, None over a UNIX socket.
+
+        >>> RedisClient(8, addr="10.99.0.2:41234").peer_host, RedisClient(9, addr="[fd00::2]:5").peer_host
+        ('10.99.0.2', 'fd00::2')
+        >>> RedisClient(8, addr="/run/redis-matrix-synapse/redis-server.sock:0").peer_host is None
+        True
+        """
+        if not self.addr or self.addr.startswith("/"):
+            return None
+        return self.addr.rpartition(":")[0].strip("[]") or None
 
 
 @dataclass(frozen=True)
@@ -161,6 +198,60 @@ class NginxFacts:
 
 
 @dataclass(frozen=True)
+class Reach:
+    """A probe of another host: whether it passed, and what was seen when not."""
+
+    ok: bool
+    detail: str = ""
+    #: Something answered on the port (so a failure is a refusal, not the network).
+    reached: bool = False
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """One of the files in the cluster directory that hold a secret."""
+
+    path: str
+    #: None: not looked at (the directory is closed to this user).
+    stat: PathStat | None
+    #: Why its content cannot be used: "" (fine), "empty", or the error reading it.
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """Synapse over several machines, as this host sees it."""
+
+    #: :data:`MAIN_HOST` or :data:`WORKER_HOST`.
+    role: str
+    #: A worker host's own label.
+    label: str | None = None
+    #: Why cluster.yaml (or the worker-host mark) cannot be used; "" when it can.
+    error: str = ""
+    #: Main's replication listener and Redis on the private network (``host:port``).
+    replication: str = ""
+    redis: str = ""
+    #: Worker-host label -> its private address.
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    #: Worker host: the workers cluster.yaml gives it; None when unknown.
+    listed_here: tuple[str, ...] | None = None
+    #: This machine holds its private address (main: the replication address,
+    #: worker host: its own); None when not known.
+    address_here: bool | None = None
+    #: The cluster directory; None when it cannot be looked at.
+    directory: PathStat | None = None
+    secrets: tuple[SecretFile, ...] = ()
+    #: Redis AUTH with the password file over the private address; None: not tried.
+    redis_reach: Reach | None = None
+    #: Worker host: main's replication listener with the secret file's content;
+    #: None: not tried.  ``secret_tested`` False: only TCP was tried (no secret).
+    replication_reach: Reach | None = None
+    secret_tested: bool = False
+    #: GET /health on main's replication address over the private network.
+    main_health: Health | None = None
+
+
+@dataclass(frozen=True)
 class Facts:
     expected: Expected
     units: Mapping[str, UnitState]
@@ -175,6 +266,8 @@ class Facts:
     config: ConfigFacts
     nginx: NginxFacts
     target_unit: UnitState | None = None
+    #: None: one machine (no cluster.yaml, not a worker host).
+    cluster: ClusterFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +316,16 @@ def expected_processes(worker_names: Iterable[str]) -> tuple[Process, ...]:
     return tuple(found)
 
 
+def worker_process(worker: Worker, *, remote: bool = False) -> Process:
+    """The process of a planned worker: on a UNIX socket here, or over TCP on a worker host."""
+    address = worker.http_address
+    if address is None:
+        return Process(worker.name, worker.unit, worker.http_socket, worker.replication_socket,
+                       worker.role.stream)
+    return Process(worker.name, worker.unit, None, None, worker.role.stream, worker.host,
+                   str(address), remote)
+
+
 def _mode(mode: int) -> str:
     return f"{mode:04o}" if mode > 0o777 else f"{mode:03o}"
 
@@ -251,7 +354,13 @@ def check_redis(facts: Facts) -> list[Row]:
                         f"restart Redis: systemctl restart {redis.unit or 'redis-server'}"))
     else:
         tcp = redis.tcp_port
-        if redis.socket is None:
+        cluster = facts.cluster
+        private = cluster.redis if cluster is not None and cluster.role == MAIN_HOST else ""
+        if private and redis.socket is not None and tcp is not None and tcp != 0 \
+                and private.rpartition(":")[2] == str(tcp):
+            rows.append(Row("redis", redis.location, OK,
+                            f"answers on the socket, and on TCP port {tcp} for the worker hosts"))
+        elif redis.socket is None:
             rows.append(Row("redis", redis.location, OK, "answers over TCP (an existing Redis)"))
         elif tcp is None:
             rows.append(Row("redis", redis.location, INFO, "answers; TCP port not readable (CONFIG refused)"))
@@ -310,6 +419,8 @@ def _socket_problems(facts: Facts) -> list[tuple[Process, str, str]]:
     """(process, socket, problem) for sockets of running processes with a wrong mode or group."""
     problems = []
     for process in facts.expected.processes:
+        if process.remote or process.http_socket is None:
+            continue  # it listens on TCP: no socket of its own
         if facts.units.get(process.unit, UnitState("unknown")).active != "active":
             continue  # a stopped process has no socket to judge; its row says so
         wanted = [(process.http_socket, paths.HTTP_SOCKET_MODE)]
@@ -337,7 +448,8 @@ def check_sockets(facts: Facts) -> list[Row]:
                         f"Synapse sets it when it starts: systemctl restart {process.unit}"))
     if not problems:
         count = sum(1 + (p.replication_socket is not None) for p in facts.expected.processes
-                    if facts.units.get(p.unit, UnitState("unknown")).active == "active")
+                    if p.http_socket is not None and not p.remote
+                    and facts.units.get(p.unit, UnitState("unknown")).active == "active")
         rows.append(Row("sockets", "modes", OK, f"{count} sockets: http 0660, replication 0600"))
     return rows
 
@@ -361,6 +473,8 @@ def _redis_links(facts: Facts, pid: int) -> tuple[int, bool] | None:
 
 def check_process(facts: Facts, process: Process) -> Row:
     """Unit state, /health, version and Redis link of one process, in one row."""
+    if process.remote:
+        return check_remote_process(facts, process)
     state = facts.units.get(process.unit, UnitState("unknown"))
     health = facts.health.get(process.name, Health(error="not probed"))
     critical = process.name == MAIN or process.stream is not None
@@ -376,7 +490,7 @@ def check_process(facts: Facts, process: Process) -> Row:
     parts = ["active"]
     if not health.ok:
         got = health.error or f"HTTP {health.status} {health.body.strip()[:40]!r}"
-        return Row("process", process.name, down, f"active, /health on {process.http_socket}: {got}",
+        return Row("process", process.name, down, f"active, /health on {process.where}: {got}",
                    f"it runs but does not answer: see {logs}, then systemctl restart {process.unit}")
     parts.append("/health OK")
     if health.version:
@@ -393,14 +507,43 @@ def check_process(facts: Facts, process: Process) -> Row:
     return Row("process", process.name, OK, ", ".join(parts))
 
 
+def check_remote_process(facts: Facts, process: Process) -> Row:
+    """A worker on a worker host, seen from the main host: /health over the private network."""
+    health = facts.health.get(process.name, Health(error="not probed"))
+    down = FAIL if process.stream is not None else WARN
+    on = f"on {process.host} ({process.http_address})"
+    if not health.ok:
+        got = health.error or f"HTTP {health.status} {health.body.strip()[:40]!r}"
+        what = f" (the only writer of the {process.stream} stream)" if process.stream else ""
+        return Row("process", process.name, down, f"{on}: /health: {got}{what}",
+                   f"on {process.host}: systemctl status {process.unit} (logs: journalctl -u "
+                   f"{process.unit}); {paths.PACKAGE} status there checks that host's side")
+    return Row("process", process.name, OK, f"{on}: /health OK"
+               + (f", Synapse {health.version}" if health.version else ""))
+
+
+def _here(facts: Facts, client: RedisClient) -> bool:
+    """Whether a Redis client is a process of this host (and so counted against its units)."""
+    cluster = facts.cluster
+    if cluster is None:
+        return True
+    if cluster.role == WORKER_HOST:
+        address = cluster.hosts.get(cluster.label or "")
+        return address is not None and client.peer_host == address
+    return client.peer_host is None or client.peer_host not in cluster.hosts.values()
+
+
 def check_replication_total(facts: Facts) -> Row | None:
     """Without per-process attribution: at least one subscriber per running process."""
     redis = facts.redis
     if redis.client_pids is not None or not redis.reachable:
         return None
-    running = sum(1 for p in facts.expected.processes
-                  if facts.units.get(p.unit, UnitState("unknown")).active == "active")
-    subscribed = sum(1 for c in redis.clients if c.subscribed)
+    cluster = facts.cluster
+    if cluster is not None and cluster.role == WORKER_HOST and cluster.label not in cluster.hosts:
+        return None  # this host's address is unknown: its connections cannot be told apart
+    running = sum(1 for p in facts.expected.processes if not p.remote
+                  and facts.units.get(p.unit, UnitState("unknown")).active == "active")
+    subscribed = sum(1 for c in redis.clients if c.subscribed and _here(facts, c))
     if subscribed < running:
         return Row("redis", "replication", FAIL,
                    f"{subscribed} replication subscriptions for {running} running processes",
@@ -410,12 +553,16 @@ def check_replication_total(facts: Facts) -> Row | None:
 
 
 def check_versions(facts: Facts) -> Row:
+    """One Synapse version everywhere: the installed one on the main host, main's on a worker host."""
     seen: dict[str, list[str]] = {}
     for process in facts.expected.processes:
         version = facts.health.get(process.name, Health()).version
         if version:
             seen.setdefault(version, []).append(process.name)
     installed = upstream_version(facts.installed_version)
+    cluster = facts.cluster
+    if cluster is not None and cluster.role == WORKER_HOST:
+        return _worker_host_versions(seen, installed, cluster)
     if not seen:
         return Row("versions", "synapse", INFO, "no process answered with its version"
                    + (f"; installed: {installed}" if installed else ""))
@@ -425,10 +572,44 @@ def check_versions(facts: Facts) -> Row:
                    + (", as installed" if installed else ""))
     spread = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(seen.items()))
     odd = sorted(name for v, names in seen.items() if v != reference for name in names)
+    hosts = sorted({p.host for p in facts.expected.processes if p.remote and p.name in odd and p.host})
+    advice = f"restart them after the upgrade: {RESTART_ALL}"
+    if hosts:
+        advice += f"; on {', '.join(hosts)}: install Synapse {reference} there too, then {RESTART_ALL}"
     return Row("versions", "synapse", WARN,
                spread + (f" (installed: {installed})" if installed else "")
-               + f"; not running {reference}: {', '.join(odd)}",
-               f"restart them after the upgrade: {RESTART_ALL}")
+               + f"; not running {reference}: {', '.join(odd)}", advice)
+
+
+def _worker_host_versions(seen: Mapping[str, list[str]], installed: str | None,
+                          cluster: ClusterFacts) -> Row:
+    main = cluster.main_health.version if cluster.main_health is not None else None
+    if main is None:
+        # Main did not say: compare the workers here among themselves.
+        note = "main's version not known (it did not answer)"
+        if len(seen) <= 1:
+            only = next(iter(seen), None)
+            return Row("versions", "synapse", INFO,
+                       (f"every worker here runs {only}" if only else "no worker answered with its version")
+                       + (f", installed {installed}" if installed else "") + f"; {note}")
+        reference = installed or _majority(seen)
+    else:
+        reference = main
+        if installed and installed != main:
+            return Row("versions", "synapse", WARN,
+                       f"installed here: {installed}, main runs {main}",
+                       f"install Synapse {main} on this host (the main host's version), then {RESTART_ALL}")
+        note = f"as main does ({cluster.replication})"
+    if not seen:
+        return Row("versions", "synapse", INFO, f"no worker answered with its version; main runs {main}"
+                   if main else "no worker answered with its version")
+    if set(seen) == {reference}:
+        return Row("versions", "synapse", OK, f"every worker here runs {reference}, {note}")
+    spread = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(seen.items()))
+    odd = sorted(name for v, names in seen.items() if v != reference for name in names)
+    return Row("versions", "synapse", WARN,
+               spread + (f" (main: {main})" if main else "") + f"; not running {reference}: {', '.join(odd)}",
+               f"restart them: {RESTART_ALL}")
 
 
 def _majority(seen: Mapping[str, list[str]]) -> str:
@@ -437,6 +618,9 @@ def _majority(seen: Mapping[str, list[str]]) -> str:
 
 def check_config(facts: Facts) -> list[Row]:
     config = facts.config
+    cluster = facts.cluster
+    if cluster is not None and cluster.role == WORKER_HOST:
+        return _worker_host_config(facts, cluster)
     if config.error:
         return [Row("config", "files", WARN, config.error, f"run: {RECONFIGURE}")]
     rows = []
@@ -455,6 +639,11 @@ def check_config(facts: Facts) -> list[Row]:
                         f"run: {RECONFIGURE}"))
     else:
         rows.append(Row("config", "workers", OK, f"{config.disk_workers} as the debconf answers say"))
+    return rows + _file_rows(config)
+
+
+def _file_rows(config: ConfigFacts) -> list[Row]:
+    rows = []
     if config.listeners_match is False:
         rows.append(Row("config", f"/{paths.SHARED_CONF}", WARN,
                         f"its listeners differ from /{paths.HOMESERVER_YAML}'s (edited since the last apply)",
@@ -468,6 +657,228 @@ def check_config(facts: Facts) -> list[Row]:
     elif config.listeners_match is not False:
         rows.append(Row("config", "files", OK, "as the package writes them"))
     return rows
+
+
+def _worker_host_config(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """A worker host's workers come from cluster.yaml: the files on disk should match it."""
+    config = facts.config
+    here = sorted(p.name for p in facts.expected.processes)
+    rows = []
+    if cluster.listed_here is not None:
+        listed = sorted(cluster.listed_here)
+        if listed == here:
+            rows.append(Row("config", "workers", OK, f"{', '.join(here) or 'none'}, as {CLUSTER_FILE} "
+                                                     f"lists for {cluster.label}"))
+        else:
+            rows.append(Row("config", "workers", WARN,
+                            f"on disk {', '.join(here) or 'none'}; {CLUSTER_FILE} lists "
+                            f"{', '.join(listed) or 'none'} for {cluster.label}",
+                            f"run: {RECONFIGURE} (it configures the workers {CLUSTER_FILE} gives this host)"))
+    if config.error:
+        return rows + [Row("config", "files", WARN, config.error, f"run: {RECONFIGURE}")]
+    return rows + _file_rows(config)
+
+
+def _reads(stat: PathStat, user: str, bits: tuple[int, int, int]) -> bool:
+    """Whether ``user`` (in its own group only) gets ``bits`` (owner, group, other) on a file."""
+    owner, group, other = bits
+    if stat.owner == user:
+        return bool(stat.mode & owner)
+    if stat.group == user:
+        return bool(stat.mode & group)
+    return bool(stat.mode & other)
+
+
+def _fix_secret(path: str, directory: bool = False) -> str:
+    mode = "0750" if directory else "0640"
+    return f"chown root:{paths.SYNAPSE_USER} {path} && chmod {mode} {path}"
+
+
+def check_secrets(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """The cluster directory and its secret files: present, Synapse can read them, nobody else."""
+    worker_host = cluster.role == WORKER_HOST
+    missing_advice = COPY_AGAIN if worker_host else f"run: {RECONFIGURE} (it writes them)"
+    directory = "/" + str(paths.CLUSTER_DIR)
+    rows = []
+    stat = cluster.directory
+    if stat is not None and stat.exists and not _reads(stat, paths.SYNAPSE_USER, (0o100, 0o010, 0o001)):
+        rows.append(Row("secrets", directory, FAIL,
+                        f"{stat.owner}:{stat.group} {_mode(stat.mode)}: {paths.SYNAPSE_USER} cannot enter it",
+                        _fix_secret(directory, directory=True)))
+    for secret in cluster.secrets:
+        stat = secret.stat
+        if stat is None:
+            rows.append(Row("secrets", secret.path, INFO, f"not checked: {secret.error or 'not readable'}"))
+            continue
+        if not stat.exists:
+            rows.append(Row("secrets", secret.path, FAIL, "missing", missing_advice))
+            continue
+        have = f"{stat.owner}:{stat.group} {_mode(stat.mode)}"
+        if not _reads(stat, paths.SYNAPSE_USER, (0o400, 0o040, 0o004)):
+            rows.append(Row("secrets", secret.path, FAIL, f"{have}: {paths.SYNAPSE_USER} cannot read it",
+                            _fix_secret(secret.path)))
+        elif secret.error == "empty":
+            rows.append(Row("secrets", secret.path, FAIL, f"{have}, empty", missing_advice))
+        elif stat.mode & 0o007:
+            rows.append(Row("secrets", secret.path, WARN, f"{have}: every user of this machine can "
+                                                          f"{'read' if stat.mode & 0o004 else 'reach'} it",
+                            _fix_secret(secret.path)))
+        elif secret.error:
+            rows.append(Row("secrets", secret.path, INFO, f"{have}; content not checked: {secret.error}"))
+        else:
+            rows.append(Row("secrets", secret.path, OK, have))
+    return rows
+
+
+def _link_advice(address: str, what: str) -> str:
+    host, _, port = address.rpartition(":")
+    return (f"check the private link to the main host (ping {host.strip('[]')}; a firewall must let "
+            f"this host reach TCP port {port}) and that {what} runs there")
+
+
+def check_cluster(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """This host's place in a deployment over several machines, and the way to the other side."""
+    worker_host = cluster.role == WORKER_HOST
+    if cluster.error:
+        advice = COPY_AGAIN if worker_host else f"run: {RECONFIGURE} (it writes {CLUSTER_FILE})"
+        return [Row("cluster", CLUSTER_FILE, FAIL, cluster.error, advice)]
+    rows = []
+    if worker_host:
+        address = cluster.hosts.get(cluster.label or "")
+        if address is None:
+            rows.append(Row("cluster", cluster.label or "?", FAIL,
+                            f"{CLUSTER_FILE} has no worker host {cluster.label!r} (it has: "
+                            f"{', '.join(sorted(cluster.hosts)) or 'none'})",
+                            f"name this host on the main host ({RECONFIGURE} there), then {COPY_AGAIN}"))
+        elif cluster.address_here is False:
+            rows.append(Row("cluster", cluster.label or "?", FAIL,
+                            f"{CLUSTER_FILE} gives {cluster.label} the address {address}, which is not "
+                            "this machine's: its workers cannot listen on it",
+                            f"give this host {address} on the private network, or correct the worker "
+                            f"hosts on the main host ({RECONFIGURE} there) and copy the directory again"))
+        else:
+            rows.append(Row("cluster", cluster.label or "?", OK,
+                            f"worker host at {address}; main at {cluster.replication}"))
+    else:
+        host = cluster.replication.rpartition(":")[0].strip("[]")
+        if cluster.address_here is False:
+            rows.append(Row("cluster", "main", FAIL,
+                            f"the replication address {cluster.replication} is not this machine's: main "
+                            "cannot listen on it, and worker hosts cannot reach it",
+                            f"run: {RECONFIGURE} and give this host's private address"))
+        else:
+            labels = ", ".join(f"{label} ({address})" for label, address in sorted(cluster.hosts.items()))
+            rows.append(Row("cluster", "main", OK, f"main host at {host}; worker hosts: {labels or 'none'}"))
+    rows += check_secrets(facts, cluster)
+    rows += _check_main_reach(facts, cluster)
+    rows += _check_redis_reach(cluster)
+    return rows
+
+
+def _check_main_reach(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """GET /health on main's private replication address, and (worker host) the secret."""
+    worker_host = cluster.role == WORKER_HOST
+    rows = []
+    health = cluster.main_health
+    address = cluster.replication
+    if health is not None:
+        if health.ok:
+            rows.append(Row("main", address, OK, "replication listener answers /health"
+                            + (f", Synapse {health.version}" if health.version else "")))
+        elif worker_host:
+            got = health.error or f"HTTP {health.status}"
+            rows.append(Row("main", address, FAIL, f"main's replication listener: {got}",
+                            _link_advice(address, f"main ({paths.MAIN_UNIT})")))
+        elif facts.units.get(paths.MAIN_UNIT, UnitState("unknown")).active == "active":
+            got = health.error or f"HTTP {health.status}"
+            rows.append(Row("main", address, FAIL,
+                            f"worker hosts cannot reach main: its replication listener here: {got}",
+                            f"run: {RECONFIGURE} (/{paths.SHARED_CONF} must list it), then "
+                            f"systemctl restart {paths.MAIN_UNIT}"))
+    reach = cluster.replication_reach
+    if not worker_host or reach is None:
+        return rows
+    if reach.ok and cluster.secret_tested:
+        rows.append(Row("replication", "secret", OK, "main accepts this host's replication secret"))
+    elif reach.ok:
+        rows.append(Row("replication", "secret", INFO, "main's replication listener answers; the secret "
+                                                       "was not tested (its file is not readable)"))
+    elif reach.reached:
+        rows.append(Row("replication", "secret", FAIL, reach.detail,
+                        f"the secret differs from the main host's: {COPY_AGAIN}"))
+    elif health is not None and not health.ok:
+        rows.append(Row("replication", "secret", INFO, "not tested: main is unreachable (above)"))
+    else:
+        rows.append(Row("replication", "secret", FAIL, reach.detail,
+                        _link_advice(address, f"main ({paths.MAIN_UNIT})")))
+    return rows
+
+
+def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
+    """Redis on main's private address, with the password worker hosts use."""
+    reach = cluster.redis_reach
+    if not cluster.redis:
+        return []
+    if reach is None:
+        return [Row("redis", cluster.redis, INFO, "AUTH not tested: the password file is not readable")]
+    if reach.ok:
+        return [Row("redis", cluster.redis, OK, "accepts the password from "
+                                                f"/{paths.REDIS_PASSWORD}")]
+    unit = f"redis-server@{paths.REDIS_INSTANCE}.service"
+    if cluster.role == WORKER_HOST:
+        if reach.reached:
+            advice = f"the password differs from the main host's: {COPY_AGAIN}"
+        else:
+            advice = _link_advice(cluster.redis, f"Redis ({unit})")
+    elif reach.reached:
+        advice = (f"the password file and Redis's /{paths.REDIS_INSTANCE_AUTH_CONF} differ: run: "
+                  f"{RECONFIGURE}, then systemctl restart {unit}")
+    else:
+        advice = (f"Redis does not listen there: run: {RECONFIGURE} (it writes 'bind' in "
+                  f"/{paths.REDIS_INSTANCE_CONF}), then systemctl restart {unit}")
+    return [Row("redis", cluster.redis, FAIL, reach.detail, advice)]
+
+
+def check_remote_redis(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """Main host: each worker host's Redis connections, told apart by their address."""
+    redis = facts.redis
+    if not redis.reachable or not any(c.addr for c in redis.clients):
+        return []
+    rows = []
+    for label, address in sorted(cluster.hosts.items()):
+        mine = [c for c in redis.clients if c.peer_host == address]
+        subscribed = sum(1 for c in mine if c.subscribed)
+        answering = sum(1 for p in facts.expected.processes if p.remote and p.host == label
+                        and facts.health.get(p.name, Health()).ok)
+        detail = (f"{len(mine)} connections from {address}, {subscribed} subscribed, for {answering} "
+                  f"worker{'s' if answering != 1 else ''} answering /health")
+        if subscribed < answering:
+            rows.append(Row("redis", label, FAIL, detail,
+                            f"replication is not working for some of its workers: {paths.PACKAGE} "
+                            f"status on {label} names them"))
+        else:
+            rows.append(Row("redis", label, OK, detail))
+    return rows
+
+
+def check_worker_host_redis(facts: Facts) -> list[Row]:
+    """A worker host's own look at Redis: the connection the probes made, for the client list."""
+    redis = facts.redis
+    cluster = facts.cluster
+    if redis.reachable or not redis.location or (
+            cluster is not None and cluster.redis_reach is not None and not cluster.redis_reach.ok):
+        return []  # reachable, or the row above says why not
+    return [Row("redis", "clients", INFO, f"this host's Redis connections not counted: {redis.error}")]
+
+
+def check_main_unit_absent(facts: Facts) -> Row:
+    """On a worker host main must not run: it would be a second main of the same homeserver."""
+    state = facts.units.get(paths.MAIN_UNIT, UnitState("unknown"))
+    if state.active in ("active", "activating", "reloading"):
+        return Row("units", paths.MAIN_UNIT, FAIL, f"{state.active} on a worker host: a second main process",
+                   f"systemctl stop {paths.MAIN_UNIT}; the drop-in keeps it from starting while "
+                   f"/{paths.WORKER_HOST_MARK} exists ({RECONFIGURE} writes both)")
+    return Row("units", paths.MAIN_UNIT, OK, f"{state.active}: main runs on the main host")
 
 
 def check_nginx(facts: Facts) -> list[Row]:
@@ -496,13 +907,37 @@ def check_nginx(facts: Facts) -> list[Row]:
 
 def evaluate(facts: Facts) -> list[Row]:
     """Every check, in the order a person reads them."""
+    cluster = facts.cluster
+    if cluster is not None and cluster.role == WORKER_HOST:
+        return evaluate_worker_host(facts, cluster)
     rows = [*check_redis(facts), *check_groups(facts), *check_sockets(facts), check_target(facts)]
+    if cluster is not None:
+        rows += check_cluster(facts, cluster)
     rows += [check_process(facts, p) for p in facts.expected.processes]
     total = check_replication_total(facts)
     if total is not None:
         rows.append(total)
+    if cluster is not None:
+        rows += check_remote_redis(facts, cluster)
     rows.append(check_versions(facts))
     rows += check_nginx(facts)
+    rows += check_config(facts)
+    return rows
+
+
+def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """A host that runs only workers: the way to main and Redis, and its own workers."""
+    rows = check_cluster(facts, cluster)
+    rows += [check_main_unit_absent(facts), check_target(facts)]
+    rows += [check_process(facts, p) for p in facts.expected.processes]
+    rows += check_worker_host_redis(facts)
+    total = check_replication_total(facts)
+    if total is not None:
+        rows.append(total)
+    rows.append(check_versions(facts))
+    rows.append(Row("main host", "sockets, nginx", INFO,
+                    f"main, its sockets, nginx and Redis run on the main host ({cluster.replication or '?'}); "
+                    f"{paths.PACKAGE} status there checks them"))
     rows += check_config(facts)
     return rows
 

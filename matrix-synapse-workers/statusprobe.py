@@ -5,6 +5,12 @@ Reads the deployed files, then asks systemd, every Synapse socket (GET
 debconf and nginx, all at once in threads with short timeouts, so the whole
 look stays well under two seconds with twenty workers.  Nothing here judges:
 :mod:`status` turns the facts into verdicts.  Nothing here changes anything.
+
+Over several machines the other side is asked too, in the same threads and
+with the same one-second timeout, so an unreachable host costs one timeout,
+not one per worker: on the main host each remote worker's /health over TCP
+and Redis's private address with the password; on a worker host main's
+replication listener (/health and the secret) and Redis with the password.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import socket
 import stat as statmod
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,14 +33,18 @@ import yaml
 from . import paths
 from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
     normalized_counts
+from .cluster import MAIN as CLUSTER_MAIN, Cluster, plan_from_cluster, read_cluster
 from .errors import WorkersError
 from .hostfacts import existing_worker_names, read_host_facts
-from .plan import Plan, make_plan
+from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
 from .render import RenderedFile, dump_yaml, main_listeners, render
 from .selection import select
 from .settings import RedisMode, Settings, parse_redis
-from .status import (ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat, RedisClient,
-                     RedisFacts, UnitState, expected_processes)
+from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
+                     NginxFacts, PathStat, Reach, RedisClient, RedisFacts, SecretFile, UnitState,
+                     expected_processes, worker_process)
+from .system import netprobe
+from .topology import Address, HostRole, Topology, WorkerHost
 
 TIMEOUT = 1.0
 REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
@@ -59,12 +70,19 @@ def _connect_unix(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def http_health(path: str, timeout: float = TIMEOUT) -> Health:
-    """GET /health over a UNIX socket, HTTP/1.1, with X-Forwarded-For (Synapse needs it)."""
+def _connect_tcp(address: Address, timeout: float) -> socket.socket:
+    return socket.create_connection((address.host, address.port), timeout)
+
+
+def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
+    """GET /health over a UNIX socket (a path) or TCP (an :class:`Address`), HTTP/1.1,
+    with X-Forwarded-For (Synapse needs it on sockets)."""
     request = (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 127.0.0.1\r\n"
                b"User-Agent: matrix-synapse-workers-status\r\nConnection: close\r\n\r\n")
     try:
-        with _connect_unix(path, timeout) as sock:
+        connection = (_connect_tcp(where, timeout) if isinstance(where, Address)
+                      else _connect_unix(where, timeout))
+        with connection as sock:
             sock.sendall(request)
             data = b""
             while len(data) < 65536:
@@ -78,10 +96,10 @@ def http_health(path: str, timeout: float = TIMEOUT) -> Health:
         return Health(error="socket missing")
     except ConnectionRefusedError:
         return Health(error="connection refused (nothing listens)")
-    except PermissionError:
-        return Health(error="permission denied (run as root)")
     except socket.timeout:
         return Health(error=f"no answer within {timeout:g} s")
+    except PermissionError:
+        return Health(error="permission denied (run as root)")
     except OSError as exc:
         return Health(error=exc.strerror or str(exc))
     head, _, body = data.partition(b"\r\n\r\n")
@@ -100,7 +118,7 @@ def _complete(data: bytes) -> bool:
     if not sep:
         return False
     found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return bool(found) and len(body) >= int(found[1])
+    return found is not None and len(body) >= int(found[1])
 
 
 def _unchunk(body: bytes) -> bytes:
@@ -156,13 +174,17 @@ def parse_client_list(text: str) -> tuple[RedisClient, ...]:
         fields = dict(item.partition("=")[::2] for item in line.split())
         if "fd" in fields:
             clients.append(RedisClient(int(fields["fd"]), int(fields.get("sub", 0) or 0)
-                                       + int(fields.get("psub", 0) or 0), fields.get("flags", "")))
+                                       + int(fields.get("psub", 0) or 0), fields.get("flags", ""),
+                                       fields.get("addr", "")))
     return tuple(clients)
 
 
-def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT) -> tuple[str, int | None,
-                                                                              tuple[RedisClient, ...]]:
-    """(error, tcp port, clients) from the Redis conf.d/redis.yaml names."""
+def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT,
+                password: str | None = None) -> tuple[str, int | None, tuple[RedisClient, ...]]:
+    """(error, tcp port, clients) from the Redis conf.d/redis.yaml names.
+
+    ``password``: read from its ``password_path`` by the caller; else its ``password``.
+    """
     try:
         if config.get("path"):
             sock = _connect_unix(str(config["path"]), timeout)
@@ -174,12 +196,13 @@ def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT) -> tuple[st
     with sock:
         resp = Resp(sock)
         try:
-            if config.get("password"):
-                resp.call("AUTH", str(config["password"]))
+            password = password if password is not None else config.get("password")
+            if password:
+                resp.call("AUTH", str(password))
             resp.call("PING")
             clients = parse_client_list(resp.call("CLIENT", "LIST") or "")
         except (RespError, OSError) as exc:
-            return str(exc), None, ()
+            return _one_line(str(exc)), None, ()
         try:
             reply = resp.call("CONFIG", "GET", "port")
             port = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
@@ -206,6 +229,31 @@ def parse_ss(text: str, server_path: str) -> dict[int, int]:
         else:
             inode_to_pid[local_inode] = int(owner[1])
     return {fd: inode_to_pid[peer] for fd, peer in server_fd_to_peer.items() if peer in inode_to_pid}
+
+
+def _endpoint(text: str) -> str:
+    """``[fd00::2]:41234`` and ``fd00::2:41234`` -> one spelling, for joining ss to Redis."""
+    host, _, port = text.rpartition(":")
+    return f"{host.strip('[]')}:{port}"
+
+
+def parse_ss_tcp(text: str, clients: Sequence[RedisClient], server: Address) -> dict[int, int]:
+    """``ss -tpnH`` on a worker host -> Redis server fd -> pid of the local client.
+
+    Redis names each client by its end of the connection (``addr=``), which is
+    the local end of this host's connection to Redis in ``ss``.
+    """
+    by_endpoint: dict[str, int] = {}
+    peer = _endpoint(str(server))
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 6 or fields[0] != "ESTAB" or _endpoint(fields[4]) != peer:
+            continue
+        owner = re.search(r"pid=(\d+),fd=(\d+)", fields[5])
+        if owner is not None:
+            by_endpoint[_endpoint(fields[3])] = int(owner[1])
+    return {c.fd: by_endpoint[_endpoint(c.addr)] for c in clients
+            if c.addr and _endpoint(c.addr) in by_endpoint}
 
 
 def _run(argv: Sequence[str], timeout: float = 1.5) -> subprocess.CompletedProcess[str] | None:
@@ -366,9 +414,13 @@ def redis_location(config: Mapping[str, Any]) -> str:
 
 
 def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
-                  group: str) -> tuple[Settings, str | None, str]:
-    """(settings, the workers the answers ask for, why the answers are unusable)."""
-    fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config))
+                  group: str, topology: Topology = Topology()) -> tuple[Settings, str | None, str]:
+    """(settings, the workers the answers ask for, why the answers are unusable).
+
+    On a worker host the answers choose no workers (cluster.yaml does): None.
+    """
+    fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
+                        topology=topology)
     if answers is None:
         return fallback, None, ""
     try:
@@ -376,6 +428,8 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
         selection, settings = from_answers(*raw)
     except WorkersError as exc:
         return fallback, None, str(exc)
+    if selection is None:
+        return settings, None, ""
     return settings, normalized_counts(selection.counts), ""
 
 
@@ -393,84 +447,307 @@ def compare_files(root: Path, rendered: Sequence[RenderedFile]) -> tuple[tuple[s
     return tuple(missing), tuple(drifted)
 
 
-def listeners_match(root: Path, facts: Any) -> bool | None:
+def listeners_match(root: Path, facts: Any, replication: Address | None = None) -> bool | None:
     data = _read_yaml(root / paths.SHARED_CONF)
     if not isinstance(data, dict):
         return None
-    wanted = yaml.safe_load(dump_yaml({"listeners": main_listeners(facts)}))["listeners"]
+    listeners = (main_listeners(facts, remote_replication=replication) if replication is not None
+                 else main_listeners(facts))
+    wanted = yaml.safe_load(dump_yaml({"listeners": listeners}))["listeners"]
     return data.get("listeners") == wanted
 
 
 def _ours(item: RenderedFile) -> bool:
+    if item.path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
+        return False  # random content, written once: nothing to compare against
     return item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
 
 
-def desired_files(root: Path, deployed: Deployed, settings: Settings) -> tuple[Any, tuple[RenderedFile, ...]]:
-    """(host facts, the files the package would write now for the workers on disk)."""
+def desired_files(root: Path, deployed: Deployed, settings: Settings,
+                  side: "Side | None" = None) -> tuple[Any, tuple[RenderedFile, ...]]:
+    """(host facts, the files the package would write now for the workers on disk).
+
+    A worker host renders the plan cluster.yaml gives it; a main host the
+    workers on disk plus the worker hosts of its topology.
+    """
     facts = read_host_facts(root)
-    spec = normalized_counts(counts_from_workers(deployed.workers))
-    plan = make_plan(select(workers=spec), facts) if spec else Plan(())
+    if side is not None and side.role == WORKER_HOST:
+        if side.plan is None:
+            raise WorkersError(side.error or f"/{paths.CLUSTER_FILE} is not usable")
+        plan = side.plan
+    else:
+        topology = settings.topology
+        spec = normalized_counts(counts_from_workers(deployed.workers))
+        if spec:
+            plan = make_plan(select(workers=spec), facts, topology)
+        else:
+            plan = Plan(remote_workers(topology), topology.replication)
     return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
+
+
+# --- several machines --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """Which host this is: one machine, the main host of several, or a worker host."""
+
+    role: str = MAIN_HOST
+    label: str | None = None
+    cluster: Cluster | None = None
+    #: Why the worker-host mark or cluster.yaml cannot be used.
+    error: str = ""
+    #: Worker host: the deployment's plan rendered for this host.
+    plan: Plan | None = None
+
+    @property
+    def spans_hosts(self) -> bool:
+        return self.role == WORKER_HOST or self.cluster is not None or bool(self.error)
+
+
+def read_side(root: Path) -> Side:
+    try:
+        label = (root / paths.WORKER_HOST_MARK).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if not (root / paths.CLUSTER_FILE).exists():
+            return Side()
+        try:
+            return Side(MAIN_HOST, cluster=read_cluster(root))
+        except WorkersError as exc:
+            return Side(MAIN_HOST, error=str(exc))
+    except OSError as exc:
+        return Side(WORKER_HOST, error=f"/{paths.WORKER_HOST_MARK} cannot be read: {exc.strerror}")
+    if not label:
+        return Side(WORKER_HOST, error=f"/{paths.WORKER_HOST_MARK} names no host: run: "
+                                       f"dpkg-reconfigure {paths.PACKAGE}")
+    try:
+        cluster = read_cluster(root)
+    except WorkersError as exc:
+        return Side(WORKER_HOST, label, error=str(exc))
+    try:
+        plan = plan_from_cluster(cluster, label)
+    except WorkersError:
+        plan = None  # the verdict names the missing label from the cluster's hosts
+    return Side(WORKER_HOST, label, cluster, plan=plan)
+
+
+def topology_of(cluster: Cluster) -> Topology:
+    """The main host's topology as cluster.yaml records it (for the files it would write)."""
+    hosts = []
+    for label, names in cluster.workers.items():
+        if label == CLUSTER_MAIN:
+            continue
+        counts: dict[str, int] = {}
+        for name in names:
+            parsed = split_worker_name(name)
+            if parsed is not None:
+                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+        hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
+    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
+
+
+def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
+    """Workers cluster.yaml gives host ``label`` (None: every worker host)."""
+    found = []
+    for host, names in cluster.workers.items():
+        if host == CLUSTER_MAIN or (label is not None and host != label):
+            continue
+        for name in names:
+            parsed = split_worker_name(name)
+            if parsed is not None:
+                found.append(Worker(name, parsed[0], parsed[1], host, cluster.addresses.get(host)))
+    return tuple(found)
+
+
+def local_workers(names: Sequence[str], side: Side) -> tuple[Worker, ...]:
+    """A worker host's workers on disk, at the address cluster.yaml gives the host."""
+    address = side.cluster.addresses.get(side.label or "") if side.cluster is not None else None
+    found = []
+    for name in names:
+        parsed = split_worker_name(name)
+        if parsed is not None:
+            found.append(Worker(name, parsed[0], parsed[1], parsed[2] or side.label,
+                                address if address else None))
+    return tuple(found)
+
+
+def read_secret(root: Path, relative: Any) -> tuple[SecretFile, str | None]:
+    """(what the status shows of a secret file, its content when readable and not empty)."""
+    shown = f"/{relative}"
+    path = root / relative
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return SecretFile(shown, PathStat(False)), None
+    except PermissionError:
+        return SecretFile(shown, None, "its directory is closed to this user (run as root)"), None
+    except OSError as exc:
+        return SecretFile(shown, None, exc.strerror or str(exc)), None
+    stat = PathStat(True, False, _user(st.st_uid), _group(st.st_gid), st.st_mode & 0o7777)
+    try:
+        content = path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        return SecretFile(shown, stat, "not readable by this user (run as root)"), None
+    except (OSError, UnicodeDecodeError) as exc:
+        return SecretFile(shown, stat, str(exc)), None
+    if not content:
+        return SecretFile(shown, stat, "empty"), None
+    return SecretFile(shown, stat), content
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A peer's answer quoted in a row: its first line, not a whole HTTP header block."""
+    return (text.strip().splitlines() or [""])[0][:limit]
+
+
+def _reach(probe: netprobe.Probe) -> Reach:
+    # netprobe says "unreachable" when nothing answered; anything else was an answer.
+    return Reach(probe.ok, _one_line(probe.detail), probe.ok or "unreachable" not in probe.detail)
+
+
+def _address_here(host: str) -> bool | None:
+    try:
+        return netprobe.is_local_address(host)
+    except (OSError, ValueError):
+        return None
 
 
 # --- all of it ------------------------------------------------------------------
 
 
+def _redis_password(root: Path, config: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(the password conf.d/redis.yaml gives Synapse, why it cannot be read)."""
+    if config.get("password"):
+        return str(config["password"]), ""
+    if not config.get("password_path"):
+        return None, ""
+    path = root / str(config["password_path"]).lstrip("/")
+    try:
+        return path.read_text(encoding="utf-8").strip(), ""
+    except PermissionError:
+        return None, f"{config['password_path']} is not readable by this user (run as root)"
+    except OSError as exc:
+        return None, f"{config['password_path']}: {exc.strerror or exc}"
+
+
+def _address(text: str) -> Address | None:
+    host, sep, port = text.rpartition(":")
+    return Address(host.strip("[]"), int(port)) if sep and port.isdigit() else None
+
+
 def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     deployed = read_deployed(root)
-    processes = expected_processes(deployed.workers)
-    redis_settings = redis_settings_of(deployed.redis_config)
-    redis_unit = {RedisMode.DEDICATED: REDIS_UNIT, RedisMode.GUIDE: GUIDE_REDIS_UNIT}.get(redis_settings.mode) \
-        if deployed.redis_config else None
+    side = read_side(root)
+    worker_host = side.role == WORKER_HOST
+    cluster = side.cluster
+    # Where each process answers /health: a socket path, an Address, or why it cannot be asked.
+    targets: dict[str, str | Address] = {}
+    if worker_host:
+        processes = []
+        for worker in local_workers(deployed.workers, side):
+            process = worker_process(worker)
+            if worker.address is None:  # no usable cluster.yaml: its address is unknown
+                process = replace(process, http_socket=None, replication_socket=None, host=side.label)
+            processes.append(process)
+        expected_list = tuple(processes)
+    else:
+        expected_list = expected_processes(deployed.workers)
+        if cluster is not None:
+            expected_list += tuple(worker_process(w, remote=True) for w in cluster_workers(cluster, None))
+    for process in expected_list:
+        if process.http_socket is not None:
+            targets[process.name] = str(process.http_socket)
+        elif process.http_address and _address(process.http_address):
+            targets[process.name] = _address(process.http_address)  # type: ignore[assignment]
+    redis_config: Mapping[str, Any] = deployed.redis_config
+    if worker_host and not redis_config and cluster is not None:
+        redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
+                        "password_path": "/" + str(paths.REDIS_PASSWORD)}
+    redis_settings = redis_settings_of(redis_config)
+    redis_unit = None if worker_host else {RedisMode.DEDICATED: REDIS_UNIT, RedisMode.GUIDE: GUIDE_REDIS_UNIT}.get(
+        redis_settings.mode) if redis_config else None
+    password, password_error = _redis_password(root, redis_config)
     override = statoverride(str(paths.SOCKET_DIR))
     group = override[1] if override else deployed_socket_group(root)
 
     # nginx files do not depend on the answers: known before anything is asked.
-    first_settings = Settings(socket_group=group, redis=redis_settings)
+    topology = topology_of(cluster) if cluster is not None and not worker_host else Topology()
+    first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
     try:
-        host, first_render = desired_files(root, deployed, first_settings)
+        host, first_render = desired_files(root, deployed, first_settings, side)
         config_error = ""
     except WorkersError as exc:
         host, first_render, config_error = None, (), str(exc)
     nginx_files = tuple(f"/{f.path}" for f in first_render if f.path.parts[:2] == paths.NGINX_DIR.parts)
 
-    units = [paths.TARGET_UNIT, *(p.unit for p in processes), *([redis_unit] if redis_unit else [])]
-    socket_paths = [str(paths.SOCKET_DIR)] + [str(s) for p in processes
-                                              for s in (p.http_socket, p.replication_socket) if s]
+    # The other side's secrets, read here (small files) so the probes can use them.
+    secrets: tuple[SecretFile, ...] = ()
+    secret = redis_secret = None
+    if side.spans_hosts:
+        replication_file, secret = read_secret(root, paths.REPLICATION_SECRET)
+        password_file, redis_secret = read_secret(root, paths.REDIS_PASSWORD)
+        secrets = (replication_file, password_file)
+
+    units = [paths.TARGET_UNIT, *(p.unit for p in expected_list if not p.remote),
+             *([redis_unit] if redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
+    socket_paths = [] if worker_host else [str(paths.SOCKET_DIR)] + [
+        str(s) for p in expected_list for s in (p.http_socket, p.replication_socket) if s]
     jobs: dict[str, Callable[[], Any]] = {
         "units": lambda: unit_states(units),
-        "redis": lambda: probe_redis(deployed.redis_config, timeout) if deployed.redis_config
-        else ("", None, ()),
-        "ss": lambda: _run(["ss", "-xpnH"]),
+        "redis": lambda: probe_redis(redis_config, timeout, password) if redis_config and not password_error
+        else (password_error, None, ()),
+        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
         "debconf": debconf_answers,
         "installed": lambda: installed_version(root),
     }
     if nginx_files:
         jobs["nginx"] = nginx_dump
-    for process in processes:
-        jobs[f"health:{process.name}"] = (lambda s=str(process.http_socket): http_health(s, timeout))
-    with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
+    for name, target in targets.items():
+        jobs[f"health:{name}"] = partial(http_health, target, timeout)
+    # Redis's private address: on a worker host the one its workers use (conf.d/redis.yaml),
+    # on the main host the one cluster.yaml gives the worker hosts.
+    private_redis = cluster.redis if cluster is not None else None
+    if worker_host and redis_settings.host and redis_settings.port:
+        private_redis = Address(redis_settings.host, redis_settings.port)
+    if cluster is not None:
+        jobs["main"] = lambda: http_health(cluster.replication, timeout)
+        if redis_secret is not None and private_redis is not None:
+            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(private_redis, redis_secret, timeout))
+        if worker_host:
+            jobs["replication"] = lambda: _reach(
+                netprobe.replication_secret(cluster.replication, secret, timeout) if secret is not None
+                else netprobe.tcp(cluster.replication, timeout))
+    with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
         futures: dict[str, Future[Any]] = {name: pool.submit(job) for name, job in jobs.items()}
         stats = {path: path_stat(path) for path in socket_paths}
+        cluster_facts = _cluster_facts(root, side, secrets, deployed.workers)
         results = {name: future.result() for name, future in futures.items()}
+    if cluster_facts is not None and cluster is not None:
+        cluster_facts = replace(
+            cluster_facts, redis=str(private_redis), main_health=results["main"],
+            redis_reach=results.get("redis-auth"),
+            replication_reach=results.get("replication"), secret_tested=secret is not None)
 
     answers = results["debconf"] if isinstance(results["debconf"], dict) else None
-    settings, answer_workers, answer_error = settings_from(answers, deployed, group)
+    settings, answer_workers, answer_error = settings_from(answers, deployed, group, topology)
     if answers is None:
         answer_error = str(results["debconf"])
     web_user = settings.web_user if answers is not None else paths.DEFAULT_WEB_USER
     expected = Expected(
-        processes=processes, socket_group=group, web_user=web_user,
+        processes=expected_list, socket_group=group, web_user=web_user,
         dir_owner=override[0] if override else paths.SYNAPSE_USER,
         dir_mode=override[2] if override else paths.SOCKET_DIR_MODE,
         needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
 
-    missing, drifted, match = (), (), None
+    missing: tuple[str, ...] = ()
+    drifted: tuple[str, ...] = ()
+    match: bool | None = None
     if host is not None:
         try:
-            _, rendered = desired_files(root, deployed, settings) if answers else (host, first_render)
+            _, rendered = desired_files(root, deployed, settings, side) if answers else (host, first_render)
             missing, drifted = compare_files(root, rendered)
-            match = listeners_match(root, host)
+            if not worker_host:
+                match = listeners_match(root, host, cluster.replication if cluster is not None else None)
         except WorkersError as exc:
             config_error = str(exc)
     config = ConfigFacts(
@@ -482,10 +759,13 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     error, tcp_port, clients = results["redis"]
     ss = results["ss"]
     client_pids = None
-    if redis_settings.socket is not None and ss is not None and ss.returncode == 0 and os.geteuid() == 0:
-        client_pids = parse_ss(ss.stdout, str(redis_settings.socket))
+    if ss is not None and ss.returncode == 0 and os.geteuid() == 0:
+        if redis_settings.socket is not None and not worker_host:
+            client_pids = parse_ss(ss.stdout, str(redis_settings.socket))
+        elif worker_host and redis_settings.host and redis_settings.port and not error:
+            client_pids = parse_ss_tcp(ss.stdout, clients, Address(redis_settings.host, redis_settings.port))
     redis = RedisFacts(
-        location=redis_location(deployed.redis_config), unit=redis_unit, socket=redis_settings.socket,
+        location=redis_location(redis_config), unit=redis_unit, socket=redis_settings.socket,
         socket_stat=path_stat(str(redis_settings.socket)) if redis_settings.socket else None,
         error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids)
 
@@ -498,10 +778,40 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
             test_ok=test_ok, test_output=output)
 
     unit_map = results["units"]
+    health = {p.name: results[f"health:{p.name}"] if p.name in targets else
+              Health(error=f"its address is unknown ({side.error or 'no cluster.yaml'})") for p in expected_list}
     return Facts(
-        expected=expected, units=unit_map,
-        health={p.name: results[f"health:{p.name}"] for p in processes},
+        expected=expected, units=unit_map, health=health,
         paths=stats,
-        groups=group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
+        groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
         redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
-        target_unit=unit_map.get(paths.TARGET_UNIT))
+        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts)
+
+
+def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],
+                   disk_workers: Sequence[str]) -> ClusterFacts | None:
+    """What is known of the other hosts before probing them (None: one machine)."""
+    if not side.spans_hosts:
+        return None
+    cluster = side.cluster
+    try:
+        st = os.stat(root / paths.CLUSTER_DIR)
+        directory: PathStat | None = PathStat(True, False, _user(st.st_uid), _group(st.st_gid),
+                                              st.st_mode & 0o7777)
+    except FileNotFoundError:
+        directory = PathStat(False)
+    except OSError:
+        directory = None  # closed to this user
+    if cluster is None:
+        return ClusterFacts(side.role, side.label, side.error or "cluster.yaml not readable",
+                            directory=directory, secrets=secrets)
+    if side.role == WORKER_HOST:
+        own = cluster.addresses.get(side.label or "")
+        address_here = _address_here(own) if own else None
+        listed = cluster.workers.get(side.label or "")
+    else:
+        address_here = _address_here(cluster.replication.host)
+        listed = None
+    return ClusterFacts(
+        side.role, side.label, "", str(cluster.replication), str(cluster.redis), dict(cluster.addresses),
+        tuple(listed) if listed is not None else None, address_here, directory, secrets)

@@ -242,7 +242,8 @@ def test_parse_client_list():
             "redis-server.sock:0 fd=8 name= age=5 idle=5 flags=P db=0 sub=2 psub=0 cmd=subscribe\n"
             "id=4 addr=/run/redis-matrix-synapse/redis-server.sock:0 fd=9 name= flags=N sub=0 psub=0 "
             "cmd=publish\n")
-    assert statusprobe.parse_client_list(text) == (RedisClient(8, 2, "P"), RedisClient(9, 0, "N"))
+    sock = "/run/redis-matrix-synapse/redis-server.sock:0"
+    assert statusprobe.parse_client_list(text) == (RedisClient(8, 2, "P", sock), RedisClient(9, 0, "N", sock))
 
 
 def test_parse_ss_joins_redis_fds_to_client_pids():

@@ -29,7 +29,10 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
-MIN_SYNAPSE_VERSION = (1, 89, 0)
+#: A Synapse release as (major, minor, patch).
+Version = tuple[int, int, int]
+
+MIN_SYNAPSE_VERSION: Version = (1, 89, 0)
 
 
 class DutyKind(Enum):
@@ -243,6 +246,15 @@ class Endpoints:
     role with workers first; ``read_roles`` serve only GET and HEAD when none of
     ``roles`` has workers.  Main serves the rest, and every request whose pool is
     down.  ``resource`` is the listener resource a worker needs to serve them.
+
+    ``since`` and ``until`` bound the Synapse versions whose workers serve the
+    class (``until`` excluded): an endpoint that moved off main in some release
+    stays on main for older ones.
+
+    >>> ENDPOINTS["delayed_events_restart"].applies_to((1, 143, 5))
+    False
+    >>> [ENDPOINTS["delayed_events_restart"].applies_to(v) for v in ((1, 144, 0), None)]
+    [True, True]
     """
 
     name: str
@@ -252,6 +264,17 @@ class Endpoints:
     roles: tuple[str, ...] = ()
     read_roles: tuple[str, ...] = ()
     balance: Balance = Balance.ANY
+    #: The first Synapse release whose workers serve these; None: every supported one.
+    since: Version | None = None
+    #: The first Synapse release this entry no longer describes; None: still current.
+    until: Version | None = None
+
+    def applies_to(self, version: Version | None) -> bool:
+        """Whether the class describes this Synapse; None (unknown) is the newest."""
+        if version is None:
+            return self.until is None
+        return ((self.since is None or version >= self.since)
+                and (self.until is None or version < self.until))
 
 
 _CS = "^/_matrix/client/"
@@ -278,11 +301,19 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
               (f"{_CS}{_V}/presence/",), roles=("presence",), read_roles=("client",)),
     Endpoints("push_rules", "push rules", "client",
               (f"{_CS}{_V}/pushrules/",), roles=("push_rules",), read_roles=("client",)),
+    # Device changes left main in 1.135 (with the device_lists stream writers).
     Endpoints("device_lists", "devices and key uploads", "client",
               (f"{_CS}{_R}/delete_devices$", f"{_CS}{_R}/devices(/|$)",
                f"{_CS}{_R}/keys/upload", f"{_CS}(v3|unstable)/keys/device_signing/upload$",
                f"{_CS}{_R}/keys/signatures/upload$"),
-              roles=("device_lists", "client")),
+              roles=("device_lists", "client"), since=(1, 135, 0)),
+    Endpoints("keys_upload_before_1_135", "key uploads", "client",
+              (f"{_CS}{_R}/keys/upload",), roles=("client",), until=(1, 135, 0)),
+    Endpoints("devices_before_1_135", "the device list (reads)", "client",
+              (f"{_CS}{_R}/devices$",), read_roles=("client",), until=(1, 135, 0)),
+    Endpoints("device_1_130_to_1_134", "one device (reads; workers serve them from 1.130)",
+              "client", (f"{_CS}{_R}/devices/[^/]+$",), read_roles=("client",),
+              since=(1, 130, 0), until=(1, 135, 0)),
     Endpoints("user_directory", "user directory search", "client",
               (f"{_CS}{_R}/user_directory/search$",), roles=("user_dir", "client")),
     # Single sign-on: every step of one login must reach the same process.
@@ -313,12 +344,11 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}unstable/im\\.nheko\\.summary/(summary/[^/]+|rooms/[^/]+/summary)$",
                f"{_CS}v1/room_summary/[^/]+$",
                f"{_CS}{_R}/account/3pid$", f"{_CS}{_R}/account/whoami$",
-               f"{_CS}{_R}/account/deactivate$", f"{_CS}versions$",
+               f"{_CS}versions$",
                f"{_CS}{_V}/voip/turnServer$", f"{_CS}{_V}/joined_rooms$",
                f"{_CS}{_V}/events/[^/]+$",
                f"{_CS}{_V}/search$", f"{_CS}{_R}/user/.*/filter(/|$)",
                f"{_CS}{_V}/directory/room/.*$", f"{_CS}{_R}/capabilities$",
-               f"{_CS}{_R}/notifications$",
                f"{_CS}{_R}/keys/query$", f"{_CS}{_R}/keys/changes$", f"{_CS}{_R}/keys/claim$",
                f"{_CS}{_R}/room_keys/",
                f"{_CS}{_V}/login$", f"{_CS}{_R}/register$", f"{_CS}{_R}/register/available$",
@@ -327,9 +357,15 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/", f"{_CS}{_V}/profile/",
                f"{_CS}(v1|unstable)/appservice/[^/]+/ping$"),
               roles=("client",)),
-    Endpoints("delayed_events_restart", "restarting a delayed event's timer", "client",
+    Endpoints("notifications", "the notifications list (workers serve it from 1.93)", "client",
+              (f"{_CS}{_R}/notifications$",), roles=("client",), since=(1, 93, 0)),
+    Endpoints("account_deactivate", "account deactivation (workers serve it from 1.135)",
+              "client", (f"{_CS}{_R}/account/deactivate$",), roles=("client",),
+              since=(1, 135, 0)),
+    Endpoints("delayed_events_restart", "restarting a delayed event's timer (workers: from 1.144)",
+              "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events/[^/]+/restart$",),
-              roles=("client",)),
+              roles=("client",), since=(1, 144, 0)),
     Endpoints("delayed_events", "delayed events (reads; changes stay on main)", "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events(/[^/]+)?$",),
               read_roles=("client",)),

@@ -188,9 +188,14 @@ def tmpfiles_line(owner: str, group: str, mode: int) -> str:
     return f"d {paths.SOCKET_DIR} {mode:04o} {owner} {group} -"
 
 
-def nginx_files(plan: Plan) -> tuple[RenderedFile, RenderedFile]:
-    """The http-context file (upstreams, maps) and the server-context snippet (locations)."""
-    model = nginx_model(plan)
+def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
+                ) -> tuple[RenderedFile, RenderedFile]:
+    """The http-context file (upstreams, maps) and the server-context snippet (locations).
+
+    Routes are those of ``synapse_version`` (see synapseversion.installed_version);
+    None, when it is not known, gives the newest.
+    """
+    model = nginx_model(plan, synapse_version)
     checked = ".".join(map(str, ENDPOINTS_CHECKED_AGAINST))
     return (
         RenderedFile(paths.NGINX_HTTP_CONF, render_template(

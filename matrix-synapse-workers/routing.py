@@ -13,6 +13,13 @@ that pool.  This module decides that once; the nginx templates only print it.
 ('main', ())
 >>> destination(plan, "/_matrix/client/v3/user/@a:x/account_data/t", "GET")
 ('client', ('client-1',))
+
+Routes depend on the Synapse version (None: unknown, the newest table):
+
+>>> destination(plan, "/_matrix/client/v3/account/deactivate", "POST", (1, 134, 0))
+('main', ())
+>>> destination(plan, "/_matrix/client/v3/account/deactivate", "POST")
+('client', ('client-1',))
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from . import paths
-from .catalog import ENDPOINTS, ROLES, Balance, Endpoints
+from .catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, ROLES, Balance, Endpoints, Version
 from .plan import Plan, Worker
 
 MAIN = "main"
@@ -90,6 +97,15 @@ class NginxModel:
     upstreams: tuple[Upstream, ...]
     locations: tuple[Location, ...]
     connect_timeout: str = CONNECT_TIMEOUT
+    #: The Synapse version the routes were chosen for; None: unknown (the newest).
+    synapse_version: Version | None = None
+
+    @property
+    def routes_for(self) -> str:
+        """The version in words, for the files' header."""
+        if self.synapse_version is None:
+            return "the newest Synapse (the installed version was not known)"
+        return "Synapse " + ".".join(map(str, self.synapse_version))
 
     @property
     def balances(self) -> frozenset[Balance]:
@@ -145,15 +161,21 @@ def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
     return None
 
 
-def nginx_model(plan: Plan) -> NginxModel:
-    """Upstreams and locations for a plan, in the catalog's matching order."""
-    locations = tuple(filter(None, (location_for(plan, e) for e in ENDPOINTS.values())))
+def table_for(version: Version | None) -> tuple[Endpoints, ...]:
+    """The catalog's classes that describe this Synapse, in matching order."""
+    return tuple(e for e in ENDPOINTS.values() if e.applies_to(version))
+
+
+def nginx_model(plan: Plan, version: Version | None = None) -> NginxModel:
+    """Upstreams and locations for a plan and a Synapse version, in matching order."""
+    locations = tuple(filter(None, (location_for(plan, e) for e in table_for(version))))
     upstreams: dict[str, Upstream] = {}
     for location in locations:
         for upstream in (location.upstream, location.read_upstream):
             if upstream is not None:
                 upstreams.setdefault(upstream.name, upstream)
-    return NginxModel(main_upstream(), tuple(upstreams.values()), locations)
+    return NginxModel(main_upstream(), tuple(upstreams.values()), locations,
+                      synapse_version=version)
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,15 +184,16 @@ def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def endpoint_class(path: str, table: Iterable[Endpoints] | None = None) -> Endpoints | None:
-    """The first class of ``table`` (default: the catalog's) whose patterns match
+    """The first class of ``table`` (default: the newest) whose patterns match
     ``path``, as nginx tries regex locations in order."""
-    classes = ENDPOINTS.values() if table is None else table
+    classes = table_for(None) if table is None else table
     return next((e for e in classes if _compiled(e.patterns).match(path)), None)
 
 
-def destination(plan: Plan, path: str, method: str) -> tuple[str, tuple[str, ...]]:
+def destination(plan: Plan, path: str, method: str,
+                version: Version | None = None) -> tuple[str, tuple[str, ...]]:
     """The role (or ``main``) and the workers a request goes to while they are up."""
-    endpoints = endpoint_class(path)
+    endpoints = endpoint_class(path, table_for(version))
     if endpoints is None:
         return MAIN, ()
     role = _first_staffed(plan, endpoints.roles)
@@ -181,10 +204,10 @@ def destination(plan: Plan, path: str, method: str) -> tuple[str, tuple[str, ...
     return role, tuple(w.name for w in plan.of_role(role))
 
 
-def route_table(plan: Plan) -> list[dict[str, object]]:
+def route_table(plan: Plan, version: Version | None = None) -> list[dict[str, object]]:
     """Every endpoint class with where it goes, for people and for ``--json``."""
     rows: list[dict[str, object]] = []
-    for endpoints in ENDPOINTS.values():
+    for endpoints in table_for(version):
         location = location_for(plan, endpoints)
         upstream = location.upstream if location else None
         reads = location.read_upstream if location else None
@@ -199,10 +222,17 @@ def route_table(plan: Plan) -> list[dict[str, object]]:
     return rows
 
 
-def check_table() -> list[str]:
-    """Inconsistencies in the catalog's endpoint table (empty when sound)."""
+def check_table(table: Iterable[Endpoints] | None = None) -> list[str]:
+    """Inconsistencies in an endpoint table, by default the catalog's (empty when sound)."""
     problems = []
-    for endpoints in ENDPOINTS.values():
+    for endpoints in ENDPOINTS.values() if table is None else table:
+        if not re.fullmatch(r"[a-z0-9_]+", endpoints.name):
+            problems.append(f"{endpoints.name}: not usable in an nginx variable name")
+        if endpoints.since and endpoints.until and endpoints.since >= endpoints.until:
+            problems.append(f"{endpoints.name}: since {endpoints.since} is not before "
+                            f"until {endpoints.until}")
+        if endpoints.until and endpoints.until <= MIN_SYNAPSE_VERSION:
+            problems.append(f"{endpoints.name}: ends before the oldest supported Synapse")
         for role in endpoints.roles + endpoints.read_roles:
             if role not in ROLES:
                 problems.append(f"{endpoints.name}: unknown role {role}")

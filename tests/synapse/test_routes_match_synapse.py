@@ -30,9 +30,10 @@ from typing import Callable, Iterable, Sequence
 import pytest
 
 from hostroot import make_root
-from matrix_synapse_workers.catalog import ENDPOINTS, Endpoints
+from matrix_synapse_workers.catalog import Endpoints
 from matrix_synapse_workers.cli import main
-from matrix_synapse_workers.routing import READ_METHODS, endpoint_class
+from matrix_synapse_workers.routing import READ_METHODS, endpoint_class, table_for
+from matrix_synapse_workers.synapseversion import installed_version
 
 try:
     from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -240,8 +241,12 @@ def servlets(synapse_python, tmp_path_factory) -> Servlets:
 
 
 @pytest.fixture(scope="module")
-def table() -> tuple[Endpoints, ...]:
-    return tuple(ENDPOINTS.values())
+def table(synapse_python) -> tuple[Endpoints, ...]:
+    """The classes that apply to the Synapse in the venv, found as the package finds it."""
+    venv = Path(synapse_python).parent.parent
+    version = installed_version(venv, ("lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",))
+    assert version is not None, f"no Synapse metadata in {venv}"
+    return table_for(version)
 
 
 def test_every_endpoint_a_worker_serves_is_routed_to_a_worker(table, servlets):

@@ -33,9 +33,11 @@ def test_the_table_is_consistent_with_the_roles():
     assert routing.check_table() == []
 
 
-def test_no_pattern_is_written_twice():
-    patterns = [p for e in ENDPOINTS.values() for p in e.patterns]
-    assert len(patterns) == len(set(patterns))
+def test_no_pattern_is_written_twice_for_any_synapse_version():
+    boundaries = {v for e in ENDPOINTS.values() for v in (e.since, e.until) if v}
+    for version in (None, (1, 89, 0), *boundaries):
+        patterns = [p for e in routing.table_for(version) for p in e.patterns]
+        assert len(patterns) == len(set(patterns)), version
 
 
 # One example request per endpoint class (method, path) and where it must go

@@ -1,0 +1,68 @@
+"""The installed Synapse's version, read without importing Synapse.
+
+Routes depend on it (:meth:`catalog.Endpoints.applies_to`): an endpoint that
+moved off main in some release must stay on main for older ones.  The version
+comes from the package metadata of the two Debian packagings (the Matrix.org
+venv, or Debian's own python3 package); None when neither is there, which the
+routing reads as "the newest".
+
+>>> parse_version("1.163.2")
+(1, 163, 2)
+>>> parse_version("1.144.0rc1"), parse_version("1.135.0~rc2-1"), parse_version("1:1.93.0+bookworm1")
+((1, 144, 0), (1, 135, 0), (1, 93, 0))
+>>> parse_version("unknown") is None
+True
+>>> version_from_metadata("Metadata-Version: 2.1\\nName: matrix-synapse\\nVersion: 1.130.1\\n")
+(1, 130, 1)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from .catalog import Version
+
+#: Synapse's package metadata, relative to the root: the Matrix.org package's
+#: venv (matrix-synapse-py3), then Debian's matrix-synapse.
+METADATA_GLOBS = (
+    "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",
+    "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info/METADATA",
+)
+
+# An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,
+# -revision, +build) does not change which routes apply.
+_VERSION = re.compile(r"^(?:[0-9]+:)?(?P<major>[0-9]+)\.(?P<minor>[0-9]+)(?:\.(?P<patch>[0-9]+))?")
+
+
+def parse_version(text: str) -> Version | None:
+    match = _VERSION.match(text.strip())
+    if not match:
+        return None
+    return int(match["major"]), int(match["minor"]), int(match["patch"] or 0)
+
+
+def version_from_metadata(text: str) -> Version | None:
+    """The ``Version:`` header of a METADATA file (headers end at the first blank line)."""
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "version":
+            return parse_version(value)
+    return None
+
+
+def installed_version(root: Path = Path("/"), globs: Iterable[str] = METADATA_GLOBS) -> Version | None:
+    """The installed Synapse's version; the newest when leftovers of several exist."""
+    found = []
+    for pattern in globs:
+        for path in root.glob(pattern):
+            try:
+                version = version_from_metadata(path.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                continue
+            if version is not None:
+                found.append(version)
+    return max(found, default=None)

@@ -1,0 +1,161 @@
+"""Routes chosen by the installed Synapse version.
+
+The gated entries of catalog.ENDPOINTS record releases in which Synapse moved
+endpoints off main (facts from Synapse's own history: /notifications 1.93,
+GET of one device 1.130, device changes and account deactivation 1.135, the
+delayed-event restart 1.144).  The version is read from package metadata.
+"""
+
+from __future__ import annotations
+
+import doctest
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from matrix_synapse_workers import routing, synapseversion
+from matrix_synapse_workers.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
+from matrix_synapse_workers.plan import Plan, plan_workers
+from matrix_synapse_workers.render import nginx_files
+from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.synapseversion import installed_version, parse_version
+
+
+def plan_of(spec: str) -> Plan:
+    return Plan(plan_workers(select(workers=spec)))
+
+
+def test_module_examples():
+    result = doctest.testmod(synapseversion)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# --- reading the version --------------------------------------------------------
+
+def _metadata(root: Path, where: str, version: str) -> Path:
+    directory = (root / where.replace("python3*", "python3.11")
+                 .replace("matrix_synapse-*", f"matrix_synapse-{version}")).parent
+    directory.mkdir(parents=True)
+    (directory / "METADATA").write_text(
+        f"Metadata-Version: 2.3\nName: matrix-synapse\nVersion: {version}\nSummary: x\n\n"
+        "Version: 9.9.9 (the description, not a header)\n")
+    return directory
+
+
+@pytest.mark.parametrize("where", synapseversion.METADATA_GLOBS)
+def test_the_version_comes_from_either_packagings_metadata(tmp_path, where):
+    _metadata(tmp_path, where, "1.134.0")
+    assert installed_version(tmp_path) == (1, 134, 0)
+
+
+def test_no_synapse_is_none_and_leftovers_give_the_newest(tmp_path):
+    assert installed_version(tmp_path) is None
+    venv = synapseversion.METADATA_GLOBS[0]
+    _metadata(tmp_path, venv, "1.130.0")
+    _metadata(tmp_path, venv, "1.144.1")
+    assert installed_version(tmp_path) == (1, 144, 1)
+
+
+def test_unreadable_versions_are_ignored():
+    assert parse_version("") is None and parse_version("v1.2.3") is None
+    assert synapseversion.version_from_metadata("Name: x\n\nVersion: 1.2.3\n") is None
+
+
+# --- the real gated entries -------------------------------------------------------
+
+BEFORE, AT = "before", "at"
+#: (method, path, release that moved it to workers, role at and after it).
+MOVED = [
+    ("GET", "/_matrix/client/v3/notifications", (1, 93, 0), "client"),
+    ("GET", "/_matrix/client/v3/devices/ABCDEF", (1, 130, 0), "client"),
+    ("PUT", "/_matrix/client/v3/devices/ABCDEF", (1, 135, 0), "client"),
+    ("DELETE", "/_matrix/client/v3/devices/ABCDEF", (1, 135, 0), "client"),
+    ("POST", "/_matrix/client/v3/delete_devices", (1, 135, 0), "client"),
+    ("POST", "/_matrix/client/v3/keys/device_signing/upload", (1, 135, 0), "client"),
+    ("POST", "/_matrix/client/v3/keys/signatures/upload", (1, 135, 0), "client"),
+    ("POST", "/_matrix/client/v3/account/deactivate", (1, 135, 0), "client"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1/restart", (1, 144, 0), "client"),
+]
+
+
+def _just_before(version: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (version[0], version[1] - 1, 9)
+
+
+@pytest.mark.parametrize("method, path, moved, role", MOVED, ids=lambda x: str(x))
+def test_an_endpoint_stays_on_main_until_the_release_that_moved_it(method, path, moved, role):
+    plan = plan_of("sync,client")
+    assert routing.destination(plan, path, method, _just_before(moved))[0] == "main"
+    assert routing.destination(plan, path, method, moved)[0] == role
+    assert routing.destination(plan, path, method, None)[0] == role
+
+
+@pytest.mark.parametrize("version", [(1, 89, 0), (1, 129, 0), (1, 134, 3), (1, 135, 0), None])
+def test_what_workers_always_served_goes_to_them_on_every_version(version):
+    plan = plan_of("client")
+    for method, path in (("GET", "/_matrix/client/v3/devices"), ("POST", "/_matrix/client/v3/keys/upload"),
+                         ("GET", "/_matrix/client/v3/sync"),
+                         ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events")):
+        assert routing.destination(plan, path, method, version)[0] == "client", (method, path)
+
+
+def test_the_device_list_writer_gets_device_changes_only_where_synapse_has_it():
+    plan = plan_of("client,device_lists")
+    path = "/_matrix/client/v3/keys/upload"
+    assert routing.destination(plan, path, "POST", (1, 135, 0))[0] == "device_lists"
+    assert routing.destination(plan, path, "POST", (1, 134, 0))[0] == "client"
+
+
+def test_the_mechanism_on_a_table_built_here():
+    old = Endpoints("old", "before 2.0", "client", ("^/a$",), roles=("client",), until=(2, 0, 0))
+    new = Endpoints("new", "from 2.0", "client", ("^/a$", "^/b$"), roles=("sync",), since=(2, 0, 0))
+    always = Endpoints("always", "any", "client", ("^/",))
+    table = (old, new, always)
+
+    def route(path: str, version: tuple[int, int, int] | None) -> str | None:
+        found = routing.endpoint_class(path, [e for e in table if e.applies_to(version)])
+        return found.name if found else None
+
+    assert [route("/a", v) for v in ((1, 99, 99), (2, 0, 0), None)] == ["old", "new", "new"]
+    assert [route("/b", v) for v in ((1, 99, 99), (2, 0, 1))] == ["always", "new"]
+    assert routing.check_table(table) == []
+    broken = Endpoints("broken", "empty range", "client", ("^/c$",), since=(2, 0, 0), until=(1, 0, 0))
+    dead = Endpoints("dead", "ended long ago", "client", ("^/d$",), until=MIN_SYNAPSE_VERSION)
+    problems = routing.check_table((broken, dead))
+    assert any("broken: since" in p for p in problems) and any("dead: ends" in p for p in problems)
+
+
+def test_the_catalogs_gates_are_sound():
+    assert routing.check_table() == []
+    assert any(e.since for e in ENDPOINTS.values()) and any(e.until for e in ENDPOINTS.values())
+
+
+# --- the nginx files -----------------------------------------------------------------
+
+def test_the_files_say_which_version_they_route_for():
+    plan = plan_of("sync,client")
+    old_http, old_snippet = nginx_files(plan, (1, 134, 0))
+    new_http, new_snippet = nginx_files(plan)
+    assert "chosen for Synapse 1.134.0." in old_http.content
+    assert "chosen for the newest Synapse" in new_http.content
+    assert "account/deactivate" in new_snippet.content
+    assert "account/deactivate" not in old_snippet.content
+    assert "# devices_before_1_135:" in old_snippet.content
+    assert "# devices_before_1_135:" not in new_snippet.content
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
+@pytest.mark.parametrize("version", [(1, 89, 0), (1, 130, 0), (1, 143, 0), None])
+def test_nginx_accepts_the_files_of_every_version(tmp_path: Path, version):
+    http, snippet = nginx_files(plan_of("sync:2,client,device_lists,federation_reader"), version)
+    (tmp_path / "http.conf").write_text(http.content)
+    (tmp_path / "snippet.conf").write_text(snippet.content)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/http.conf;\n"
+        f"  server {{\n    listen 127.0.0.1:18080;\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
+    r = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

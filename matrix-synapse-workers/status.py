@@ -203,8 +203,10 @@ class Reach:
 
     ok: bool
     detail: str = ""
-    #: Something answered on the port (so a failure is a refusal, not the network).
+    #: Something answered on the port (so a failure is not the network's).
     reached: bool = False
+    #: What answered is the expected server, and it refused the secret or password.
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -730,6 +732,11 @@ def check_secrets(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     return rows
 
 
+def _not_ours(address: str, what: str) -> str:
+    return (f"something else answers at {address}: check that it is {what} (the address comes from "
+            f"{CLUSTER_FILE}; {RECONFIGURE} on the main host writes it)")
+
+
 def _link_advice(address: str, what: str) -> str:
     host, _, port = address.rpartition(":")
     return (f"check the private link to the main host (ping {host.strip('[]')}; a firewall must let "
@@ -803,9 +810,12 @@ def _check_main_reach(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     elif reach.ok:
         rows.append(Row("replication", "secret", INFO, "main's replication listener answers; the secret "
                                                        "was not tested (its file is not readable)"))
-    elif reach.reached:
+    elif reach.refused:
         rows.append(Row("replication", "secret", FAIL, reach.detail,
                         f"the secret differs from the main host's: {COPY_AGAIN}"))
+    elif reach.reached:
+        rows.append(Row("replication", "secret", FAIL, reach.detail, _not_ours(address, "main's replication "
+                                                                                        "listener")))
     elif health is not None and not health.ok:
         rows.append(Row("replication", "secret", INFO, "not tested: main is unreachable (above)"))
     else:
@@ -825,12 +835,14 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
         return [Row("redis", cluster.redis, OK, "accepts the password from "
                                                 f"/{paths.REDIS_PASSWORD}")]
     unit = f"redis-server@{paths.REDIS_INSTANCE}.service"
-    if cluster.role == WORKER_HOST:
-        if reach.reached:
+    if reach.reached and not reach.refused:
+        advice = _not_ours(cluster.redis, f"the main host's Redis ({unit}, with its password)")
+    elif cluster.role == WORKER_HOST:
+        if reach.refused:
             advice = f"the password differs from the main host's: {COPY_AGAIN}"
         else:
             advice = _link_advice(cluster.redis, f"Redis ({unit})")
-    elif reach.reached:
+    elif reach.refused:
         advice = (f"the password file and Redis's /{paths.REDIS_INSTANCE_AUTH_CONF} differ: run: "
                   f"{RECONFIGURE}, then systemctl restart {unit}")
     else:

@@ -600,9 +600,16 @@ def _one_line(text: str, limit: int = 200) -> str:
     return (text.strip().splitlines() or [""])[0][:limit]
 
 
+#: How netprobe's details tell a refusal by the right server from anything else
+#: that answered: main's 500 to a wrong secret, Redis's own errors to a wrong password.
+_REFUSALS = ("refuses the replication secret", "WRONGPASS", "invalid password", "invalid username-password")
+
+
 def _reach(probe: netprobe.Probe) -> Reach:
     # netprobe says "unreachable" when nothing answered; anything else was an answer.
-    return Reach(probe.ok, _one_line(probe.detail), probe.ok or "unreachable" not in probe.detail)
+    reached = probe.ok or "unreachable" not in probe.detail
+    refused = not probe.ok and any(word in probe.detail for word in _REFUSALS)
+    return Reach(probe.ok, _one_line(probe.detail), reached, refused)
 
 
 def _address_here(host: str) -> bool | None:

@@ -184,7 +184,7 @@ def test_without_attribution_only_this_hosts_subscriptions_count():
 
 def test_redis_refusing_the_password_on_the_main_host():
     refused = Reach(False, f"Redis at {REDIS} refuses the password: -WRONGPASS invalid username-password "
-                           "pair or user is disabled.", True)
+                           "pair or user is disabled.", True, True)
     rows = evaluate(with_cluster(main_host(), redis_reach=refused))
     redis = row(rows, "redis", REDIS)
     assert redis.status == FAIL and "refuses the password" in redis.detail
@@ -244,7 +244,7 @@ def test_worker_host_healthy():
 
 def test_wrong_secret_is_broken_and_says_to_copy_it_again():
     refused = Reach(False, f"main's replication listener at {REPLICATION} refuses the replication secret "
-                           "(the secret file differs from the main host's)", True)
+                           "(the secret file differs from the main host's)", True, True)
     rows = evaluate(with_cluster(worker_host(), replication_reach=refused))
     secret = row(rows, "replication", "secret")
     assert secret.status == FAIL and "refuses the replication secret" in secret.detail
@@ -276,7 +276,7 @@ def test_main_unreachable_names_the_address_and_the_link():
 
 
 def test_redis_refusing_the_password_on_a_worker_host():
-    refused = Reach(False, f"Redis at {REDIS} refuses the password: -WRONGPASS invalid", True)
+    refused = Reach(False, f"Redis at {REDIS} refuses the password: -WRONGPASS invalid", True, True)
     facts = with_cluster(worker_host(), redis_reach=refused)
     facts = replace(facts, redis=RedisFacts(REDIS, error="WRONGPASS invalid"))
     rows = evaluate(facts)
@@ -377,3 +377,15 @@ def test_worker_host_counts_only_its_own_redis_connections_without_attribution()
     rows = evaluate(replace(facts, redis=replace(redis, clients=tuple(c for c in redis.clients
                                                                        if c is not mine[0]))))
     assert row(rows, "redis", "replication").status == FAIL
+
+
+def test_something_else_answering_is_not_called_a_wrong_secret():
+    other = Reach(False, f"main's replication listener at {REPLICATION} answered HTTP 404, not what "
+                         "Synapse's replication endpoint answers", True)
+    rows = evaluate(with_cluster(worker_host(), replication_reach=other))
+    secret = row(rows, "replication", "secret")
+    assert secret.status == FAIL and secret.advice.startswith(f"something else answers at {REPLICATION}")
+    assert "copy" not in secret.advice
+    other = Reach(False, f"Redis at {REDIS} refuses the password: HTTP/1.1 400 Bad Request", True)
+    redis = row(evaluate(with_cluster(worker_host(), redis_reach=other)), "redis", REDIS)
+    assert redis.status == FAIL and redis.advice.startswith(f"something else answers at {REDIS}")

@@ -23,6 +23,7 @@ from hostroot import make_root
 from matrix_synapse_workers import paths, status, statusprobe
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.status import FAIL, OK, RedisClient, WORKER_HOST
+from matrix_synapse_workers.system import netprobe
 from matrix_synapse_workers.topology import Address, http_port
 
 HOSTB = "127.77.0.2"
@@ -274,3 +275,30 @@ def test_gather_on_a_main_host_costs_one_timeout_for_a_hung_worker_host(two_root
         f"on hostb ({HOSTB}:{http_port('sync', 2)}): /health: no answer within 1 s"
     assert by[("process", "events-1-hostb")].status == FAIL
     assert by[("redis", f"127.0.0.1:{redis_server.port}")].status == OK
+
+
+def test_netprobe_answers_are_classified_by_who_answered(redis_server):
+    wrong = statusprobe._reach(netprobe.redis_auth(redis_server, "wrong", 2))
+    assert (wrong.ok, wrong.reached, wrong.refused) == (False, True, True)
+    right = statusprobe._reach(netprobe.redis_auth(redis_server, PASSWORD, 2))
+    assert (right.ok, right.reached, right.refused) == (True, True, False)
+    closed = statusprobe._reach(netprobe.redis_auth(Address("127.0.0.1", free_port()), PASSWORD, 1))
+    assert (closed.ok, closed.reached, closed.refused) == (False, False, False)
+    # Something that is not Redis (here an HTTP server's answer) is reached, not a refusal.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    other = statusprobe._reach(netprobe.redis_auth(Address("127.0.0.1", server.getsockname()[1]), PASSWORD, 2))
+    thread.join(2)
+    server.close()
+    assert (other.ok, other.reached, other.refused) == (False, True, False)
+    assert "\n" not in other.detail and other.detail.endswith("HTTP/1.1 400 Bad Request")

@@ -221,6 +221,22 @@ class SecretFile:
 
 
 @dataclass(frozen=True)
+class PeerListener:
+    """A stream writer's replication listener on another host, asked from this one.
+
+    Every process sends a stream's writes to its writer's replication listener:
+    a firewall that lets /health through but not that port breaks the stream.
+    """
+
+    name: str
+    #: The host it runs on: a worker-host label, or ``main``.
+    host: str
+    address: str
+    stream: str | None
+    health: Health
+
+
+@dataclass(frozen=True)
 class ClusterFacts:
     """Synapse over several machines, as this host sees it."""
 
@@ -251,6 +267,8 @@ class ClusterFacts:
     secret_tested: bool = False
     #: GET /health on main's replication address over the private network.
     main_health: Health | None = None
+    #: The replication listeners of stream writers on other hosts.
+    writers: tuple[PeerListener, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -851,6 +869,35 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
     return [Row("redis", cluster.redis, FAIL, reach.detail, advice)]
 
 
+def check_writers(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """Stream writers on other hosts: their replication listeners answer from here."""
+    rows = []
+    worker_host = cluster.role == WORKER_HOST
+    for writer in cluster.writers:
+        what = f"{writer.stream} stream" if writer.stream else "stream"
+        if writer.health.ok:
+            rows.append(Row("replication", writer.name, OK,
+                            f"its replication listener on {writer.host} ({writer.address}) answers"))
+            continue
+        got = writer.health.error or f"HTTP {writer.health.status}"
+        unit = paths.WORKER_UNIT_TEMPLATE.format(name=writer.name)
+        port = writer.address.rpartition(":")[2]
+        if worker_host:
+            if cluster.main_health is None or not cluster.main_health.ok:
+                continue  # main itself is unreachable: its row says so
+            advice = (f"check the private link to {writer.host} (a firewall must let this host reach "
+                      f"{writer.address}) and that {unit} runs there")
+        else:
+            if not facts.health.get(writer.name, Health()).ok:
+                continue  # the worker itself does not answer: its process row says so
+            advice = (f"on {writer.host}: a firewall must let the main host reach TCP port {port}; "
+                      f"{paths.PACKAGE} status there checks the worker")
+        rows.append(Row("replication", writer.name, FAIL,
+                        f"its replication listener on {writer.host} ({writer.address}): {got}; the {what}'s "
+                        "writes cannot reach it from here", advice))
+    return rows
+
+
 def check_remote_redis(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     """Main host: each worker host's Redis connections, told apart by their address."""
     redis = facts.redis
@@ -930,6 +977,7 @@ def evaluate(facts: Facts) -> list[Row]:
     if total is not None:
         rows.append(total)
     if cluster is not None:
+        rows += check_writers(facts, cluster)
         rows += check_remote_redis(facts, cluster)
     rows.append(check_versions(facts))
     rows += check_nginx(facts)
@@ -942,6 +990,7 @@ def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     rows = check_cluster(facts, cluster)
     rows += [check_main_unit_absent(facts), check_target(facts)]
     rows += [check_process(facts, p) for p in facts.expected.processes]
+    rows += check_writers(facts, cluster)
     rows += check_worker_host_redis(facts)
     total = check_replication_total(facts)
     if total is not None:

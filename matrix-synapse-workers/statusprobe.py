@@ -41,8 +41,8 @@ from .render import RenderedFile, dump_yaml, main_listeners, render
 from .selection import select
 from .settings import RedisMode, Settings, parse_redis
 from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
-                     NginxFacts, PathStat, Reach, RedisClient, RedisFacts, SecretFile, UnitState,
-                     expected_processes, worker_process)
+                     NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
+                     UnitState, expected_processes, worker_process)
 from .system import netprobe
 from .topology import Address, HostRole, Topology, WorkerHost
 
@@ -559,6 +559,25 @@ def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
     return tuple(found)
 
 
+def writers_elsewhere(side: Side) -> tuple[tuple[Worker, Address], ...]:
+    """Stream writers on other hosts whose replication listeners this host's processes use."""
+    cluster = side.cluster
+    if cluster is None:
+        return ()
+    if side.role == WORKER_HOST:
+        workers = side.plan.workers if side.plan is not None else ()
+    else:
+        workers = cluster_workers(cluster, None)
+    found = []
+    for worker in workers:
+        if worker.host == side.label:
+            continue  # this host's own
+        address = worker.replication_address(cluster.replication)
+        if address is not None:
+            found.append((worker, address))
+    return tuple(found)
+
+
 def local_workers(names: Sequence[str], side: Side) -> tuple[Worker, ...]:
     """A worker host's workers on disk, at the address cluster.yaml gives the host."""
     address = side.cluster.addresses.get(side.label or "") if side.cluster is not None else None
@@ -716,6 +735,9 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     private_redis = cluster.redis if cluster is not None else None
     if worker_host and redis_settings.host and redis_settings.port:
         private_redis = Address(redis_settings.host, redis_settings.port)
+    writers = writers_elsewhere(side)
+    for worker, address in writers:
+        jobs[f"writer:{worker.name}"] = partial(http_health, address, timeout)
     if cluster is not None:
         jobs["main"] = lambda: http_health(cluster.replication, timeout)
         if redis_secret is not None and private_redis is not None:
@@ -733,6 +755,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         cluster_facts = replace(
             cluster_facts, redis=str(private_redis), main_health=results["main"],
             redis_reach=results.get("redis-auth"),
+            writers=tuple(PeerListener(w.name, w.host or CLUSTER_MAIN, str(address), w.role.stream,
+                                       results[f"writer:{w.name}"]) for w, address in writers),
             replication_reach=results.get("replication"), secret_tested=secret is not None)
 
     answers = results["debconf"] if isinstance(results["debconf"], dict) else None

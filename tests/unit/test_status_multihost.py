@@ -14,9 +14,9 @@ from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_fro
 from matrix_synapse_workers.plan import Plan, remote_workers
 from matrix_synapse_workers.status import (FAIL, INFO, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts,
                                            ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat,
-                                           Reach, RedisClient, RedisFacts, SecretFile, UnitState,
+                                           PeerListener, Reach, RedisClient, RedisFacts, SecretFile, UnitState,
                                            evaluate, exit_code, expected_processes, worker_process)
-from matrix_synapse_workers.topology import main_topology
+from matrix_synapse_workers.topology import main_topology, replication_port
 
 HOSTB = "10.99.0.2"
 REPLICATION = "10.99.0.1:9093"
@@ -389,3 +389,33 @@ def test_something_else_answering_is_not_called_a_wrong_secret():
     other = Reach(False, f"Redis at {REDIS} refuses the password: HTTP/1.1 400 Bad Request", True)
     redis = row(evaluate(with_cluster(worker_host(), redis_reach=other)), "redis", REDIS)
     assert redis.status == FAIL and redis.advice.startswith(f"something else answers at {REDIS}")
+
+
+def test_a_stream_writers_replication_listener_unreachable_from_the_other_host():
+    address = f"{HOSTB}:{replication_port('events', 1)}"
+    up = PeerListener("events-1-hostb", "hostb", address, "events", Health(200, "OK", VERSION))
+    rows = evaluate(with_cluster(main_host(), writers=(up,)))
+    assert row(rows, "replication", "events-1-hostb").detail == \
+        f"its replication listener on hostb ({address}) answers"
+    # /health answers on the HTTP port, but a firewall drops the replication port.
+    down = replace(up, health=Health(error="no answer within 1 s"))
+    rows = evaluate(with_cluster(main_host(), writers=(down,)))
+    writer = row(rows, "replication", "events-1-hostb")
+    assert writer.status == FAIL and "the events stream's writes cannot reach it" in writer.detail
+    assert writer.advice.startswith(f"on hostb: a firewall must let the main host reach TCP port "
+                                    f"{replication_port('events', 1)}")
+    assert exit_code(rows) == 2
+    # The worker itself down: one row for it, not two.
+    facts = with_cluster(main_host(), writers=(down,))
+    health = dict(facts.health, **{"events-1-hostb": Health(error="no answer within 1 s")})
+    rows = evaluate(replace(facts, health=health))
+    assert [r for r in rows if r.check == "replication"] == []
+    # On a worker host: a writer on the main host, through the link.
+    typing = PeerListener("typing-1", "main", f"10.99.0.1:{replication_port('typing', 1)}", "typing",
+                          Health(error="connection refused (nothing listens)"))
+    rows = evaluate(with_cluster(worker_host(), writers=(typing,)))
+    assert row(rows, "replication", "typing-1").advice.startswith(
+        f"check the private link to main (a firewall must let this host reach 10.99.0.1:"
+        f"{replication_port('typing', 1)})")
+    rows = evaluate(with_cluster(worker_host(), writers=(typing,), main_health=Health(error="timed out")))
+    assert [r for r in rows if r.subject == "typing-1"] == []

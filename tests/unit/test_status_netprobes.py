@@ -24,7 +24,7 @@ from matrix_synapse_workers import paths, status, statusprobe
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.status import FAIL, OK, RedisClient, WORKER_HOST
 from matrix_synapse_workers.system import netprobe
-from matrix_synapse_workers.topology import Address, http_port
+from matrix_synapse_workers.topology import Address, http_port, replication_port
 
 HOSTB = "127.77.0.2"
 MAIN = "127.77.0.1"
@@ -260,14 +260,18 @@ def test_gather_on_a_main_host_costs_one_timeout_for_a_hung_worker_host(two_root
               ("sync-3-hostb", http_port("sync", 3)), ("events-1-hostb", http_port("events", 1))]
     for _, port in remote:
         hung(HOSTB, port)
+    # The events writer's replication listener (main sends it the events' writes) hangs too.
+    hung(HOSTB, replication_port("events", 1))
     started = time.monotonic()
     facts = statusprobe.gather(root, timeout=1)
     elapsed = time.monotonic() - started
-    # Five endpoints that each take the whole timeout: probed one after another that is 5 s.
+    # Six endpoints that each take the whole timeout: probed one after another that is 6 s.
     assert elapsed < 3, elapsed
     for name, port in remote:
         assert facts.health[name].error == "no answer within 1 s", (name, facts.health[name])
     assert facts.cluster.main_health.error == "no answer within 1 s"
+    assert [(w.name, w.address, w.health.error) for w in facts.cluster.writers] == [
+        ("events-1-hostb", f"{HOSTB}:{replication_port('events', 1)}", "no answer within 1 s")]
     assert facts.cluster.redis_reach.ok
     rows = status.evaluate(facts)
     by = {(r.check, r.subject): r for r in rows}

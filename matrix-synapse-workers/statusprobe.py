@@ -237,11 +237,13 @@ def _endpoint(text: str) -> str:
     return f"{host.strip('[]')}:{port}"
 
 
-def parse_ss_tcp(text: str, clients: Sequence[RedisClient], server: Address) -> dict[int, int]:
+def parse_ss_tcp(text: str, clients: Sequence[RedisClient], server: Address) -> dict[int, int] | None:
     """``ss -tpnH`` on a worker host -> Redis server fd -> pid of the local client.
 
     Redis names each client by its end of the connection (``addr=``), which is
-    the local end of this host's connection to Redis in ``ss``.
+    the local end of this host's connection to Redis in ``ss``.  None when this
+    host has connections to Redis but Redis knows none of them by that name
+    (address translation on the way): they cannot be attributed.
     """
     by_endpoint: dict[str, int] = {}
     peer = _endpoint(str(server))
@@ -252,8 +254,9 @@ def parse_ss_tcp(text: str, clients: Sequence[RedisClient], server: Address) -> 
         owner = re.search(r"pid=(\d+),fd=(\d+)", fields[5])
         if owner is not None:
             by_endpoint[_endpoint(fields[3])] = int(owner[1])
-    return {c.fd: by_endpoint[_endpoint(c.addr)] for c in clients
-            if c.addr and _endpoint(c.addr) in by_endpoint}
+    found = {c.fd: by_endpoint[_endpoint(c.addr)] for c in clients
+             if c.addr and _endpoint(c.addr) in by_endpoint}
+    return None if by_endpoint and not found else found
 
 
 def _run(argv: Sequence[str], timeout: float = 1.5) -> subprocess.CompletedProcess[str] | None:

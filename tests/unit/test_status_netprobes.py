@@ -112,6 +112,11 @@ def test_parse_ss_tcp_on_recorded_output():
     assert statusprobe.parse_ss_tcp(text, clients, Address("10.99.0.1", 6379)) == {8: 201, 9: 202}
     six = (RedisClient(12, 1, "P", "[fd00::2]:41003"),)
     assert statusprobe.parse_ss_tcp(text, six, Address("fd00::1", 6379)) == {12: 203}
+    # Connections to Redis that Redis knows by other names (translated on the way): not attributable.
+    translated = (RedisClient(8, 1, "P", "192.0.2.7:5000"),)
+    assert statusprobe.parse_ss_tcp(text, translated, Address("10.99.0.1", 6379)) is None
+    # No connection to Redis at all: every process has none.
+    assert statusprobe.parse_ss_tcp("", clients, Address("10.99.0.1", 6379)) == {}
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ss") is None, reason="ss shows owners to root only")

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__, paths
-from .catalog import DEFAULT_PRESET, PRESETS, ROLES
+from .catalog import PRESETS, ROLES
 from .errors import SelectionError, WorkersError
 from .hostfacts import HostFacts, read_host_facts, require_postgres
 from .plan import Plan, make_plan, parse_worker_name
 from .render import RenderedFile, render
-from .selection import Selection, select
+from .selection import AUTO, Selection, select
 from .settings import Settings, parse_redis
 from .topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
@@ -50,7 +50,7 @@ def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selecti
     """What was asked for; with nothing asked, what is deployed, else the default preset."""
     if preset is None and workers is None:
         workers = current_workers_spec(facts)
-        preset = None if workers else DEFAULT_PRESET
+        preset = None if workers else AUTO
     return select(preset=preset, workers=workers)
 
 
@@ -128,7 +128,8 @@ def plan_as_table(desired: Desired) -> str:
 def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("/"),
                         help="root directory holding etc/matrix-synapse (default: /)")
-    parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--preset", help=f"one of: {AUTO} (sized from this machine's cores and "
+                                         f"memory; the default), {', '.join(PRESETS)}")
     parser.add_argument("--workers", metavar="SPEC",
                         help="worker types and counts, e.g. 'sync:4,federation_sender:2,background'")
     parser.add_argument("--socket-group", default=paths.DEFAULT_SOCKET_GROUP,

@@ -17,6 +17,7 @@ from typing import Mapping
 
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
+from .sizing import sized_counts, this_machine
 
 _COUNT = re.compile(r"^[0-9]+$")
 
@@ -38,8 +39,12 @@ def accepted_roles() -> str:
     return ", ".join(ROLES)
 
 
+#: The preset sized from this machine's cores and memory (sizing.py).
+AUTO = "auto"
+
+
 def accepted_presets() -> str:
-    return ", ".join(PRESETS)
+    return ", ".join((AUTO, *PRESETS))
 
 
 def _check_count(role: str, count: int) -> None:
@@ -86,6 +91,8 @@ def parse_workers(spec: str) -> dict[str, int]:
 
 def preset_counts(name: str) -> dict[str, int]:
     key = name.strip().lower().replace("-", "_")
+    if key == AUTO:
+        return sized_counts(*this_machine())
     if key not in PRESETS:
         raise SelectionError(f"unknown preset {name!r}; accepted: {accepted_presets()}")
     return dict(PRESETS[key].counts)

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "topology", "cluster"]
+MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "topology", "cluster", "sizing"]
 
 
 @pytest.mark.parametrize("name", MODULES)

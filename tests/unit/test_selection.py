@@ -39,10 +39,17 @@ def test_bad_specs_name_the_value_and_what_is_accepted(spec, fragments):
 
 
 def test_unknown_preset():
-    with pytest.raises(SelectionError, match=r"unknown preset 'huge'; accepted: minimal, small"):
+    with pytest.raises(SelectionError, match=r"unknown preset 'huge'; accepted: auto, minimal, small"):
         select(preset="huge")
 
 
 def test_nothing_chosen_is_an_error():
     with pytest.raises(SelectionError, match="no workers chosen"):
         select(workers=" , ")
+
+
+def test_auto_is_sized_from_this_machine():
+    from matrix_synapse_workers.sizing import sized_counts, this_machine
+    cores, memory = this_machine()
+    assert cores >= 1 and memory > 0
+    assert select(preset="auto").counts == sized_counts(cores, memory)

@@ -1,0 +1,62 @@
+"""Pure: how many workers this machine should run, from its cores and memory.
+
+The measured basis (README, Benchmarks; 2 cores, Synapse 1.163, PostgreSQL on
+the same machine): every Synapse process holds 117-150 MiB; each split costs
+CPU per request (18.5 ms single, about 22 ms with a sync worker and a client
+reader, 34 ms with one worker of every type), so on 2 cores the bigger presets
+lose, and the split that measured best there is a sync worker plus a client
+reader.  With more cores the same split grows where the load is: the sync
+pool first, then the client pool.  Above 2 cores that growth is reasoning,
+not yet measurement: ``scripts/bench --cores N`` on a bigger machine checks it.
+
+>>> sized_counts(2, 4096)
+{'sync': 1, 'client': 1}
+>>> sized_counts(8, 32768)
+{'sync': 4, 'client': 2}
+>>> sized_counts(8, 1024)
+{'sync': 1, 'client': 1}
+>>> sized_counts(1, 2048)
+{'sync': 1}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The most a Synapse process was seen to hold (RSS) in the benchmarks.
+PROCESS_MIB = 150
+#: Share of the memory Synapse's processes may take; PostgreSQL, Redis, nginx
+#: and the page cache get the rest.
+SYNAPSE_SHARE = 0.5
+
+
+def sized_counts(cores: int, memory_mib: int) -> dict[str, int]:
+    """Worker counts for a machine with ``cores`` CPUs and ``memory_mib`` of RAM."""
+    if cores <= 1:
+        return {"sync": 1}  # one core: a split only adds CPU per request
+    sync, client = max(1, cores // 2), max(1, cores // 4)
+    budget = int(memory_mib * SYNAPSE_SHARE) // PROCESS_MIB - 1  # main takes one
+    while sync + client > max(budget, 2):
+        if sync > client:
+            sync -= 1
+        else:
+            client -= 1
+    return {"sync": sync, "client": client}
+
+
+def this_machine() -> tuple[int, int]:
+    """(CPUs this process may use, MiB of RAM)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kib = int(line.split()[1])
+            break
+    return cores, memory_kib // 1024
+
+
+def describe(cores: int, memory_mib: int) -> str:
+    counts = sized_counts(cores, memory_mib)
+    return (f"{cores} cores, {memory_mib} MiB: "
+            + ", ".join(f"{role}:{n}" for role, n in counts.items()))

@@ -108,6 +108,11 @@ def test_every_endpoint_class_lands_where_the_route_table_says(routed):
         ("GET", "/_matrix/media/v3/config", None),
         ("GET", "/_matrix/federation/v1/version", None),
         ("GET", "/_matrix/client/v3/pushers", None),
+        # Reconciled with Synapse 1.163.2's worker servlets:
+        ("PUT", f"/_matrix/client/v3/rooms/{room_id}/join/j1", {}),
+        ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", {"lists": {}}),
+        ("GET", f"/_matrix/client/v1/room_summary/{room_id}", None),
+        ("GET", "/_matrix/client/v3/notifications", None),
     ]
     everyone = ["main", *WORKERS]
     seen = {}

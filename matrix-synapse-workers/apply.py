@@ -61,9 +61,10 @@ class ApplyReport:
         return bool(self.system_steps or self.services or self.changes.files_changed)
 
 
-def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...]) -> dict[PurePosixPath, OnDisk]:
+def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...],
+                  removable: tuple[PurePosixPath, ...] = ()) -> dict[PurePosixPath, OnDisk]:
     found: dict[PurePosixPath, OnDisk] = {}
-    candidates = {f.path for f in desired}
+    candidates = {f.path for f in desired} | set(removable)
     for directory in (paths.WORKERS_DIR, paths.WORKER_LOGS_DIR):
         if (root / directory).is_dir():
             candidates |= {directory / p.name for p in (root / directory).glob("*.yaml")}
@@ -282,7 +283,10 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     desired = render(plan, facts, settings)
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
-    changes = compute_changes(plan, desired, _read_on_disk(root, desired))
+    # The main host's cluster.yaml goes once no worker host is left; on a worker host it
+    # is the admin's copy and stays.
+    removable = () if worker_host else (paths.CLUSTER_FILE,)
+    changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
     guide = _guide_redis_text(root, settings)
     report = ApplyReport(changes, plan)
     if dry_run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -109,9 +109,11 @@ def _worker_of(path: PurePosixPath) -> str | None:
 
 
 def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
-                    on_disk: Mapping[PurePosixPath, OnDisk]) -> Changes:
+                    on_disk: Mapping[PurePosixPath, OnDisk],
+                    removable: Iterable[PurePosixPath] = ()) -> Changes:
     """``on_disk`` holds every desired path that exists plus every file in the
-    workers and worker-logs directories."""
+    workers and worker-logs directories (and the ``removable`` ones that exist):
+    files this package wrote before that go when no longer desired."""
     old_workers = {p.stem for p, f in on_disk.items()
                    if p.parent == paths.WORKERS_DIR and f.ours and split_worker_name(p.stem)}
     new_workers = set(plan.names)
@@ -158,7 +160,8 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     # A removed worker's files, and log configs left by a worker file an admin deleted.
     remove = sorted(p for p, f in on_disk.items() if f.ours and (
         _worker_of(p) in removed
-        or (p.parent == paths.WORKER_LOGS_DIR and _worker_of(p) not in new_workers)))
+        or (p.parent == paths.WORKER_LOGS_DIR and _worker_of(p) not in new_workers)
+        or (p in set(removable) and p not in {d.path for d in desired})))
     return Changes(
         write=tuple(write),
         remove=tuple(remove),

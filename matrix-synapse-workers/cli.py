@@ -71,26 +71,13 @@ def decide(root: Path, preset: str | None, workers: str | None, settings: Settin
 def deployed_topology(root: Path) -> Topology:
     """What this host is now: a worker host (its mark), a main host with worker hosts
     (its cluster.yaml), or one machine."""
-    from .cluster import MAIN, read_cluster
-    from .plan import split_worker_name
-    from .topology import WorkerHost
+    from .cluster import main_topology_of, read_cluster
     mark = root / paths.WORKER_HOST_MARK
     if mark.is_file():
         return worker_host_topology(mark.read_text(encoding="utf-8").strip())
     if not (root / paths.CLUSTER_FILE).is_file():
         return Topology()
-    cluster = read_cluster(root)
-    hosts = []
-    for label, names in cluster.workers.items():
-        if label == MAIN:
-            continue
-        counts: dict[str, int] = {}
-        for name in names:
-            parsed = split_worker_name(name)
-            if parsed:
-                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
-        hosts.append(WorkerHost(label, cluster.addresses[label], counts))
-    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
+    return main_topology_of(read_cluster(root))
 
 
 def plan_as_json(desired: Desired) -> dict[str, object]:

@@ -26,7 +26,7 @@ import yaml
 from . import paths
 from .errors import HostConfigError
 from .plan import Plan, Worker, split_worker_name
-from .topology import DEFAULT_REDIS_PORT, Address
+from .topology import DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost
 
 MAIN = "main"
 COPY_HINT = (f"copy the directory /{paths.CLUSTER_DIR} from the main host, keeping owners and "
@@ -45,7 +45,10 @@ class Cluster:
 
 
 def redis_address(plan: Plan) -> Address | None:
-    """Where worker hosts reach the dedicated Redis: main's private address."""
+    """Where other hosts reach the dedicated Redis: as cluster.yaml says on a worker
+    host, main's private address when the main host writes it."""
+    if plan.redis is not None:
+        return plan.redis
     return Address(plan.replication.host, DEFAULT_REDIS_PORT) if plan.replication else None
 
 
@@ -111,7 +114,22 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
                                       f"package gives on host {label!r}; {COPY_HINT}")
             found.append(Worker(name, parsed[0], parsed[1], host,
                                 cluster.addresses.get(label) if host else None))
-    return Plan(tuple(found), cluster.replication, here)
+    return Plan(tuple(found), cluster.replication, here, cluster.redis)
+
+
+def main_topology_of(cluster: Cluster) -> Topology:
+    """The main host's topology as its cluster.yaml records it."""
+    hosts = []
+    for label, names in cluster.workers.items():
+        if label == MAIN:
+            continue
+        counts: dict[str, int] = {}
+        for name in names:
+            parsed = split_worker_name(name)
+            if parsed is not None:
+                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+        hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
+    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
 
 
 def read_cluster(root: Path) -> Cluster:

@@ -91,6 +91,8 @@ class Plan:
     replication: Address | None = None
     #: The worker-host label this plan is rendered on; None for the main host.
     here: str | None = None
+    #: Where other hosts reach Redis, as cluster.yaml says (None: derived on the main host).
+    redis: Address | None = None
 
     @property
     def spans_hosts(self) -> bool:

@@ -33,7 +33,7 @@ import yaml
 from . import paths
 from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
     normalized_counts
-from .cluster import MAIN as CLUSTER_MAIN, Cluster, plan_from_cluster, read_cluster
+from .cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
 from .errors import WorkersError
 from .hostfacts import existing_worker_names, read_host_facts
 from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
@@ -44,7 +44,7 @@ from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from .system import netprobe
-from .topology import Address, HostRole, Topology, WorkerHost
+from .topology import Address, Topology
 
 TIMEOUT = 1.0
 REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
@@ -536,17 +536,7 @@ def read_side(root: Path) -> Side:
 
 def topology_of(cluster: Cluster) -> Topology:
     """The main host's topology as cluster.yaml records it (for the files it would write)."""
-    hosts = []
-    for label, names in cluster.workers.items():
-        if label == CLUSTER_MAIN:
-            continue
-        counts: dict[str, int] = {}
-        for name in names:
-            parsed = split_worker_name(name)
-            if parsed is not None:
-                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
-        hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
-    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
+    return main_topology_of(cluster)
 
 
 def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:

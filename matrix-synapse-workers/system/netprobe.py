@@ -38,13 +38,14 @@ def tcp(address: Address, timeout: float = TIMEOUT) -> Probe:
 
 
 def _recv_line(sock: socket.socket) -> bytes:
+    """The first line of the answer (a Redis status reply is one line)."""
     data = b""
-    while not data.endswith(b"\r\n"):
+    while b"\r\n" not in data and len(data) < 4096:
         chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.strip()
+    return data.split(b"\r\n", 1)[0].strip()
 
 
 def redis_auth(address: Address, password: str, timeout: float = TIMEOUT) -> Probe:
@@ -60,8 +61,10 @@ def redis_auth(address: Address, password: str, timeout: float = TIMEOUT) -> Pro
             sock.sendall(bulk("AUTH", password))
             answer = _recv_line(sock)
             if answer != b"+OK":
-                return Probe(False, f"Redis at {address} refuses the password: "
-                                    f"{answer.decode(errors='replace')[:120] or 'no answer'}")
+                text = answer.decode(errors="replace")[:120] or "no answer"
+                if answer.startswith(b"-"):
+                    return Probe(False, f"Redis at {address} refuses the password: {text}")
+                return Probe(False, f"{address} did not answer as Redis does: {text}")
             sock.sendall(bulk("PING"))
             answer = _recv_line(sock)
             if answer != b"+PONG":

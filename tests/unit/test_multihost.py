@@ -299,3 +299,17 @@ def test_probes_of_a_closed_port_say_unreachable():
 def test_local_address_check():
     assert netprobe.is_local_address("127.0.0.1")
     assert not netprobe.is_local_address("192.0.2.123")  # TEST-NET-1, never assigned here
+
+
+def test_main_host_back_on_one_machine_drops_its_cluster_yaml(main_side):
+    from matrix_synapse_workers.changes import OnDisk, compute_changes
+    root, facts, plan, settings = main_side
+    spanning = render(plan, facts, settings)
+    on_disk = {f.path: OnDisk(f.content, f.mode) for f in spanning}
+    alone = make_plan(select(workers="sync,typing"), facts)
+    desired = render(alone, facts, Settings())
+    changes = compute_changes(alone, desired, on_disk, removable=(paths.CLUSTER_FILE,))
+    assert paths.CLUSTER_FILE in changes.remove
+    assert changes.restart_main  # listeners, secret path and Redis password go
+    # A worker host keeps its copy: nothing is removable there.
+    assert paths.CLUSTER_FILE not in compute_changes(alone, desired, on_disk).remove

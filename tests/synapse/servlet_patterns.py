@@ -39,6 +39,10 @@ def main() -> None:
     hs = mock.MagicMock()
     hs.config = config
     hs.hostname = config.server.server_name
+    if config.worker.worker_app is None:
+        # Older releases assert that main's device handler is the writer's class.
+        from synapse.handlers.device import DeviceHandler
+        hs.get_device_handler.return_value = mock.MagicMock(spec=DeviceHandler)
     recorder = Recorder()
     ClientRestResource.register_servlets(recorder, hs)
     register_federation(hs, recorder, authenticator=mock.MagicMock(),

@@ -15,6 +15,10 @@ installed version:
 An upgrade that adds, moves or drops an endpoint fails here instead of silently
 landing on main or on a worker that cannot answer.  The last test breaks the
 table on purpose and proves each check notices.
+
+The table is the one for the Synapse version found in the venv, so pointing
+MSW_SYNAPSE_PYTHON at a venv of an older Synapse checks the version-gated
+entries against that release.
 """
 
 from __future__ import annotations
@@ -41,8 +45,12 @@ except ImportError:  # Python < 3.11
     import sre_parse  # type: ignore[no-redef]
 
 PROBE = Path(__file__).with_name("servlet_patterns.py")
-#: Servlets a worker registers that the table leaves on main on purpose, with the reason.
-LEFT_ON_MAIN: dict[str, str] = {
+#: Servlets a worker registers that the table leaves on main on purpose: the
+#: methods, the release from which it no longer applies, and the reason.
+LEFT_ON_MAIN: dict[str, tuple[frozenset[str], tuple[int, int, int] | None, str]] = {
+    "DeviceRestServlet": (frozenset({"PUT", "DELETE"}), (1, 135, 0),
+                          "1.130 to 1.134 register changes of one device on workers, which "
+                          "answer them with 500 'must be routed to main process'"),
 }
 #: Table classes served by other resources than the client and federation ones.
 OTHER_RESOURCES = {"media"}
@@ -156,11 +164,19 @@ def to_a_worker(table: Sequence[Endpoints], method: str, path: str) -> Endpoints
 
 # --- the three checks, each returning what it found wrong ----------------------
 
-def unrouted(table: Sequence[Endpoints], servlets: Servlets) -> dict[str, list[str]]:
+def left_on_main(servlet: str, method: str, version: tuple[int, int, int]) -> bool:
+    if servlet not in LEFT_ON_MAIN:
+        return False
+    methods, until, _ = LEFT_ON_MAIN[servlet]
+    return method in methods and (until is None or version < until)
+
+
+def unrouted(table: Sequence[Endpoints], servlets: Servlets,
+             version: tuple[int, int, int]) -> dict[str, list[str]]:
     """Requests a worker serves that the table leaves on main."""
     found: dict[str, list[str]] = {}
     for (method, path), servlet in requests(servlets["worker"]):
-        if servlet not in LEFT_ON_MAIN and to_a_worker(table, method, path) is None:
+        if not left_on_main(servlet, method, version) and to_a_worker(table, method, path) is None:
             found.setdefault(servlet, []).append(f"{method} {path}")
     return found
 
@@ -222,18 +238,33 @@ def _probe(synapse_python: str, tmp: Path, config_paths: list[Path]) -> list[Reg
 
 
 @pytest.fixture(scope="module")
-def servlets(synapse_python, tmp_path_factory) -> Servlets:
+def synapse_version(synapse_python) -> tuple[int, int, int]:
+    """The venv's Synapse version, found as the package finds the installed one."""
+    venv = Path(synapse_python).parent.parent
+    version = installed_version(venv, ("lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",))
+    assert version is not None, f"no Synapse metadata in {venv}"
+    return version
+
+
+#: Stream writers with endpoints, and the release that first accepts them.
+WRITERS = {"typing": None, "to_device": None, "account_data": None, "receipts": None,
+           "presence": None, "push_rules": None, "device_lists": (1, 135, 0)}
+
+
+@pytest.fixture(scope="module")
+def servlets(synapse_python, synapse_version, tmp_path_factory) -> Servlets:
     """What main and a generic worker register, with every stream that has endpoints
     written by a worker (so every servlet a worker may register is there)."""
     tmp = tmp_path_factory.mktemp("routes")
     root = make_root(tmp)
-    spec = "client,federation_reader,typing,to_device,account_data,receipts,presence,push_rules,device_lists"
+    writers = [w for w, since in WRITERS.items() if since is None or synapse_version >= since]
+    spec = ",".join(["client", "federation_reader", *writers])
     assert main(["render", "--root", str(root), "--workers", spec]) == 0
     etc = root / "etc/matrix-synapse"
     shared = [etc / "homeserver.yaml", etc / "conf.d"]
     worker: set[Registration] = set()
-    for name in ("client-1", "federation-reader-1", "typing-1", "to-device-1", "account-data-1",
-                 "receipts-1", "presence-1", "push-rules-1", "device-lists-1"):
+    for role in spec.split(","):
+        name = f"{role.replace('_', '-')}-1"
         worker.update(_probe(synapse_python, tmp, shared + [etc / "workers" / f"{name}.yaml"]))
     found = {"worker": sorted(worker), "main": sorted(set(_probe(synapse_python, tmp, shared)))}
     assert len(found["worker"]) > 100 and len(found["main"]) > len(found["worker"])
@@ -241,16 +272,13 @@ def servlets(synapse_python, tmp_path_factory) -> Servlets:
 
 
 @pytest.fixture(scope="module")
-def table(synapse_python) -> tuple[Endpoints, ...]:
-    """The classes that apply to the Synapse in the venv, found as the package finds it."""
-    venv = Path(synapse_python).parent.parent
-    version = installed_version(venv, ("lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",))
-    assert version is not None, f"no Synapse metadata in {venv}"
-    return table_for(version)
+def table(synapse_version) -> tuple[Endpoints, ...]:
+    """The classes that apply to the Synapse in the venv."""
+    return table_for(synapse_version)
 
 
-def test_every_endpoint_a_worker_serves_is_routed_to_a_worker(table, servlets):
-    found = unrouted(table, servlets)
+def test_every_endpoint_a_worker_serves_is_routed_to_a_worker(table, servlets, synapse_version):
+    found = unrouted(table, servlets, synapse_version)
     assert not found, ("endpoints a worker serves that the route table sends to main; add them "
                        "to catalog.ENDPOINTS (or LEFT_ON_MAIN with the reason): "
                        + json.dumps(found, indent=1))
@@ -267,11 +295,11 @@ def test_nothing_main_alone_serves_is_sent_to_a_worker(table, servlets):
                        + json.dumps(found, indent=1))
 
 
-def test_each_check_fails_on_a_broken_table(table, servlets):
+def test_each_check_fails_on_a_broken_table(table, servlets, synapse_version):
     """The checks can fail: drop a class, add a dead pattern, widen one onto main's ground."""
     by_name = {e.name: e for e in table}
     without_rooms = tuple(e for e in table if e.name != "room")
-    assert "RoomMessageListRestServlet" in unrouted(without_rooms, servlets)
+    assert "RoomMessageListRestServlet" in unrouted(without_rooms, servlets, synapse_version)
 
     dead = replace(by_name["client"], patterns=by_name["client"].patterns
                    + (r"^/_matrix/client/v3/no_such_servlet$", r"^/_matrix/client/(v3|r1)/versions$"))

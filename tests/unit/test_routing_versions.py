@@ -1,9 +1,10 @@
 """Routes chosen by the installed Synapse version.
 
 The gated entries of catalog.ENDPOINTS record releases in which Synapse moved
-endpoints off main (facts from Synapse's own history: /notifications 1.93,
-GET of one device 1.130, device changes and account deactivation 1.135, the
-delayed-event restart 1.144).  The version is read from package metadata.
+endpoints off main, or added or dropped them (facts from Synapse's own
+history: /notifications 1.93, GET of one device 1.130, device changes and
+account deactivation 1.135, the delayed-event restart 1.144, ...).  The
+version is read from package metadata.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ MOVED = [
     ("POST", "/_matrix/client/v3/keys/signatures/upload", (1, 135, 0), "client"),
     ("POST", "/_matrix/client/v3/account/deactivate", (1, 135, 0), "client"),
     ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1/restart", (1, 144, 0), "client"),
+    ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events", (1, 116, 0), "client"),
+    ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1", (1, 161, 0), "client"),
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", (1, 111, 0), "sync"),
+    ("GET", "/_matrix/client/v1/room_summary/!a:x", (1, 153, 0), "client"),
+    ("GET", "/_matrix/client/unstable/im.nheko.summary/summary/!a:x", (1, 153, 0), "client"),
+]
+#: (method, path, first release with it on workers, first release without it anywhere).
+CAME_AND_WENT = [
+    ("GET", "/_matrix/client/unstable/org.matrix.msc3575/sync/e2ee", (1, 111, 0), (1, 139, 0), "sync"),
+    ("PUT", "/_matrix/client/unstable/org.matrix.msc2697.v2/dehydrated_device", (1, 135, 0), (1, 146, 0),
+     "client"),
 ]
 
 
@@ -92,12 +104,19 @@ def test_an_endpoint_stays_on_main_until_the_release_that_moved_it(method, path,
     assert routing.destination(plan, path, method, None)[0] == role
 
 
+@pytest.mark.parametrize("method, path, start, end, role", CAME_AND_WENT, ids=lambda x: str(x))
+def test_an_endpoint_synapse_dropped_goes_back_to_main(method, path, start, end, role):
+    plan = plan_of("sync,client")
+    assert [routing.destination(plan, path, method, v)[0]
+            for v in (_just_before(start), start, _just_before(end), end, None)] == [
+        "main", role, role, "main", "main"]
+
+
 @pytest.mark.parametrize("version", [(1, 89, 0), (1, 129, 0), (1, 134, 3), (1, 135, 0), None])
 def test_what_workers_always_served_goes_to_them_on_every_version(version):
     plan = plan_of("client")
     for method, path in (("GET", "/_matrix/client/v3/devices"), ("POST", "/_matrix/client/v3/keys/upload"),
-                         ("GET", "/_matrix/client/v3/sync"),
-                         ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events")):
+                         ("GET", "/_matrix/client/v3/sync"), ("POST", "/_matrix/client/v3/createRoom")):
         assert routing.destination(plan, path, method, version)[0] == "client", (method, path)
 
 

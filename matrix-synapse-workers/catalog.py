@@ -162,6 +162,10 @@ _ROLE_LIST: tuple[Role, ...] = (
             stream="quarantined_media_changes"),
     _writer("thread_subscriptions", "thread subscriptions (experimental in Synapse)",
             scales=True, experimental=True),
+    # A generic worker like sync, listed last so that the ports topology derives
+    # from each role's place stay what they were.
+    Role("initial_sync", "initial /sync (no since) and /initialSync, sticky per user", scales=True,
+         resources=("client",)),
 )
 
 #: Every role by its short name.
@@ -246,6 +250,8 @@ class Endpoints:
     role with workers first; ``read_roles`` serve only GET and HEAD when none of
     ``roles`` has workers.  Main serves the rest, and every request whose pool is
     down.  ``resource`` is the listener resource a worker needs to serve them.
+    ``initial_roles`` take the requests without a ``since`` argument (initial
+    syncs, the heavy ones) when one of them has workers.
 
     ``since`` and ``until`` bound the Synapse versions whose workers serve the
     class (``until`` excluded): an endpoint that moved off main in some release
@@ -264,6 +270,7 @@ class Endpoints:
     roles: tuple[str, ...] = ()
     read_roles: tuple[str, ...] = ()
     balance: Balance = Balance.ANY
+    initial_roles: tuple[str, ...] = ()
     #: The first Synapse release whose workers serve these; None: every supported one.
     since: Version | None = None
     #: The first Synapse release this entry no longer describes; None: still current.
@@ -325,10 +332,15 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                "^/_synapse/client/pick_username", "^/_synapse/client/new_user_consent$",
                "^/_synapse/client/sso_register$", "^/_synapse/client/oidc/callback$",
                "^/_synapse/client/saml2/authn_response$", f"{_CS}{_V}/login/cas/ticket$")),
-    Endpoints("sync", "/sync and the other event streams, sticky per user", "client",
-              (f"{_CS}{_R}/sync$", f"{_CS}{_V}/events$", f"{_CS}{_V}/initialSync$",
-               f"{_CS}{_V}/rooms/[^/]+/initialSync$"),
-              roles=("sync", "client"), balance=Balance.USER),
+    # Initial syncs (no since) are the heavy ones: their own pool when there is one.
+    Endpoints("sync", "/sync, sticky per user; initial syncs to their own pool if any", "client",
+              (f"{_CS}{_R}/sync$",), roles=("sync", "client"), initial_roles=("initial_sync",),
+              balance=Balance.USER),
+    Endpoints("initial_sync", "/initialSync of the account or a room, sticky per user", "client",
+              (f"{_CS}{_V}/initialSync$", f"{_CS}{_V}/rooms/[^/]+/initialSync$"),
+              roles=("initial_sync", "sync", "client"), balance=Balance.USER),
+    Endpoints("event_stream", "the legacy /events stream, sticky per user", "client",
+              (f"{_CS}{_V}/events$",), roles=("sync", "client"), balance=Balance.USER),
     # Sliding sync: before 1.111 only with an experimental flag (main serves it then).
     Endpoints("sliding_sync", "sliding sync, sticky per user like /sync", "client",
               (f"{_CS}unstable/org\\.matrix\\.simplified_msc3575/sync$",),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -80,6 +81,8 @@ class Location:
     upstream: Upstream | None
     #: Only GET and HEAD go here (the rest to main); set when ``upstream`` is None.
     read_upstream: Upstream | None = None
+    #: Requests without a ``since`` argument go here instead (initial syncs).
+    initial_upstream: Upstream | None = None
 
     @property
     def regex(self) -> str:
@@ -89,6 +92,20 @@ class Location:
     def method_map(self) -> str:
         """Name of the nginx variable that picks the upstream by method."""
         return f"$msw_{self.endpoints.name}_by_method"
+
+    @property
+    def since_map(self) -> str:
+        """Name of the nginx variable that picks the upstream by the ``since`` argument."""
+        return f"$msw_{self.endpoints.name}_by_since"
+
+    @property
+    def proxy_target(self) -> str:
+        """What ``proxy_pass`` names: an upstream, or the variable choosing one."""
+        if self.initial_upstream is not None:
+            return self.since_map
+        if self.upstream is not None:
+            return self.upstream.name
+        return self.method_map
 
 
 @dataclass(frozen=True)
@@ -152,12 +169,16 @@ def _pool(plan: Plan, role: str, balance: Balance) -> Upstream:
 
 def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
     """Where one class goes with this plan; None when main serves all of it."""
+    initial_role = _first_staffed(plan, endpoints.initial_roles)
+    initial = _pool(plan, initial_role, endpoints.balance) if initial_role else None
     role = _first_staffed(plan, endpoints.roles)
     if role is not None:
-        return Location(endpoints, _pool(plan, role, endpoints.balance))
+        return Location(endpoints, _pool(plan, role, endpoints.balance), initial_upstream=initial)
     reader = _first_staffed(plan, endpoints.read_roles)
     if reader is not None:
         return Location(endpoints, None, _pool(plan, reader, endpoints.balance))
+    if initial is not None:
+        return Location(endpoints, None, initial_upstream=initial)
     return None
 
 
@@ -171,7 +192,7 @@ def nginx_model(plan: Plan, version: Version | None = None) -> NginxModel:
     locations = tuple(filter(None, (location_for(plan, e) for e in table_for(version))))
     upstreams: dict[str, Upstream] = {}
     for location in locations:
-        for upstream in (location.upstream, location.read_upstream):
+        for upstream in (location.upstream, location.read_upstream, location.initial_upstream):
             if upstream is not None:
                 upstreams.setdefault(upstream.name, upstream)
     return NginxModel(main_upstream(), tuple(upstreams.values()), locations,
@@ -190,13 +211,25 @@ def endpoint_class(path: str, table: Iterable[Endpoints] | None = None) -> Endpo
     return next((e for e in classes if _compiled(e.patterns).match(path)), None)
 
 
+def is_initial(query: str) -> bool:
+    """No ``since`` argument, or an empty one (as nginx's ``$arg_since`` sees it).
+
+    >>> is_initial(""), is_initial("timeout=0&since="), is_initial("since=s72_1")
+    (True, True, False)
+    """
+    return not urllib.parse.parse_qs(query, keep_blank_values=True).get("since", [""])[0]
+
+
 def destination(plan: Plan, path: str, method: str,
                 version: Version | None = None) -> tuple[str, tuple[str, ...]]:
-    """The role (or ``main``) and the workers a request goes to while they are up."""
+    """The role (or ``main``) and the workers a request (``path?query``) goes to
+    while they are up."""
+    path, _, query = path.partition("?")
     endpoints = endpoint_class(path, table_for(version))
     if endpoints is None:
         return MAIN, ()
-    role = _first_staffed(plan, endpoints.roles)
+    role = _first_staffed(plan, endpoints.initial_roles) if is_initial(query) else None
+    role = role or _first_staffed(plan, endpoints.roles)
     if role is None and method.upper() in READ_METHODS:
         role = _first_staffed(plan, endpoints.read_roles)
     if role is None:
@@ -211,13 +244,15 @@ def route_table(plan: Plan, version: Version | None = None) -> list[dict[str, ob
         location = location_for(plan, endpoints)
         upstream = location.upstream if location else None
         reads = location.read_upstream if location else None
+        initial = location.initial_upstream if location else None
         target = upstream or reads
         rows.append({
             "endpoints": endpoints.name,
             "summary": endpoints.summary,
             "methods": "all" if upstream or not reads else "GET, HEAD (others: main)",
             "to": list(target.workers) if target else [MAIN],
-            "balance": endpoints.balance.value if target else None,
+            "initial_to": list(initial.workers) if initial else None,
+            "balance": endpoints.balance.value if target or initial else None,
         })
     return rows
 
@@ -233,7 +268,9 @@ def check_table(table: Iterable[Endpoints] | None = None) -> list[str]:
                             f"until {endpoints.until}")
         if endpoints.until and endpoints.until <= MIN_SYNAPSE_VERSION:
             problems.append(f"{endpoints.name}: ends before the oldest supported Synapse")
-        for role in endpoints.roles + endpoints.read_roles:
+        if endpoints.initial_roles and endpoints.read_roles:
+            problems.append(f"{endpoints.name}: initial_roles and read_roles cannot be combined")
+        for role in endpoints.roles + endpoints.read_roles + endpoints.initial_roles:
             if role not in ROLES:
                 problems.append(f"{endpoints.name}: unknown role {role}")
             elif endpoints.resource not in ROLES[role].http_resources:

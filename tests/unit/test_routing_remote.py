@@ -8,22 +8,18 @@ stand-in worker host that answers, refuses, or never completes a connection.
 
 from __future__ import annotations
 
-import http.server
-import os
 import re
 import shutil
 import socket
-import socketserver
 import subprocess
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from hostroot import make_root
+from nginx_standins import free_port, get, nginx_conf, running_nginx, socket_standins, stop, tcp_standin
 from matrix_synapse_workers import paths, routing
 from matrix_synapse_workers.hostfacts import read_host_facts
 from matrix_synapse_workers.plan import Plan, make_plan
@@ -97,21 +93,6 @@ def test_worker_locations_fail_fast_and_fall_back_on_502_and_504(tmp_path):
 
 # --- real nginx ------------------------------------------------------------------
 
-def nginx_conf(tmp_path: Path, http: str, snippet: str, listen: int) -> Path:
-    (tmp_path / "http.conf").write_text(http)
-    (tmp_path / "snippet.conf").write_text(snippet)
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"{user}daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n{temp}  include {tmp_path}/http.conf;\n"
-        f"  server {{\n    listen 127.0.0.1:{listen};\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
-    return conf
-
-
 @needs_nginx
 @pytest.mark.parametrize("hosts", ["hostb 10.99.0.2 sync,events", "hostc fd00::2 sync:3,client:2"])
 def test_nginx_accepts_remote_upstreams(tmp_path, hosts):
@@ -122,46 +103,12 @@ def test_nginx_accepts_remote_upstreams(tmp_path, hosts):
     assert r.returncode == 0, r.stderr
 
 
-class _Answer(http.server.BaseHTTPRequestHandler):
-    """Answers every GET with the name of the server it stands for."""
-
-    def do_GET(self) -> None:
-        body = self.server.label.encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _UnixHTTP(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-class _TcpHTTP(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-def _serve(server: socketserver.BaseServer, label: str) -> socketserver.BaseServer:
-    server.label = label  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def worker_host() -> Iterator[dict[str, int]]:
     """Three stand-ins for a worker host's sync worker on 127.0.0.1: one answering,
     one refusing (nothing listens), one whose connections never complete (a full
     listen queue drops the SYNs, as a cut link would)."""
-    answering = _serve(_TcpHTTP(("127.0.0.1", 0), _Answer), "worker")
+    answering = tcp_standin("worker")
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(0)
@@ -175,11 +122,10 @@ def worker_host() -> Iterator[dict[str, int]]:
             pass
         fillers.append(filler)
     try:
-        yield {"answering": answering.server_address[1], "refusing": _free_port(),
+        yield {"answering": answering.server_address[1], "refusing": free_port(),
                "cut": black_hole.getsockname()[1]}
     finally:
-        answering.shutdown()
-        answering.server_close()
+        stop(answering)
         for s in fillers + [black_hole]:
             s.close()
 
@@ -195,34 +141,14 @@ def test_a_cut_off_worker_host_falls_back_to_main(tmp_path, worker_host, state, 
     http, snippet = nginx_files(spread_plan(tmp_path, "client", "hostb 10.99.0.2 sync"))
     sockets = tmp_path / "run"
     sockets.mkdir()
-    main = _serve(_UnixHTTP(str(sockets / paths.MAIN_HTTP_SOCKET.name), _Answer), "main")
-    moved = http.content.replace(str(paths.SOCKET_DIR), str(sockets)).replace(
-        "10.99.0.2:18001", f"127.0.0.1:{worker_host[state]}")
-    assert moved.count(f"127.0.0.1:{worker_host[state]}") == 1
-    listen = _free_port()
-    conf = nginx_conf(tmp_path, moved, snippet.content, listen)
-    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError:
-                assert nginx.poll() is None, nginx.stderr.read().decode()  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
-        started = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/_matrix/client/v3/sync", timeout=30) as r:
-            body = r.read().decode()
-        took = time.monotonic() - started
-        assert (r.status, body) == (200, answer), (tmp_path / "error.log").read_text()
-        assert took < slowest
-        if state == "cut":
-            assert took >= 2.5, "the fallback came before the connect timeout: not the 504 path"
-    finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
-        main.shutdown()
-        main.server_close()
+    with socket_standins(http.content, sockets) as moved:
+        moved = moved.replace("10.99.0.2:18001", f"127.0.0.1:{worker_host[state]}")
+        assert moved.count(f"127.0.0.1:{worker_host[state]}") == 1
+        with running_nginx(tmp_path, moved, snippet.content) as listen:
+            started = time.monotonic()
+            body = get(listen, "/_matrix/client/v3/sync")
+            took = time.monotonic() - started
+    assert body == answer, (tmp_path / "error.log").read_text()
+    assert took < slowest
+    if state == "cut":
+        assert took >= 2.5, "the fallback came before the connect timeout: not the 504 path"

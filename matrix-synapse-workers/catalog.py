@@ -292,6 +292,8 @@ _F = "^/_matrix/federation/"
 # Patterns follow the servlet regexes Synapse registers on a generic worker
 # (version prefixes included: a prefix a worker does not register would get a
 # 404 from the worker); tests/synapse checks them against the installed Synapse.
+# since/until were checked the same way against Synapse 1.89.0, 1.92.1, 1.110.0,
+# 1.134.0 and 1.143.0 (the table chosen for each of those versions).
 _ENDPOINT_LIST: tuple[Endpoints, ...] = (
     # Stream writers first: their endpoints would otherwise match broader classes.
     Endpoints("typing", "typing notifications", "client",

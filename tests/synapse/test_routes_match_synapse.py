@@ -248,7 +248,7 @@ def synapse_version(synapse_python) -> tuple[int, int, int]:
 
 #: Stream writers with endpoints, and the release that first accepts them.
 WRITERS = {"typing": None, "to_device": None, "account_data": None, "receipts": None,
-           "presence": None, "push_rules": None, "device_lists": (1, 135, 0)}
+           "presence": None, "push_rules": (1, 105, 0), "device_lists": (1, 135, 0)}
 
 
 @pytest.fixture(scope="module")

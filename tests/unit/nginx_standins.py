@@ -66,8 +66,10 @@ def serve(server: socketserver.BaseServer, label: str) -> socketserver.BaseServe
     return server
 
 
-def tcp_standin(label: str) -> socketserver.BaseServer:
-    return serve(_TcpHTTP(("127.0.0.1", 0), _Answer), label)
+def tcp_standin(label: str) -> tuple[socketserver.BaseServer, int]:
+    """A stand-in on a free loopback port, and the port."""
+    server = _TcpHTTP(("127.0.0.1", 0), _Answer)
+    return serve(server, label), int(server.socket.getsockname()[1])
 
 
 def stop(server: socketserver.BaseServer) -> None:

@@ -108,7 +108,7 @@ def worker_host() -> Iterator[dict[str, int]]:
     """Three stand-ins for a worker host's sync worker on 127.0.0.1: one answering,
     one refusing (nothing listens), one whose connections never complete (a full
     listen queue drops the SYNs, as a cut link would)."""
-    answering = tcp_standin("worker")
+    answering, answering_port = tcp_standin("worker")
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(0)
@@ -122,7 +122,7 @@ def worker_host() -> Iterator[dict[str, int]]:
             pass
         fillers.append(filler)
     try:
-        yield {"answering": answering.server_address[1], "refusing": free_port(),
+        yield {"answering": answering_port, "refusing": free_port(),
                "cut": black_hole.getsockname()[1]}
     finally:
         stop(answering)

@@ -24,6 +24,7 @@ def container_name(node_name: str) -> str:
     """A container name from a test's name."""
     return re.sub(r"^test_", "", node_name)
 
+
 # Two hosts joined by a private network of their own (tests/booted/twohost.py).
 # The addresses exist only inside the two containers' network namespaces.
 MAIN_HOST_ADDRESS = "10.99.0.1"

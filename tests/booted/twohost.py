@@ -215,29 +215,43 @@ class Sample:
 
 
 class Stream:
-    """Calls one(marker) -> (ok, detail) back to back in a thread until stopped.
+    """Starts one(marker) -> (ok, detail) every `interval` seconds, each in its own thread.
 
-    Each call gets a unique marker (to find it in a log later); every call is
-    recorded with its start and end on time.monotonic().
+    An open loop: a request that hangs does not hold back the next one, as
+    with many independent clients.  Each call gets a unique marker (to find it
+    in a log later) and is recorded with its start and end on time.monotonic().
     """
 
-    def __init__(self, one: Callable[[str], tuple[bool, str]], prefix: str = "s") -> None:
+    def __init__(self, one: Callable[[str], tuple[bool, str]], prefix: str = "s",
+                 interval: float = 0.5) -> None:
         self.one = one
         self.prefix = prefix
+        self.interval = interval
         self.samples: list[Sample] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._workers: list[threading.Thread] = []
         self._count = itertools.count(1)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            marker = f"{self.prefix}{next(self._count)}x"
-            start = time.monotonic()
-            try:
-                ok, detail = self.one(marker)
-            except Exception as e:  # a transport error is a failed request too
-                ok, detail = False, f"{type(e).__name__}: {e}"[:500]
+    def _call(self, marker: str) -> None:
+        start = time.monotonic()
+        try:
+            ok, detail = self.one(marker)
+        except Exception as e:  # a transport error is a failed request too
+            ok, detail = False, f"{type(e).__name__}: {e}"[:500]
+        with self._lock:
             self.samples.append(Sample(start, time.monotonic(), ok, detail, marker))
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            worker = threading.Thread(target=self._call, args=(f"{self.prefix}{next(self._count)}x",),
+                                      daemon=True)
+            worker.start()
+            self._workers.append(worker)
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def __enter__(self) -> "Stream":
         self._thread.start()
@@ -246,20 +260,28 @@ class Stream:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop starting requests and wait for those in flight."""
         self._stop.set()
-        self._thread.join(timeout=120)
+        self._thread.join(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def finished(self) -> list[Sample]:
+        with self._lock:
+            return sorted(self.samples, key=lambda s: s.start)
 
     def since(self, t: float) -> list[Sample]:
-        return [s for s in self.samples if s.start >= t]
+        return [s for s in self.finished() if s.start >= t]
 
     def wait_for(self, n: int, after: float, timeout: float = 60.0) -> list[Sample]:
-        """Until n samples started after `after` have finished."""
+        """Until n requests started after `after` have finished; those n."""
         deadline = time.monotonic() + timeout
         while len(self.since(after)) < n:
             if time.monotonic() > deadline or not self._thread.is_alive():
-                raise AssertionError(f"the request stream made {len(self.since(after))} requests "
-                                     f"in {timeout} s, wanted {n}")
+                raise AssertionError(f"the request stream finished {len(self.since(after))} "
+                                     f"requests in {timeout} s, wanted {n}")
             time.sleep(0.1)
         return self.since(after)[:n]
 

@@ -369,7 +369,7 @@ def secret_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_a_wrong_replication_secret_on_the_worker_host_is_refused_and_reported(cluster):
-    a, b = cluster.a, cluster.b
+    b = cluster.b
     code, healthy = synapse_status(b)
     assert code == 0, problems(healthy)
     rows = secret_rows(healthy)

@@ -33,7 +33,7 @@ from .changes import Changes, OnDisk, compute_changes
 from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
 from .cluster import plan_from_cluster, read_cluster
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, parse_worker_name
 from .redisconf import edit_guide_conf
 from .render import RenderedFile, is_generated, render, render_single_process
 from .selection import Selection
@@ -416,11 +416,46 @@ def _deconfigure_worker_host(root: Path, systemd: Systemd, out: TextIO) -> None:
               "main host. Enable it only once this host has its own database.\n")
 
 
+def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
+    """Routes depend on the Synapse version: after an upgrade, render them for the new one.
+
+    Only our own nginx files on a main host change; the worker set stays as deployed.
+    """
+    from .cluster import main_topology_of, read_cluster
+    from .selection import Selection
+    if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
+        return
+    try:
+        facts = read_host_facts(root)
+        topology = main_topology_of(read_cluster(root)) if (root / paths.CLUSTER_FILE).is_file() else None
+        counts: dict[str, int] = {}
+        for name in facts.existing_workers:
+            parsed = parse_worker_name(name)
+            if parsed:
+                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+        plan = make_plan(Selection(counts), facts, *(() if topology is None else (topology,)))
+    except WorkersError as exc:
+        out.write(f"routes not refreshed for the new Synapse: {exc}\n")
+        return
+    ours = [f for f in render(plan, facts, Settings()) if f.path in nginx.FILES
+            and (_ours(root / f.path) or not (root / f.path).exists())]
+    changed = [f for f in ours if not (root / f.path).is_file()
+               or (root / f.path).read_text(encoding="utf-8") != f.content]
+    try:
+        if changed and nginx.write_checked(root, changed, [], chown=True) \
+                and systemd.is_active(nginx.UNIT):
+            systemd.reload(nginx.UNIT)
+    except WorkersError as exc:
+        out.write(f"{exc}\n")
+
+
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:
-    """After a Synapse upgrade: main first (it migrates the schema), then every worker."""
+    """After a Synapse upgrade: main first (it migrates the schema), then every worker,
+    then the routes for the new version."""
     systemd = Systemd(out)
     names = existing_worker_names(root)
     if not names:
         return
     systemd.restart(paths.MAIN_UNIT)
     systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
+    refresh_routes(root, systemd, out)

@@ -17,6 +17,7 @@ import yaml
 
 from . import paths
 from .errors import HostConfigError
+from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
 OWN_CONF_D = frozenset({paths.SHARED_CONF.name, paths.REDIS_CONF_D.name})
@@ -39,6 +40,8 @@ class HostFacts:
     log_config_path: str | None
     log_config: Mapping[str, Any] | None
     existing_workers: tuple[str, ...] = ()
+    #: The installed Synapse (major, minor, patch); None when unknown. Routes depend on it.
+    synapse_version: tuple[int, int, int] | None = None
     #: PostgreSQL's TCP host and port, when it is reached over TCP.
     database_address: tuple[str, int] | None = None
     #: Admin files that were read, for messages.
@@ -150,6 +153,7 @@ def read_host_facts(root: Path) -> HostFacts:
         listeners=_listeners(config),
         database_engine=_database_engine(config),
         database_address=_database_address(config),
+        synapse_version=installed_version(root),
         log_config_path=log_config_path if isinstance(log_config_path, str) else None,
         log_config=log_config,
         existing_workers=existing_worker_names(root),

@@ -214,7 +214,7 @@ def render_single_process(facts: HostFacts) -> tuple[RenderedFile, ...]:
     keeps Synapse answering through nginx until purge removes the files.
     """
     return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
-            *nginx_files(Plan(())))
+            *nginx_files(Plan(()), facts.synapse_version))
 
 
 def redis_config(plan: Plan, settings: Settings) -> dict[str, Any]:
@@ -267,5 +267,5 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
             paths.TMPFILES_OVERRIDE,
             render_template("tmpfiles.conf.j2", line=tmpfiles_line(
                 settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode))))
-    files.extend(nginx_files(plan))
+    files.extend(nginx_files(plan, facts.synapse_version))
     return tuple(files)

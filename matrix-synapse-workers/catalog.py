@@ -87,6 +87,8 @@ class Role:
     moves_together: bool = False
     #: Synapse marks it experimental: never chosen by a preset.
     experimental: bool = False
+    #: The first Synapse release that knows this role (None: every supported one).
+    since: Version | None = None
 
     @property
     def needs_replication_listener(self) -> bool:
@@ -117,10 +119,10 @@ class Role:
 
 def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...] = ("client",),
             stream: str | None = None, moves_together: bool = False,
-            experimental: bool = False) -> Role:
+            experimental: bool = False, since: Version | None = None) -> Role:
     return Role(name=name, summary=summary, scales=scales, resources=resources,
                 stream=stream or name, moves_together=moves_together,
-                experimental=experimental)
+                experimental=experimental, since=since)
 
 
 _ROLE_LIST: tuple[Role, ...] = (
@@ -156,8 +158,8 @@ _ROLE_LIST: tuple[Role, ...] = (
     _writer("account_data", "account data and tags", scales=False),
     _writer("receipts", "read receipts", scales=True),
     _writer("presence", "presence", scales=False),
-    _writer("push_rules", "push rules", scales=False),
-    _writer("device_lists", "device lists and keys", scales=True),
+    _writer("push_rules", "push rules", scales=False, since=(1, 105, 0)),
+    _writer("device_lists", "device lists and keys", scales=True, since=(1, 135, 0)),
     _writer("quarantined_media", "quarantined media changes", scales=True,
             stream="quarantined_media_changes"),
     _writer("thread_subscriptions", "thread subscriptions (experimental in Synapse)",

@@ -255,7 +255,21 @@ def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topol
         raise SelectionError(f"{role.name!r} can run only once in the whole deployment, but "
                              f"{', '.join(hosts)} each run one; keep it on one host")
     check_socket_conflicts(plan, facts)
+    check_synapse_knows(plan, facts.synapse_version)
     return plan
+
+
+def check_synapse_knows(plan: Plan, version: tuple[int, int, int] | None) -> None:
+    """Refuse a role the installed Synapse does not have (it would reject the stream)."""
+    if version is None:
+        return
+    for worker in plan.workers:
+        since = worker.role.since
+        if since is not None and version < since:
+            raise SelectionError(
+                f"worker type {worker.role.name!r} needs Synapse {'.'.join(map(str, since))} or "
+                f"newer, but {'.'.join(map(str, version))} is installed; upgrade Synapse or "
+                "leave that type out")
 
 
 def workers_by_name(workers: Iterable[Worker]) -> Mapping[str, Worker]:

@@ -313,3 +313,4 @@ def test_main_host_back_on_one_machine_drops_its_cluster_yaml(main_side):
     assert changes.restart_main  # listeners, secret path and Redis password go
     # A worker host keeps its copy: nothing is removable there.
     assert paths.CLUSTER_FILE not in compute_changes(alone, desired, on_disk).remove
+

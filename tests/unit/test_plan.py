@@ -83,3 +83,18 @@ def test_admin_listener_on_our_socket_path_is_refused(claimed):
     with pytest.raises(HostConfigError) as caught:
         make_plan(select(workers="sync"), facts)
     assert claimed in str(caught.value) and "listener 1" in str(caught.value)
+
+
+def test_a_role_newer_than_the_installed_synapse_is_refused(tmp_path):
+    from dataclasses import replace as copy_with
+    from hostroot import make_root
+    from matrix_synapse_workers.errors import SelectionError
+    from matrix_synapse_workers.hostfacts import read_host_facts
+    from matrix_synapse_workers.plan import make_plan
+    from matrix_synapse_workers.selection import select
+    facts = read_host_facts(make_root(tmp_path))
+    old = copy_with(facts, synapse_version=(1, 104, 3))
+    with pytest.raises(SelectionError, match=r"'push_rules' needs Synapse 1\.105\.0 or newer, but 1\.104\.3"):
+        make_plan(select(workers="sync,push_rules"), old)
+    make_plan(select(workers="sync,push_rules"), copy_with(facts, synapse_version=(1, 105, 0)))
+    make_plan(select(workers="sync,push_rules"), copy_with(facts, synapse_version=None))

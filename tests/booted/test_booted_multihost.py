@@ -157,6 +157,18 @@ def problems(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [ch for ch in data["checks"] if ch["status"] in ("warn", "fail")]
 
 
+def wait_healthy(c: Container, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        code, data = synapse_status(c)
+        if code == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status not healthy within {timeout} s: exit {code}, "
+                                 f"{json.dumps(problems(data), indent=1)}")
+        time.sleep(2)
+
+
 def health_over_tcp(c: Container, address: str, port: int) -> str:
     return c.run(["curl", "-sS", "--max-time", "5", f"http://{address}:{port}/health"],
                  check=False).stdout
@@ -311,7 +323,11 @@ def test_cutting_the_link_falls_back_to_main_and_restoring_it_brings_the_worker_
         cut_started = time.monotonic()
         link.cut("b")
         cut_done = time.monotonic()
-        time.sleep(CUT_SECONDS)
+        # Each host's status reports the other side as gone.
+        time.sleep(5)
+        code_a, status_a = synapse_status(a)
+        code_b, status_b = synapse_status(b)
+        time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut_done)))
         restore_started = time.monotonic()
         link.restore("b")
         restored = time.monotonic()
@@ -336,6 +352,9 @@ def test_cutting_the_link_falls_back_to_main_and_restoring_it_brings_the_worker_
           f"(s, ok): {[(round(s.end - s.start, 1), s.ok) for s in in_flight]}; "
           f"back on {SYNC_B} {back - restored:.1f} s after the link came back")
     assert failed == [], failed
+    assert code_a == 2 and {row["subject"] for row in problems(status_a)} >= set(REMOTE), status_a
+    assert code_b == 2 and any(f"{ADDR_A}:9093" in row["subject"] + row["detail"]
+                               for row in problems(status_b)), status_b
     assert len(during) >= CUT_SECONDS, f"only {len(during)} requests during the cut"
     # Main answered what was sent during the cut; B none of what was answered then.
     assert answered_during, "no request sent during the cut was answered before it ended"
@@ -361,6 +380,8 @@ def test_cutting_the_link_falls_back_to_main_and_restoring_it_brings_the_worker_
          interval=2)
     print(f"multihost: {SYNC_B} served the event sent after the cut {time.monotonic() - sent:.1f} s "
           f"after it was sent")
+    for host in (a, b):
+        wait_healthy(host)
 
 
 def secret_rows(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
 from .hostfacts import existing_worker_names
 from .plan import parse_worker_name
-from .selection import Selection, parse_workers, select
+from .selection import AUTO, Selection, parse_workers, select
 from .settings import RedisMode, Settings, check_system_name, parse_redis
 from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, main_topology, parse_address, parse_worker_hosts,
@@ -74,7 +74,7 @@ Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC)
 #: The choices of the preset question, in template order.
-PRESET_CHOICES = (*PRESETS, CUSTOM)
+PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The choices of the redis question.
 REDIS_CHOICES = tuple(mode.value for mode in RedisMode)
 
@@ -103,7 +103,7 @@ def split_multiselect(value: str) -> list[str]:
 
 def _selection(preset: str, types: str, counts: str) -> Selection:
     key = preset.strip().lower().replace("-", "_")
-    if key in PRESETS:
+    if key in PRESETS or key == AUTO:
         return select(preset=key)
     if key != CUSTOM:
         raise InvalidAnswer(Q_PRESET, f"unknown preset {preset.strip()!r}; accepted: "

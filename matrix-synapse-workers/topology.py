@@ -155,7 +155,7 @@ def parse_address(text: str, *, default_port: int, what: str, allow_public: bool
     return Address(check_private(host, what, allow_public=allow_public), port)
 
 
-def parse_worker_hosts(spec: str) -> tuple[WorkerHost, ...]:
+def parse_worker_hosts(spec: str, allow_public: bool = False) -> tuple[WorkerHost, ...]:
     """``"hostb 10.0.0.2 sync:2,events; hostc 10.0.0.3 federation_sender"``."""
     hosts: list[WorkerHost] = []
     for raw in spec.split(";"):
@@ -174,7 +174,8 @@ def parse_worker_hosts(spec: str) -> tuple[WorkerHost, ...]:
             raise SelectionError(f"worker host {label!r} has no workers; give at least one type")
         for role, count in counts.items():
             check_index(role, count)
-        hosts.append(WorkerHost(label, check_private(address, f"address of worker host {label!r}"),
+        hosts.append(WorkerHost(label, check_private(address, f"address of worker host {label!r}",
+                                                     allow_public=allow_public),
                                 counts))
     for what, key in (("label", lambda h: h.label), ("address", lambda h: h.address)):
         seen: dict[str, str] = {}
@@ -196,7 +197,7 @@ def describe_worker_hosts(hosts: tuple[WorkerHost, ...]) -> str:
 def main_topology(worker_hosts: str, replication_address: str,
                   allow_public: bool = False) -> Topology:
     """A main host's topology from the admin's answers; no worker hosts is one machine."""
-    hosts = parse_worker_hosts(worker_hosts)
+    hosts = parse_worker_hosts(worker_hosts, allow_public)
     if not hosts:
         return Topology()
     if not replication_address.strip():

@@ -58,8 +58,8 @@ def test_module_examples():
 # --- the templates agree with the catalog ----------------------------------
 
 
-def test_preset_choices_are_the_catalog_presets_plus_custom():
-    assert choices_c(templates()[Q_PRESET]) == [*PRESETS, CUSTOM]
+def test_preset_choices_are_auto_the_catalog_presets_and_custom():
+    assert choices_c(templates()[Q_PRESET]) == ["auto", *PRESETS, CUSTOM] == list(answers.PRESET_CHOICES)
 
 
 def test_worker_type_choices_are_the_catalog_roles():
@@ -99,7 +99,8 @@ def test_defaults_are_valid_without_a_terminal():
     default = {q: t[q].get("Default", "") for q in answers.QUESTIONS}
     # In the order of QUESTIONS, as the postinst and status pass them.
     selection, settings = from_answers(*(default[q] for q in answers.QUESTIONS))
-    assert selection == select(preset="small")
+    assert default[answers.Q_PRESET] == "auto"
+    assert selection == select(preset="auto")  # sized from the machine the tests run on
     assert (settings.socket_group, settings.web_user, settings.redis.mode) == (
         "clubmatrix", "www-data", RedisMode.DEDICATED)
     # One machine, as before worker hosts existed.

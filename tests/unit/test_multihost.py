@@ -77,9 +77,9 @@ def test_bad_topology_names_the_value(hosts, address, fragment):
 
 
 def test_public_address_needs_confirmation_and_then_is_taken():
-    topology = main_topology("hostb 198.51.100.2 sync", "203.0.113.7:9100", allow_public=True)
-    assert topology.replication == Address("203.0.113.7", 9100)
-    assert topology.worker_hosts[0].address == "198.51.100.2"
+    topology = main_topology("hostb 1.2.3.4 sync", "9.9.9.9:9100", allow_public=True)
+    assert topology.replication == Address("9.9.9.9", 9100)
+    assert topology.worker_hosts[0].address == "1.2.3.4"
     assert parse_address("[fd00::1]:9093", default_port=1, what="x") == Address("fd00::1", 9093)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from hostroot import make_root
+from realredis import free_port, redis_with_password
 from matrix_synapse_workers import paths
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_from_cluster
@@ -259,40 +258,20 @@ def test_copied_secret_is_read_when_safe_and_missing_one_names_the_directory(tmp
 # --- probes, against real servers on loopback ------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def redis_with_password(tmp_path):
-    if shutil.which("redis-server") is None:
-        if os.environ.get("MSW_REQUIRE_REDIS"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--requirepass", "right", "--save", "", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = Address("127.0.0.1", port)
-    deadline = time.monotonic() + 10
-    while not netprobe.tcp(address, timeout=0.2).ok:
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+def redis_with_password_right(tmp_path):
+    with redis_with_password(tmp_path, "right") as address:
+        yield address
 
 
-def test_redis_probe_tells_right_from_wrong_password(redis_with_password):
-    assert netprobe.redis_auth(redis_with_password, "right").ok
-    wrong = netprobe.redis_auth(redis_with_password, "wrong")
+def test_redis_probe_tells_right_from_wrong_password(redis_with_password_right):
+    assert netprobe.redis_auth(redis_with_password_right, "right").ok
+    wrong = netprobe.redis_auth(redis_with_password_right, "wrong")
     assert not wrong.ok and "refuses the password" in wrong.detail
 
 
 def test_probes_of_a_closed_port_say_unreachable():
-    closed = Address("127.0.0.1", _free_port())
+    closed = Address("127.0.0.1", free_port())
     assert "unreachable" in netprobe.tcp(closed).detail
     assert "unreachable" in netprobe.replication_secret(closed, "x").detail
 

@@ -25,42 +25,18 @@ from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.status import FAIL, OK, RedisClient, WORKER_HOST
 from matrix_synapse_workers.system import netprobe
 from matrix_synapse_workers.topology import Address, http_port, replication_port
+from realredis import free_port, redis_with_password
 
 HOSTB = "127.77.0.2"
 MAIN = "127.77.0.1"
 PASSWORD = "right-password"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server on loopback with requirepass, as the main host's dedicated one."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("MSW_REQUIRE_REDIS"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = Address("127.0.0.1", port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((address.host, address.port), 0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+    with redis_with_password(tmp_path, PASSWORD) as address:
+        yield address
 
 
 def subscriber(address: Address, source: str | None = None) -> socket.socket:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 

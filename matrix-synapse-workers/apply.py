@@ -244,8 +244,11 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
         out.write("no running system (an image build?): main, Redis and the database are "
                   "not checked from here\n")
         return plan
-    probes = [netprobe.replication_secret(cluster.replication, secret),
-              netprobe.redis_auth(cluster.redis, password)]
+    secret_probe = netprobe.replication_secret(cluster.replication, secret)
+    if not secret_probe.ok and "refuses" in secret_probe.detail:
+        secret_probe = netprobe.Probe(False, f"{secret_probe.detail}: copy /{paths.REPLICATION_SECRET} "
+                                             "from the main host again")
+    probes = [secret_probe, netprobe.redis_auth(cluster.redis, password)]
     if facts.database_address is not None:
         host, port = facts.database_address
         probes.append(netprobe.tcp(netprobe.Address(host, port)))
@@ -335,7 +338,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                             owner="redis", group="redis"), chown=True)
         report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
         systemd.restart(GUIDE_REDIS_UNIT)
-    if settings.redis.mode is RedisMode.DEDICATED:
+    if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
         systemd.enable(REDIS_UNIT)
         if redis_changed and systemd.is_active(REDIS_UNIT):
             systemd.restart(REDIS_UNIT)

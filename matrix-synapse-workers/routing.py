@@ -71,6 +71,12 @@ class Upstream:
     #: Names of the workers behind the servers (none for main).
     workers: tuple[str, ...] = ()
 
+    @property
+    def keeps_connections(self) -> bool:
+        """Idle keepalive connections only to UNIX sockets: one kept to a worker host
+        whose link is cut would hang the next request instead of failing over."""
+        return all(server.startswith("unix:") for server in self.servers)
+
 
 @dataclass(frozen=True)
 class Location:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from ..topology import Address
 
 TIMEOUT = 3.0
-#: A replication endpoint main always registers; an unknown stream name makes
-#: it answer 400 once the secret is accepted, and 500 when it is refused.
-SECRET_PROBE_PATH = "/_synapse/replication/get_repl_stream_updates/msw-secret-probe?from_token=0&upto_token=0"
+#: A replication endpoint main always registers (its path ends in a transaction
+#: id, as for every cached replication endpoint); an unknown stream name makes it
+#: answer 400 once the secret is accepted, and 500 when it is refused.
+SECRET_PROBE_PATH = ("/_synapse/replication/get_repl_stream_updates/msw-secret-probe/msw-probe"
+                     "?from_token=0&upto_token=0")
 
 
 @dataclass(frozen=True)

@@ -293,3 +293,17 @@ def test_main_host_back_on_one_machine_drops_its_cluster_yaml(main_side):
     # A worker host keeps its copy: nothing is removable there.
     assert paths.CLUSTER_FILE not in compute_changes(alone, desired, on_disk).remove
 
+
+
+def test_nginx_keeps_no_idle_connections_to_worker_hosts(main_side):
+    """A kept connection to a host whose link was cut hangs the next request (seen in the
+    two-host booted test); a fresh connect fails within the connect timeout instead."""
+    import re
+    root, facts, plan, settings = main_side
+    http = _files(render(plan, facts, settings))[str(paths.NGINX_HTTP_CONF)]
+    blocks = dict(re.findall(r"upstream (\S+) \{(.*?)\n\}", http, re.S))
+    remote = [b for b in blocks.values() if "10.99.0." in b]
+    local = [b for b in blocks.values() if "10.99.0." not in b]
+    assert remote and local
+    assert all("keepalive" not in b.split("#")[0] for b in remote)
+    assert all("keepalive 16;" in b for b in local)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from . import paths
+from . import dbconnections, paths
 from .changes import Changes, OnDisk, compute_changes
 from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
@@ -92,8 +92,10 @@ def synapse_python(root: Path) -> Path | None:
 
 
 def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes: Changes,
-                          out: TextIO) -> None:
-    """Load the new file set with Synapse's own loader before anything is written."""
+                          out: TextIO, processes: int = 1,
+                          pool: tuple[int, int] = (3, 5)) -> None:
+    """Load the new file set with Synapse's own loader before anything is written, and
+    check that ``processes`` pools of ``pool`` connections fit in PostgreSQL's limit."""
     python = synapse_python(root)
     if python is None or root != Path("/"):
         out.write("Synapse's interpreter was not found: the new configuration is not checked "
@@ -121,16 +123,27 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         sets = [("main", base)]
         sets += [(p.stem, base + [str(p)]) for p in sorted((stage / "workers").glob("*.yaml"))
                  if paths.WORKERS_DIR / p.name not in removed]
-        result = subprocess.run([str(python), str(SYNAPSE_CHECK)], input=json.dumps(sets),
+        result = subprocess.run([str(python), str(SYNAPSE_CHECK), "--database-limits"],
+                                input=json.dumps(sets),
                                 capture_output=True, text=True, timeout=600, cwd=stage,
                                 user=synapse.pw_uid, group=synapse.pw_gid, extra_groups=[])
     if result.returncode != 0:
         raise ApplyError(f"Synapse's config check could not run: {result.stderr.strip()[-500:]}")
-    failures = {label: r for label, r in json.loads(result.stdout).items() if not r.startswith("OK")}
+    results = json.loads(result.stdout)
+    limits = results.pop("__database__", None)
+    failures = {label: r for label, r in results.items() if not r.startswith("OK")}
     if failures:
         label, message = sorted(failures.items())[0]
         raise ApplyError(f"Synapse rejects the new configuration for {label}: {message}; "
                          "nothing was changed")
+    if isinstance(limits, dict):
+        found = dbconnections.verdict(processes, cp_min=pool[0], cp_max=pool[1],
+                                      max_connections=limits["max_connections"],
+                                      reserved=limits["reserved"])
+        if found.error:
+            raise ApplyError(f"{found.error}; nothing was changed")
+        if found.warning:
+            out.write(f"warning: {found.warning}\n")
 
 
 def _socket_dir_settings(settings: Settings, override: statoverride.Override | None,
@@ -301,7 +314,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
     if changes.files_changed:
-        validate_with_synapse(root, desired, changes, out)
+        validate_with_synapse(root, desired, changes, out, processes=1 + len(plan.workers),
+                              pool=facts.database_pool)
 
     # 2. Accounts, statoverride, socket directory.
     _accounts_and_overrides(root, settings, override, ours, report)

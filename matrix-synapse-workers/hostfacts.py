@@ -17,6 +17,7 @@ import yaml
 
 from . import paths
 from .errors import HostConfigError
+from .dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -42,6 +43,8 @@ class HostFacts:
     existing_workers: tuple[str, ...] = ()
     #: The installed Synapse (major, minor, patch); None when unknown. Routes depend on it.
     synapse_version: tuple[int, int, int] | None = None
+    #: Each process's database pool: (cp_min, cp_max).
+    database_pool: tuple[int, int] = (DEFAULT_CP_MIN, DEFAULT_CP_MAX)
     #: PostgreSQL's TCP host and port, when it is reached over TCP.
     database_address: tuple[str, int] | None = None
     #: Admin files that were read, for messages.
@@ -153,6 +156,7 @@ def read_host_facts(root: Path) -> HostFacts:
         listeners=_listeners(config),
         database_engine=_database_engine(config),
         database_address=_database_address(config),
+        database_pool=pool_sizes(config.get("database") if isinstance(config.get("database"), dict) else None),
         synapse_version=installed_version(root),
         log_config_path=log_config_path if isinstance(log_config_path, str) else None,
         log_config=log_config,

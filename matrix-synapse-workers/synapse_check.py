@@ -33,12 +33,41 @@ def load(config_paths: list) -> str:
     return f"OK {config.worker.instance_name}"
 
 
+def database_limits(config_paths: list) -> object:
+    """PostgreSQL's connection limit, asked with the configuration's own credentials."""
+    argv = []
+    for path in config_paths:
+        argv += ["--config-path", path]
+    try:
+        config = HomeServerConfig.load_config("matrix-synapse-workers check", argv)
+        database = config.database.databases[0].config
+        if database.get("name") != "psycopg2":
+            return "not PostgreSQL"
+        import psycopg2
+
+        args = {k: v for k, v in database.get("args", {}).items() if not k.startswith("cp_")}
+        args.setdefault("connect_timeout", 5)
+        with psycopg2.connect(**args) as conn, conn.cursor() as cursor:
+            cursor.execute("SHOW max_connections")
+            max_connections = int(cursor.fetchone()[0])
+            cursor.execute("SHOW superuser_reserved_connections")
+            reserved = int(cursor.fetchone()[0])
+        conn.close()
+        return {"max_connections": max_connections, "reserved": reserved}
+    except Exception as exc:  # unreachable database, no psycopg2: the limit stays unknown
+        return f"{type(exc).__name__}: {exc}".strip()[:300]
+
+
 def main() -> None:
-    for key_path in sys.argv[1:]:
+    ask_database = "--database-limits" in sys.argv[1:]
+    for key_path in [a for a in sys.argv[1:] if a != "--database-limits"]:
         if not os.path.exists(key_path):
             with open(key_path, "w") as handle:
                 write_signing_keys(handle, [generate_signing_key("a_test")])
-    results = {label: load(config_paths) for label, config_paths in json.load(sys.stdin)}
+    sets = json.load(sys.stdin)
+    results = {label: load(config_paths) for label, config_paths in sets}
+    if ask_database and sets:
+        results["__database__"] = database_limits(sets[0][1])
     json.dump(results, sys.stdout)
 
 

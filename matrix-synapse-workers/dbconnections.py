@@ -1,0 +1,60 @@
+"""Pure: do the deployment's database connections fit in PostgreSQL's limit?
+
+Every Synapse process (main and each worker, on every host) keeps its own
+connection pool: ``cp_min`` connections from the start, up to ``cp_max``
+under load (``database.args``; Twisted's defaults are 3 and 5).  PostgreSQL
+refuses connections beyond ``max_connections`` minus the slots reserved for
+superusers, and Synapse then answers 500 (measured: the ``busy`` preset, 28
+processes, on a stock PostgreSQL).
+
+>>> verdict(28, cp_min=1, cp_max=5, max_connections=100, reserved=3).warning is not None
+True
+>>> verdict(3, cp_min=5, cp_max=10, max_connections=100, reserved=3)
+Verdict(error=None, warning=None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: Twisted's ConnectionPool defaults, which Synapse keeps unless database.args set them.
+DEFAULT_CP_MIN = 3
+DEFAULT_CP_MAX = 5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    error: str | None = None
+    warning: str | None = None
+
+
+def pool_sizes(database: Mapping[str, Any] | None) -> tuple[int, int]:
+    args = (database or {}).get("args") or {}
+    try:
+        return int(args.get("cp_min", DEFAULT_CP_MIN)), int(args.get("cp_max", DEFAULT_CP_MAX))
+    except (TypeError, ValueError):
+        return DEFAULT_CP_MIN, DEFAULT_CP_MAX
+
+
+def verdict(processes: int, *, cp_min: int, cp_max: int, max_connections: int,
+            reserved: int) -> Verdict:
+    available = max_connections - reserved
+    fix = (f"raise max_connections in postgresql.conf to at least {{need}} (then restart "
+           f"PostgreSQL), lower cp_max (now {cp_max}) in the database args of "
+           "homeserver.yaml, or run fewer workers")
+    if processes * cp_min > available:
+        need = processes * cp_min + reserved
+        return Verdict(error=(
+            f"{processes} Synapse processes open at least {processes * cp_min} database "
+            f"connections (cp_min {cp_min} each), but PostgreSQL allows {available} "
+            f"(max_connections {max_connections}, {reserved} reserved): "
+            + fix.format(need=need)))
+    if processes * cp_max > available:
+        need = processes * cp_max + reserved
+        return Verdict(warning=(
+            f"{processes} Synapse processes may open up to {processes * cp_max} database "
+            f"connections under load (cp_max {cp_max} each), but PostgreSQL allows "
+            f"{available} (max_connections {max_connections}, {reserved} reserved); requests "
+            "will fail with 500 once they run out: " + fix.format(need=need)))
+    return Verdict()

@@ -40,21 +40,22 @@ def pool_sizes(database: Mapping[str, Any] | None) -> tuple[int, int]:
 def verdict(processes: int, *, cp_min: int, cp_max: int, max_connections: int,
             reserved: int) -> Verdict:
     available = max_connections - reserved
-    fix = (f"raise max_connections in postgresql.conf to at least {{need}} (then restart "
-           f"PostgreSQL), lower cp_max (now {cp_max}) in the database args of "
-           "homeserver.yaml, or run fewer workers")
+    def fix(need: int, key: str, value: int) -> str:
+        return (f"raise max_connections in postgresql.conf to at least {need} (then restart "
+                f"PostgreSQL), lower {key} (now {value}) in the database args of "
+                "homeserver.yaml, or run fewer workers")
     if processes * cp_min > available:
         need = processes * cp_min + reserved
         return Verdict(error=(
             f"{processes} Synapse processes open at least {processes * cp_min} database "
             f"connections (cp_min {cp_min} each), but PostgreSQL allows {available} "
             f"(max_connections {max_connections}, {reserved} reserved): "
-            + fix.format(need=need)))
+            + fix(need, "cp_min", cp_min)))
     if processes * cp_max > available:
         need = processes * cp_max + reserved
         return Verdict(warning=(
             f"{processes} Synapse processes may open up to {processes * cp_max} database "
             f"connections under load (cp_max {cp_max} each), but PostgreSQL allows "
             f"{available} (max_connections {max_connections}, {reserved} reserved); requests "
-            "will fail with 500 once they run out: " + fix.format(need=need)))
+            "will fail with 500 once they run out: " + fix(need, "cp_max", cp_max)))
     return Verdict()

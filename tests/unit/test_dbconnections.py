@@ -9,7 +9,7 @@ def test_minimum_pools_over_the_limit_is_an_error_naming_the_numbers_and_fixes()
     assert found.warning is None
     assert "40 Synapse processes open at least 200 database connections" in found.error
     assert "max_connections in postgresql.conf to at least 203" in found.error
-    assert "lower cp_max (now 10)" in found.error
+    assert "lower cp_min (now 5)" in found.error
 
 
 def test_maximum_pools_over_the_limit_is_a_warning():
@@ -17,6 +17,7 @@ def test_maximum_pools_over_the_limit_is_a_warning():
     found = verdict(28, cp_min=1, cp_max=5, max_connections=100, reserved=3)
     assert found.error is None
     assert "up to 140 database connections" in found.warning and "at least 143" in found.warning
+    assert "lower cp_max (now 5)" in found.warning
 
 
 def test_within_the_limit_says_nothing():

@@ -221,7 +221,6 @@ _PRESET_LIST: tuple[Preset, ...] = (
 )
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in _PRESET_LIST})
-DEFAULT_PRESET = "small"
 
 
 # --------------------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Pure: how many workers this machine should run, from its cores and memory.
 
 The measured basis (README, Benchmarks; 2 cores, Synapse 1.163, PostgreSQL on
-the same machine): every Synapse process holds 117-150 MiB; each split costs
-CPU per request (18.5 ms single, about 22 ms with a sync worker and a client
-reader, 34 ms with one worker of every type), so on 2 cores the bigger presets
-lose, and the split that measured best there is a sync worker plus a client
-reader.  With more cores the same split grows where the load is: the sync
-pool first, then the client pool.  Above 2 cores that growth is reasoning,
-not yet measurement: ``scripts/bench --cores N`` on a bigger machine checks it.
+the same machine, quiet runs): every Synapse process holds 117-150 MiB; each
+split costs CPU per request (about 20 ms single, 18 with one sync worker, 24
+with a sync worker and a client reader, 28 with one worker of every type), so
+on 2 cores the bigger presets lose.  The split that measured best there is one
+sync worker (1.51x and 1.37x the single process in two runs; a sync worker
+plus a client reader 1.24x).  With more cores the split grows where the load
+is: the sync pool, and from 4 cores a client pool.  Above 2 cores that growth
+is reasoning, not yet measurement: ``scripts/bench --cores N`` checks it.
 
 >>> sized_counts(2, 4096)
-{'sync': 1, 'client': 1}
+{'sync': 1}
 >>> sized_counts(8, 32768)
 {'sync': 4, 'client': 2}
 >>> sized_counts(8, 1024)
@@ -33,9 +34,9 @@ SYNAPSE_SHARE = 0.5
 
 def sized_counts(cores: int, memory_mib: int) -> dict[str, int]:
     """Worker counts for a machine with ``cores`` CPUs and ``memory_mib`` of RAM."""
-    if cores <= 1:
-        return {"sync": 1}  # one core: a split only adds CPU per request
-    sync, client = max(1, cores // 2), max(1, cores // 4)
+    if cores < 4:
+        return {"sync": 1}  # the best measured on 2 cores; on 1 core no split pays
+    sync, client = cores // 2, cores // 4
     budget = int(memory_mib * SYNAPSE_SHARE) // PROCESS_MIB - 1  # main takes one
     while sync + client > max(budget, 2):
         if sync > client:

@@ -48,7 +48,7 @@ from . import paths
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
 from .hostfacts import existing_worker_names
-from .plan import parse_worker_name
+from .plan import counts_from_workers
 from .selection import AUTO, Selection, parse_workers, select
 from .settings import RedisMode, Settings, check_system_name, parse_redis
 from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
@@ -281,16 +281,6 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
 def normalized_counts(counts: Mapping[str, int]) -> str:
     """``role:count`` items in catalog order: the one spelling of a worker set."""
     return ",".join(f"{role}:{counts[role]}" for role in ROLES if counts.get(role))
-
-
-def counts_from_workers(names: Iterable[str]) -> dict[str, int]:
-    """Workers per role among ``names``; names this package did not make are left out."""
-    counts: dict[str, int] = {}
-    for name in names:
-        parsed = parse_worker_name(name)
-        if parsed:
-            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
-    return {role: counts[role] for role in ROLES if role in counts}
 
 
 def answers_from_workers(names: Iterable[str]) -> Answers:

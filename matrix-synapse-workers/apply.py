@@ -33,7 +33,7 @@ from .changes import Changes, OnDisk, compute_changes
 from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
 from .cluster import plan_from_cluster, read_cluster
-from .plan import Plan, make_plan, parse_worker_name
+from .plan import Plan, counts_from_workers, make_plan
 from .redisconf import edit_guide_conf
 from .render import RenderedFile, is_generated, render, render_single_process
 from .selection import Selection
@@ -438,19 +438,13 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
     Only our own nginx files on a main host change; the worker set stays as deployed.
     """
-    from .cluster import main_topology_of, read_cluster
-    from .selection import Selection
+    from .cluster import deployed_topology
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
     try:
         facts = read_host_facts(root)
-        topology = main_topology_of(read_cluster(root)) if (root / paths.CLUSTER_FILE).is_file() else None
-        counts: dict[str, int] = {}
-        for name in facts.existing_workers:
-            parsed = parse_worker_name(name)
-            if parsed:
-                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
-        plan = make_plan(Selection(counts), facts, *(() if topology is None else (topology,)))
+        plan = make_plan(Selection(counts_from_workers(facts.existing_workers)), facts,
+                         deployed_topology(root))
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return

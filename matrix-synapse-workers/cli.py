@@ -17,7 +17,8 @@ from . import __version__, paths
 from .catalog import PRESETS, ROLES
 from .errors import SelectionError, WorkersError
 from .hostfacts import HostFacts, read_host_facts, require_postgres
-from .plan import Plan, make_plan, parse_worker_name
+from .cluster import deployed_topology
+from .plan import Plan, counts_from_workers, make_plan
 from .render import RenderedFile, render
 from .selection import AUTO, Selection, select
 from .settings import Settings, parse_redis
@@ -38,11 +39,7 @@ class Desired:
 
 def current_workers_spec(facts: HostFacts) -> str | None:
     """The workers on disk as a ``role:count`` spec, or None if there are none."""
-    counts: dict[str, int] = {}
-    for name in facts.existing_workers:
-        parsed = parse_worker_name(name)
-        if parsed:
-            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+    counts = counts_from_workers(facts.existing_workers)
     return ",".join(f"{role}:{count}" for role, count in counts.items()) or None
 
 
@@ -66,18 +63,6 @@ def decide(root: Path, preset: str | None, workers: str | None, settings: Settin
         selection = choose(facts, preset, workers)
         plan = make_plan(selection, facts, settings.topology)
     return Desired(facts, selection, settings, plan, render(plan, facts, settings))
-
-
-def deployed_topology(root: Path) -> Topology:
-    """What this host is now: a worker host (its mark), a main host with worker hosts
-    (its cluster.yaml), or one machine."""
-    from .cluster import main_topology_of, read_cluster
-    mark = root / paths.WORKER_HOST_MARK
-    if mark.is_file():
-        return worker_host_topology(mark.read_text(encoding="utf-8").strip())
-    if not (root / paths.CLUSTER_FILE).is_file():
-        return Topology()
-    return main_topology_of(read_cluster(root))
 
 
 def plan_as_json(desired: Desired) -> dict[str, object]:

@@ -132,6 +132,18 @@ def main_topology_of(cluster: Cluster) -> Topology:
     return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
 
 
+def deployed_topology(root: Path) -> Topology:
+    """What this host is now: a worker host (its mark), a main host with worker hosts
+    (its cluster.yaml), or one machine."""
+    from .topology import worker_host_topology
+    mark = root / paths.WORKER_HOST_MARK
+    if mark.is_file():
+        return worker_host_topology(mark.read_text(encoding="utf-8").strip())
+    if not (root / paths.CLUSTER_FILE).is_file():
+        return Topology()
+    return main_topology_of(read_cluster(root))
+
+
 def read_cluster(root: Path) -> Cluster:
     path = root / paths.CLUSTER_FILE
     shown = "/" + str(paths.CLUSTER_FILE)

@@ -205,6 +205,16 @@ def remote_workers(topology: Topology) -> tuple[Worker, ...]:
     return tuple(workers)
 
 
+def counts_from_workers(names: Iterable[str]) -> dict[str, int]:
+    """Main-host workers per role among ``names``, in catalog order; other names are left out."""
+    counts: dict[str, int] = {}
+    for name in names:
+        parsed = parse_worker_name(name)
+        if parsed:
+            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+    return {role: counts[role] for role in ROLES if role in counts}
+
+
 def plan_workers(selection: Selection, existing: Iterable[str] = ()) -> tuple[Worker, ...]:
     """Name the selected workers of the main host, keeping names already on disk."""
     kept_indices: dict[str, list[int]] = {}

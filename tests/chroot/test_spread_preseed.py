@@ -232,7 +232,7 @@ def test_interactive_public_address_asks_for_the_confirmation_then_another_addre
     c.preseed({"replication-address": "1.2.3.4"})
     # At priority high config asks the preset (small) and the address (the public one);
     # the postinst then refuses it, asks the confirmation (declined), then the address.
-    typed = "2\n1.2.3.4\nno\n10.99.0.5\n"
+    typed = "3\n1.2.3.4\nno\n10.99.0.5\n"
     # timeout: teletype asks forever once the typed lines run out.
     done = c.run("timeout", "300", "script", "-qec", f"dpkg-reconfigure -phigh {PACKAGE}",
                  "/dev/null", input=typed, env={"DEBIAN_FRONTEND": "teletype"})

@@ -5,21 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from loopback import free_port, wait_listening
 from matrix_synapse_workers.topology import Address
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -36,14 +29,7 @@ def redis_with_password(directory: Path, password: str) -> Iterator[Address]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = Address("127.0.0.1", port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((address.host, address.port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+        wait_listening(address.host, address.port, proc, "redis-server")
         yield address
     finally:
         proc.terminate()

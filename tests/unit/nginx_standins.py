@@ -16,12 +16,19 @@ import socket
 import socketserver
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from loopback import free_port, wait_listening
 from matrix_synapse_workers import paths
+
+
+def nginx_test(tmp_path: Path, http: str, snippet: str) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` on the two files in a whole configuration of their own."""
+    conf = nginx_conf(tmp_path, http, snippet, 18080)
+    return subprocess.run(["nginx", "-t", "-q", "-c", str(conf), "-p", str(tmp_path)],
+                          capture_output=True, text=True)
 
 
 def nginx_conf(tmp_path: Path, http: str, snippet: str, listen: int) -> Path:
@@ -77,12 +84,6 @@ def stop(server: socketserver.BaseServer) -> None:
     server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def socket_standins(http_conf: str, directory: Path) -> Iterator[str]:
     """A stand-in on every UNIX socket the http file names, moved into ``directory``;
@@ -105,15 +106,7 @@ def running_nginx(tmp_path: Path, http: str, snippet: str) -> Iterator[int]:
     nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError:
-                assert nginx.poll() is None, nginx.stderr.read().decode()  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "nginx did not start listening"
-                time.sleep(0.05)
+        wait_listening("127.0.0.1", listen, nginx, "nginx")
         yield listen
     finally:
         nginx.terminate()

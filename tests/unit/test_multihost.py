@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from hostroot import make_root
-from realredis import free_port, redis_with_password
+from loopback import free_port
+from realredis import redis_with_password
 from matrix_synapse_workers import paths
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_from_cluster

@@ -3,11 +3,11 @@
 import doctest
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from nginx_standins import nginx_test
 from matrix_synapse_workers import paths, routing
 from matrix_synapse_workers.catalog import ENDPOINTS, PRESETS, ROLES, Balance
 from matrix_synapse_workers.plan import Plan, plan_workers
@@ -170,14 +170,7 @@ def test_nginx_accepts_the_files(tmp_path: Path, spec: str):
     """`nginx -t` with the files in the contexts Debian's layout puts them in."""
     plan = Plan(plan_workers(select(preset=spec[7:]) if spec.startswith("preset:") else select(workers=spec)))
     http, snippet = nginx_files(plan)
-    (tmp_path / "http.conf").write_text(http.content)
-    (tmp_path / "snippet.conf").write_text(snippet.content)
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  include {tmp_path}/http.conf;\n"
-        f"  server {{\n    listen 127.0.0.1:18080;\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
-    r = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = nginx_test(tmp_path, http.content, snippet.content)
     assert r.returncode == 0, r.stderr
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from hostroot import make_root
-from nginx_standins import free_port, get, nginx_conf, running_nginx, socket_standins, stop, tcp_standin
+from nginx_standins import free_port, get, nginx_test, running_nginx, socket_standins, stop, tcp_standin
 from matrix_synapse_workers import paths, routing
 from matrix_synapse_workers.hostfacts import read_host_facts
 from matrix_synapse_workers.plan import Plan, make_plan
@@ -97,9 +96,7 @@ def test_worker_locations_fail_fast_and_fall_back_on_502_and_504(tmp_path):
 @pytest.mark.parametrize("hosts", ["hostb 10.99.0.2 sync,events", "hostc fd00::2 sync:3,client:2"])
 def test_nginx_accepts_remote_upstreams(tmp_path, hosts):
     http, snippet = nginx_files(spread_plan(tmp_path, "sync,client,federation_reader", hosts))
-    conf = nginx_conf(tmp_path, http.content, snippet.content, 18080)
-    r = subprocess.run(["nginx", "-t", "-q", "-c", str(conf), "-p", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = nginx_test(tmp_path, http.content, snippet.content)
     assert r.returncode == 0, r.stderr
 
 

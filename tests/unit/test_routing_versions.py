@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import doctest
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from nginx_standins import nginx_test
 from matrix_synapse_workers import routing, synapseversion
 from matrix_synapse_workers.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
 from matrix_synapse_workers.plan import Plan, plan_workers
@@ -169,12 +169,5 @@ def test_the_files_say_which_version_they_route_for():
 @pytest.mark.parametrize("version", [(1, 89, 0), (1, 130, 0), (1, 143, 0), None])
 def test_nginx_accepts_the_files_of_every_version(tmp_path: Path, version):
     http, snippet = nginx_files(plan_of("sync:2,client,device_lists,federation_reader"), version)
-    (tmp_path / "http.conf").write_text(http.content)
-    (tmp_path / "snippet.conf").write_text(snippet.content)
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  include {tmp_path}/http.conf;\n"
-        f"  server {{\n    listen 127.0.0.1:18080;\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
-    r = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = nginx_test(tmp_path, http.content, snippet.content)
     assert r.returncode == 0, r.stderr

@@ -25,7 +25,8 @@ from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.status import FAIL, OK, RedisClient, WORKER_HOST
 from matrix_synapse_workers.system import netprobe
 from matrix_synapse_workers.topology import Address, http_port, replication_port
-from realredis import free_port, redis_with_password
+from loopback import free_port
+from realredis import redis_with_password
 
 HOSTB = "127.77.0.2"
 MAIN = "127.77.0.1"

@@ -429,3 +429,11 @@ def file_list(chroot: Chroot, skip: Iterable[str]) -> dict[str, str]:
             else:
                 result[rel] = "dir" if stat.S_ISDIR(st.st_mode) else "other"
     return result
+
+
+class Installed:
+    """A chroot with the package installed, and what the installation printed."""
+
+    def __init__(self, chroot: Chroot, output: str):
+        self.chroot = chroot
+        self.output = output

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from chroot_helpers import Chroot, chroot_copy, file_list, use_postgres
+from chroot_helpers import Chroot, Installed, chroot_copy, file_list, use_postgres
 from matrix_synapse_workers.catalog import ROLES
 from matrix_synapse_workers.plan import worker_name
 from matrix_synapse_workers.sizing import sized_counts, this_machine
@@ -62,12 +62,6 @@ def changed(before: dict, after: dict) -> dict[str, tuple]:
 
 
 # --- a preseeded install ------------------------------------------------------
-
-
-class Installed:
-    def __init__(self, chroot: Chroot, output: str):
-        self.chroot = chroot
-        self.output = output
 
 
 @pytest.fixture(scope="module")

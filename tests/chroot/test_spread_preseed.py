@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from chroot_helpers import Chroot, chroot_copy, run
+from chroot_helpers import Chroot, Installed, chroot_copy, run
 
 PACKAGE = "matrix-synapse-workers"
 ETC = "/etc/matrix-synapse"
@@ -52,12 +52,6 @@ def error_line(output: str) -> str:
 
 
 # --- a main host with worker hosts --------------------------------------------
-
-
-class Installed:
-    def __init__(self, chroot: Chroot, output: str):
-        self.chroot = chroot
-        self.output = output
 
 
 @pytest.fixture(scope="module")

@@ -30,3 +30,12 @@ def container_name(node_name: str) -> str:
 MAIN_HOST_ADDRESS = "10.99.0.1"
 WORKER_HOST_ADDRESS = "10.99.0.2"
 WORKER_HOST_LABEL = "hostb"
+
+# nginx in a container: the admin's vhost that includes our snippet, and its address.
+NGINX = "http://127.0.0.1:8080"
+VHOST = """server {
+    listen 127.0.0.1:8080;
+    server_name example.test;
+    include snippets/matrix-synapse-workers.conf;
+}
+"""

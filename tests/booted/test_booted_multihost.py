@@ -27,21 +27,14 @@ from typing import Any, Iterator
 import pytest
 
 import harness
-from booted_config import (MAIN_HOST_ADDRESS as ADDR_A, WORKER_HOST_ADDRESS as ADDR_B,
-                           WORKER_HOST_LABEL as LABEL)
+from booted_config import (MAIN_HOST_ADDRESS as ADDR_A, NGINX, VHOST,
+                           WORKER_HOST_ADDRESS as ADDR_B, WORKER_HOST_LABEL as LABEL)
 from harness import Container, http, login, register_user
 from twohost import (PrivateLink, Stream, copy_files, file_stat, grep_markers,
                      postgres_listen_privately, remote_psql, tree_fingerprint)
 
 SOCKETS = "/run/matrix-synapse"
 LOGS = "/var/log/matrix-synapse"
-NGINX = "http://127.0.0.1:8080"
-VHOST = """server {
-    listen 127.0.0.1:8080;
-    server_name example.test;
-    include snippets/matrix-synapse-workers.conf;
-}
-"""
 # A keeps a client worker (logins, room creation, sends) and nothing in the sync
 # pool, so every /sync goes to the worker host while it is reachable.
 LOCAL_WORKERS = "client"

@@ -17,19 +17,13 @@ import pytest
 
 import harness
 from harness import Container, http, login, register_user
+from booted_config import NGINX, VHOST
 from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure
 
 from matrix_synapse_workers import routing
 from matrix_synapse_workers.plan import Plan, plan_workers
 from matrix_synapse_workers.selection import select
 
-NGINX = "http://127.0.0.1:8080"
-VHOST = """server {
-    listen 127.0.0.1:8080;
-    server_name example.test;
-    include snippets/matrix-synapse-workers.conf;
-}
-"""
 TYPES = "sync, client, federation_reader, media, typing, device_lists, user_dir"
 COUNTS = "sync:2"
 WORKERS = ["client-1", "device-lists-1", "federation-reader-1", "media-1", "sync-1", "sync-2",

@@ -20,26 +20,22 @@ from synapse.config._base import ConfigError
 from synapse.config.homeserver import HomeServerConfig
 
 
-def load(config_paths: list) -> str:
+def load(config_paths: list):
+    """The loaded config, or the error text Synapse gave."""
     argv = []
     for path in config_paths:
         argv += ["--config-path", path]
     try:
-        config = HomeServerConfig.load_config("matrix-synapse-workers test", argv)
+        return HomeServerConfig.load_config("matrix-synapse-workers check", argv)
     except ConfigError as exc:
         return f"ConfigError: {exc} {list(exc.path or [])}"
     except Exception as exc:  # anything else Synapse raises on a bad file set
         return f"{type(exc).__name__}: {exc}"
-    return f"OK {config.worker.instance_name}"
 
 
-def database_limits(config_paths: list) -> object:
+def database_limits(config) -> object:
     """PostgreSQL's connection limit, asked with the configuration's own credentials."""
-    argv = []
-    for path in config_paths:
-        argv += ["--config-path", path]
     try:
-        config = HomeServerConfig.load_config("matrix-synapse-workers check", argv)
         database = config.database.databases[0].config
         if database.get("name") != "psycopg2":
             return "not PostgreSQL"
@@ -47,12 +43,15 @@ def database_limits(config_paths: list) -> object:
 
         args = {k: v for k, v in database.get("args", {}).items() if not k.startswith("cp_")}
         args.setdefault("connect_timeout", 5)
-        with psycopg2.connect(**args) as conn, conn.cursor() as cursor:
-            cursor.execute("SHOW max_connections")
-            max_connections = int(cursor.fetchone()[0])
-            cursor.execute("SHOW superuser_reserved_connections")
-            reserved = int(cursor.fetchone()[0])
-        conn.close()
+        conn = psycopg2.connect(**args)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW max_connections")
+                max_connections = int(cursor.fetchone()[0])
+                cursor.execute("SHOW superuser_reserved_connections")
+                reserved = int(cursor.fetchone()[0])
+        finally:
+            conn.close()
         return {"max_connections": max_connections, "reserved": reserved}
     except Exception as exc:  # unreachable database, no psycopg2: the limit stays unknown
         return f"{type(exc).__name__}: {exc}".strip()[:300]
@@ -65,9 +64,19 @@ def main() -> None:
             with open(key_path, "w") as handle:
                 write_signing_keys(handle, [generate_signing_key("a_test")])
     sets = json.load(sys.stdin)
-    results = {label: load(config_paths) for label, config_paths in sets}
-    if ask_database and sets:
-        results["__database__"] = database_limits(sets[0][1])
+    results = {}
+    first = None
+    for label, config_paths in sets:
+        loaded = load(config_paths)
+        if isinstance(loaded, str):
+            results[label] = loaded
+            continue
+        results[label] = f"OK {loaded.worker.instance_name}"
+        if first is None:
+            first = loaded
+    if ask_database and first is not None:
+        # Every set shares homeserver.yaml's database: the first loaded one says where.
+        results["__database__"] = database_limits(first)
     json.dump(results, sys.stdout)
 
 

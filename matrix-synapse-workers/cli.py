@@ -17,7 +17,7 @@ from . import __version__, paths
 from .catalog import PRESETS, ROLES
 from .errors import SelectionError, WorkersError
 from .hostfacts import HostFacts, read_host_facts, require_postgres
-from .cluster import deployed_topology
+from .cluster import deployed_topology, plan_from_cluster, read_cluster
 from .plan import Plan, counts_from_workers, make_plan
 from .render import RenderedFile, render
 from .selection import AUTO, Selection, select
@@ -53,7 +53,6 @@ def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selecti
 
 def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:
     """Read the host, validate the request, plan and render: all pure after the read."""
-    from .cluster import plan_from_cluster, read_cluster
     facts = read_host_facts(root)
     require_postgres(facts)
     if settings.topology.role is HostRole.WORKER_HOST:

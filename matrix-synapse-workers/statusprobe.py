@@ -70,17 +70,13 @@ def _connect_unix(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def _connect_tcp(address: Address, timeout: float) -> socket.socket:
-    return socket.create_connection((address.host, address.port), timeout)
-
-
 def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
     """GET /health over a UNIX socket (a path) or TCP (an :class:`Address`), HTTP/1.1,
     with X-Forwarded-For (Synapse needs it on sockets)."""
     request = (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 127.0.0.1\r\n"
                b"User-Agent: matrix-synapse-workers-status\r\nConnection: close\r\n\r\n")
     try:
-        connection = (_connect_tcp(where, timeout) if isinstance(where, Address)
+        connection = (netprobe.connect(where, timeout) if isinstance(where, Address)
                       else _connect_unix(where, timeout))
         with connection as sock:
             sock.sendall(request)
@@ -534,11 +530,6 @@ def read_side(root: Path) -> Side:
     return Side(WORKER_HOST, label, cluster, plan=plan)
 
 
-def topology_of(cluster: Cluster) -> Topology:
-    """The main host's topology as cluster.yaml records it (for the files it would write)."""
-    return main_topology_of(cluster)
-
-
 def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
     """Workers cluster.yaml gives host ``label`` (None: every worker host)."""
     found = []
@@ -690,7 +681,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     group = override[1] if override else deployed_socket_group(root)
 
     # nginx files do not depend on the answers: known before anything is asked.
-    topology = topology_of(cluster) if cluster is not None and not worker_host else Topology()
+    topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
     first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
     try:
         host, first_render = desired_files(root, deployed, first_settings, side)

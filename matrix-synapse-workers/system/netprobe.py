@@ -27,13 +27,13 @@ class Probe:
     detail: str = ""
 
 
-def _connect(address: Address, timeout: float) -> socket.socket:
+def connect(address: Address, timeout: float) -> socket.socket:
     return socket.create_connection((address.host, address.port), timeout=timeout)
 
 
 def tcp(address: Address, timeout: float = TIMEOUT) -> Probe:
     try:
-        with _connect(address, timeout):
+        with connect(address, timeout):
             return Probe(True)
     except OSError as exc:
         return Probe(False, f"{address} is unreachable: {exc.strerror or exc}")
@@ -59,7 +59,7 @@ def redis_auth(address: Address, password: str, timeout: float = TIMEOUT) -> Pro
             parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
         return b"".join(parts)
     try:
-        with _connect(address, timeout) as sock:
+        with connect(address, timeout) as sock:
             sock.sendall(bulk("AUTH", password))
             answer = _recv_line(sock)
             if answer != b"+OK":
@@ -83,7 +83,7 @@ def http_get(address: Address, path: str, headers: dict[str, str] | None = None,
     lines = [f"GET {path} HTTP/1.0", f"Host: {address}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     try:
-        with _connect(address, timeout) as sock:
+        with connect(address, timeout) as sock:
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             data = b""
             while True:

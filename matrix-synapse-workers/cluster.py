@@ -25,7 +25,7 @@ import yaml
 
 from . import paths
 from .errors import HostConfigError
-from .plan import Plan, Worker, split_worker_name
+from .plan import Plan, Worker, parse_worker_name
 from .topology import DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost
 
 MAIN = "main"
@@ -108,12 +108,11 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
     for label, names in cluster.workers.items():
         host = None if label == MAIN else label
         for name in names:
-            parsed = split_worker_name(name)
-            if parsed is None or parsed[2] != host:
+            parsed = parse_worker_name(name)
+            if parsed is None or parsed.host != host:
                 raise HostConfigError(f"/{paths.CLUSTER_FILE}: {name!r} is not a worker name this "
                                       f"package gives on host {label!r}; {COPY_HINT}")
-            found.append(Worker(name, parsed[0], parsed[1], host,
-                                cluster.addresses.get(label) if host else None))
+            found.append(parsed.worker(host, cluster.addresses.get(label) if host else None))
     return Plan(tuple(found), cluster.replication, here, cluster.redis)
 
 
@@ -125,9 +124,9 @@ def main_topology_of(cluster: Cluster) -> Topology:
             continue
         counts: dict[str, int] = {}
         for name in names:
-            parsed = split_worker_name(name)
+            parsed = parse_worker_name(name)
             if parsed is not None:
-                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+                counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
         hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
     return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
 

@@ -176,21 +176,40 @@ def worker_name(role: Role, index: int, host: str | None = None) -> str:
     return f"{base}-{host}" if host else base
 
 
-def split_worker_name(name: str) -> tuple[Role, int, str | None] | None:
-    """Role, number and worker-host label (None: main host) of a name this package made."""
+@dataclass(frozen=True)
+class WorkerName:
+    """A worker name this package made, read back into its parts (the one parser of names).
+
+    >>> parsed = parse_worker_name("federation-sender-2-hostc")
+    >>> parsed.role.name, parsed.index, parsed.host
+    ('federation_sender', 2, 'hostc')
+    """
+
+    name: str
+    role: Role
+    index: int
+    #: The worker-host label; None: the main host.
+    host: str | None = None
+
+    def worker(self, host: str | None = None, address: str | None = None) -> Worker:
+        """The worker of this name on ``host`` (default: the host its name says)."""
+        return Worker(self.name, self.role, self.index, host if host is not None else self.host,
+                      address)
+
+
+def parse_worker_name(name: str) -> WorkerName | None:
+    """The parts of a name this package made (on any host), else None."""
     match = _NAME.match(name)
     if not match:
         return None
     role = ROLES.get(match["role"].replace("-", "_"))
-    return (role, int(match["index"]), match["host"]) if role else None
+    return WorkerName(name, role, int(match["index"]), match["host"]) if role else None
 
 
-def parse_worker_name(name: str) -> tuple[Role, int] | None:
-    """The role and number of a main-host worker name this package made, else None."""
-    parsed = split_worker_name(name)
-    if parsed is None or parsed[2] is not None:
-        return None
-    return parsed[0], parsed[1]
+def main_worker_name(name: str) -> WorkerName | None:
+    """The parts of a main-host worker name this package made, else None."""
+    parsed = parse_worker_name(name)
+    return parsed if parsed is not None and parsed.host is None else None
 
 
 def remote_workers(topology: Topology) -> tuple[Worker, ...]:
@@ -209,9 +228,9 @@ def counts_from_workers(names: Iterable[str]) -> dict[str, int]:
     """Main-host workers per role among ``names``, in catalog order; other names are left out."""
     counts: dict[str, int] = {}
     for name in names:
-        parsed = parse_worker_name(name)
+        parsed = main_worker_name(name)
         if parsed:
-            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+            counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
     return {role: counts[role] for role in ROLES if role in counts}
 
 
@@ -219,9 +238,9 @@ def plan_workers(selection: Selection, existing: Iterable[str] = ()) -> tuple[Wo
     """Name the selected workers of the main host, keeping names already on disk."""
     kept_indices: dict[str, list[int]] = {}
     for name in existing:
-        parsed = parse_worker_name(name)
+        parsed = main_worker_name(name)
         if parsed:
-            kept_indices.setdefault(parsed[0].name, []).append(parsed[1])
+            kept_indices.setdefault(parsed.role.name, []).append(parsed.index)
     workers: list[Worker] = []
     for role_name, count in selection.counts.items():
         role = ROLES[role_name]

@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
 from . import paths
-from .plan import Worker, parse_worker_name
+from .plan import Worker, main_worker_name
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 _RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}
@@ -326,8 +326,8 @@ def expected_processes(worker_names: Iterable[str]) -> tuple[Process, ...]:
     """Main and one process per worker file, with the sockets the catalog gives them."""
     found = [Process(MAIN, paths.MAIN_UNIT, paths.MAIN_HTTP_SOCKET, paths.MAIN_REPLICATION_SOCKET)]
     for name in worker_names:
-        parsed = parse_worker_name(name)
-        role = parsed[0] if parsed else None
+        parsed = main_worker_name(name)
+        role = parsed.role if parsed else None
         replication = (paths.worker_replication_socket(name)
                        if role is not None and role.needs_replication_listener else None)
         found.append(Process(name, paths.WORKER_UNIT_TEMPLATE.format(name=name),

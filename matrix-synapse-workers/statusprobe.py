@@ -36,7 +36,7 @@ from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from
 from .cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
 from .errors import WorkersError
 from .hostfacts import existing_worker_names, read_host_facts
-from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
+from .plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
 from .render import RenderedFile, dump_yaml, main_listeners, render
 from .selection import select
 from .settings import RedisMode, Settings, parse_redis
@@ -537,9 +537,9 @@ def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
         if host == CLUSTER_MAIN or (label is not None and host != label):
             continue
         for name in names:
-            parsed = split_worker_name(name)
+            parsed = parse_worker_name(name)
             if parsed is not None:
-                found.append(Worker(name, parsed[0], parsed[1], host, cluster.addresses.get(host)))
+                found.append(parsed.worker(host, cluster.addresses.get(host)))
     return tuple(found)
 
 
@@ -567,10 +567,9 @@ def local_workers(names: Sequence[str], side: Side) -> tuple[Worker, ...]:
     address = side.cluster.addresses.get(side.label or "") if side.cluster is not None else None
     found = []
     for name in names:
-        parsed = split_worker_name(name)
+        parsed = parse_worker_name(name)
         if parsed is not None:
-            found.append(Worker(name, parsed[0], parsed[1], parsed[2] or side.label,
-                                address if address else None))
+            found.append(parsed.worker(parsed.host or side.label, address if address else None))
     return tuple(found)
 
 

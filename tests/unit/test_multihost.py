@@ -22,7 +22,7 @@ from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_from_cluster
 from matrix_synapse_workers.errors import HostConfigError, SelectionError
 from matrix_synapse_workers.hostfacts import read_host_facts
-from matrix_synapse_workers.plan import make_plan, split_worker_name
+from matrix_synapse_workers.plan import make_plan, parse_worker_name
 from matrix_synapse_workers.render import render
 from matrix_synapse_workers.selection import select
 from matrix_synapse_workers.settings import Settings
@@ -187,9 +187,11 @@ def test_a_tampered_cluster_yaml_is_refused(main_side):
 
 
 def test_worker_names_carry_their_host():
-    assert split_worker_name("federation-sender-2-hostc")[1:] == (2, "hostc")
-    assert split_worker_name("sync-1")[1:] == (1, None)
-    assert split_worker_name("sync-hostb") is None
+    parsed = parse_worker_name("federation-sender-2-hostc")
+    assert (parsed.index, parsed.host) == (2, "hostc")
+    parsed = parse_worker_name("sync-1")
+    assert (parsed.index, parsed.host) == (1, None)
+    assert parse_worker_name("sync-hostb") is None
 
 
 # --- the command on both hosts -----------------------------------------------------

@@ -50,12 +50,13 @@ from .errors import SelectionError
 from .hostfacts import existing_worker_names
 from .plan import counts_from_workers
 from .selection import AUTO, Selection, parse_workers, select
+from .system.applied import AppliedRecord
 from .settings import RedisMode, Settings, check_system_name, parse_redis
 from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, main_topology, parse_address, parse_worker_hosts,
                        worker_host_topology)
 
-PACKAGE = "matrix-synapse-workers"
+PACKAGE = paths.PACKAGE
 CUSTOM = "custom"
 #: The debconf questions, by the short name used in messages and code.
 Q_PRESET = f"{PACKAGE}/preset"
@@ -311,11 +312,11 @@ def deployed_socket_group(root: Path) -> str:
     return group
 
 
-def applied_record(root: Path) -> str:
+def applied_record(root: Path) -> AppliedRecord:
     """What the postinst records after applying, read from the files under ``root``.
 
     ``debian/config`` reads the files back in the same spelling and compares:
     only a difference (a hand edit) makes it replace the debconf answers.
     """
     workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
-    return f"workers={workers}\nsocket_group={deployed_socket_group(root)}\n"
+    return AppliedRecord(workers, deployed_socket_group(root))

@@ -44,8 +44,6 @@ from .system.systemd import Systemd, systemd_running
 from .topology import HostRole
 
 STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
-REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
 SYNAPSE_CHECK = Path(__file__).with_name("synapse_check.py")
 
 
@@ -351,13 +349,13 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                             mode=guide[0].stat().st_mode & 0o7777,
                                             owner="redis", group="redis"), chown=True)
         report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
-        systemd.restart(GUIDE_REDIS_UNIT)
+        systemd.restart(paths.GUIDE_REDIS_UNIT)
     if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
-        systemd.enable(REDIS_UNIT)
-        if redis_changed and systemd.is_active(REDIS_UNIT):
-            systemd.restart(REDIS_UNIT)
-        elif not systemd.is_active(REDIS_UNIT):
-            systemd.start(REDIS_UNIT)
+        systemd.enable(paths.REDIS_UNIT)
+        if redis_changed and systemd.is_active(paths.REDIS_UNIT):
+            systemd.restart(paths.REDIS_UNIT)
+        elif not systemd.is_active(paths.REDIS_UNIT):
+            systemd.start(paths.REDIS_UNIT)
     if changes.start or changes.stop:
         systemd.daemon_reload()
 

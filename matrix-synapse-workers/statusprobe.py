@@ -43,17 +43,11 @@ from .settings import RedisMode, Settings, parse_redis
 from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
-from .system import netprobe
+from .synapseversion import installed_release
+from .system import applied, netprobe, statoverride
 from .topology import Address, Topology
 
 TIMEOUT = 1.0
-REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
-APPLIED = paths.STATE_DIR / "applied"
-STATOVERRIDE_DB = Path("/var/lib/dpkg/statoverride")
-SYNAPSE_DIST_INFO = ("opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
-                     "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info")
-SYNAPSE_PACKAGES = ("matrix-synapse-py3", "matrix-synapse")
 
 
 # --- small clients --------------------------------------------------------------
@@ -331,29 +325,6 @@ def debconf_answers() -> dict[str, str] | str:
     return answers if answers else "no answers recorded"
 
 
-def installed_version(root: Path) -> str | None:
-    for pattern in SYNAPSE_DIST_INFO:
-        for found in sorted(root.glob(pattern)):
-            return found.name[len("matrix_synapse-"):-len(".dist-info")]
-    for package in SYNAPSE_PACKAGES:
-        done = _run(["dpkg-query", "--show", "--showformat=${Version}", package])
-        if done is not None and done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-    return None
-
-
-def statoverride(path: str, db: Path = STATOVERRIDE_DB) -> tuple[str, str, int] | None:
-    try:
-        lines = db.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split(maxsplit=3)
-        if len(fields) == 4 and fields[3] == path:
-            return fields[0], fields[1], int(fields[2], 8)
-    return None
-
-
 def nginx_dump() -> tuple[bool | None, str, frozenset[str]]:
     """(nginx -T passed, its messages, the files its configuration is made of)."""
     done = _run(["nginx", "-T"], timeout=1.5)
@@ -383,14 +354,9 @@ def _read_yaml(path: Path) -> Any:
 def read_deployed(root: Path) -> Deployed:
     data = _read_yaml(root / paths.REDIS_CONF_D)
     redis = data.get("redis") if isinstance(data, dict) else None
-    recorded = None
-    try:
-        for line in (root / APPLIED).read_text(encoding="utf-8").splitlines():
-            if line.startswith("workers="):
-                recorded = line.partition("=")[2]
-    except OSError:
-        pass
-    return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {}, recorded)
+    record = applied.read(root)
+    return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {},
+                    record.workers if record is not None else None)
 
 
 def redis_settings_of(config: Mapping[str, Any]):
@@ -673,11 +639,11 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
                         "password_path": "/" + str(paths.REDIS_PASSWORD)}
     redis_settings = redis_settings_of(redis_config)
-    redis_unit = None if worker_host else {RedisMode.DEDICATED: REDIS_UNIT, RedisMode.GUIDE: GUIDE_REDIS_UNIT}.get(
+    redis_unit = None if worker_host else {RedisMode.DEDICATED: paths.REDIS_UNIT, RedisMode.GUIDE: paths.GUIDE_REDIS_UNIT}.get(
         redis_settings.mode) if redis_config else None
     password, password_error = _redis_password(root, redis_config)
-    override = statoverride(str(paths.SOCKET_DIR))
-    group = override[1] if override else deployed_socket_group(root)
+    override = statoverride.read(str(paths.SOCKET_DIR))
+    group = override.group if override else deployed_socket_group(root)
 
     # nginx files do not depend on the answers: known before anything is asked.
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
@@ -707,7 +673,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         else (password_error, None, ()),
         "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
         "debconf": debconf_answers,
-        "installed": lambda: installed_version(root),
+        "installed": lambda: installed_release(root),
     }
     if nginx_files:
         jobs["nginx"] = nginx_dump
@@ -749,8 +715,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     web_user = settings.web_user if answers is not None else paths.DEFAULT_WEB_USER
     expected = Expected(
         processes=expected_list, socket_group=group, web_user=web_user,
-        dir_owner=override[0] if override else paths.SYNAPSE_USER,
-        dir_mode=override[2] if override else paths.SOCKET_DIR_MODE,
+        dir_owner=override.owner if override else paths.SYNAPSE_USER,
+        dir_mode=override.mode if override else paths.SOCKET_DIR_MODE,
         needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
 
     missing: tuple[str, ...] = ()

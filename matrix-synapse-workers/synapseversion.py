@@ -19,17 +19,21 @@ True
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Iterable
 
 from .catalog import Version
 
-#: Synapse's package metadata, relative to the root: the Matrix.org package's
-#: venv (matrix-synapse-py3), then Debian's matrix-synapse.
-METADATA_GLOBS = (
-    "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",
-    "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info/METADATA",
+#: Synapse's package metadata directories, relative to the root: the Matrix.org
+#: package's venv (matrix-synapse-py3), then Debian's matrix-synapse.
+DIST_INFO_GLOBS = (
+    "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
+    "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info",
 )
+METADATA_GLOBS = tuple(f"{pattern}/METADATA" for pattern in DIST_INFO_GLOBS)
+#: The Debian packages that install Synapse: the Matrix.org one, then Debian's.
+SYNAPSE_PACKAGES = ("matrix-synapse-py3", "matrix-synapse")
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,
 # -revision, +build) does not change which routes apply.
@@ -66,3 +70,26 @@ def installed_version(root: Path = Path("/"), globs: Iterable[str] = METADATA_GL
             if version is not None:
                 found.append(version)
     return max(found, default=None)
+
+
+def installed_release(root: Path = Path("/")) -> str | None:
+    """The installed Synapse's version as its packaging spells it (``1.163.2``,
+    ``1.163.2+standin``): the dist-info directory's name, else dpkg's version."""
+    for pattern in DIST_INFO_GLOBS:
+        for found in sorted(root.glob(pattern)):
+            return found.name[len("matrix_synapse-"):-len(".dist-info")]
+    for package in SYNAPSE_PACKAGES:
+        version = package_version(package)
+        if version:
+            return version
+    return None
+
+
+def package_version(package: str) -> str | None:
+    """dpkg's version of an installed ``package``; None when it is not installed."""
+    try:
+        done = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", package],
+                              capture_output=True, text=True, timeout=1.5, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None

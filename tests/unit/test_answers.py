@@ -500,14 +500,14 @@ def test_config_keeps_answers_when_files_are_what_was_applied(tmp_path):
         root = tmp_path / "root"
         shutil.rmtree(root, ignore_errors=True)
         deploy(root, names, group=group)
-        deploy(root, [], applied=applied_record(root))
+        deploy(root, [], applied=applied_record(root).format())
         assert run_config(tmp_path, {Q_PRESET: "minimal"}) == {}
 
 
 def test_applied_record_spelling(tmp_path):
     root = tmp_path / "root"
     deploy(root, ["sync-2", "typing-1", "sync-1", "mine"], group="web")
-    assert applied_record(root) == "workers=sync:2,typing:1\nsocket_group=web\n"
+    assert applied_record(root).format() == "workers=sync:2,typing:1\nsocket_group=web\n"
     assert deployed_socket_group(tmp_path) == "clubmatrix"
 
 

@@ -51,6 +51,7 @@ from .hostfacts import existing_worker_names
 from .plan import counts_from_workers
 from .selection import AUTO, Selection, parse_workers, select
 from .system.applied import AppliedRecord
+from .system.machine import this_machine
 from .settings import RedisMode, Settings, check_system_name, parse_redis
 from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, main_topology, parse_address, parse_worker_hosts,
@@ -104,8 +105,10 @@ def split_multiselect(value: str) -> list[str]:
 
 def _selection(preset: str, types: str, counts: str) -> Selection:
     key = preset.strip().lower().replace("-", "_")
-    if key in PRESETS or key == AUTO:
+    if key in PRESETS:
         return select(preset=key)
+    if key == AUTO:
+        return select(preset=key, machine=this_machine())
     if key != CUSTOM:
         raise InvalidAnswer(Q_PRESET, f"unknown preset {preset.strip()!r}; accepted: "
                                       f"{', '.join(PRESET_CHOICES)}")

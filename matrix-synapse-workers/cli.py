@@ -22,6 +22,7 @@ from .plan import Plan, counts_from_workers, make_plan
 from .render import RenderedFile, render
 from .selection import AUTO, Selection, select
 from .settings import Settings, parse_redis
+from .system.machine import this_machine
 from .topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
 
@@ -48,7 +49,7 @@ def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selecti
     if preset is None and workers is None:
         workers = current_workers_spec(facts)
         preset = None if workers else AUTO
-    return select(preset=preset, workers=workers)
+    return select(preset=preset, workers=workers, machine=this_machine() if preset else None)
 
 
 def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:

@@ -21,6 +21,7 @@ from matrix_synapse_workers.hostfacts import HostFacts
 from matrix_synapse_workers.plan import make_plan, plan_workers, worker_name
 from matrix_synapse_workers.selection import select
 from matrix_synapse_workers.settings import RedisMode
+from matrix_synapse_workers.system.machine import this_machine
 from matrix_synapse_workers.topology import (
     DEFAULT_REDIS_PORT, DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, Address, HostRole, Topology,
     main_topology)
@@ -100,7 +101,7 @@ def test_defaults_are_valid_without_a_terminal():
     # In the order of QUESTIONS, as the postinst and status pass them.
     selection, settings = from_answers(*(default[q] for q in answers.QUESTIONS))
     assert default[answers.Q_PRESET] == "auto"
-    assert selection == select(preset="auto")  # sized from the machine the tests run on
+    assert selection == select(preset="auto", machine=this_machine())  # sized from the machine the tests run on
     assert (settings.socket_group, settings.web_user, settings.redis.mode) == (
         "clubmatrix", "www-data", RedisMode.DEDICATED)
     # One machine, as before worker hosts existed.

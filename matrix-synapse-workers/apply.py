@@ -28,20 +28,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from . import dbconnections, paths
-from .changes import Changes, OnDisk, compute_changes
-from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
-from .hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
-from .cluster import plan_from_cluster, read_cluster
-from .plan import Plan, counts_from_workers, make_plan
-from .redisconf import edit_guide_conf
-from .render import RenderedFile, is_generated, render, render_single_process
-from .selection import Selection
-from .settings import RedisMode, Settings
+from .core import dbconnections
+from .core import paths
+from .core.changes import Changes, OnDisk, compute_changes
+from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
+from .system.hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
+from .core.cluster import plan_from_cluster, read_cluster
+from .core.plan import Plan, counts_from_workers, make_plan
+from .render.redisconf import edit_guide_conf
+from .render.files import RenderedFile, is_generated, render, render_single_process
+from .core.selection import Selection
+from .core.settings import RedisMode, Settings
 from .system import accounts, netprobe, nginx, secrets, statoverride
 from .system.files import write_atomically
 from .system.systemd import Systemd, systemd_running
-from .topology import HostRole
+from .core.topology import HostRole
 
 STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
 SYNAPSE_CHECK = Path(__file__).with_name("synapse_check.py")
@@ -436,7 +437,7 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
     Only our own nginx files on a main host change; the worker set stays as deployed.
     """
-    from .cluster import deployed_topology
+    from .core.cluster import deployed_topology
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
     try:

@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, paths
-from .catalog import PRESETS, ROLES
-from .errors import SelectionError, WorkersError
-from .hostfacts import HostFacts, read_host_facts, require_postgres
-from .cluster import deployed_topology, plan_from_cluster, read_cluster
-from .plan import Plan, counts_from_workers, make_plan
-from .render import RenderedFile, render
-from .selection import AUTO, Selection, select
-from .settings import Settings, parse_redis
+from . import __version__
+from .core import paths
+from .core.catalog import PRESETS, ROLES
+from .core.errors import SelectionError, WorkersError
+from .system.hostfacts import HostFacts, read_host_facts, require_postgres
+from .core.cluster import deployed_topology, plan_from_cluster, read_cluster
+from .core.plan import Plan, counts_from_workers, make_plan
+from .render.files import RenderedFile, render
+from .core.selection import AUTO, Selection, select
+from .core.settings import Settings, parse_redis
 from .system.machine import this_machine
-from .topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
+from .core.topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,8 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     import time
-    from . import status, statusprobe  # probing is only for this command
+    from .status import checks as status
+    from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
     rows = status.evaluate(statusprobe.gather())
     seconds = time.monotonic() - started

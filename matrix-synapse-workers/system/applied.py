@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .. import paths
+from ..core import paths
 
 
 @dataclass(frozen=True)

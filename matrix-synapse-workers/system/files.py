@@ -12,7 +12,7 @@ import pwd
 import tempfile
 from pathlib import Path
 
-from ..render import RenderedFile
+from ..render.files import RenderedFile
 
 
 def _ids(owner: str, group: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import errno
 import socket
 from dataclasses import dataclass
 
-from ..topology import Address
+from ..core.topology import Address
 
 TIMEOUT = 3.0
 #: A replication endpoint main always registers (its path ends in a transaction

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import STATOVERRIDE_DB
+from ..core.paths import STATOVERRIDE_DB
 from .run import run
 
 

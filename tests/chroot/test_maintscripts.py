@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from chroot_helpers import Chroot, Installed, chroot_copy, file_list, use_postgres
-from matrix_synapse_workers.catalog import ROLES
-from matrix_synapse_workers.plan import worker_name
-from matrix_synapse_workers.sizing import sized_counts
+from matrix_synapse_workers.core.catalog import ROLES
+from matrix_synapse_workers.core.plan import worker_name
+from matrix_synapse_workers.core.sizing import sized_counts
 from matrix_synapse_workers.system.machine import this_machine
 
 PACKAGE = "matrix-synapse-workers"

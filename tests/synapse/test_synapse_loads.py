@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hostroot import homeserver, make_root
-from matrix_synapse_workers.catalog import PRESETS, ROLES
+from matrix_synapse_workers.core.catalog import PRESETS, ROLES
 from matrix_synapse_workers.cli import main
 
 ETC = "etc/matrix-synapse"

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 from debian import deb822
 
-from matrix_synapse_workers import answers
-from matrix_synapse_workers.answers import (
+from matrix_synapse_workers.debconf import answers
+from matrix_synapse_workers.debconf.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
     Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
     InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
-from matrix_synapse_workers.catalog import PRESETS, ROLES
-from matrix_synapse_workers.errors import SelectionError
-from matrix_synapse_workers.hostfacts import HostFacts
-from matrix_synapse_workers.plan import make_plan, plan_workers, worker_name
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.settings import RedisMode
+from matrix_synapse_workers.core.catalog import PRESETS, ROLES
+from matrix_synapse_workers.core.errors import SelectionError
+from matrix_synapse_workers.system.hostfacts import HostFacts
+from matrix_synapse_workers.core.plan import make_plan, plan_workers, worker_name
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.core.settings import RedisMode
 from matrix_synapse_workers.system.machine import this_machine
-from matrix_synapse_workers.topology import (
+from matrix_synapse_workers.core.topology import (
     DEFAULT_REDIS_PORT, DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, Address, HostRole, Topology,
     main_topology)
 

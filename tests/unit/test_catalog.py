@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from matrix_synapse_workers.catalog import ALIASES, PRESETS, ROLES, Scope, resolve_role
-from matrix_synapse_workers.plan import main_worker_name, worker_name
-from matrix_synapse_workers.selection import Selection
+from matrix_synapse_workers.core.catalog import ALIASES, PRESETS, ROLES, Scope, resolve_role
+from matrix_synapse_workers.core.plan import main_worker_name, worker_name
+from matrix_synapse_workers.core.selection import Selection
 
 ISSUE_ROLE_NAMES = [
     "sync", "client", "federation_reader", "federation_sender", "pusher", "appservice", "user_dir",

@@ -1,7 +1,7 @@
 """The database-connection budget: refused when even the minimum pools do not fit,
 warned when the pools at their maximum do not (the busy preset's 500s under load)."""
 
-from matrix_synapse_workers.dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes, verdict
+from matrix_synapse_workers.core.dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes, verdict
 
 
 def test_minimum_pools_over_the_limit_is_an_error_naming_the_numbers_and_fixes():

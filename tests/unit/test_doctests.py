@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "topology", "cluster", "sizing", "dbconnections"]
+MODULES = ["core.catalog", "core.selection", "core.settings", "core.plan", "render.redisconf", "core.topology",
+           "core.cluster", "core.sizing", "core.dbconnections"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from nginx_standins import nginx_test
-from matrix_synapse_workers import paths, routing
-from matrix_synapse_workers.catalog import ENDPOINTS, PRESETS, ROLES, Balance
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.core.catalog import ENDPOINTS, PRESETS, ROLES, Balance
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
 
 
 def plan_of(spec: str) -> Plan:
@@ -184,7 +185,7 @@ def test_every_role_with_client_endpoints_is_routed_somewhere():
 
 # --- the nginx edge: a rejected check puts everything back -----------------
 
-from matrix_synapse_workers.errors import ApplyError  # noqa: E402
+from matrix_synapse_workers.core.errors import ApplyError  # noqa: E402
 from matrix_synapse_workers.system import nginx as nginx_edge  # noqa: E402
 
 

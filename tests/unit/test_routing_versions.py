@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from nginx_standins import nginx_test
-from matrix_synapse_workers import routing, synapseversion
-from matrix_synapse_workers.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.synapseversion import installed_version, parse_version
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.system import synapseversion
+from matrix_synapse_workers.core.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.system.synapseversion import installed_version, parse_version
 
 
 def plan_of(spec: str) -> Plan:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from matrix_synapse_workers import status, statusprobe
-from matrix_synapse_workers.status import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
+from matrix_synapse_workers.status import checks as status
+from matrix_synapse_workers.status import probe as statusprobe
+from matrix_synapse_workers.status.checks import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
                                            NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
                                            evaluate, exit_code, expected_processes)
 

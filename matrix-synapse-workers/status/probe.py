@@ -30,22 +30,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from . import paths
-from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
+from ..core import paths
+from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
     normalized_counts
-from .cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
-from .errors import WorkersError
-from .hostfacts import existing_worker_names, read_host_facts
-from .plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
-from .render import RenderedFile, dump_yaml, main_listeners, render
-from .selection import select
-from .settings import RedisMode, Settings, parse_redis
-from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
+from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
+from ..core.errors import WorkersError
+from ..system.hostfacts import existing_worker_names, read_host_facts
+from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
+from ..render.files import RenderedFile, dump_yaml, main_listeners, render
+from ..core.selection import select
+from ..core.settings import RedisMode, Settings, parse_redis
+from .checks import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
-from .synapseversion import installed_release
-from .system import applied, netprobe, statoverride
-from .topology import Address, Topology
+from ..system.synapseversion import installed_release
+from ..system import applied, netprobe, statoverride
+from ..core.topology import Address, Topology
 
 TIMEOUT = 1.0
 

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-from . import paths
-from .plan import Worker, main_worker_name
+from ..core import paths
+from ..core.plan import Worker, main_worker_name
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 _RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}

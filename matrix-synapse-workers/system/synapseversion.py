@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterable
 
-from .catalog import Version
+from ..core.catalog import Version
 
 #: Synapse's package metadata directories, relative to the root: the Matrix.org
 #: package's venv (matrix-synapse-py3), then Debian's matrix-synapse.

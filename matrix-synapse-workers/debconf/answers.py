@@ -44,16 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from . import paths
-from .catalog import PRESETS, ROLES, resolve_role
-from .errors import SelectionError
-from .hostfacts import existing_worker_names
-from .plan import counts_from_workers
-from .selection import AUTO, Selection, parse_workers, select
-from .system.applied import AppliedRecord
-from .system.machine import this_machine
-from .settings import RedisMode, Settings, check_system_name, parse_redis
-from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
+from ..core import paths
+from ..core.catalog import PRESETS, ROLES, resolve_role
+from ..core.errors import SelectionError
+from ..system.hostfacts import existing_worker_names
+from ..core.plan import counts_from_workers
+from ..core.selection import AUTO, Selection, parse_workers, select
+from ..system.applied import AppliedRecord
+from ..system.machine import this_machine
+from ..core.settings import RedisMode, Settings, check_system_name, parse_redis
+from ..core.topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, main_topology, parse_address, parse_worker_hosts,
                        worker_host_topology)
 

@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import paths
-from .errors import HostConfigError
-from .dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes
+from ..core import paths
+from ..core.errors import HostConfigError
+from ..core.dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.

@@ -4,8 +4,8 @@ The reverse proxy needs, for every class of endpoints in :data:`catalog.ENDPOINT
 the pool of workers that serves it (or main), and how requests are spread over
 that pool.  This module decides that once; the nginx templates only print it.
 
->>> from .selection import select
->>> from .plan import Plan, plan_workers
+>>> from ..core.selection import select
+>>> from ..core.plan import Plan, plan_workers
 >>> plan = Plan(plan_workers(select(workers="sync:2,client")))
 >>> destination(plan, "/_matrix/client/v3/sync", "GET")
 ('sync', ('sync-1', 'sync-2'))
@@ -30,9 +30,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable
 
-from . import paths
-from .catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, ROLES, Balance, Endpoints, Version
-from .plan import Plan, Worker
+from ..core import paths
+from ..core.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, ROLES, Balance, Endpoints, Version
+from ..core.plan import Plan, Worker
 
 MAIN = "main"
 #: Methods a ``read_roles`` pool serves.

@@ -18,7 +18,7 @@ import yaml
 from . import paths
 from .catalog import ROLES, Role, Scope
 from .plan import Plan, parse_worker_name
-from .render import RenderedFile, is_generated
+from ..render.files import RenderedFile, is_generated
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})

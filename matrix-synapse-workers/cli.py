@@ -206,7 +206,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     import time
-    from .status import checks as status
+    from . import status
     from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
     rows = status.evaluate(statusprobe.gather())

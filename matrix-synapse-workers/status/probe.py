@@ -40,7 +40,7 @@ from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_worke
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
 from ..core.selection import select
 from ..core.settings import RedisMode, Settings, parse_redis
-from .checks import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from matrix_synapse_workers.status import checks as status
+from matrix_synapse_workers import status
+from matrix_synapse_workers.status import model, report
 from matrix_synapse_workers.status import probe as statusprobe
-from matrix_synapse_workers.status.checks import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
-                                           NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
-                                           evaluate, exit_code, expected_processes)
+from matrix_synapse_workers.status import evaluate, exit_code
+from matrix_synapse_workers.status.model import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
+                                                 NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
+                                                 expected_processes)
 
 WORKERS = ("client-1", "sync-1", "sync-2", "typing-1")
 REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
@@ -63,7 +65,7 @@ def problems(rows):
 
 
 def test_doctests():
-    result = doctest.testmod(status)
+    result = doctest.testmod(report)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -182,9 +184,9 @@ def test_version_skew_names_the_process_left_behind():
 
 
 def test_upstream_version_of_package_versions():
-    assert status.upstream_version("1:1.163.2+bookworm1") == "1.163.2"
-    assert status.upstream_version("1.163.2~rc1-1") == "1.163.2"
-    assert status.upstream_version(None) is None
+    assert model.upstream_version("1:1.163.2+bookworm1") == "1.163.2"
+    assert model.upstream_version("1.163.2~rc1-1") == "1.163.2"
+    assert model.upstream_version(None) is None
 
 
 def test_health_that_fails_while_the_unit_runs():

@@ -12,10 +12,11 @@ from dataclasses import replace
 
 from matrix_synapse_workers.core.cluster import cluster_data, parse_cluster, plan_from_cluster
 from matrix_synapse_workers.core.plan import Plan, remote_workers
-from matrix_synapse_workers.status.checks import (FAIL, INFO, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts,
-                                           ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat,
-                                           PeerListener, Reach, RedisClient, RedisFacts, SecretFile, UnitState,
-                                           evaluate, exit_code, expected_processes, worker_process)
+from matrix_synapse_workers.status import evaluate, exit_code
+from matrix_synapse_workers.status.model import (FAIL, INFO, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts,
+                                                 ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat,
+                                                 PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
+                                                 UnitState, expected_processes, worker_process)
 from matrix_synapse_workers.core.topology import main_topology, replication_port
 
 HOSTB = "10.99.0.2"

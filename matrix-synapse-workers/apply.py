@@ -257,9 +257,9 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
                   "not checked from here\n")
         return plan
     secret_probe = netprobe.replication_secret(cluster.replication, secret)
-    if not secret_probe.ok and "refuses" in secret_probe.detail:
-        secret_probe = netprobe.Probe(False, f"{secret_probe.detail}: copy /{paths.REPLICATION_SECRET} "
-                                             "from the main host again")
+    if secret_probe.outcome is netprobe.Outcome.REFUSED:
+        secret_probe = netprobe.Probe(secret_probe.outcome, f"{secret_probe.detail}: copy "
+                                      f"/{paths.REPLICATION_SECRET} from the main host again")
     probes = [secret_probe, netprobe.redis_auth(cluster.redis, password)]
     if facts.database_address is not None:
         host, port = facts.database_address

@@ -53,35 +53,12 @@ TIMEOUT = 1.0
 # --- small clients --------------------------------------------------------------
 
 
-def _connect_unix(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
     """GET /health over a UNIX socket (a path) or TCP (an :class:`Address`), HTTP/1.1,
     with X-Forwarded-For (Synapse needs it on sockets)."""
-    request = (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 127.0.0.1\r\n"
-               b"User-Agent: matrix-synapse-workers-status\r\nConnection: close\r\n\r\n")
+    headers = {"X-Forwarded-For": "127.0.0.1", "User-Agent": "matrix-synapse-workers-status"}
     try:
-        connection = (netprobe.connect(where, timeout) if isinstance(where, Address)
-                      else _connect_unix(where, timeout))
-        with connection as sock:
-            sock.sendall(request)
-            data = b""
-            while len(data) < 65536:
-                chunk = sock.recv(8192)
-                if not chunk:
-                    break
-                data += chunk
-                if _complete(data):
-                    break
+        answer = netprobe.http_get(where, "/health", headers, timeout)
     except FileNotFoundError:
         return Health(error="socket missing")
     except ConnectionRefusedError:
@@ -92,70 +69,9 @@ def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
         return Health(error="permission denied (run as root)")
     except OSError as exc:
         return Health(error=exc.strerror or str(exc))
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    match = re.match(r"HTTP/1\.[01] (\d{3})", lines[0] if lines else "")
-    if not match:
+    except netprobe.NotHttp:
         return Health(error="not an HTTP answer")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    if "chunked" in headers.get("transfer-encoding", ""):
-        body = _unchunk(body)
-    return Health(int(match[1]), body.decode("utf-8", "replace"), headers.get("server", ""))
-
-
-def _complete(data: bytes) -> bool:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return found is not None and len(body) >= int(found[1])
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out, body = out + rest[:size], rest[size + 2:]
-    return out
-
-
-class RespError(Exception):
-    pass
-
-
-class Resp:
-    """Just enough of the Redis protocol to ask a few questions."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-        self.sock = sock
-
-    def call(self, *words: str) -> Any:
-        command = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)
-        self.sock.sendall(command.encode())
-        return self._read()
-
-    def _read(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise RespError("connection closed")
-        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.file.read(size + 2)[:-2].decode("utf-8", "replace")
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
-        raise RespError(f"unexpected reply {line[:20]!r}")
+    return Health(answer.status, answer.body, answer.headers.get("server", ""))
 
 
 def parse_client_list(text: str) -> tuple[RedisClient, ...]:
@@ -177,26 +93,26 @@ def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT,
     """
     try:
         if config.get("path"):
-            sock = _connect_unix(str(config["path"]), timeout)
+            sock = netprobe.connect(str(config["path"]), timeout)
         else:
             sock = socket.create_connection((str(config.get("host", "localhost")),
                                              int(config.get("port", 6379))), timeout)
     except OSError as exc:
         return exc.strerror or str(exc), None, ()
     with sock:
-        resp = Resp(sock)
+        resp = netprobe.Resp(sock)
         try:
             password = password if password is not None else config.get("password")
             if password:
                 resp.call("AUTH", str(password))
             resp.call("PING")
             clients = parse_client_list(resp.call("CLIENT", "LIST") or "")
-        except (RespError, OSError) as exc:
+        except (netprobe.RespError, OSError) as exc:
             return _one_line(str(exc)), None, ()
         try:
             reply = resp.call("CONFIG", "GET", "port")
             port = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
-        except (RespError, OSError, ValueError):
+        except (netprobe.RespError, OSError, ValueError):
             port = None
     return "", port, clients
 
@@ -568,16 +484,9 @@ def _one_line(text: str, limit: int = 200) -> str:
     return (text.strip().splitlines() or [""])[0][:limit]
 
 
-#: How netprobe's details tell a refusal by the right server from anything else
-#: that answered: main's 500 to a wrong secret, Redis's own errors to a wrong password.
-_REFUSALS = ("refuses the replication secret", "WRONGPASS", "invalid password", "invalid username-password")
-
-
 def _reach(probe: netprobe.Probe) -> Reach:
-    # netprobe says "unreachable" when nothing answered; anything else was an answer.
-    reached = probe.ok or "unreachable" not in probe.detail
-    refused = not probe.ok and any(word in probe.detail for word in _REFUSALS)
-    return Reach(probe.ok, _one_line(probe.detail), reached, refused)
+    return Reach(probe.ok, _one_line(probe.detail), probe.outcome is not netprobe.Outcome.UNREACHABLE,
+                 probe.outcome is netprobe.Outcome.REFUSED)
 
 
 def _address_here(host: str) -> bool | None:

@@ -32,8 +32,10 @@ from .core import dbconnections
 from .core import paths
 from .core.changes import Changes, OnDisk, compute_changes
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
-from .system.hostfacts import HostFacts, existing_worker_names, read_host_facts, require_postgres
-from .core.cluster import plan_from_cluster, read_cluster
+from .core.facts import HostFacts, require_postgres
+from .system.hostfacts import existing_worker_names, read_host_facts
+from .core.cluster import plan_from_cluster
+from .system.clusterfile import deployed_topology, read_cluster
 from .core.plan import Plan, counts_from_workers, make_plan
 from .render.redisconf import edit_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
@@ -437,7 +439,6 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
     Only our own nginx files on a main host change; the worker set stays as deployed.
     """
-    from .core.cluster import deployed_topology
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
     try:

@@ -17,8 +17,10 @@ from . import __version__
 from .core import paths
 from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
-from .system.hostfacts import HostFacts, read_host_facts, require_postgres
-from .core.cluster import deployed_topology, plan_from_cluster, read_cluster
+from .core.facts import HostFacts, require_postgres
+from .system.hostfacts import read_host_facts
+from .core.cluster import plan_from_cluster
+from .system.clusterfile import deployed_topology, read_cluster
 from .core.plan import Plan, counts_from_workers, make_plan
 from .render.files import RenderedFile, render
 from .core.selection import AUTO, Selection, select

@@ -18,10 +18,7 @@ so all processes derive the same stream writers and duty lists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
-
-import yaml
 
 from . import paths
 from .errors import HostConfigError
@@ -129,28 +126,3 @@ def main_topology_of(cluster: Cluster) -> Topology:
                 counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
         hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
     return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
-
-
-def deployed_topology(root: Path) -> Topology:
-    """What this host is now: a worker host (its mark), a main host with worker hosts
-    (its cluster.yaml), or one machine."""
-    from .topology import worker_host_topology
-    mark = root / paths.WORKER_HOST_MARK
-    if mark.is_file():
-        return worker_host_topology(mark.read_text(encoding="utf-8").strip())
-    if not (root / paths.CLUSTER_FILE).is_file():
-        return Topology()
-    return main_topology_of(read_cluster(root))
-
-
-def read_cluster(root: Path) -> Cluster:
-    path = root / paths.CLUSTER_FILE
-    shown = "/" + str(paths.CLUSTER_FILE)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HostConfigError(f"{shown} does not exist: a worker host takes its workers from the "
-                              f"main host; {COPY_HINT}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise HostConfigError(f"{shown} cannot be read: {exc}; {COPY_HINT}") from None
-    return parse_cluster(data, shown)

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 from . import paths
 from .catalog import ROLES, DutyKind, Role
 from .errors import HostConfigError, SelectionError
-from ..system.hostfacts import HostFacts, socket_paths_in_use
+from .facts import HostFacts, socket_paths_in_use
 from .selection import Selection
 from .topology import Address, Topology, check_index, http_port, replication_port
 

@@ -17,7 +17,7 @@ import yaml
 
 from .. import __version__
 from ..core import paths
-from ..system.hostfacts import HostFacts
+from ..core.facts import HostFacts
 from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST

@@ -33,7 +33,8 @@ import yaml
 from ..core import paths
 from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
     normalized_counts
-from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
+from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
+from ..system.clusterfile import read_cluster
 from ..core.errors import WorkersError
 from ..system.hostfacts import existing_worker_names, read_host_facts
 from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_workers

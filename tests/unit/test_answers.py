@@ -17,7 +17,7 @@ from matrix_synapse_workers.debconf.answers import (
     InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.core.catalog import PRESETS, ROLES
 from matrix_synapse_workers.core.errors import SelectionError
-from matrix_synapse_workers.system.hostfacts import HostFacts
+from matrix_synapse_workers.core.facts import HostFacts
 from matrix_synapse_workers.core.plan import make_plan, plan_workers, worker_name
 from matrix_synapse_workers.core.selection import select
 from matrix_synapse_workers.core.settings import RedisMode

@@ -4,7 +4,7 @@ import pytest
 
 from matrix_synapse_workers.core.catalog import PRESETS
 from matrix_synapse_workers.core.errors import HostConfigError
-from matrix_synapse_workers.system.hostfacts import HostFacts
+from matrix_synapse_workers.core.facts import HostFacts
 from matrix_synapse_workers.core.plan import Plan, make_plan, plan_workers
 from matrix_synapse_workers.core.selection import select
 

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="matrix-synapse-workers",
         description="Plan and render a Synapse worker deployment for a Debian host.",
         epilog="Worker types: " + ", ".join(ROLES) + ". Presets: " + ", ".join(
-            f"{p.name} ({p.summary})" for p in PRESETS.values()) + ".")
+            [f"{AUTO} (sized from this machine's cores and memory; the default)"]
+            + [f"{p.name} ({p.summary})" for p in PRESETS.values()]) + ".")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan_parser = commands.add_parser("plan", help="print the workers that would be configured")

@@ -209,9 +209,9 @@ def _one_of_each() -> dict[str, int]:
 
 
 _PRESET_LIST: tuple[Preset, ...] = (
-    Preset("minimal", "one sync worker: the cheapest split that helps",
+    Preset("minimal", "one sync worker: the split that measured best on 2 cores",
            {"sync": 1}),
-    Preset("small", "a sync worker and a client reader: best measured split on 2 cores",
+    Preset("small", "a sync worker and a client reader",
            {"sync": 1, "client": 1}),
     Preset("one_of_each", "one worker of every stable role",
            _one_of_each()),

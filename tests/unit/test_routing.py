@@ -1,6 +1,5 @@
 """The route table (catalog.ENDPOINTS) and the nginx files rendered from it."""
 
-import doctest
 import re
 import shutil
 from pathlib import Path
@@ -23,11 +22,6 @@ def plan_of(spec: str) -> Plan:
 def snippet_and_http(spec: str) -> tuple[str, str]:
     http, snippet = nginx_files(plan_of(spec))
     return http.content, snippet.content
-
-
-def test_module_examples():
-    result = doctest.testmod(routing)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_the_table_is_consistent_with_the_roles():

@@ -9,7 +9,6 @@ version is read from package metadata.
 
 from __future__ import annotations
 
-import doctest
 import shutil
 from pathlib import Path
 
@@ -27,11 +26,6 @@ from matrix_synapse_workers.system.synapseversion import installed_version, pars
 
 def plan_of(spec: str) -> Plan:
     return Plan(plan_workers(select(workers=spec)))
-
-
-def test_module_examples():
-    result = doctest.testmod(synapseversion)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # --- reading the version --------------------------------------------------------

@@ -11,12 +11,9 @@ from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.render import routing
 from matrix_synapse_workers.core.catalog import ENDPOINTS, PRESETS, ROLES, Balance
 from matrix_synapse_workers.core.plan import Plan, plan_workers
+from support.plans import plan_of
 from matrix_synapse_workers.render.files import nginx_files
 from matrix_synapse_workers.core.selection import select
-
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
 
 
 def snippet_and_http(spec: str) -> tuple[str, str]:

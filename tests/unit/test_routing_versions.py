@@ -18,14 +18,11 @@ from nginx_standins import nginx_test
 from matrix_synapse_workers.render import routing
 from matrix_synapse_workers.system import synapseversion
 from matrix_synapse_workers.core.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
-from matrix_synapse_workers.core.plan import Plan, plan_workers
+
 from matrix_synapse_workers.render.files import nginx_files
 from matrix_synapse_workers.core.selection import select
 from matrix_synapse_workers.system.synapseversion import installed_version, parse_version
-
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
+from support.plans import plan_of
 
 
 # --- reading the version --------------------------------------------------------

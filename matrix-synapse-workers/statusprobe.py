@@ -51,9 +51,8 @@ REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
 GUIDE_REDIS_UNIT = "redis-server.service"
 APPLIED = paths.STATE_DIR / "applied"
 STATOVERRIDE_DB = Path("/var/lib/dpkg/statoverride")
-SYNAPSE_DIST_INFO = ("opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
-                     "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info")
-SYNAPSE_PACKAGES = ("matrix-synapse-py3", "matrix-synapse")
+SYNAPSE_DIST_INFO = "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info"
+SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 
 # --- small clients --------------------------------------------------------------
@@ -332,13 +331,11 @@ def debconf_answers() -> dict[str, str] | str:
 
 
 def installed_version(root: Path) -> str | None:
-    for pattern in SYNAPSE_DIST_INFO:
-        for found in sorted(root.glob(pattern)):
-            return found.name[len("matrix_synapse-"):-len(".dist-info")]
-    for package in SYNAPSE_PACKAGES:
-        done = _run(["dpkg-query", "--show", "--showformat=${Version}", package])
-        if done is not None and done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
+    for found in sorted(root.glob(SYNAPSE_DIST_INFO)):
+        return found.name[len("matrix_synapse-"):-len(".dist-info")]
+    done = _run(["dpkg-query", "--show", "--showformat=${Version}", SYNAPSE_PACKAGE])
+    if done is not None and done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
     return None
 
 

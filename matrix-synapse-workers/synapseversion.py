@@ -2,8 +2,8 @@
 
 Routes depend on it (:meth:`catalog.Endpoints.applies_to`): an endpoint that
 moved off main in some release must stay on main for older ones.  The version
-comes from the package metadata of the two Debian packagings (the Matrix.org
-venv, or Debian's own python3 package); None when neither is there, which the
+comes from the package metadata in the venv of Matrix.org's package (the only
+Synapse package this one accepts); None when it is not there, which the
 routing reads as "the newest".
 
 >>> parse_version("1.163.2")
@@ -24,11 +24,10 @@ from typing import Iterable
 
 from .catalog import Version
 
-#: Synapse's package metadata, relative to the root: the Matrix.org package's
-#: venv (matrix-synapse-py3), then Debian's matrix-synapse.
+#: Synapse's package metadata, relative to the root: the venv of Matrix.org's
+#: matrix-synapse-py3.
 METADATA_GLOBS = (
     "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",
-    "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info/METADATA",
 )
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,

@@ -82,14 +82,10 @@ def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...],
 
 
 def synapse_python(root: Path) -> Path | None:
-    """Synapse's interpreter: the Matrix.org venv, or Debian's python3 with Synapse."""
+    """Synapse's interpreter: the venv of matrix-synapse-py3, the one Synapse package
+    Depends accepts (the worker unit runs the same one)."""
     venv = root / paths.SYNAPSE_VENV.relative_to("/") / "bin/python"
-    if venv.exists():
-        return venv
-    system = root / "usr/bin/python3"
-    probe = subprocess.run([str(system), "-c", "import synapse"], capture_output=True) \
-        if root == Path("/") and system.exists() else None
-    return system if probe is not None and probe.returncode == 0 else None
+    return venv if venv.exists() else None
 
 
 def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes: Changes,

@@ -37,16 +37,16 @@ from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan
 from ..system.clusterfile import read_cluster
 from ..core.errors import WorkersError
 from ..system.hostfacts import existing_worker_names, read_host_facts
-from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
+from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
-from ..core.selection import select
-from ..core.settings import RedisMode, Settings, parse_redis
+from ..core.settings import RedisMode, Settings
 from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
 from ..system import applied, netprobe, statoverride
 from ..core.topology import Address, Topology
+from ..deployment import read_deployment, redis_config, redis_settings_of
 
 TIMEOUT = 1.0
 
@@ -269,22 +269,9 @@ def _read_yaml(path: Path) -> Any:
 
 
 def read_deployed(root: Path) -> Deployed:
-    data = _read_yaml(root / paths.REDIS_CONF_D)
-    redis = data.get("redis") if isinstance(data, dict) else None
     record = applied.read(root)
-    return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {},
+    return Deployed(existing_worker_names(root), redis_config(root),
                     record.workers if record is not None else None)
-
-
-def redis_settings_of(config: Mapping[str, Any]):
-    path = config.get("path")
-    if path == str(paths.REDIS_INSTANCE_SOCKET):
-        return parse_redis("dedicated")
-    if path == str(paths.REDIS_GUIDE_SOCKET):
-        return parse_redis("guide")
-    if path:
-        return parse_redis(f"unix:{path}")
-    return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")
 
 
 def redis_location(config: Mapping[str, Any]) -> str:
@@ -352,18 +339,14 @@ def desired_files(root: Path, deployed: Deployed, settings: Settings,
     A worker host renders the plan cluster.yaml gives it; a main host the
     workers on disk plus the worker hosts of its topology.
     """
-    facts = read_host_facts(root)
     if side is not None and side.role == WORKER_HOST:
+        facts = read_host_facts(root)
         if side.plan is None:
             raise WorkersError(side.error or f"/{paths.CLUSTER_FILE} is not usable")
         plan = side.plan
     else:
-        topology = settings.topology
-        spec = normalized_counts(counts_from_workers(deployed.workers))
-        if spec:
-            plan = make_plan(select(workers=spec), facts, topology)
-        else:
-            plan = Plan(remote_workers(topology), topology.replication)
+        deployment = read_deployment(root, settings=settings)
+        facts, plan = deployment.facts, deployment.plan
     return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
 
 

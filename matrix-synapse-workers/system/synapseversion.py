@@ -80,11 +80,14 @@ def installed_release(root: Path = Path("/")) -> str | None:
     return package_version(SYNAPSE_PACKAGE)
 
 
-def package_version(package: str) -> str | None:
-    """dpkg's version of an installed ``package``; None when it is not installed."""
+def package_version(package: str, timeout: float | None = 1.5) -> str | None:
+    """dpkg's version of an installed ``package``; None when it is not installed.
+
+    ``timeout``: status must answer quickly; the postinst waits (None).
+    """
     try:
         done = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", package],
-                              capture_output=True, text=True, timeout=1.5, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None

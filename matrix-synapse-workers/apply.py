@@ -291,8 +291,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     """
     # 1. Decide; every error is raised before the first change.
     facts = facts if facts is not None else read_host_facts(root)
+    require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
-    require_server_name(root)
     worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:
         settings = replace(settings, web_user="")  # no web server here: main's host routes

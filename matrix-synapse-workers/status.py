@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-from . import paths
+from . import dbconnections, paths
 from .plan import Worker, parse_worker_name
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -272,6 +272,19 @@ class ClusterFacts:
 
 
 @dataclass(frozen=True)
+class DatabaseFacts:
+    """PostgreSQL's connection limit against the pools of every Synapse process."""
+
+    processes: int
+    cp_min: int
+    cp_max: int
+    max_connections: int | None = None
+    reserved: int | None = None
+    #: Why PostgreSQL could not be asked.
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Facts:
     expected: Expected
     units: Mapping[str, UnitState]
@@ -288,6 +301,8 @@ class Facts:
     target_unit: UnitState | None = None
     #: None: one machine (no cluster.yaml, not a worker host).
     cluster: ClusterFacts | None = None
+    #: None: not checked here (a worker host, or no PostgreSQL configuration read).
+    database: DatabaseFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -964,6 +979,25 @@ def check_nginx(facts: Facts) -> list[Row]:
     return rows
 
 
+def check_database(db: DatabaseFacts) -> Row:
+    """The check an image build cannot make: do the pools fit in max_connections?"""
+    subject = "connections"
+    if db.max_connections is None or db.reserved is None:
+        return Row("database", subject, WARN, f"PostgreSQL not asked: {db.error}",
+                   dbconnections.unchecked(db.processes, cp_min=db.cp_min, cp_max=db.cp_max,
+                                           reason="PostgreSQL did not answer"))
+    found = dbconnections.verdict(db.processes, cp_min=db.cp_min, cp_max=db.cp_max,
+                                  max_connections=db.max_connections, reserved=db.reserved)
+    if found.error:
+        return Row("database", subject, FAIL, "pools do not fit", found.error)
+    if found.warning:
+        return Row("database", subject, WARN, "pools may not fit under load", found.warning)
+    return Row("database", subject, OK,
+               f"{db.processes} processes x cp_max {db.cp_max} = {db.processes * db.cp_max} "
+               f"<= {db.max_connections - db.reserved} (max_connections {db.max_connections}, "
+               f"{db.reserved} reserved)")
+
+
 def evaluate(facts: Facts) -> list[Row]:
     """Every check, in the order a person reads them."""
     cluster = facts.cluster
@@ -980,6 +1014,8 @@ def evaluate(facts: Facts) -> list[Row]:
         rows += check_writers(facts, cluster)
         rows += check_remote_redis(facts, cluster)
     rows.append(check_versions(facts))
+    if facts.database is not None:
+        rows.append(check_database(facts.database))
     rows += check_nginx(facts)
     rows += check_config(facts)
     return rows

@@ -16,6 +16,7 @@ replication listener (/health and the secret) and Redis with the password.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
@@ -35,12 +36,13 @@ from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from
     normalized_counts
 from .cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
 from .errors import WorkersError
-from .hostfacts import existing_worker_names, read_host_facts
+from .dbconnections import pool_sizes
+from .hostfacts import existing_worker_names, merged_admin_config, read_host_facts
 from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
 from .render import RenderedFile, dump_yaml, main_listeners, render
 from .selection import select
 from .settings import RedisMode, Settings, parse_redis
-from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
+from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from .system import netprobe
@@ -642,6 +644,41 @@ def _address(text: str) -> Address | None:
     return Address(host.strip("[]"), int(port)) if sep and port.isdigit() else None
 
 
+PG_LIMIT = Path(__file__).with_name("pg_limit.py")
+
+
+def database_facts(root: Path, processes: int) -> DatabaseFacts | None:
+    """Ask PostgreSQL for its limit as Synapse would connect: its python, user and credentials."""
+    from .apply import synapse_python  # the edge that finds Synapse's interpreter
+    try:
+        database = merged_admin_config(root)[0].get("database")
+    except WorkersError:
+        return None
+    if not isinstance(database, dict) or database.get("name") != "psycopg2":
+        return None
+    cp_min, cp_max = pool_sizes(database)
+    python = synapse_python(root)
+    if python is None:
+        return DatabaseFacts(processes, cp_min, cp_max, error="Synapse's python not found")
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(paths.SYNAPSE_USER)
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        except KeyError:
+            pass
+    try:
+        done = subprocess.run([str(python), str(PG_LIMIT)], input=json.dumps(database),
+                              capture_output=True, text=True, timeout=15, cwd="/", **kwargs)
+        found = json.loads(done.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(exc)[:200])
+    if "error" in found:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(found["error"]))
+    return DatabaseFacts(processes, cp_min, cp_max, max_connections=int(found["max_connections"]),
+                         reserved=int(found["reserved"]))
+
+
 def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     deployed = read_deployed(root)
     side = read_side(root)
@@ -709,6 +746,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     }
     if nginx_files:
         jobs["nginx"] = nginx_dump
+    if not worker_host:
+        jobs["database"] = lambda: database_facts(root, len(expected_list))
     for name, target in targets.items():
         jobs[f"health:{name}"] = partial(http_health, target, timeout)
     # Redis's private address: on a worker host the one its workers use (conf.d/redis.yaml),
@@ -797,7 +836,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         paths=stats,
         groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
         redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
-        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts)
+        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
+        database=results.get("database"))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

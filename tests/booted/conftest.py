@@ -116,7 +116,7 @@ def package_deb(booted_host: None) -> Path:
 
 def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
     """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
-    c.install_debs([deb], env={"MATRIX_SYNAPSE_SERVER_NAME": server_name})
+    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
     harness.synapse_setup(c, server_name)
     harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")
 

@@ -441,9 +441,10 @@ def cases() -> list[Case]:
              since=(1, 116, 0)),
         Case("delayed event", s, lambda c: (
             "GET", f"{CS}/unstable/org.matrix.msc4140/delayed_events/nosuchdelay", None), since=(1, 161, 0)),
-        Case("delayed event restart", s, lambda c: (
+        # A user of its own per side: Synapse rate-limits delayed-event changes per user.
+        Case("delayed event restart", u, lambda c: (
             "POST", f"{CS}/unstable/org.matrix.msc4140/delayed_events/nosuchdelay/restart", {}),
-             since=(1, 144, 0)),
+             writes=True, since=(1, 144, 0)),
         Case("sso redirect", s, lambda c: ("GET", f"{CS}/v3/login/sso/redirect?redirectUrl=http%3A%2F%2Fx",
                                            None, None, "")),
         # --- media

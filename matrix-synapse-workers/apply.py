@@ -33,7 +33,7 @@ from .core import paths
 from .core.changes import Changes, OnDisk, compute_changes
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
-from .system.hostfacts import existing_worker_names, read_host_facts
+from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
 from .core.cluster import plan_from_cluster
 from .system.clusterfile import read_cluster
 from .core.plan import Plan, make_plan
@@ -120,7 +120,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         sets = [("main", base)]
         sets += [(p.stem, base + [str(p)]) for p in sorted((stage / "workers").glob("*.yaml"))
                  if paths.WORKERS_DIR / p.name not in removed]
-        result = subprocess.run([str(python), str(SYNAPSE_CHECK), "--database-limits"],
+        result = subprocess.run([str(python), str(SYNAPSE_CHECK), "--database-limits",
+                                 "--throwaway-key", str(stage)],
                                 input=json.dumps(sets),
                                 capture_output=True, text=True, timeout=600, cwd=stage,
                                 user=synapse.pw_uid, group=synapse.pw_gid, extra_groups=[])
@@ -128,11 +129,17 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         raise ApplyError(f"Synapse's config check could not run: {result.stderr.strip()[-500:]}")
     results = json.loads(result.stdout)
     limits = results.pop("__database__", None)
+    missing_keys = results.pop("__missing_key__", [])
     failures = {label: r for label, r in results.items() if not r.startswith("OK")}
     if failures:
         label, message = sorted(failures.items())[0]
         raise ApplyError(f"Synapse rejects the new configuration for {label}: {message}; "
                          "nothing was changed")
+    for key in missing_keys:
+        out.write(f"note: Synapse's signing key {key} does not exist yet (Synapse has not "
+                  "started here; its unit makes the key at the first start, before the "
+                  "workers start): the new configuration was checked with a throwaway key "
+                  "in a temporary directory\n")
     if isinstance(limits, dict):
         found = dbconnections.verdict(processes, cp_min=pool[0], cp_max=pool[1],
                                       max_connections=limits["max_connections"],
@@ -141,6 +148,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
             raise ApplyError(f"{found.error}; nothing was changed")
         if found.warning:
             out.write(f"warning: {found.warning}\n")
+    else:
+        out.write(f"skipped: {dbconnections.unchecked(processes, cp_min=pool[0], cp_max=pool[1], reason=str(limits)[:160])}\n")
 
 
 def _socket_dir_settings(settings: Settings, override: statoverride.Override | None,
@@ -293,6 +302,7 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
            out: TextIO) -> Decision:
     """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
+    require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
     worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:

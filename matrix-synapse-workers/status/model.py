@@ -255,6 +255,19 @@ class ClusterFacts:
 
 
 @dataclass(frozen=True)
+class DatabaseFacts:
+    """PostgreSQL's connection limit against the pools of every Synapse process."""
+
+    processes: int
+    cp_min: int
+    cp_max: int
+    max_connections: int | None = None
+    reserved: int | None = None
+    #: Why PostgreSQL could not be asked.
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Facts:
     expected: Expected
     units: Mapping[str, UnitState]
@@ -271,6 +284,8 @@ class Facts:
     target_unit: UnitState | None = None
     #: None: one machine (no cluster.yaml, not a worker host).
     cluster: ClusterFacts | None = None
+    #: None: not checked here (a worker host, or no PostgreSQL configuration read).
+    database: DatabaseFacts | None = None
 
 
 @dataclass(frozen=True)

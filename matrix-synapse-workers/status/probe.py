@@ -16,6 +16,7 @@ replication listener (/health and the secret) and Redis with the password.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
@@ -35,12 +36,14 @@ from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_gr
     normalized_counts
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
 from ..system.clusterfile import read_cluster
+from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, read_host_facts
+from ..system.hostfacts import existing_worker_names, merged_admin_config, read_host_facts
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
 from ..core.settings import RedisMode, Settings
-from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health, Process,
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts,
+                    Health, Process,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
@@ -505,6 +508,42 @@ def _address(text: str) -> Address | None:
     return Address(host.strip("[]"), int(port)) if sep and port.isdigit() else None
 
 
+#: Run with Synapse's python, like synapse_check.py beside it.
+PG_LIMIT = Path(__file__).resolve().parent.parent / "pg_limit.py"
+
+
+def database_facts(root: Path, processes: int) -> DatabaseFacts | None:
+    """Ask PostgreSQL for its limit as Synapse would connect: its python, user and credentials."""
+    from ..apply import synapse_python  # the edge that finds Synapse's interpreter
+    try:
+        database = merged_admin_config(root)[0].get("database")
+    except WorkersError:
+        return None
+    if not isinstance(database, dict) or database.get("name") != "psycopg2":
+        return None
+    cp_min, cp_max = pool_sizes(database)
+    python = synapse_python(root)
+    if python is None:
+        return DatabaseFacts(processes, cp_min, cp_max, error="Synapse's python not found")
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(paths.SYNAPSE_USER)
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        except KeyError:
+            pass
+    try:
+        done = subprocess.run([str(python), str(PG_LIMIT)], input=json.dumps(database),
+                              capture_output=True, text=True, timeout=15, cwd="/", **kwargs)
+        found = json.loads(done.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(exc)[:200])
+    if "error" in found:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(found["error"]))
+    return DatabaseFacts(processes, cp_min, cp_max, max_connections=int(found["max_connections"]),
+                         reserved=int(found["reserved"]))
+
+
 @dataclass(frozen=True)
 class Look:
     """What the files say, before anything is probed: step 1 of :func:`gather`."""
@@ -618,6 +657,8 @@ def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any
     }
     if seen.nginx_files:
         jobs["nginx"] = nginx_dump
+    if not worker_host:
+        jobs["database"] = lambda: database_facts(root, len(seen.processes))
     for name, target in seen.targets.items():
         jobs[f"health:{name}"] = partial(http_health, target, timeout)
     for worker, address in seen.writers:
@@ -727,7 +768,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis=redis_facts(seen, results["redis"], results["ss"]),
         installed_version=results["installed"], config=config,
         nginx=nginx_facts(root, seen, results.get("nginx")),
-        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts)
+        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
+        database=results.get("database"))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

@@ -1613,7 +1613,7 @@ def install_standin_synapse(c: Container, deb: Path, server_name: str) -> None:
     Here, not in conftest.py, so that scripts/bench builds the same layer without pytest.
     """
     from booted_config import STANDIN_MAIN_URL
-    c.install_debs([deb], env={"MATRIX_SYNAPSE_SERVER_NAME": server_name})
+    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
     synapse_setup(c, server_name)
     wait_for_http(c, STANDIN_MAIN_URL, "/health")
 

@@ -120,9 +120,11 @@ def test_the_device_list_writer_gets_device_changes_only_where_synapse_has_it():
 
 
 def test_the_mechanism_on_a_table_built_here():
-    old = Endpoints("old", "before 2.0", "client", ("^/a$",), roles=("client",), until=(2, 0, 0))
-    new = Endpoints("new", "from 2.0", "client", ("^/a$", "^/b$"), roles=("sync",), since=(2, 0, 0))
-    always = Endpoints("always", "any", "client", ("^/",))
+    old = Endpoints("old", "before 2.0", "client", ("^/a$",), roles=("client",), until=(2, 0, 0),
+                    why="a handler")
+    new = Endpoints("new", "from 2.0", "client", ("^/a$", "^/b$"), roles=("sync",), since=(2, 0, 0),
+                    why="a handler")
+    always = Endpoints("always", "any", "client", ("^/",), why="main keeps it")
     table = (old, new, always)
 
     def route(path: str, version: tuple[int, int, int] | None) -> str | None:

@@ -1,6 +1,5 @@
 """The route table (catalog.ENDPOINTS) and the nginx files rendered from it."""
 
-import doctest
 import re
 import shutil
 from pathlib import Path
@@ -12,22 +11,14 @@ from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.render import routing
 from matrix_synapse_workers.core.catalog import ENDPOINTS, PRESETS, ROLES, Balance
 from matrix_synapse_workers.core.plan import Plan, plan_workers
+from support.plans import plan_of
 from matrix_synapse_workers.render.files import nginx_files
 from matrix_synapse_workers.core.selection import select
-
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
 
 
 def snippet_and_http(spec: str) -> tuple[str, str]:
     http, snippet = nginx_files(plan_of(spec))
     return http.content, snippet.content
-
-
-def test_module_examples():
-    result = doctest.testmod(routing)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_the_table_is_consistent_with_the_roles():

@@ -18,7 +18,7 @@ from .core import paths
 from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
-from .system.hostfacts import read_host_facts
+from .system.hostfacts import metrics_deployed, read_host_facts
 from .core.cluster import plan_from_cluster
 from .system.clusterfile import deployed_topology, read_cluster
 from .core.plan import Plan, counts_from_workers, make_plan
@@ -64,7 +64,7 @@ def decide(root: Path, preset: str | None, workers: str | None, settings: Settin
         plan = plan_from_cluster(read_cluster(root), settings.topology.label or "")
     else:
         selection = choose(facts, preset, workers)
-        plan = make_plan(selection, facts, settings.topology)
+        plan = make_plan(selection, facts, settings.topology, metrics=settings.metrics)
     return Desired(facts, selection, settings, plan, render(plan, facts, settings))
 
 
@@ -125,6 +125,10 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="main's private address for the worker hosts (port 9093 by default)")
     parser.add_argument("--allow-public-address", action="store_true",
                         help="accept a public or wildcard replication address")
+    parser.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
+                        help="every process serves Prometheus metrics on loopback (a worker "
+                             "host's on its private address), with scrape targets in "
+                             f"/{paths.PROMETHEUS_TARGETS}. Default: as deployed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +193,9 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    metrics = args.metrics if args.metrics is not None else metrics_deployed(args.root)
     return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis), topology=_topology(args))
+                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics)
 
 
 def run_apply(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_gr
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
 from ..system.clusterfile import read_cluster
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, read_host_facts
+from ..system.hostfacts import existing_worker_names, metrics_deployed, read_host_facts
 from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
 from ..core.selection import select
@@ -259,6 +259,8 @@ class Deployed:
     workers: tuple[str, ...]
     redis_config: Mapping[str, Any]
     recorded_workers: str | None
+    #: Our shared file switches metrics on.
+    metrics: bool = False
 
 
 def _read_yaml(path: Path) -> Any:
@@ -273,7 +275,7 @@ def read_deployed(root: Path) -> Deployed:
     redis = data.get("redis") if isinstance(data, dict) else None
     record = applied.read(root)
     return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {},
-                    record.workers if record is not None else None)
+                    record.workers if record is not None else None, metrics_deployed(root))
 
 
 def redis_settings_of(config: Mapping[str, Any]):
@@ -302,7 +304,7 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
     On a worker host the answers choose no workers (cluster.yaml does): None.
     """
     fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
-                        topology=topology)
+                        topology=topology, metrics=deployed.metrics)
     if answers is None:
         return fallback, None, ""
     try:
@@ -333,8 +335,9 @@ def listeners_match(root: Path, facts: Any, replication: Address | None = None) 
     data = _read_yaml(root / paths.SHARED_CONF)
     if not isinstance(data, dict):
         return None
-    listeners = (main_listeners(facts, remote_replication=replication) if replication is not None
-                 else main_listeners(facts))
+    metrics = data.get("enable_metrics") is True
+    listeners = (main_listeners(facts, remote_replication=replication, metrics=metrics)
+                 if replication is not None else main_listeners(facts, metrics=metrics))
     wanted = yaml.safe_load(dump_yaml({"listeners": listeners}))["listeners"]
     return data.get("listeners") == wanted
 
@@ -361,9 +364,9 @@ def desired_files(root: Path, deployed: Deployed, settings: Settings,
         topology = settings.topology
         spec = normalized_counts(counts_from_workers(deployed.workers))
         if spec:
-            plan = make_plan(select(workers=spec), facts, topology)
+            plan = make_plan(select(workers=spec), facts, topology, metrics=settings.metrics)
         else:
-            plan = Plan(remote_workers(topology), topology.replication)
+            plan = Plan(remote_workers(topology), topology.replication, metrics=settings.metrics)
     return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
 
 
@@ -557,7 +560,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
 
     # nginx files do not depend on the answers: known before anything is asked.
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
-    first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
+    first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
+                              metrics=deployed.metrics)
     try:
         host, first_render = desired_files(root, deployed, first_settings, side)
         config_error = ""

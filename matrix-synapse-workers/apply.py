@@ -35,8 +35,8 @@ from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersErr
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import existing_worker_names, read_host_facts
 from .core.cluster import plan_from_cluster
-from .system.clusterfile import deployed_topology, read_cluster
-from .core.plan import Plan, counts_from_workers, make_plan
+from .system.clusterfile import read_cluster
+from .core.plan import Plan, make_plan
 from .render.redisconf import edit_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
@@ -82,14 +82,10 @@ def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...],
 
 
 def synapse_python(root: Path) -> Path | None:
-    """Synapse's interpreter: the Matrix.org venv, or Debian's python3 with Synapse."""
+    """Synapse's interpreter: the venv of matrix-synapse-py3, the one Synapse package
+    Depends accepts (the worker unit runs the same one)."""
     venv = root / paths.SYNAPSE_VENV.relative_to("/") / "bin/python"
-    if venv.exists():
-        return venv
-    system = root / "usr/bin/python3"
-    probe = subprocess.run([str(system), "-c", "import synapse"], capture_output=True) \
-        if root == Path("/") and system.exists() else None
-    return system if probe is not None and probe.returncode == 0 else None
+    return venv if venv.exists() else None
 
 
 def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes: Changes,
@@ -443,14 +439,13 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
     """
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
+    from .deployment import read_deployment
     try:
-        facts = read_host_facts(root)
-        plan = make_plan(Selection(counts_from_workers(facts.existing_workers)), facts,
-                         deployed_topology(root))
+        deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in render(plan, facts, Settings()) if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in nginx.FILES
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]

@@ -214,6 +214,11 @@ def tmpfiles_line(owner: str, group: str, mode: int) -> str:
     return f"d {paths.SOCKET_DIR} {mode:04o} {owner} {group} -"
 
 
+def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
+    """Where :func:`render` puts nginx files for this plan: on the main host only."""
+    return (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET) if plan.here is None else ()
+
+
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
                 ) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).

@@ -13,12 +13,14 @@ from typing import Iterable, Mapping
 
 from ..core import paths
 from ..core.plan import Worker, main_worker_name
+from ..core.topology import HostRole
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 #: How bad each status is; the exit code of the worst one.
 RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}
 MAIN = "main"
-MAIN_HOST, WORKER_HOST = "main", "worker-host"
+#: Which host this is, spelled as :class:`..core.topology.HostRole` spells it.
+MAIN_HOST, WORKER_HOST = HostRole.MAIN.value, HostRole.WORKER_HOST.value
 _VERSION = re.compile(r"Synapse/(?P<version>[0-9][^\s]*)")
 
 

@@ -269,14 +269,29 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     return plan
 
 
-def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
-               dry_run: bool = False, out: TextIO = sys.stderr,
-               facts: HostFacts | None = None) -> ApplyReport:
-    """``facts``: the host's Synapse configuration when the caller has read it already.
+@dataclass(frozen=True)
+class Decision:
+    """Everything phase 1 of :func:`apply_host` decides, before its first change."""
 
-    ``selection`` is None on a worker host: its workers come from cluster.yaml.
-    """
-    # 1. Decide; every error is raised before the first change.
+    facts: HostFacts
+    settings: Settings
+    plan: Plan
+    desired: tuple[RenderedFile, ...]
+    changes: Changes
+    #: An admin's statoverride of the socket directory, and whether it is ours.
+    override: statoverride.Override | None
+    ours: bool
+    #: The guide Redis's conf: (path, text now, text wanted), or None.
+    guide: tuple[Path, str, str] | None
+
+    @property
+    def worker_host(self) -> bool:
+        return self.settings.topology.role is HostRole.WORKER_HOST
+
+
+def decide(root: Path, selection: Selection | None, settings: Settings, facts: HostFacts | None,
+           out: TextIO) -> Decision:
+    """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
     require_postgres(facts)
     worker_host = settings.topology.role is HostRole.WORKER_HOST
@@ -300,28 +315,54 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     # is the admin's copy and stays.
     removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS)
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
-    guide = _guide_redis_text(root, settings)
-    report = ApplyReport(changes, plan)
+    return Decision(facts, settings, plan, desired, changes, override, ours,
+                    _guide_redis_text(root, settings))
+
+
+def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
+               dry_run: bool = False, out: TextIO = sys.stderr,
+               facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already.
+
+    ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    """
+    # 1. Decide; every error is raised before the first change.
+    decision = decide(root, selection, settings, facts, out)
+    report = ApplyReport(decision.changes, decision.plan)
     if dry_run:
-        out.write(describe(changes) + "\n")
+        out.write(describe(decision.changes) + "\n")
         return report
-    if plan.spans_hosts and not worker_host:
+    _prepare(root, decision, report, out)
+    # 2. Accounts, statoverride, socket directory.
+    _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
+    if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
+        report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
+                                   f"{paths.MAIN_UNIT} does not start here")
+    systemd = Systemd(out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    _redis(root, decision, report, systemd)
+    _services(decision, systemd, nginx_changed)
+    report.services = systemd.done
+    return report
+
+
+def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> None:
+    """Secrets Synapse's check reads, then Synapse's own check of the new files."""
+    plan, changes = decision.plan, decision.changes
+    if plan.spans_hosts and not decision.worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
     if changes.files_changed:
-        validate_with_synapse(root, desired, changes, out, processes=1 + len(plan.workers),
-                              pool=facts.database_pool)
+        validate_with_synapse(root, decision.desired, changes, out, processes=1 + len(plan.workers),
+                              pool=decision.facts.database_pool)
 
-    # 2. Accounts, statoverride, socket directory.
-    _accounts_and_overrides(root, settings, override, ours, report)
-    if worker_host and secrets.mark_worker_host(root, settings.topology.label or ""):
-        report.system_steps.append(f"marked as worker host {settings.topology.label}: "
-                                   f"{paths.MAIN_UNIT} does not start here")
 
-    systemd = Systemd(out)
-    # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+    """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+
+    Returns whether nginx's files changed."""
     nginx_changed = nginx.write_checked(
         root, [f for f in changes.write if f.path in nginx.FILES],
         [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -336,10 +377,14 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
+    return nginx_changed
 
-    # 4. Redis.
+
+def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
+    """4. Redis: the password file, the guide's conf, the dedicated instance."""
+    changes, settings, guide = decision.changes, decision.settings, decision.guide
     redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
-    if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+    if decision.plan.spans_hosts and not decision.worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if secrets.write_redis_auth(root):
             report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")
             redis_changed = True
@@ -349,7 +394,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                             owner="redis", group="redis"), chown=True)
         report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
         systemd.restart(paths.GUIDE_REDIS_UNIT)
-    if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
+    if settings.redis.mode is RedisMode.DEDICATED and not decision.worker_host:
         systemd.enable(paths.REDIS_UNIT)
         if redis_changed and systemd.is_active(paths.REDIS_UNIT):
             systemd.restart(paths.REDIS_UNIT)
@@ -358,8 +403,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if changes.start or changes.stop:
         systemd.daemon_reload()
 
-    # 5. Main before workers.
-    if worker_host:
+
+def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None:
+    """5. Main before workers; 6. nginx, after the workers are up (until then their pools
+    fall back to main)."""
+    changes = decision.changes
+    if decision.worker_host:
         if systemd.is_active(paths.MAIN_UNIT):
             systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
     elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
@@ -368,11 +417,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
-    # 6. nginx, after the workers are up (until then their pools fall back to main).
     if nginx_changed and systemd.is_active(nginx.UNIT):
         systemd.reload(nginx.UNIT)
-    report.services = systemd.done
-    return report
 
 
 def _ours(path: Path) -> bool:

@@ -223,7 +223,7 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
                 ) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
-    Routes are those of ``synapse_version`` (see synapseversion.installed_version);
+    Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
     None, when it is not known, gives the newest.
     """
     model = nginx_model(plan, synapse_version)

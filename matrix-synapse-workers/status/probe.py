@@ -4,7 +4,7 @@ Reads the deployed files, then asks systemd, every Synapse socket (GET
 /health over HTTP/1.1 on AF_UNIX), Redis (RESP over its socket), ``ss``,
 debconf and nginx, all at once in threads with short timeouts, so the whole
 look stays well under two seconds with twenty workers.  Nothing here judges:
-:mod:`status` turns the facts into verdicts.  Nothing here changes anything.
+:mod:`.checks` turns the facts into verdicts.  Nothing here changes anything.
 
 Over several machines the other side is asked too, in the same threads and
 with the same one-second timeout, so an unreachable host costs one timeout,

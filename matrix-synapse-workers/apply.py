@@ -317,13 +317,13 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     else:
         if selection is None:
             raise SelectionError("no workers chosen for the main host")
-        plan = make_plan(selection, facts, settings.topology)
+        plan = make_plan(selection, facts, settings.topology, metrics=settings.metrics)
     desired = render(plan, facts, settings)
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
     # is the admin's copy and stays.
-    removable = () if worker_host else (paths.CLUSTER_FILE,)
+    removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS)
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
     return Decision(facts, settings, plan, desired, changes, override, ours,
                     _guide_redis_text(root, settings))
@@ -445,6 +445,8 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
         _deconfigure_worker_host(root, systemd, out)
         return
     changed = False
+    if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
+        (root / paths.PROMETHEUS_TARGETS).unlink()
     if _ours(root / paths.REDIS_CONF_D):
         (root / paths.REDIS_CONF_D).unlink()
         changed = True

@@ -18,7 +18,7 @@ from .core import paths
 from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
-from .system.hostfacts import read_host_facts
+from .system.hostfacts import metrics_deployed, read_host_facts
 from .system.clusterfile import deployed_topology
 from .core.plan import Plan
 from .render.files import RenderedFile
@@ -117,6 +117,10 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="main's private address for the worker hosts (port 9093 by default)")
     parser.add_argument("--allow-public-address", action="store_true",
                         help="accept a public or wildcard replication address")
+    parser.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
+                        help="every process serves Prometheus metrics on loopback (a worker "
+                             "host's on its private address), with scrape targets in "
+                             f"/{paths.PROMETHEUS_TARGETS}. Default: as deployed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     status_parser = commands.add_parser(
         "status", help="check every process, socket, Redis and the config; exit 0 healthy, "
                        "1 degraded, 2 broken")
-    status_parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
+    formats = status_parser.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true",
+                         help="print JSON (a stable schema, see schema_version) for scripts")
+    formats.add_argument("--check", action="store_true",
+                         help="print one line for a monitoring plugin (Nagios, Icinga): exit 0 OK, "
+                              "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    formats.add_argument("--prometheus", nargs="?", const="-", metavar="FILE",
+                         help="write gauges for node_exporter's textfile collector to FILE "
+                              "(atomically; a directory gets matrix-synapse-workers.prom), or to "
+                              "stdout without FILE; exit 0 once written")
     for name, text in (("deconfigure", "stop the workers and return Synapse to a single process"),
                        ("restart-after-upgrade", "restart main, then every worker (after a Synapse upgrade)")):
         sub = commands.add_parser(name, help=text)
@@ -172,8 +185,9 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    metrics = args.metrics if args.metrics is not None else metrics_deployed(args.root)
     return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis), topology=_topology(args))
+                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics)
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -204,10 +218,34 @@ def run_status(args: argparse.Namespace) -> int:
     from . import status
     from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
-    rows = status.evaluate(statusprobe.gather())
+    try:
+        rows = status.evaluate(statusprobe.gather())
+    except Exception as exc:  # a plugin must say UNKNOWN, not die with a traceback
+        if not args.check:
+            raise
+        print(status.unknown_check_line(f"status could not look: {exc}"))
+        return status.report.PLUGIN_UNKNOWN
     seconds = time.monotonic() - started
     if args.json:
         print(json.dumps(status.as_json(rows, seconds), indent=2))
+    elif args.check:
+        print(status.as_check_line(rows, seconds))
+    elif args.prometheus is not None:
+        text = status.as_prometheus(rows, seconds)
+        if args.prometheus == "-":
+            sys.stdout.write(text)
+            return 0
+        from .system.files import replace_file
+        target = Path(args.prometheus)
+        if target.is_dir():
+            target = target / status.report.TEXTFILE_NAME
+        try:
+            replace_file(target, text)
+        except OSError as exc:
+            raise WorkersError(f"cannot write the textfile {str(target)!r}: {exc.strerror or exc}; "
+                               f"give a file in a directory that exists and root can write, e.g. "
+                               f"{status.report.TEXTFILE_DIRECTORY}") from exc
+        return 0
     else:
         print(status.as_table(rows, seconds, colour=sys.stdout.isatty()))
     return status.exit_code(rows)
@@ -233,7 +271,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # A monitoring plugin's bad arguments are UNKNOWN (3), not CRITICAL (argparse's 2).
+        if exc.code == 2 and "status" in argv and "--check" in argv:
+            return 3
+        raise
     try:
         return run(args)
     except WorkersError as exc:

@@ -27,7 +27,7 @@ from .debconf.answers import deployed_socket_group
 from .render.files import RenderedFile, render
 from .system import statoverride
 from .system.clusterfile import deployed_topology, read_cluster
-from .system.hostfacts import read_host_facts
+from .system.hostfacts import metrics_deployed, read_host_facts
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
     config = redis_config(root)
     return Settings(socket_group=socket_group(root),
                     redis=redis_settings_of(config) if config else Settings().redis,
-                    topology=topology if topology is not None else deployed_topology(root))
+                    topology=topology if topology is not None else deployed_topology(root),
+                    metrics=metrics_deployed(root))
 
 
 def deployed_selection(facts: HostFacts) -> Selection:
@@ -102,7 +103,9 @@ def read_deployment(root: Path, selection: Selection | None = None, settings: Se
     if selection is None:
         selection = deployed_selection(facts)
         if not selection.counts:
-            return Deployment(facts, settings, selection, Plan(remote_workers(topology), topology.replication))
-    return Deployment(facts, settings, selection, make_plan(selection, facts, topology))
+            return Deployment(facts, settings, selection, Plan(remote_workers(topology), topology.replication,
+                                                               metrics=settings.metrics))
+    return Deployment(facts, settings, selection, make_plan(selection, facts, topology,
+                                                            metrics=settings.metrics))
 
 

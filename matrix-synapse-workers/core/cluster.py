@@ -39,6 +39,8 @@ class Cluster:
     addresses: Mapping[str, str]
     #: Host label (``main`` for the main host) -> worker names.
     workers: Mapping[str, tuple[str, ...]]
+    #: Every process serves metrics (the main host's answer holds for all hosts).
+    metrics: bool = False
 
 
 def redis_address(plan: Plan) -> Address | None:
@@ -58,11 +60,14 @@ def cluster_data(plan: Plan) -> dict[str, Any]:
         if worker.host is not None:
             entry = hosts.setdefault(worker.host, {"address": worker.address, "workers": []})
             entry["workers"].append(worker.name)
-    return {
+    data: dict[str, Any] = {
         "replication": {"host": plan.replication.host, "port": plan.replication.port},
         "redis": {"host": redis.host, "port": redis.port},
         "hosts": hosts,
     }
+    if plan.metrics:
+        data["metrics"] = True
+    return data
 
 
 def _address(data: Any, key: str, shown: str) -> Address:
@@ -90,7 +95,7 @@ def parse_cluster(data: Any, shown: str) -> Cluster:
             if not isinstance(entry.get("address"), str):
                 raise HostConfigError(f"{shown}: worker host {label!r} has no address; {COPY_HINT}")
             addresses[str(label)] = entry["address"]
-    return Cluster(replication, redis, addresses, workers)
+    return Cluster(replication, redis, addresses, workers, data.get("metrics") is True)
 
 
 def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
@@ -110,7 +115,7 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
                 raise HostConfigError(f"/{paths.CLUSTER_FILE}: {name!r} is not a worker name this "
                                       f"package gives on host {label!r}; {COPY_HINT}")
             found.append(parsed.worker(host, cluster.addresses.get(label) if host else None))
-    return Plan(tuple(found), cluster.replication, here, cluster.redis)
+    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.metrics)
 
 
 def main_topology_of(cluster: Cluster) -> Topology:

@@ -23,7 +23,8 @@ from .catalog import ROLES, DutyKind, Role
 from .errors import HostConfigError, SelectionError
 from .facts import HostFacts, socket_paths_in_use
 from .selection import Selection
-from .topology import Address, Topology, check_index, http_port, replication_port
+from .topology import (LOOPBACK, MAIN_METRICS_PORT, Address, Topology, check_index, http_port,
+                       metrics_port, replication_port)
 
 _NAME = re.compile(r"^(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]*)(?:-(?P<host>[a-z][a-z0-9]*))?$")
 
@@ -55,6 +56,11 @@ class Worker:
             return None
         host = self.address or (main_replication.host if main_replication else None)
         return Address(host, replication_port(self.role.name, self.index)) if host else None
+
+    @property
+    def metrics_address(self) -> Address:
+        """Its metrics listener (when metrics are on): loopback here, its private address elsewhere."""
+        return Address(self.address or LOOPBACK, metrics_port(self.role.name, self.index))
 
     @property
     def http_upstream(self) -> str:
@@ -93,6 +99,8 @@ class Plan:
     here: str | None = None
     #: Where other hosts reach Redis, as cluster.yaml says (None: derived on the main host).
     redis: Address | None = None
+    #: Every process serves Prometheus metrics (a listener of its own, never public).
+    metrics: bool = False
 
     @property
     def spans_hosts(self) -> bool:
@@ -270,13 +278,34 @@ def check_socket_conflicts(plan: Plan, facts: HostFacts) -> None:
                 f"point it at another path outside {paths.SOCKET_DIR}")
 
 
-def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topology()) -> Plan:
+def check_metrics_ports(plan: Plan, facts: HostFacts) -> None:
+    """Refuse an admin listener on a port this plan's metrics listeners take on this host."""
+    if not plan.metrics or plan.here is not None:
+        return
+    ours = {MAIN_METRICS_PORT: "main"} if not admin_metrics_listeners(facts) else {}
+    ours.update({w.metrics_address.port: w.name for w in plan.local_workers})
+    for index, listener in enumerate(facts.listeners):
+        if listener.get("type") != "metrics" and listener.get("port") in ours:
+            port = listener["port"]
+            raise HostConfigError(
+                f"listener {index + 1} in the Synapse configuration uses port {port}, which the "
+                f"metrics of {ours[port]} take ({MAIN_METRICS_PORT} and up); move that listener "
+                f"to another port in /{paths.HOMESERVER_YAML}, or leave metrics off")
+
+
+def admin_metrics_listeners(facts: HostFacts) -> tuple[int, ...]:
+    """Positions of the admin's own metrics listeners (kept; main then gets none of ours)."""
+    return tuple(i for i, listener in enumerate(facts.listeners) if listener.get("type") == "metrics")
+
+
+def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topology(),
+              metrics: bool = False) -> Plan:
     """The whole plan for a main host; raises on anything that cannot work."""
     local = plan_workers(selection, facts.existing_workers)
-    if topology.worker_hosts:
+    if topology.worker_hosts or metrics:  # the port ranges hold MAX_INDEX workers of a type
         for worker in local:
             check_index(worker.role.name, worker.index)
-    plan = Plan(local + remote_workers(topology), topology.replication)
+    plan = Plan(local + remote_workers(topology), topology.replication, metrics=metrics)
     unique_writers = [r for r in ROLES.values() if not r.scales and len(plan.of_role(r.name)) > 1]
     if unique_writers:
         role = unique_writers[0]
@@ -284,6 +313,7 @@ def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topol
         raise SelectionError(f"{role.name!r} can run only once in the whole deployment, but "
                              f"{', '.join(hosts)} each run one; keep it on one host")
     check_socket_conflicts(plan, facts)
+    check_metrics_ports(plan, facts)
     check_synapse_knows(plan, facts.synapse_version)
     return plan
 

@@ -47,7 +47,7 @@ from typing import Iterable, Mapping
 from ..core import paths
 from ..core.catalog import PRESETS, ROLES, resolve_role
 from ..core.errors import SelectionError
-from ..system.hostfacts import existing_worker_names
+from ..system.hostfacts import existing_worker_names, metrics_deployed
 from ..core.plan import counts_from_workers
 from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
@@ -72,9 +72,10 @@ Q_HOST_NAME = f"{PACKAGE}/host-name"
 Q_WORKER_HOSTS = f"{PACKAGE}/worker-hosts"
 Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
+Q_METRICS = f"{PACKAGE}/metrics"
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
-             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC)
+             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The choices of the redis question.
@@ -257,7 +258,8 @@ def _names(socket_group: str, web_user: str) -> tuple[str, str]:
 def from_answers(preset: str, types: str, counts: str, socket_group: str, web_user: str,
                  redis: str, redis_location: str, host_role: str = HostRole.MAIN.value,
                  host_name: str = "", worker_hosts: str = "", replication_address: str = "",
-                 allow_public_address: str = "false") -> tuple[Selection | None, Settings]:
+                 allow_public_address: str = "false",
+                 metrics: str = "false") -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
     ``types`` and ``counts`` count only with the preset ``custom``, and
@@ -266,7 +268,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     ``None`` and those answers are not looked at, nor are the main host's
     ``worker_hosts``, ``replication_address`` and ``allow_public_address``;
     nor ``web_user``: the web server runs on the main host and reaches the
-    workers over TCP.
+    workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
+    holds for every host.
     """
     if _host_role(host_role) is HostRole.WORKER_HOST:
         topology = _worker_host(host_name)
@@ -279,7 +282,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                           _boolean(Q_ALLOW_PUBLIC, allow_public_address))
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
-                               topology=topology)
+                               topology=topology, metrics=_boolean(Q_METRICS, metrics))
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:
@@ -322,4 +325,5 @@ def applied_record(root: Path) -> AppliedRecord:
     only a difference (a hand edit) makes it replace the debconf answers.
     """
     workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
-    return AppliedRecord(workers, deployed_socket_group(root))
+    return AppliedRecord(workers, deployed_socket_group(root),
+                         metrics="true" if metrics_deployed(root) else "false")

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS,
-                      Q_REDIS_LOCATION, Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER,
+from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_METRICS, Q_PRESET,
+                      Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER,
                       Q_WORKER_HOSTS)
 
 Answers = Mapping[str, str]
@@ -76,6 +76,7 @@ FLOW: tuple[Question, ...] = (
     Question(Q_WEB_USER, "medium", main_host, "main_host"),
     Question(Q_REDIS, "medium", main_host, "main_host"),
     Question(Q_REDIS_LOCATION, "high", existing_redis, "main_host && is redis existing", follows=Q_REDIS),
+    Question(Q_METRICS, "medium", main_host, "main_host"),
 )
 
 

@@ -38,7 +38,8 @@ from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan
 from ..system.clusterfile import read_cluster
 from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, merged_admin_config, read_host_facts
+from ..system.hostfacts import existing_worker_names, merged_admin_config, metrics_deployed, \
+    read_host_facts
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
 from ..core.settings import RedisMode, Settings
@@ -262,6 +263,8 @@ class Deployed:
     workers: tuple[str, ...]
     redis_config: Mapping[str, Any]
     recorded_workers: str | None
+    #: Our shared file switches metrics on.
+    metrics: bool = False
 
 
 def _read_yaml(path: Path) -> Any:
@@ -274,7 +277,7 @@ def _read_yaml(path: Path) -> Any:
 def read_deployed(root: Path) -> Deployed:
     record = applied.read(root)
     return Deployed(existing_worker_names(root), redis_config(root),
-                    record.workers if record is not None else None)
+                    record.workers if record is not None else None, metrics_deployed(root))
 
 
 def redis_location(config: Mapping[str, Any]) -> str:
@@ -292,7 +295,7 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
     On a worker host the answers choose no workers (cluster.yaml does): None.
     """
     fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
-                        topology=topology)
+                        topology=topology, metrics=deployed.metrics)
     if answers is None:
         return fallback, None, ""
     try:
@@ -323,8 +326,9 @@ def listeners_match(root: Path, facts: Any, replication: Address | None = None) 
     data = _read_yaml(root / paths.SHARED_CONF)
     if not isinstance(data, dict):
         return None
-    listeners = (main_listeners(facts, remote_replication=replication) if replication is not None
-                 else main_listeners(facts))
+    metrics = data.get("enable_metrics") is True
+    listeners = (main_listeners(facts, remote_replication=replication, metrics=metrics)
+                 if replication is not None else main_listeners(facts, metrics=metrics))
     wanted = yaml.safe_load(dump_yaml({"listeners": listeners}))["listeners"]
     return data.get("listeners") == wanted
 
@@ -620,7 +624,8 @@ def look(root: Path) -> Look:
     group = override.group if override else deployed_socket_group(root)
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
     # nginx files do not depend on the answers: known before anything is asked.
-    settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
+    settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
+                        metrics=deployed.metrics)
     try:
         host, plan = plan_here(root, settings, side)
         config_error = ""

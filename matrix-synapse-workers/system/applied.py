@@ -1,8 +1,8 @@
 """The record of what the postinst last applied (``/var/lib/matrix-synapse-workers/applied``).
 
 ``key=value`` lines: ``workers`` (the worker set, spelled as
-:func:`..answers.normalized_counts` spells it), ``socket_group`` and
-``synapse`` (the Synapse package and version the workers were last started
+:func:`..answers.normalized_counts` spells it), ``socket_group``, ``metrics``
+(``true`` or ``false``) and ``synapse`` (the Synapse package and version the workers were last started
 with).  ``debian/config`` (sh) reads the same file with sed: the last line of
 a key wins, and so it does here.  The postinst, ``debian/config``, the
 answers and ``status`` use this one spelling.
@@ -30,6 +30,7 @@ class AppliedRecord:
     workers: str | None = None
     socket_group: str | None = None
     synapse: str | None = None
+    metrics: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AppliedRecord:

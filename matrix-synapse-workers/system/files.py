@@ -39,6 +39,28 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
     return target
 
 
+def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:
+    """Write ``content`` to ``target`` beside it and rename it into place.
+
+    For files other programs read while we write them, such as node_exporter's
+    textfile directory (it would read half a file, or a temporary one whose
+    name ends in ``.prom``: the temporary name starts with a dot and has no
+    such suffix).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def file_matches(root: Path, rendered: RenderedFile, *, chown: bool) -> bool:
     """True when the file on disk already has this content, mode (and owner)."""
     target = root / rendered.path

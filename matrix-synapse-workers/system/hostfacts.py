@@ -123,6 +123,15 @@ def existing_worker_names(root: Path) -> tuple[str, ...]:
                         if p.is_file() and _WORKER_NAME.match(p.stem)))
 
 
+def metrics_deployed(root: Path) -> bool:
+    """Whether our shared file switches metrics on (what ``apply`` keeps when not told)."""
+    try:
+        data = yaml.safe_load((root / paths.SHARED_CONF).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("enable_metrics") is True
+
+
 def read_host_facts(root: Path) -> HostFacts:
     """Read the Synapse configuration under ``root``; raise HostConfigError if unusable."""
     config, sources = merged_admin_config(root)

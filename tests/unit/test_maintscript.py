@@ -27,7 +27,7 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_SOCKET_GROUP: "clubmatrix", answers.Q_WEB_USER: "www-data",
             answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
-            answers.Q_ALLOW_PUBLIC: "false"}
+            answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false"}
 
 
 class FakeDebconf:

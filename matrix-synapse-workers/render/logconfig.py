@@ -51,10 +51,8 @@ JOURNAL_FORMAT = "%(name)s - %(lineno)d - %(levelname)s - %(request)s - %(messag
 #: into logging.
 JOURNAL_STREAM = "ext://sys.__stderr__"
 
-#: Handler classes that rotate their file themselves: kept as they are.
-SELF_ROTATING = frozenset({"logging.handlers.RotatingFileHandler",
-                           "logging.handlers.TimedRotatingFileHandler"})
 #: Handler classes that write one file for ever: given Synapse's default rotation.
+#: (RotatingFileHandler and TimedRotatingFileHandler are kept as the admin set them.)
 NOT_ROTATING = frozenset({"logging.FileHandler", "logging.handlers.WatchedFileHandler"})
 #: Synapse's generated log.yaml: a new file at midnight, 3 old ones kept.
 DEFAULT_ROTATION: Mapping[str, Any] = {"class": "logging.handlers.TimedRotatingFileHandler",

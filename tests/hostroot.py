@@ -20,6 +20,23 @@ DEBIAN_LOG_CONFIG = {
     "disable_existing_loggers": False,
 }
 
+#: What matrix-synapse-py3 ships: Synapse's generate_log_config for /var/log/matrix-synapse/homeserver.log.
+SYNAPSE_LOG_CONFIG = {
+    "version": 1,
+    "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}},
+    "handlers": {
+        "file": {"class": "logging.handlers.TimedRotatingFileHandler", "formatter": "precise",
+                 "filename": "/var/log/matrix-synapse/homeserver.log", "when": "midnight",
+                 "backupCount": 3, "encoding": "utf8"},
+        "buffer": {"class": "synapse.logging.handlers.PeriodicallyFlushingMemoryHandler",
+                   "target": "file", "capacity": 10, "flushLevel": 30, "period": 5},
+        "console": {"class": "logging.StreamHandler", "formatter": "precise"},
+    },
+    "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
+    "root": {"level": "INFO", "handlers": ["buffer"]},
+    "disable_existing_loggers": False,
+}
+
 
 def homeserver(tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A homeserver.yaml like matrix-synapse-py3 writes, switched to PostgreSQL."""

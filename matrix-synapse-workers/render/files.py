@@ -21,6 +21,7 @@ from ..core.facts import HostFacts
 from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker, admin_metrics_listeners
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
+from .logconfig import worker_log_config
 from .routing import MAX_BODY_SIZE, READ_METHODS, nginx_model
 from ..core.settings import RedisMode, Settings
 from ..core.topology import LOOPBACK, MAIN_METRICS_PORT, Address
@@ -180,21 +181,6 @@ def worker_config(worker: Worker, facts: HostFacts, plan: Plan | None = None) ->
 
 def worker_log_config_path(name: str) -> PurePosixPath:
     return paths.WORKER_LOGS_DIR / f"{name}.yaml"
-
-
-def worker_log_config(name: str, admin_log_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The admin's log config with every log file renamed to ``<name>.log``.
-
-    Keeps the admin's formats, levels and rotation; only where it writes changes.
-    """
-    config = copy.deepcopy(dict(admin_log_config))
-    handlers = config.get("handlers")
-    if isinstance(handlers, dict):
-        for handler in handlers.values():
-            if isinstance(handler, dict) and isinstance(handler.get("filename"), str):
-                directory = PurePosixPath(handler["filename"]).parent
-                handler["filename"] = str(directory / f"{name}.log")
-    return config
 
 
 _templates = jinja2.Environment(

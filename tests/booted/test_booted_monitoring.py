@@ -4,7 +4,9 @@ One container (from a cached layer with bookworm's prometheus and
 prometheus-node-exporter installed) for every monitoring check: the package
 installed with metrics on, Prometheus reading our file_sd targets and the
 node_exporter textfile that ``status --prometheus`` writes, ``status --check``,
-and purge removing the targets.
+a worker's lines in the journal and in its rotated file under
+/var/log/matrix-synapse (the stand-in's log.yaml is Synapse's generated one,
+as matrix-synapse-py3 ships it), and purge removing the targets.
 """
 
 from __future__ import annotations
@@ -132,6 +134,53 @@ def test_prometheus_scrapes_every_process_and_a_workers_counter_rises(monitored:
                            {"Authorization": f"Bearer {token}"})
         assert synced.status == 200, synced.text
     poll(lambda: seen() >= before + 3, 30, f"sync-1's request counter rises from {before}")
+
+
+def journal(c: Container, unit: str) -> str:
+    return c.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+
+
+def provoke_warning(c: Container, socket: str, marker: str) -> None:
+    """A multipart POST, which Synapse refuses before routing with a WARNING naming the path."""
+    c.run(["curl", "-sS", "--max-time", "5", "--unix-socket", socket, "-X", "POST",
+           "-H", "Content-Type: multipart/form-data; boundary=x", "--data-binary", "--x--",
+           f"http://localhost/_matrix/client/v3/{marker}"], check=False)
+
+
+def test_a_workers_lines_in_the_journal_and_in_its_rotated_file(monitored: Container) -> None:
+    c = monitored
+    unit, log = "matrix-synapse-worker@sync-1.service", "/var/log/matrix-synapse/sync-1.log"
+    # Its own file, rotated by Synapse's handler as the admin's log.yaml says, held open by the worker.
+    config = yaml_of(c, "/etc/matrix-synapse/worker-logs/sync-1.yaml")
+    file_handler = config["handlers"]["file"]
+    assert (file_handler["class"], file_handler["when"], file_handler["backupCount"],
+            file_handler["filename"]) == ("logging.handlers.TimedRotatingFileHandler", "midnight", 3, log)
+    assert c.run(["stat", "-c", "%U", log]).stdout.strip() == "matrix-synapse"
+    pid = c.run(["systemctl", "show", "-P", "MainPID", unit]).stdout.strip()
+    open_files = c.run(["sh", "-c", f"readlink /proc/{pid}/fd/*"], check=False).stdout.split()
+    assert log in open_files, open_files
+    # The journal: the startup banner (WARNING), not the INFO lines, which are in the file.
+    started = journal(c, unit)
+    assert "***** STARTING SERVER *****" in started and "generic_worker" in started, started
+    assert "Server hostname:" not in started, started
+    assert "Server hostname:" in c.run(["cat", log]).stdout
+    # A warning it logs reaches both, once; and still after systemctl reload (Synapse rebuilds
+    # its log handlers on SIGHUP, with sys.stderr pointed into its own logging by then).
+    for marker in ("msw-log-probe-before-reload", "msw-log-probe-after-reload"):
+        if marker.endswith("after-reload"):
+            c.run(["systemctl", "reload", unit])
+            poll(lambda: "Reloaded log config" in c.run(["cat", log]).stdout, 30, "sync-1 reloaded")
+        provoke_warning(c, f"{SOCKETS}/sync-1.sock", marker)
+        poll(lambda: marker in journal(c, unit), 30, f"{marker} in {unit}'s journal")
+        lines = [line for line in journal(c, unit).splitlines() if marker in line]
+        assert len(lines) == 1 and " - WARNING - " in lines[0], lines
+        assert marker in c.run(["cat", log]).stdout
+    assert "logging during logging" not in journal(c, unit)
+
+
+def yaml_of(c: Container, path: str) -> Any:
+    return json.loads(c.run(["python3", "-c", "import json, sys, yaml; "
+                             "print(json.dumps(yaml.safe_load(open(sys.argv[1]))))", path]).stdout)
 
 
 def test_status_for_monitoring_on_the_real_system(monitored: Container) -> None:

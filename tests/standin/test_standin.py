@@ -282,6 +282,9 @@ def test_config_files_as_the_real_build_makes_them(data: dict[str, DebData]) -> 
     # Synapse's generate_log_config: the file behind a flushing buffer, no console.
     log = yaml.safe_load(texts["/etc/matrix-synapse/log.yaml"])
     assert log["handlers"]["file"]["filename"] == "/var/log/matrix-synapse/homeserver.log"
+    # Rotated by Synapse's own handler: at midnight, 3 old files kept (what workers' files inherit).
+    assert (log["handlers"]["file"]["class"], log["handlers"]["file"]["when"],
+            log["handlers"]["file"]["backupCount"]) == ("logging.handlers.TimedRotatingFileHandler", "midnight", 3)
     assert log["handlers"]["buffer"]["class"] == "synapse.logging.handlers.PeriodicallyFlushingMemoryHandler"
     assert log["root"]["handlers"] == ["buffer"]
 

@@ -161,7 +161,7 @@ _ROLE_LIST: tuple[Role, ...] = (
     _writer("push_rules", "push rules", scales=False, since=(1, 105, 0)),
     _writer("device_lists", "device lists and keys", scales=True, since=(1, 135, 0)),
     _writer("quarantined_media", "quarantined media changes", scales=True,
-            stream="quarantined_media_changes"),
+            stream="quarantined_media_changes", since=(1, 152, 0)),
     _writer("thread_subscriptions", "thread subscriptions (experimental in Synapse)",
             scales=True, experimental=True),
     # A generic worker like sync, listed last so that the ports topology derives

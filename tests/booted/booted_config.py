@@ -39,3 +39,10 @@ VHOST = """server {
     include snippets/matrix-synapse-workers.conf;
 }
 """
+
+
+# A second homeserver for the federation cases (test_booted_differential.py), on a
+# private link of its own: ours answers federation through nginx on OUR_FED_ADDRESS.
+REMOTE_SERVER_NAME = "remote.test"
+OUR_FED_ADDRESS = "10.99.1.1"
+REMOTE_FED_ADDRESS = "10.99.1.2"

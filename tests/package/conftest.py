@@ -61,7 +61,7 @@ def unpacked(deb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def packaged_paths(unpacked: Path) -> ModuleType:
     """The ``paths`` module as shipped in the .deb (not the one in the tree)."""
-    file = unpacked / "usr/lib/python3/dist-packages/matrix_synapse_workers/paths.py"
+    file = unpacked / "usr/lib/python3/dist-packages/matrix_synapse_workers/core/paths.py"
     spec = importlib.util.spec_from_file_location("packaged_paths", file)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -41,7 +41,7 @@ from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_worke
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
 from ..core.selection import select
 from ..core.settings import RedisMode, Settings, parse_redis
-from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Facts, Health,
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Exposure, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
@@ -184,6 +184,24 @@ def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
         states[unit] = UnitState(values.get("ActiveState", "unknown"), values.get("SubState", ""),
                                  int(values.get("MainPID", "0") or 0))
     return states
+
+
+_EXPOSURE = re.compile(r"Overall exposure level for (\S+): ([0-9.]+)")
+
+
+def exposures(units: Sequence[str]) -> dict[str, Exposure]:
+    """systemd's score of each unit's sandbox (one systemd-analyze for all) and its drop-ins."""
+    if not units:
+        return {}
+    scored = _run(["systemd-analyze", "security", "--no-pager", *units], timeout=10)
+    scores = {u: float(v) for u, v in _EXPOSURE.findall(scored.stdout)} if scored else {}
+    shown = _run(["systemctl", "show", "--property=Id,DropInPaths", "--", *units])
+    dropins: dict[str, tuple[str, ...]] = {}
+    if shown is not None and shown.returncode == 0:
+        for block in shown.stdout.strip().split("\n\n"):
+            values = dict(line.partition("=")[::2] for line in block.splitlines())
+            dropins[values.get("Id", "")] = tuple(values.get("DropInPaths", "").split())
+    return {u: Exposure(scores.get(u), dropins.get(u, ())) for u in units}
 
 
 def path_stat(path: str) -> PathStat:
@@ -583,6 +601,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         else (password_error, None, ()),
         "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
         "debconf": debconf_answers,
+        "exposure": lambda: exposures([p.unit for p in expected_list if not p.remote]),
         "installed": lambda: installed_release(root),
     }
     if nginx_files:
@@ -675,7 +694,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         paths=stats,
         groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
         redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
-        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts)
+        target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
+        exposure=results["exposure"])
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

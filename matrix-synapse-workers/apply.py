@@ -410,13 +410,12 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
     # The sandbox drop-ins go with the package; main runs on unconfined, as before.
-    changed = False
-    for dropin in [*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN]:
-        if _ours(root / dropin):
-            _remove_file(root, dropin)
-            changed = changed or dropin == paths.MAIN_SANDBOX_DROPIN
-    if changed:
+    dropins = [d for d in (*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN) if _ours(root / d)]
+    for dropin in dropins:
+        _remove_file(root, dropin)
+    if dropins:
         systemd.daemon_reload()
+    changed = paths.MAIN_SANDBOX_DROPIN in dropins  # main restarts without it
     if (root / paths.WORKER_HOST_MARK).exists():
         _deconfigure_worker_host(root, systemd, out)
         return

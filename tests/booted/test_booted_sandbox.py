@@ -135,3 +135,29 @@ def test_a_confined_worker_cannot_reach_outside_and_an_outward_one_can(sandboxed
         print(outcomes)
     finally:
         c.run(["rm", "-f", "/etc/matrix-synapse/conf.d/00-msw-probe.yaml", f"{site}/msw_probe.py"])
+
+
+def test_status_shows_exposure_and_warns_when_an_admin_loosens_a_unit(sandboxed):
+    c = sandboxed
+    import json
+    unit = unit_of("sync-1")
+
+    def sandbox_rows() -> dict[str, dict]:
+        r = c.run(["matrix-synapse-workers", "status", "--json"], check=False, timeout=60)
+        return {row["subject"]: row for row in json.loads(r.stdout)["checks"]
+                if row["check"] == "sandbox"}
+
+    rows = sandbox_rows()
+    assert set(rows) == {"matrix-synapse.service", *map(unit_of, WORKERS)}
+    assert all(row["status"] == "ok" for row in rows.values()), rows
+    override = f"/etc/systemd/system/{unit}.d/override.conf"
+    c.write_file(override, "[Service]\nProtectSystem=no\nPrivateUsers=no\nPrivateDevices=no\n"
+                           "ProtectHome=no\nSystemCallFilter=\nRestrictAddressFamilies=\n"
+                           "CapabilityBoundingSet=~\n")
+    try:
+        c.run(["systemctl", "daemon-reload"])
+        loosened = sandbox_rows()[unit]
+        assert loosened["status"] == "warn" and override in loosened["detail"], loosened
+    finally:
+        c.run(["rm", "-f", override])
+        c.run(["systemctl", "daemon-reload"])

@@ -33,10 +33,10 @@ from .core import paths
 from .core.changes import Changes, OnDisk, compute_changes, touches_units
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres, require_writable_paths
-from .system.hostfacts import existing_worker_names, read_host_facts
+from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
 from .core.cluster import plan_from_cluster
-from .system.clusterfile import deployed_topology, read_cluster
-from .core.plan import Plan, counts_from_workers, make_plan
+from .system.clusterfile import read_cluster
+from .core.plan import Plan, make_plan
 from .render.redisconf import edit_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
@@ -101,14 +101,10 @@ def _remove_file(root: Path, relative: PurePosixPath) -> None:
 
 
 def synapse_python(root: Path) -> Path | None:
-    """Synapse's interpreter: the Matrix.org venv, or Debian's python3 with Synapse."""
+    """Synapse's interpreter: the venv of matrix-synapse-py3, the one Synapse package
+    Depends accepts (the worker unit runs the same one)."""
     venv = root / paths.SYNAPSE_VENV.relative_to("/") / "bin/python"
-    if venv.exists():
-        return venv
-    system = root / "usr/bin/python3"
-    probe = subprocess.run([str(system), "-c", "import synapse"], capture_output=True) \
-        if root == Path("/") and system.exists() else None
-    return system if probe is not None and probe.returncode == 0 else None
+    return venv if venv.exists() else None
 
 
 def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes: Changes,
@@ -143,7 +139,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         sets = [("main", base)]
         sets += [(p.stem, base + [str(p)]) for p in sorted((stage / "workers").glob("*.yaml"))
                  if paths.WORKERS_DIR / p.name not in removed]
-        result = subprocess.run([str(python), str(SYNAPSE_CHECK), "--database-limits"],
+        result = subprocess.run([str(python), str(SYNAPSE_CHECK), "--database-limits",
+                                 "--throwaway-key", str(stage)],
                                 input=json.dumps(sets),
                                 capture_output=True, text=True, timeout=600, cwd=stage,
                                 user=synapse.pw_uid, group=synapse.pw_gid, extra_groups=[])
@@ -151,11 +148,17 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         raise ApplyError(f"Synapse's config check could not run: {result.stderr.strip()[-500:]}")
     results = json.loads(result.stdout)
     limits = results.pop("__database__", None)
+    missing_keys = results.pop("__missing_key__", [])
     failures = {label: r for label, r in results.items() if not r.startswith("OK")}
     if failures:
         label, message = sorted(failures.items())[0]
         raise ApplyError(f"Synapse rejects the new configuration for {label}: {message}; "
                          "nothing was changed")
+    for key in missing_keys:
+        out.write(f"note: Synapse's signing key {key} does not exist yet (Synapse has not "
+                  "started here; its unit makes the key at the first start, before the "
+                  "workers start): the new configuration was checked with a throwaway key "
+                  "in a temporary directory\n")
     if isinstance(limits, dict):
         found = dbconnections.verdict(processes, cp_min=pool[0], cp_max=pool[1],
                                       max_connections=limits["max_connections"],
@@ -164,6 +167,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
             raise ApplyError(f"{found.error}; nothing was changed")
         if found.warning:
             out.write(f"warning: {found.warning}\n")
+    else:
+        out.write(f"skipped: {dbconnections.unchecked(processes, cp_min=pool[0], cp_max=pool[1], reason=str(limits)[:160])}\n")
 
 
 def _socket_dir_settings(settings: Settings, override: statoverride.Override | None,
@@ -292,15 +297,31 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     return plan
 
 
-def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
-               dry_run: bool = False, out: TextIO = sys.stderr,
-               facts: HostFacts | None = None) -> ApplyReport:
-    """``facts``: the host's Synapse configuration when the caller has read it already.
+@dataclass(frozen=True)
+class Decision:
+    """Everything phase 1 of :func:`apply_host` decides, before its first change."""
 
-    ``selection`` is None on a worker host: its workers come from cluster.yaml.
-    """
-    # 1. Decide; every error is raised before the first change.
+    facts: HostFacts
+    settings: Settings
+    plan: Plan
+    desired: tuple[RenderedFile, ...]
+    changes: Changes
+    #: An admin's statoverride of the socket directory, and whether it is ours.
+    override: statoverride.Override | None
+    ours: bool
+    #: The guide Redis's conf: (path, text now, text wanted), or None.
+    guide: tuple[Path, str, str] | None
+
+    @property
+    def worker_host(self) -> bool:
+        return self.settings.topology.role is HostRole.WORKER_HOST
+
+
+def decide(root: Path, selection: Selection | None, settings: Settings, facts: HostFacts | None,
+           out: TextIO) -> Decision:
+    """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
+    require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
     require_writable_paths(facts)
     worker_host = settings.topology.role is HostRole.WORKER_HOST
@@ -324,28 +345,54 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     # is the admin's copy and stays.
     removable = () if worker_host else (paths.CLUSTER_FILE,)
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
-    guide = _guide_redis_text(root, settings)
-    report = ApplyReport(changes, plan)
+    return Decision(facts, settings, plan, desired, changes, override, ours,
+                    _guide_redis_text(root, settings))
+
+
+def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
+               dry_run: bool = False, out: TextIO = sys.stderr,
+               facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already.
+
+    ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    """
+    # 1. Decide; every error is raised before the first change.
+    decision = decide(root, selection, settings, facts, out)
+    report = ApplyReport(decision.changes, decision.plan)
     if dry_run:
-        out.write(describe(changes) + "\n")
+        out.write(describe(decision.changes) + "\n")
         return report
-    if plan.spans_hosts and not worker_host:
+    _prepare(root, decision, report, out)
+    # 2. Accounts, statoverride, socket directory.
+    _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
+    if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
+        report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
+                                   f"{paths.MAIN_UNIT} does not start here")
+    systemd = Systemd(out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    _redis(root, decision, report, systemd)
+    _services(decision, systemd, nginx_changed)
+    report.services = systemd.done
+    return report
+
+
+def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> None:
+    """Secrets Synapse's check reads, then Synapse's own check of the new files."""
+    plan, changes = decision.plan, decision.changes
+    if plan.spans_hosts and not decision.worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
     if changes.files_changed:
-        validate_with_synapse(root, desired, changes, out, processes=1 + len(plan.workers),
-                              pool=facts.database_pool)
+        validate_with_synapse(root, decision.desired, changes, out, processes=1 + len(plan.workers),
+                              pool=decision.facts.database_pool)
 
-    # 2. Accounts, statoverride, socket directory.
-    _accounts_and_overrides(root, settings, override, ours, report)
-    if worker_host and secrets.mark_worker_host(root, settings.topology.label or ""):
-        report.system_steps.append(f"marked as worker host {settings.topology.label}: "
-                                   f"{paths.MAIN_UNIT} does not start here")
 
-    systemd = Systemd(out)
-    # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+    """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+
+    Returns whether nginx's files changed."""
     nginx_changed = nginx.write_checked(
         root, [f for f in changes.write if f.path in nginx.FILES],
         [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -360,10 +407,14 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         _remove_file(root, relative)
+    return nginx_changed
 
-    # 4. Redis.
+
+def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
+    """4. Redis: the password file, the guide's conf, the dedicated instance."""
+    changes, settings, guide = decision.changes, decision.settings, decision.guide
     redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
-    if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+    if decision.plan.spans_hosts and not decision.worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if secrets.write_redis_auth(root):
             report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")
             redis_changed = True
@@ -373,7 +424,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                             owner="redis", group="redis"), chown=True)
         report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
         systemd.restart(paths.GUIDE_REDIS_UNIT)
-    if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
+    if settings.redis.mode is RedisMode.DEDICATED and not decision.worker_host:
         systemd.enable(paths.REDIS_UNIT)
         if redis_changed and systemd.is_active(paths.REDIS_UNIT):
             systemd.restart(paths.REDIS_UNIT)
@@ -382,8 +433,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if changes.start or changes.stop or touches_units(changes):
         systemd.daemon_reload()
 
-    # 5. Main before workers.
-    if worker_host:
+
+def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None:
+    """5. Main before workers; 6. nginx, after the workers are up (until then their pools
+    fall back to main)."""
+    changes = decision.changes
+    if decision.worker_host:
         if systemd.is_active(paths.MAIN_UNIT):
             systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
     elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
@@ -392,11 +447,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
-    # 6. nginx, after the workers are up (until then their pools fall back to main).
     if nginx_changed and systemd.is_active(nginx.UNIT):
         systemd.reload(nginx.UNIT)
-    report.services = systemd.done
-    return report
 
 
 def _ours(path: Path) -> bool:
@@ -467,14 +519,13 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
     """
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
+    from .deployment import read_deployment
     try:
-        facts = read_host_facts(root)
-        plan = make_plan(Selection(counts_from_workers(facts.existing_workers)), facts,
-                         deployed_topology(root))
+        deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in render(plan, facts, Settings()) if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in nginx.FILES
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]

@@ -19,12 +19,12 @@ from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import read_host_facts
-from .core.cluster import plan_from_cluster
-from .system.clusterfile import deployed_topology, read_cluster
-from .core.plan import Plan, counts_from_workers, make_plan
-from .render.files import RenderedFile, render
+from .system.clusterfile import deployed_topology
+from .core.plan import Plan
+from .render.files import RenderedFile
 from .core.selection import AUTO, Selection, select
 from .core.settings import Settings, parse_redis
+from .deployment import deployed_selection, read_deployment
 from .system.machine import this_machine
 from .core.topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
@@ -41,17 +41,13 @@ class Desired:
     files: tuple[RenderedFile, ...]
 
 
-def current_workers_spec(facts: HostFacts) -> str | None:
-    """The workers on disk as a ``role:count`` spec, or None if there are none."""
-    counts = counts_from_workers(facts.existing_workers)
-    return ",".join(f"{role}:{count}" for role, count in counts.items()) or None
-
-
 def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selection:
     """What was asked for; with nothing asked, what is deployed, else the default preset."""
     if preset is None and workers is None:
-        workers = current_workers_spec(facts)
-        preset = None if workers else AUTO
+        deployed = deployed_selection(facts)
+        if deployed.counts:
+            return deployed
+        preset = AUTO
     return select(preset=preset, workers=workers, machine=this_machine() if preset else None)
 
 
@@ -59,13 +55,9 @@ def decide(root: Path, preset: str | None, workers: str | None, settings: Settin
     """Read the host, validate the request, plan and render: all pure after the read."""
     facts = read_host_facts(root)
     require_postgres(facts)
-    if settings.topology.role is HostRole.WORKER_HOST:
-        selection = None
-        plan = plan_from_cluster(read_cluster(root), settings.topology.label or "")
-    else:
-        selection = choose(facts, preset, workers)
-        plan = make_plan(selection, facts, settings.topology)
-    return Desired(facts, selection, settings, plan, render(plan, facts, settings))
+    selection = None if settings.topology.role is HostRole.WORKER_HOST else choose(facts, preset, workers)
+    deployment = read_deployment(root, selection, settings, facts=facts)
+    return Desired(facts, selection, settings, deployment.plan, deployment.files())
 
 
 def plan_as_json(desired: Desired) -> dict[str, object]:

@@ -8,15 +8,23 @@ Reads a JSON list of ``[label, [config paths...]]`` on stdin and prints a JSON
 object ``{label: "OK" | "<error text>"}``.  Arguments name signing key files to
 create first when missing (Synapse's loader reads the key).  One process loads them all, because
 importing Synapse costs seconds and a preset has dozens of workers.
+
+``--throwaway-key DIR``: when the signing key a file set names does not exist
+(Synapse has never started: its unit's ExecStartPre makes the key), load that
+set once more with one more config file, last, that points ``signing_key_path``
+at a key made in DIR; the key Synapse would read is reported under
+``__missing_key__``.  A key that exists is read as it is, so a broken one is
+still refused.
 """
 
 import json
 import os
 import sys
 
+import pg_limit  # beside this script, which Python puts first on sys.path
 from signedjson.key import generate_signing_key, write_signing_keys
 
-from synapse.config._base import ConfigError
+from synapse.config._base import ConfigError, find_config_files, read_config_files
 from synapse.config.homeserver import HomeServerConfig
 
 
@@ -33,40 +41,62 @@ def load(config_paths: list):
         return f"{type(exc).__name__}: {exc}"
 
 
+def configured_key_path(config_paths: list) -> str | None:
+    """The signing key file Synapse would read for this file set (its own default too)."""
+    try:
+        files = find_config_files(config_paths)
+        config = read_config_files(files)
+    except Exception:  # an unreadable set: load() reports it
+        return None
+    path = config.get("signing_key_path")
+    if path is None and files:
+        directory = os.path.abspath(os.path.dirname(files[-1]))
+        path = os.path.join(directory, f"{config.get('server_name')}.signing.key")
+    return path if isinstance(path, str) else None
+
+
+def with_throwaway_key(config_paths: list, directory: str) -> list:
+    """config_paths plus a last file pointing signing_key_path at a throwaway key in directory."""
+    key = os.path.join(directory, "throwaway.signing.key")
+    if not os.path.exists(key):
+        with open(key, "w") as handle:
+            write_signing_keys(handle, [generate_signing_key("a_check")])
+    override = os.path.join(directory, "throwaway-key.yaml")
+    with open(override, "w") as handle:
+        json.dump({"signing_key_path": key}, handle)  # JSON is YAML
+    return [*config_paths, override]
+
+
 def database_limits(config) -> object:
     """PostgreSQL's connection limit, asked with the configuration's own credentials."""
     try:
         database = config.database.databases[0].config
-        if database.get("name") != "psycopg2":
-            return "not PostgreSQL"
-        import psycopg2
-
-        args = {k: v for k, v in database.get("args", {}).items() if not k.startswith("cp_")}
-        args.setdefault("connect_timeout", 5)
-        conn = psycopg2.connect(**args)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute("SHOW max_connections")
-                max_connections = int(cursor.fetchone()[0])
-                cursor.execute("SHOW superuser_reserved_connections")
-                reserved = int(cursor.fetchone()[0])
-        finally:
-            conn.close()
-        return {"max_connections": max_connections, "reserved": reserved}
-    except Exception as exc:  # unreachable database, no psycopg2: the limit stays unknown
-        return f"{type(exc).__name__}: {exc}".strip()[:300]
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return pg_limit.limits(database)
 
 
 def main() -> None:
-    ask_database = "--database-limits" in sys.argv[1:]
-    for key_path in [a for a in sys.argv[1:] if a != "--database-limits"]:
+    args = sys.argv[1:]
+    ask_database = "--database-limits" in args
+    throwaway_dir = None
+    if "--throwaway-key" in args:
+        at = args.index("--throwaway-key")
+        throwaway_dir = args[at + 1]
+        del args[at:at + 2]
+    for key_path in [a for a in args if a != "--database-limits"]:
         if not os.path.exists(key_path):
             with open(key_path, "w") as handle:
                 write_signing_keys(handle, [generate_signing_key("a_test")])
     sets = json.load(sys.stdin)
     results = {}
     first = None
+    missing_keys = set()
     for label, config_paths in sets:
+        key = configured_key_path(config_paths)
+        if throwaway_dir is not None and key is not None and not os.path.exists(key):
+            missing_keys.add(key)
+            config_paths = with_throwaway_key(config_paths, throwaway_dir)
         loaded = load(config_paths)
         if isinstance(loaded, str):
             results[label] = loaded
@@ -74,6 +104,8 @@ def main() -> None:
         results[label] = f"OK {loaded.worker.instance_name}"
         if first is None:
             first = loaded
+    if missing_keys:
+        results["__missing_key__"] = sorted(missing_keys)
     if ask_database and first is not None:
         # Every set shares homeserver.yaml's database: the first loaded one says where.
         results["__database__"] = database_limits(first)

@@ -11,6 +11,8 @@ processes, on a stock PostgreSQL).
 True
 >>> verdict(3, cp_min=5, cp_max=10, max_connections=100, reserved=3)
 Verdict(error=None, warning=None)
+>>> print(unchecked(28, cp_min=3, cp_max=5, reason="connection refused"))  # doctest: +ELLIPSIS
+PostgreSQL's connection limit was not checked (connection refused): ... 140 connections ...
 """
 
 from __future__ import annotations
@@ -59,3 +61,14 @@ def verdict(processes: int, *, cp_min: int, cp_max: int, max_connections: int,
             f"{available} (max_connections {max_connections}, {reserved} reserved); requests "
             "will fail with 500 once they run out: " + fix(need, "cp_max", cp_max)))
     return Verdict()
+
+
+def unchecked(processes: int, *, cp_min: int, cp_max: int, reason: str) -> str:
+    """What the admin must ensure when PostgreSQL could not be asked (an image build)."""
+    return (f"PostgreSQL's connection limit was not checked ({reason}): the {processes} Synapse "
+            f"processes open {processes * cp_min} database connections at start (cp_min {cp_min} "
+            f"each) and up to {processes * cp_max} connections under load (cp_max {cp_max} each); "
+            f"make sure max_connections in postgresql.conf, minus superuser_reserved_connections "
+            f"(3 by default), is at least {processes * cp_max} (e.g. max_connections = "
+            f"{processes * cp_max + 3}), or requests will fail with 500. 'matrix-synapse-workers "
+            "status' checks it once PostgreSQL runs")

@@ -189,11 +189,16 @@ def tmpfiles_line(owner: str, group: str, mode: int) -> str:
     return f"d {paths.SOCKET_DIR} {mode:04o} {owner} {group} -"
 
 
+def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
+    """Where :func:`render` puts nginx files for this plan: on the main host only."""
+    return (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET) if plan.here is None else ()
+
+
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
                 ) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
-    Routes are those of ``synapse_version`` (see synapseversion.installed_version);
+    Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
     None, when it is not known, gives the newest.
     """
     model = nginx_model(plan, synapse_version)

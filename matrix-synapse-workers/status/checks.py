@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..core import paths
-from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts,
-                    ConfigFacts,
-                    Facts, Health, PathStat, Process, RedisClient, Row, UnitState, upstream_version)
+from ..core import dbconnections, paths
+from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
+                    DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
+                    upstream_version)
 
 RECONFIGURE = f"dpkg-reconfigure {paths.PACKAGE}"
 RESTART_ALL = f"systemctl restart {paths.TARGET_UNIT}"
@@ -667,6 +667,25 @@ def check_sandbox(facts: Facts) -> list[Row]:
     return rows
 
 
+def check_database(db: DatabaseFacts) -> Row:
+    """The check an image build cannot make: do the pools fit in max_connections?"""
+    subject = "connections"
+    if db.max_connections is None or db.reserved is None:
+        return Row("database", subject, WARN, f"PostgreSQL not asked: {db.error}",
+                   dbconnections.unchecked(db.processes, cp_min=db.cp_min, cp_max=db.cp_max,
+                                           reason="PostgreSQL did not answer"))
+    found = dbconnections.verdict(db.processes, cp_min=db.cp_min, cp_max=db.cp_max,
+                                  max_connections=db.max_connections, reserved=db.reserved)
+    if found.error:
+        return Row("database", subject, FAIL, "pools do not fit", found.error)
+    if found.warning:
+        return Row("database", subject, WARN, "pools may not fit under load", found.warning)
+    return Row("database", subject, OK,
+               f"{db.processes} processes x cp_max {db.cp_max} = {db.processes * db.cp_max} "
+               f"<= {db.max_connections - db.reserved} (max_connections {db.max_connections}, "
+               f"{db.reserved} reserved)")
+
+
 def evaluate(facts: Facts) -> list[Row]:
     """Every check, in the order a person reads them."""
     cluster = facts.cluster
@@ -684,6 +703,8 @@ def evaluate(facts: Facts) -> list[Row]:
         rows += check_remote_redis(facts, cluster)
     rows.append(check_versions(facts))
     rows += check_sandbox(facts)
+    if facts.database is not None:
+        rows.append(check_database(facts.database))
     rows += check_nginx(facts)
     rows += check_config(facts)
     return rows

@@ -13,12 +13,14 @@ from typing import Iterable, Mapping
 
 from ..core import paths
 from ..core.plan import Worker, main_worker_name
+from ..core.topology import HostRole
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 #: How bad each status is; the exit code of the worst one.
 RANK = {OK: 0, INFO: 0, WARN: 1, FAIL: 2}
 MAIN = "main"
-MAIN_HOST, WORKER_HOST = "main", "worker-host"
+#: Which host this is, spelled as :class:`..core.topology.HostRole` spells it.
+MAIN_HOST, WORKER_HOST = HostRole.MAIN.value, HostRole.WORKER_HOST.value
 _VERSION = re.compile(r"Synapse/(?P<version>[0-9][^\s]*)")
 
 
@@ -277,6 +279,19 @@ class Exposure:
 
 
 @dataclass(frozen=True)
+class DatabaseFacts:
+    """PostgreSQL's connection limit against the pools of every Synapse process."""
+
+    processes: int
+    cp_min: int
+    cp_max: int
+    max_connections: int | None = None
+    reserved: int | None = None
+    #: Why PostgreSQL could not be asked.
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Facts:
     expected: Expected
     units: Mapping[str, UnitState]
@@ -295,6 +310,8 @@ class Facts:
     cluster: ClusterFacts | None = None
     #: Each local unit's sandbox, by unit name.
     exposure: Mapping[str, Exposure] = field(default_factory=dict)
+    #: None: not checked here (a worker host, or no PostgreSQL configuration read).
+    database: DatabaseFacts | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Reads the deployed files, then asks systemd, every Synapse socket (GET
 /health over HTTP/1.1 on AF_UNIX), Redis (RESP over its socket), ``ss``,
 debconf and nginx, all at once in threads with short timeouts, so the whole
 look stays well under two seconds with twenty workers.  Nothing here judges:
-:mod:`status` turns the facts into verdicts.  Nothing here changes anything.
+:mod:`.checks` turns the facts into verdicts.  Nothing here changes anything.
 
 Over several machines the other side is asked too, in the same threads and
 with the same one-second timeout, so an unreachable host costs one timeout,
@@ -16,6 +16,7 @@ replication listener (/health and the secret) and Redis with the password.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
@@ -35,18 +36,20 @@ from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_gr
     normalized_counts
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
 from ..system.clusterfile import read_cluster
+from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, read_host_facts
-from ..core.plan import Plan, Worker, make_plan, parse_worker_name, remote_workers
-from ..render.files import RenderedFile, dump_yaml, main_listeners, render
-from ..core.selection import select
-from ..core.settings import RedisMode, Settings, parse_redis
-from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, Expected, Exposure, Facts, Health,
+from ..system.hostfacts import existing_worker_names, merged_admin_config, read_host_facts
+from ..core.plan import Plan, Worker, parse_worker_name
+from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
+from ..core.settings import RedisMode, Settings
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Exposure, Facts,
+                    Health, Process,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
 from ..system import applied, netprobe, statoverride
 from ..core.topology import Address, Topology
+from ..deployment import read_deployment, redis_config, redis_settings_of
 
 TIMEOUT = 1.0
 
@@ -287,22 +290,9 @@ def _read_yaml(path: Path) -> Any:
 
 
 def read_deployed(root: Path) -> Deployed:
-    data = _read_yaml(root / paths.REDIS_CONF_D)
-    redis = data.get("redis") if isinstance(data, dict) else None
     record = applied.read(root)
-    return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {},
+    return Deployed(existing_worker_names(root), redis_config(root),
                     record.workers if record is not None else None)
-
-
-def redis_settings_of(config: Mapping[str, Any]):
-    path = config.get("path")
-    if path == str(paths.REDIS_INSTANCE_SOCKET):
-        return parse_redis("dedicated")
-    if path == str(paths.REDIS_GUIDE_SOCKET):
-        return parse_redis("guide")
-    if path:
-        return parse_redis(f"unix:{path}")
-    return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")
 
 
 def redis_location(config: Mapping[str, Any]) -> str:
@@ -363,25 +353,23 @@ def _ours(item: RenderedFile) -> bool:
     return item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
 
 
-def desired_files(root: Path, deployed: Deployed, settings: Settings,
-                  side: "Side | None" = None) -> tuple[Any, tuple[RenderedFile, ...]]:
-    """(host facts, the files the package would write now for the workers on disk).
-
-    A worker host renders the plan cluster.yaml gives it; a main host the
-    workers on disk plus the worker hosts of its topology.
-    """
-    facts = read_host_facts(root)
+def plan_here(root: Path, settings: Settings, side: "Side | None" = None,
+              facts: Any = None) -> tuple[Any, Plan]:
+    """(host facts, the plan for the workers on disk): a worker host's from cluster.yaml,
+    a main host's the workers on disk plus the worker hosts of ``settings``' topology."""
     if side is not None and side.role == WORKER_HOST:
+        facts = facts if facts is not None else read_host_facts(root)
         if side.plan is None:
             raise WorkersError(side.error or f"/{paths.CLUSTER_FILE} is not usable")
-        plan = side.plan
-    else:
-        topology = settings.topology
-        spec = normalized_counts(counts_from_workers(deployed.workers))
-        if spec:
-            plan = make_plan(select(workers=spec), facts, topology)
-        else:
-            plan = Plan(remote_workers(topology), topology.replication)
+        return facts, side.plan
+    deployment = read_deployment(root, settings=settings, facts=facts)
+    return deployment.facts, deployment.plan
+
+
+def desired_files(root: Path, settings: Settings, side: "Side | None" = None,
+                  facts: Any = None) -> tuple[Any, tuple[RenderedFile, ...]]:
+    """(host facts, the files the package would write now for the workers on disk)."""
+    facts, plan = plan_here(root, settings, side, facts)
     return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
 
 
@@ -538,26 +526,102 @@ def _address(text: str) -> Address | None:
     return Address(host.strip("[]"), int(port)) if sep and port.isdigit() else None
 
 
-def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
-    deployed = read_deployed(root)
-    side = read_side(root)
-    worker_host = side.role == WORKER_HOST
-    cluster = side.cluster
-    # Where each process answers /health: a socket path, an Address, or why it cannot be asked.
-    targets: dict[str, str | Address] = {}
-    if worker_host:
+#: Run with Synapse's python, like synapse_check.py beside it.
+PG_LIMIT = Path(__file__).resolve().parent.parent / "pg_limit.py"
+
+
+def database_facts(root: Path, processes: int) -> DatabaseFacts | None:
+    """Ask PostgreSQL for its limit as Synapse would connect: its python, user and credentials."""
+    from ..apply import synapse_python  # the edge that finds Synapse's interpreter
+    try:
+        database = merged_admin_config(root)[0].get("database")
+    except WorkersError:
+        return None
+    if not isinstance(database, dict) or database.get("name") != "psycopg2":
+        return None
+    cp_min, cp_max = pool_sizes(database)
+    python = synapse_python(root)
+    if python is None:
+        return DatabaseFacts(processes, cp_min, cp_max, error="Synapse's python not found")
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(paths.SYNAPSE_USER)
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        except KeyError:
+            pass
+    try:
+        done = subprocess.run([str(python), str(PG_LIMIT)], input=json.dumps(database),
+                              capture_output=True, text=True, timeout=15, cwd="/", **kwargs)
+        found = json.loads(done.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(exc)[:200])
+    if "error" in found:
+        return DatabaseFacts(processes, cp_min, cp_max, error=str(found["error"]))
+    return DatabaseFacts(processes, cp_min, cp_max, max_connections=int(found["max_connections"]),
+                         reserved=int(found["reserved"]))
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the files say, before anything is probed: step 1 of :func:`gather`."""
+
+    deployed: Deployed
+    side: Side
+    processes: tuple[Process, ...]
+    #: Where each process answers /health: a socket path or an Address.
+    targets: Mapping[str, str | Address]
+    redis_config: Mapping[str, Any]
+    redis_settings: Any
+    redis_unit: str | None
+    password: str | None
+    password_error: str
+    override: statoverride.Override | None
+    group: str
+    #: The topology the files give (the main host's cluster.yaml).
+    topology: Topology
+    #: The settings the files give: what the files are judged against without answers.
+    settings: Settings
+    #: The host's Synapse configuration, or why it cannot be planned from.
+    host: Any
+    config_error: str
+    #: Our nginx files, when this host renders them.
+    nginx_files: tuple[str, ...]
+    secrets: tuple[SecretFile, ...]
+    secret: str | None
+    redis_secret: str | None
+    #: Redis's private address: a worker host's (conf.d/redis.yaml) or the one cluster.yaml gives.
+    private_redis: Address | None
+    writers: tuple[tuple[Worker, Address], ...]
+
+    @property
+    def worker_host(self) -> bool:
+        return self.side.role == WORKER_HOST
+
+
+def _expected(deployed: Deployed, side: Side) -> tuple[Process, ...]:
+    if side.role == WORKER_HOST:
         processes = []
         for worker in local_workers(deployed.workers, side):
             process = worker_process(worker)
             if worker.address is None:  # no usable cluster.yaml: its address is unknown
                 process = replace(process, http_socket=None, replication_socket=None, host=side.label)
             processes.append(process)
-        expected_list = tuple(processes)
-    else:
-        expected_list = expected_processes(deployed.workers)
-        if cluster is not None:
-            expected_list += tuple(worker_process(w, remote=True) for w in cluster_workers(cluster, None))
-    for process in expected_list:
+        return tuple(processes)
+    found = expected_processes(deployed.workers)
+    if side.cluster is not None:
+        found += tuple(worker_process(w, remote=True) for w in cluster_workers(side.cluster, None))
+    return found
+
+
+def look(root: Path) -> Look:
+    """Step 1: read the deployed files and plan from them (nothing rendered, nothing probed)."""
+    deployed = read_deployed(root)
+    side = read_side(root)
+    worker_host, cluster = side.role == WORKER_HOST, side.cluster
+    processes = _expected(deployed, side)
+    targets: dict[str, str | Address] = {}
+    for process in processes:
         if process.http_socket is not None:
             targets[process.name] = str(process.http_socket)
         elif process.http_address and _address(process.http_address):
@@ -567,22 +631,20 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
                         "password_path": "/" + str(paths.REDIS_PASSWORD)}
     redis_settings = redis_settings_of(redis_config)
-    redis_unit = None if worker_host else {RedisMode.DEDICATED: paths.REDIS_UNIT, RedisMode.GUIDE: paths.GUIDE_REDIS_UNIT}.get(
-        redis_settings.mode) if redis_config else None
+    redis_unit = None if worker_host or not redis_config else {
+        RedisMode.DEDICATED: paths.REDIS_UNIT, RedisMode.GUIDE: paths.GUIDE_REDIS_UNIT}.get(redis_settings.mode)
     password, password_error = _redis_password(root, redis_config)
     override = statoverride.read(str(paths.SOCKET_DIR))
     group = override.group if override else deployed_socket_group(root)
-
-    # nginx files do not depend on the answers: known before anything is asked.
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
-    first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
+    # nginx files do not depend on the answers: known before anything is asked.
+    settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
     try:
-        host, first_render = desired_files(root, deployed, first_settings, side)
+        host, plan = plan_here(root, settings, side)
         config_error = ""
     except WorkersError as exc:
-        host, first_render, config_error = None, (), str(exc)
-    nginx_files = tuple(f"/{f.path}" for f in first_render if f.path.parts[:2] == paths.NGINX_DIR.parts)
-
+        host, plan, config_error = None, None, str(exc)
+    nginx_files = tuple(f"/{p}" for p in nginx_paths(plan)) if plan is not None else ()
     # The other side's secrets, read here (small files) so the probes can use them.
     secrets: tuple[SecretFile, ...] = ()
     secret = redis_secret = None
@@ -590,112 +652,143 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         replication_file, secret = read_secret(root, paths.REPLICATION_SECRET)
         password_file, redis_secret = read_secret(root, paths.REDIS_PASSWORD)
         secrets = (replication_file, password_file)
-
-    units = [paths.TARGET_UNIT, *(p.unit for p in expected_list if not p.remote),
-             *([redis_unit] if redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
-    socket_paths = [] if worker_host else [str(paths.SOCKET_DIR)] + [
-        str(s) for p in expected_list for s in (p.http_socket, p.replication_socket) if s]
-    jobs: dict[str, Callable[[], Any]] = {
-        "units": lambda: unit_states(units),
-        "redis": lambda: probe_redis(redis_config, timeout, password) if redis_config and not password_error
-        else (password_error, None, ()),
-        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
-        "debconf": debconf_answers,
-        "exposure": lambda: exposures([p.unit for p in expected_list if not p.remote]),
-        "installed": lambda: installed_release(root),
-    }
-    if nginx_files:
-        jobs["nginx"] = nginx_dump
-    for name, target in targets.items():
-        jobs[f"health:{name}"] = partial(http_health, target, timeout)
-    # Redis's private address: on a worker host the one its workers use (conf.d/redis.yaml),
-    # on the main host the one cluster.yaml gives the worker hosts.
     private_redis = cluster.redis if cluster is not None else None
     if worker_host and redis_settings.host and redis_settings.port:
         private_redis = Address(redis_settings.host, redis_settings.port)
-    writers = writers_elsewhere(side)
-    for worker, address in writers:
+    return Look(deployed, side, processes, targets, redis_config, redis_settings, redis_unit, password,
+                password_error, override, group, topology, settings, host, config_error, nginx_files,
+                secrets, secret, redis_secret, private_redis, writers_elsewhere(side))
+
+
+def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any]]:
+    """Step 2: every question to ask the system and the other hosts, by name."""
+    worker_host, cluster = seen.worker_host, seen.side.cluster
+    units = [paths.TARGET_UNIT, *(p.unit for p in seen.processes if not p.remote),
+             *([seen.redis_unit] if seen.redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
+    jobs: dict[str, Callable[[], Any]] = {
+        "units": lambda: unit_states(units),
+        "redis": lambda: probe_redis(seen.redis_config, timeout, seen.password)
+        if seen.redis_config and not seen.password_error else (seen.password_error, None, ()),
+        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
+        "debconf": debconf_answers,
+        "exposure": lambda: exposures([p.unit for p in seen.processes if not p.remote]),
+        "installed": lambda: installed_release(root),
+    }
+    if seen.nginx_files:
+        jobs["nginx"] = nginx_dump
+    if not worker_host:
+        jobs["database"] = lambda: database_facts(root, len(seen.processes))
+    for name, target in seen.targets.items():
+        jobs[f"health:{name}"] = partial(http_health, target, timeout)
+    for worker, address in seen.writers:
         jobs[f"writer:{worker.name}"] = partial(http_health, address, timeout)
     if cluster is not None:
         jobs["main"] = lambda: http_health(cluster.replication, timeout)
-        if redis_secret is not None and private_redis is not None:
-            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(private_redis, redis_secret, timeout))
+        if seen.redis_secret is not None and seen.private_redis is not None:
+            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(seen.private_redis, seen.redis_secret,
+                                                                    timeout))
         if worker_host:
             jobs["replication"] = lambda: _reach(
-                netprobe.replication_secret(cluster.replication, secret, timeout) if secret is not None
-                else netprobe.tcp(cluster.replication, timeout))
-    with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
-        futures: dict[str, Future[Any]] = {name: pool.submit(job) for name, job in jobs.items()}
-        stats = {path: path_stat(path) for path in socket_paths}
-        cluster_facts = _cluster_facts(root, side, secrets, deployed.workers)
-        results = {name: future.result() for name, future in futures.items()}
-    if cluster_facts is not None and cluster is not None:
-        cluster_facts = replace(
-            cluster_facts, redis=str(private_redis), main_health=results["main"],
-            redis_reach=results.get("redis-auth"),
-            writers=tuple(PeerListener(w.name, w.host or CLUSTER_MAIN, str(address), w.role.stream,
-                                       results[f"writer:{w.name}"]) for w, address in writers),
-            replication_reach=results.get("replication"), secret_tested=secret is not None)
+                netprobe.replication_secret(cluster.replication, seen.secret, timeout)
+                if seen.secret is not None else netprobe.tcp(cluster.replication, timeout))
+    return jobs
 
-    answers = results["debconf"] if isinstance(results["debconf"], dict) else None
-    settings, answer_workers, answer_error = settings_from(answers, deployed, group, topology)
+
+def config_facts(root: Path, seen: Look, debconf: dict[str, str] | str) -> tuple[ConfigFacts, Settings]:
+    """Step 4: the files as the answers (or, without them, the files) would have them,
+    rendered once, against what is there."""
+    answers = debconf if isinstance(debconf, dict) else None
+    settings, answer_workers, answer_error = settings_from(answers, seen.deployed, seen.group, seen.topology)
     if answers is None:
-        answer_error = str(results["debconf"])
-    web_user = settings.web_user if answers is not None else paths.DEFAULT_WEB_USER
-    expected = Expected(
-        processes=expected_list, socket_group=group, web_user=web_user,
-        dir_owner=override.owner if override else paths.SYNAPSE_USER,
-        dir_mode=override.mode if override else paths.SOCKET_DIR_MODE,
-        needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
-
+        answer_error = str(debconf)
+        settings = seen.settings
+    config_error = seen.config_error
     missing: tuple[str, ...] = ()
     drifted: tuple[str, ...] = ()
     match: bool | None = None
-    if host is not None:
+    if seen.host is not None:
         try:
-            _, rendered = desired_files(root, deployed, settings, side) if answers else (host, first_render)
+            _, rendered = desired_files(root, settings, seen.side, seen.host)
             missing, drifted = compare_files(root, rendered)
-            if not worker_host:
-                match = listeners_match(root, host, cluster.replication if cluster is not None else None)
+            if not seen.worker_host:
+                cluster = seen.side.cluster
+                match = listeners_match(root, seen.host, cluster.replication if cluster is not None else None)
         except WorkersError as exc:
             config_error = str(exc)
-    config = ConfigFacts(
-        disk_workers=normalized_counts(counts_from_workers(deployed.workers)),
+    return ConfigFacts(
+        disk_workers=normalized_counts(counts_from_workers(seen.deployed.workers)),
         answer_workers=answer_workers, answer_error=answer_error,
-        recorded_workers=deployed.recorded_workers, drifted=drifted, missing=missing,
-        listeners_match=match, error=config_error)
+        recorded_workers=seen.deployed.recorded_workers, drifted=drifted, missing=missing,
+        listeners_match=match, error=config_error), settings
 
-    error, tcp_port, clients = results["redis"]
-    ss = results["ss"]
+
+def redis_facts(seen: Look, found: tuple[str, int | None, tuple[RedisClient, ...]],
+                ss: subprocess.CompletedProcess[str] | None) -> RedisFacts:
+    error, tcp_port, clients = found
+    settings = seen.redis_settings
     client_pids = None
     if ss is not None and ss.returncode == 0 and os.geteuid() == 0:
-        if redis_settings.socket is not None and not worker_host:
-            client_pids = parse_ss(ss.stdout, str(redis_settings.socket))
-        elif worker_host and redis_settings.host and redis_settings.port and not error:
-            client_pids = parse_ss_tcp(ss.stdout, clients, Address(redis_settings.host, redis_settings.port))
-    redis = RedisFacts(
-        location=redis_location(redis_config), unit=redis_unit, socket=redis_settings.socket,
-        socket_stat=path_stat(str(redis_settings.socket)) if redis_settings.socket else None,
+        if settings.socket is not None and not seen.worker_host:
+            client_pids = parse_ss(ss.stdout, str(settings.socket))
+        elif seen.worker_host and settings.host and settings.port and not error:
+            client_pids = parse_ss_tcp(ss.stdout, clients, Address(settings.host, settings.port))
+    return RedisFacts(
+        location=redis_location(seen.redis_config), unit=seen.redis_unit, socket=settings.socket,
+        socket_stat=path_stat(str(settings.socket)) if settings.socket else None,
         error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids)
 
-    nginx = NginxFacts()
-    if nginx_files:
-        test_ok, output, included = results["nginx"]
-        nginx = NginxFacts(
-            rendered=nginx_files, missing=tuple(f for f in nginx_files if not (root / f.lstrip('/')).exists()),
-            not_included=tuple(f for f in nginx_files if test_ok is not None and f not in included),
-            test_ok=test_ok, test_output=output)
 
+def nginx_facts(root: Path, seen: Look, dump: tuple[bool | None, str, frozenset[str]] | None) -> NginxFacts:
+    if not seen.nginx_files or dump is None:
+        return NginxFacts()
+    test_ok, output, included = dump
+    return NginxFacts(
+        rendered=seen.nginx_files,
+        missing=tuple(f for f in seen.nginx_files if not (root / f.lstrip('/')).exists()),
+        not_included=tuple(f for f in seen.nginx_files if test_ok is not None and f not in included),
+        test_ok=test_ok, test_output=output)
+
+
+def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
+    """Look at the files, probe everything at once, then judge the files once."""
+    seen = look(root)
+    jobs = probes(root, seen, timeout)
+    socket_paths = [] if seen.worker_host else [str(paths.SOCKET_DIR)] + [
+        str(s) for p in seen.processes for s in (p.http_socket, p.replication_socket) if s]
+    # Step 3: the probes run together, while the local files are looked at.
+    with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
+        futures: dict[str, Future[Any]] = {name: pool.submit(job) for name, job in jobs.items()}
+        stats = {path: path_stat(path) for path in socket_paths}
+        cluster_facts = _cluster_facts(root, seen.side, seen.secrets, seen.deployed.workers)
+        results = {name: future.result() for name, future in futures.items()}
+    if cluster_facts is not None and seen.side.cluster is not None:
+        cluster_facts = replace(
+            cluster_facts, redis=str(seen.private_redis), main_health=results["main"],
+            redis_reach=results.get("redis-auth"),
+            writers=tuple(PeerListener(w.name, w.host or CLUSTER_MAIN, str(address), w.role.stream,
+                                       results[f"writer:{w.name}"]) for w, address in seen.writers),
+            replication_reach=results.get("replication"), secret_tested=seen.secret is not None)
+    config, settings = config_facts(root, seen, results["debconf"])
+    web_user = settings.web_user if isinstance(results["debconf"], dict) else paths.DEFAULT_WEB_USER
+    override = seen.override
+    expected = Expected(
+        processes=seen.processes, socket_group=seen.group, web_user=web_user,
+        dir_owner=override.owner if override else paths.SYNAPSE_USER,
+        dir_mode=override.mode if override else paths.SOCKET_DIR_MODE,
+        needs_redis_group=seen.redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
     unit_map = results["units"]
-    health = {p.name: results[f"health:{p.name}"] if p.name in targets else
-              Health(error=f"its address is unknown ({side.error or 'no cluster.yaml'})") for p in expected_list}
+    health = {p.name: results[f"health:{p.name}"] if p.name in seen.targets else
+              Health(error=f"its address is unknown ({seen.side.error or 'no cluster.yaml'})")
+              for p in seen.processes}
     return Facts(
-        expected=expected, units=unit_map, health=health,
-        paths=stats,
-        groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
-        redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
+        expected=expected, units=unit_map, health=health, paths=stats,
+        groups={} if seen.worker_host else group_members([seen.group, "redis"],
+                                                         [paths.SYNAPSE_USER, web_user]),
+        redis=redis_facts(seen, results["redis"], results["ss"]),
+        installed_version=results["installed"], config=config,
+        nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
-        exposure=results["exposure"])
+        database=results.get("database"), exposure=results.get("exposure", {}))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

@@ -210,3 +210,18 @@ def read_host_facts(root: Path) -> HostFacts:
         writable_paths=_writable_paths(root, config, log_config),
         sources=sources,
     )
+
+
+def require_server_name(root: Path) -> None:
+    """Synapse refuses an empty server_name: what matrix-synapse-py3 writes when its
+    question was not answered (a noninteractive install with nothing preseeded)."""
+    config, sources = merged_admin_config(root)
+    name = config.get("server_name")
+    if not isinstance(name, str) or not name.strip():
+        raise HostConfigError(
+            f"Synapse has no server name (server_name is {name!r} in "
+            f"{', '.join(sources)}), so it cannot start. Set it in "
+            f"/{paths.CONF_D}/server_name.yaml (e.g. server_name: example.org) or answer "
+            "matrix-synapse/server-name: dpkg-reconfigure matrix-synapse-py3 (when installing "
+            "unattended, preseed: matrix-synapse-py3 matrix-synapse/server-name string "
+            "example.org); then run: dpkg-reconfigure matrix-synapse-workers")

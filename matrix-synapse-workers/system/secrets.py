@@ -8,7 +8,6 @@ are the admin's copies, checked before use.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import secrets
@@ -31,7 +30,9 @@ def _fix(path: PurePosixPath) -> str:
 def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
     """Create the secret file if it is missing; True if it was created."""
     target = root / relative
-    gid = grp.getgrnam(paths.SYNAPSE_USER).gr_gid
+    # The Synapse user's own primary group (matrix-synapse-py3 makes it with
+    # adduser --group), read rather than assumed: read_copied accepts the same.
+    gid = pwd.getpwnam(paths.SYNAPSE_USER).pw_gid
     directory = target.parent
     if not directory.is_dir():
         directory.mkdir(parents=True)

@@ -2,8 +2,8 @@
 
 Routes depend on it (:meth:`catalog.Endpoints.applies_to`): an endpoint that
 moved off main in some release must stay on main for older ones.  The version
-comes from the package metadata of the two Debian packagings (the Matrix.org
-venv, or Debian's own python3 package); None when neither is there, which the
+comes from the package metadata in the venv of Matrix.org's package (the only
+Synapse package this one accepts); None when it is not there, which the
 routing reads as "the newest".
 
 >>> parse_version("1.163.2")
@@ -25,15 +25,14 @@ from typing import Iterable
 
 from ..core.catalog import Version
 
-#: Synapse's package metadata directories, relative to the root: the Matrix.org
-#: package's venv (matrix-synapse-py3), then Debian's matrix-synapse.
+#: Synapse's package metadata directory, relative to the root: the venv of
+#: Matrix.org's matrix-synapse-py3 (the only Synapse package this one accepts).
 DIST_INFO_GLOBS = (
     "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
-    "usr/lib/python3/dist-packages/matrix_synapse-*.dist-info",
 )
 METADATA_GLOBS = tuple(f"{pattern}/METADATA" for pattern in DIST_INFO_GLOBS)
-#: The Debian packages that install Synapse: the Matrix.org one, then Debian's.
-SYNAPSE_PACKAGES = ("matrix-synapse-py3", "matrix-synapse")
+#: The Debian package that installs Synapse: the only one Depends accepts (see README).
+SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,
 # -revision, +build) does not change which routes apply.
@@ -78,18 +77,17 @@ def installed_release(root: Path = Path("/")) -> str | None:
     for pattern in DIST_INFO_GLOBS:
         for found in sorted(root.glob(pattern)):
             return found.name[len("matrix_synapse-"):-len(".dist-info")]
-    for package in SYNAPSE_PACKAGES:
-        version = package_version(package)
-        if version:
-            return version
-    return None
+    return package_version(SYNAPSE_PACKAGE)
 
 
-def package_version(package: str) -> str | None:
-    """dpkg's version of an installed ``package``; None when it is not installed."""
+def package_version(package: str, timeout: float | None = 1.5) -> str | None:
+    """dpkg's version of an installed ``package``; None when it is not installed.
+
+    ``timeout``: status must answer quickly; the postinst waits (None).
+    """
     try:
         done = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", package],
-                              capture_output=True, text=True, timeout=1.5, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None

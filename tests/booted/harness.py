@@ -112,6 +112,15 @@ class HarnessUnavailable(HarnessError):
     """
 
 
+class SuiteUnavailable(HarnessError):
+    """Another Debian suite (sid) cannot be installed from the mirror right now.
+
+    Sid moves: debootstrap or one of its packages can fail for a while for
+    reasons that are not ours.  The only failure a test may turn into a skip
+    even when MSW_REQUIRE_BOOTED=1; the message names what failed.
+    """
+
+
 class CommandFailed(HarnessError, subprocess.CalledProcessError):
     """A command exited non-zero; the message carries its output."""
 
@@ -610,17 +619,14 @@ def _prune_roots(keep: str) -> None:
         (ROOTS_DIR / f"{key}.last-used").unlink(missing_ok=True)
 
 
-def ensure_base_root(log: Path | None = None) -> Path:
-    """Return the cached bookworm root, building it first if needed (2-3 minutes cold).
+def _ensure_built(key: str, build: Callable[[Path, Path], None], log: Path | None = None) -> Path:
+    """ROOTS_DIR/key, made by build(tmp, log) under a lock if it is not there yet.
 
-    The cache directory is named by root_cache_key().  It is built under a
-    temporary name and renamed into place, so only a finished build counts as
-    a cache.  A lock file serializes concurrent callers.  The returned root is
-    read-only by convention: containers put an overlay (or a copy) on top.
+    It is built under a temporary name and renamed into place, so only a
+    finished build counts as a cache.
     """
     check_host()
     ROOTS_DIR.mkdir(parents=True, exist_ok=True)
-    key = root_cache_key()
     root = ROOTS_DIR / key
     with open(ROOTS_DIR / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -631,7 +637,7 @@ def ensure_base_root(log: Path | None = None) -> Path:
             log = log or ROOTS_DIR / f"{key}.build.log"
             log.write_text(f"building {key} into {tmp}\n")
             try:
-                _build_root(tmp, log)
+                build(tmp, log)
                 os.rename(tmp, root)
             except BaseException:
                 _safe_rmtree(tmp)
@@ -639,6 +645,104 @@ def ensure_base_root(log: Path | None = None) -> Path:
         (ROOTS_DIR / f"{key}.last-used").touch()
         _prune_roots(key)
     return root
+
+
+def ensure_base_root(log: Path | None = None) -> Path:
+    """Return the cached bookworm root, building it first if needed (2-3 minutes cold).
+
+    The cache directory is named by root_cache_key().  A lock file serializes
+    concurrent callers.  The returned root is read-only by convention:
+    containers put an overlay (or a copy) on top.
+    """
+    return _ensure_built(root_cache_key(), _build_root, log)
+
+
+# --------------------------------------------------------------------------
+# A root of another Debian suite (sid), for the real packages only it has
+
+# sid's Release file is valid for a week; a mirror that serves a snapshot of
+# the archive serves an expired one.  The root takes the archive as served.
+SUITE_APT_CONF = 'Acquire::Check-Valid-Until "false";\n'
+# systemd 258 and later refuse to boot on a cgroup v1 host; the containers of
+# such a root get a cgroup v2 hierarchy of their own (Container(unified_cgroup=True)).
+SUITE_BASE_PACKAGES: tuple[str, ...] = ("systemd", "systemd-sysv", "dbus")
+UNIFIED_CGROUP_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+
+
+def suite_mirror(suite: str, etc_apt: Path = Path("/etc/apt")) -> str:
+    """The host's URI for suite, else the URI of the Debian archive the host itself uses
+    (the same mirror serves the other suites)."""
+    try:
+        return host_mirror(suite, etc_apt)
+    except HarnessUnavailable:
+        return host_mirror(SUITE, etc_apt)
+
+
+def _build_suite_root(dest: Path, log: Path, suite: str, packages: Sequence[str],
+                      preseed: str = "") -> None:
+    """debootstrap minbase of suite + SUITE_BASE_PACKAGES + packages, into dest;
+    preseed is debconf-set-selections input given before the packages install.
+
+    debootstrap and the package installation failing raise SuiteUnavailable
+    (the suite cannot be installed today); anything else is a HarnessError.
+    """
+
+    def step(what: str, argv: Sequence[str] | None = None, **kw: Any) -> None:
+        started = time.monotonic()
+        if argv is not None:
+            r = _run(argv, check=False, timeout=1200)
+        else:
+            r = _chroot_exec(dest, check=False, timeout=1200, network=True,
+                             env={"DEBIAN_FRONTEND": "noninteractive"}, **kw)
+        with log.open("a") as f:
+            f.write(f"\n=== {what} -> {r.returncode} "
+                    f"({time.monotonic() - started:.1f} s)\n{r.stdout}{r.stderr}")
+        if r.returncode != 0:
+            raise SuiteUnavailable(f"{what} failed (exit {r.returncode}), see {log}:\n"
+                                   f"{_tail(r.stdout + r.stderr, 1500)}")
+
+    mirror = suite_mirror(suite)
+    step(f"debootstrap {suite}", ["unshare", "--mount", "--propagation", "private", "--",
+                                  "debootstrap", "--variant=minbase", suite, str(dest), mirror])
+    (dest / "etc/apt/sources.list").write_text(f"deb {mirror} {suite} main\n")
+    (dest / "etc/apt/apt.conf.d/99msw-test-suite").write_text(SUITE_APT_CONF)
+    policy = dest / str(POLICY_RC_D).lstrip("/")
+    policy.write_text(POLICY_RC_D_TEXT)
+    policy.chmod(0o755)
+    # No fsync per unpacked file while building (a throwaway tree until renamed).
+    unsafe_io = dest / "etc/dpkg/dpkg.cfg.d/msw-test-build-unsafe-io"
+    unsafe_io.write_text("force-unsafe-io\n")
+    step(f"apt-get update ({suite})", cmd=["apt-get", "update"])
+    if preseed:
+        _chroot_exec(dest, ["debconf-set-selections"], input=preseed)
+    step(f"installing {' '.join(packages)} from {suite}",
+         cmd=["apt-get", "install", "-y", "--no-install-recommends", *SUITE_BASE_PACKAGES, *packages])
+    step("apt-get clean", cmd=["apt-get", "clean"])
+    (dest / "etc/hostname").write_text("msw-test\n")
+    unsafe_io.unlink()
+    policy.unlink()
+    _run(["sync", "-f", str(dest)])
+    (dest / str(ROOT_STAMP).lstrip("/")).write_text(
+        f"test root built by matrix-synapse-workers tests/booted/harness.py\n"
+        f"suite: {suite}\npackages: {' '.join((*SUITE_BASE_PACKAGES, *packages))}\n")
+
+
+def ensure_suite_root(suite: str, packages: Sequence[str], preseed: str = "",
+                      log: Path | None = None) -> Path:
+    """The cached root of suite with packages installed (the real ones, from the archive).
+
+    Keyed on the suite, the packages and the build code, and like every root
+    kept while it is used, so a suite that moves is fetched once a week at most.
+    Raises SuiteUnavailable when the suite or a package cannot be installed.
+    """
+    h = hashlib.sha256()
+    for part in (suite, "\n".join(packages), preseed, "\n".join(SUITE_BASE_PACKAGES), SUITE_APT_CONF,
+                 POLICY_RC_D_TEXT, _CHROOT_SETUP, inspect.getsource(_build_suite_root),
+                 inspect.getsource(_chroot_exec), inspect.getsource(_guest_env_argv)):
+        h.update(part.encode() + b"\0")
+    key = f"{suite}-{h.hexdigest()[:16]}"
+    build = functools.partial(_build_suite_root, suite=suite, packages=packages, preseed=preseed)
+    return _ensure_built(key, build, log)
 
 
 def _hash_input(h: "hashlib._Hash", item: str | bytes | os.PathLike[str]) -> None:
@@ -854,6 +958,8 @@ class Container:
     Use as a context manager.  With boot=False the root is prepared but not
     booted: chroot_run() and install_debs() then act like an image builder
     (policy-rc.d in place, no systemd), and boot() can follow.
+    unified_cgroup=True boots it with a cgroup v2 hierarchy of its own, which
+    systemd 258 and later (sid) need on a cgroup v1 host.
     """
 
     def __init__(
@@ -865,6 +971,7 @@ class Container:
         mode: str = "overlay",
         boot_timeout: float = BOOT_TIMEOUT,
         require_running: bool = False,
+        unified_cgroup: bool = False,
     ) -> None:
         if mode not in ("overlay", "copy"):
             raise ValueError(f"mode must be 'overlay' or 'copy', not {mode!r}")
@@ -876,6 +983,7 @@ class Container:
         self.path = self.dir / "root"  # the container's / as seen from the host
         self.boot_timeout = boot_timeout
         self.require_running = require_running
+        self.unified_cgroup = unified_cgroup
         self._autoboot = boot
         self._nspawn: subprocess.Popen | None = None
         self._pid: int | None = None
@@ -1001,7 +1109,8 @@ class Container:
         with open(self.log_path, "wb") as logf:
             self._nspawn = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                env=_host_env(), start_new_session=True,
+                env=_host_env(UNIFIED_CGROUP_ENV if self.unified_cgroup else None),
+                start_new_session=True,
             )
         self._pid = None
         self._write_owner()
@@ -1504,7 +1613,7 @@ def install_standin_synapse(c: Container, deb: Path, server_name: str) -> None:
     Here, not in conftest.py, so that scripts/bench builds the same layer without pytest.
     """
     from booted_config import STANDIN_MAIN_URL
-    c.install_debs([deb], env={"MATRIX_SYNAPSE_SERVER_NAME": server_name})
+    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
     synapse_setup(c, server_name)
     wait_for_http(c, STANDIN_MAIN_URL, "/health")
 

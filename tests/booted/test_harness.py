@@ -347,6 +347,23 @@ def test_apt_sources_parsing() -> None:
     assert one == [harness.AptSource("http://m.invalid/debian", "bookworm", ("main",))]
 
 
+def test_suite_mirror_is_the_hosts_archive(tmp_path: Path) -> None:
+    """Another suite comes from the mirror the host uses for its own release, never security."""
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(textwrap.dedent(f"""\
+        Types: deb
+        URIs: http://security.invalid/debian-security
+        Suites: {harness.SUITE}-security
+
+        Types: deb
+        URIs: http://mirror.invalid/debian
+        Suites: {harness.SUITE} {harness.SUITE}-updates
+        """))
+    assert harness.suite_mirror("sid", tmp_path) == "http://mirror.invalid/debian"
+    (tmp_path / "sources.list").write_text("deb http://sid.invalid/debian sid main\n")
+    assert harness.suite_mirror("sid", tmp_path) == "http://sid.invalid/debian"
+
+
 def _derive_setup(c: Container) -> None:
     c.write_file("/var/lib/msw-derived/made-by-setup", "yes\n")
     c.run(["rm", "/etc/issue.net"])  # a deletion must survive as a whiteout

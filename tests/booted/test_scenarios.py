@@ -8,6 +8,7 @@ installs matrix-synapse-workers with preseeded debconf answers, exactly as
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, REPO, SERVER_NAME as SERVER, container_name
+from booted_config import BUILD_STANDIN, NGINX, REPO, SERVER_NAME as SERVER, VHOST, container_name
 from harness import Container, http_unix, login, register_user, wait_for_http
 
 SOCKETS = "/run/matrix-synapse"
@@ -53,8 +54,8 @@ def synapse_unbooted(synapse_root: Path, request: pytest.FixtureRequest):
         yield c
 
 
-def install_workers(c: Container, deb: Path, answers: str) -> None:
-    c.install_debs([deb], preseed=answers)
+def install_workers(c: Container, deb: Path, answers: str):
+    return c.install_debs([deb], preseed=answers)
 
 
 def reconfigure(c: Container, answers: str) -> None:
@@ -226,6 +227,66 @@ def test_image_build_comes_up_at_first_boot(synapse_unbooted, package_deb):
     c.boot()
     c.wait_until(["systemctl", "is-active", "--quiet", unit_of("sync-1"), unit_of("client-1")], timeout=180)
     assert_all_healthy(c, ["client-1", "sync-1"])
+
+
+@pytest.fixture
+def bare_unbooted(base_root: Path, request: pytest.FixtureRequest):
+    """A bookworm image being built: PostgreSQL, nginx and Redis installed, nothing running,
+    Synapse not installed yet."""
+    with Container(base_root, name=container_name(request.node.name), boot=False) as c:
+        yield c
+
+
+def round_trip_through_nginx(c: Container, user: str) -> None:
+    """A Matrix client's round trip through the admin's vhost: log in, create a room,
+    send a message, see it in /sync."""
+    c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
+    c.run(["nginx", "-t", "-q"])
+    c.run(["systemctl", "reload-or-restart", "nginx.service"])
+    wait_for_http(c, NGINX, "/_matrix/client/versions", timeout=60)
+    register_user(c, f"{SOCKETS}/main.sock", user, f"{user}-password-1")
+    token = login(c, NGINX, user, f"{user}-password-1")["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    room = harness.http(c, NGINX, "POST", "/_matrix/client/v3/createRoom", {"name": "first boot"}, auth)
+    assert room.status == 200, room.text
+    room_id = room.json()["room_id"]
+    sent = harness.http(c, NGINX, "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1",
+                        {"msgtype": "m.text", "body": "hello from the image"}, auth)
+    assert sent.status == 200, sent.text
+    synced = harness.http(c, NGINX, "GET", "/_matrix/client/v3/sync?timeout=0", None, auth)
+    assert synced.status == 200, synced.text
+    events = synced.json()["rooms"]["join"][room_id]["timeline"]["events"]
+    assert any(e.get("content", {}).get("body") == "hello from the image" for e in events)
+
+
+def test_image_build_without_a_signing_key_comes_up_at_first_boot(bare_unbooted, standin_deb, package_deb):
+    """Issue 11: Synapse installed with starts held back has no signing key (its unit
+    makes it at the first start); our install must still check and configure."""
+    c = bare_unbooted
+    key = "/etc/matrix-synapse/homeserver.signing.key"
+    c.install_debs([standin_deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {SERVER}\n")
+    harness.synapse_setup(c, SERVER)  # the image recipe points Synapse at PostgreSQL
+    assert not c.exists(key)
+    done = install_workers(c, package_deb, preseed("custom", "sync, client"))
+    out = done.stdout + done.stderr
+    assert f"signing key {key} does not exist yet" in out and "throwaway key" in out, out
+    assert "skipped: PostgreSQL's connection limit was not checked" in out, out
+    assert "3 Synapse processes open 3 database connections at start" in out, out
+    assert not c.exists(key)
+    assert sorted(c.chroot_run("ls /etc/matrix-synapse/workers").stdout.split()) == [
+        "client-1.yaml", "sync-1.yaml"]
+    c.boot()
+    c.wait_until(["systemctl", "is-active", "--quiet", unit_of("sync-1"), unit_of("client-1")], timeout=180)
+    assert_all_healthy(c, ["client-1", "sync-1"])
+    # Main's ExecStartPre made the key, as Synapse's user; the workers started after main.
+    assert c.run(["stat", "-c", "%U", key]).stdout.strip() == "matrix-synapse"
+    main_started = active_since(c, "matrix-synapse.service")
+    assert all(active_since(c, unit_of(n)) >= main_started for n in ["client-1", "sync-1"])
+    round_trip_through_nginx(c, "erin")
+    # The check the image build skipped runs now.
+    status = json.loads(c.run(["matrix-synapse-workers", "status", "--json"], check=False).stdout)
+    [database] = [r for r in status["checks"] if r["check"] == "database"]
+    assert database["status"] == "ok" and "3 processes x cp_max 5 = 15" in database["detail"], database
 
 
 def test_crashed_worker_is_restarted(synapse, package_deb):

@@ -476,6 +476,7 @@ def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(synapse_host, our
 def test_sqlite_homeserver_installs_but_configures_nothing(bare_host, standin_deb, ours_deb):
     """Both packages at once, as a first install does: Synapse defaults to SQLite."""
     c = bare_host
+    c.run("debconf-set-selections", input="matrix-synapse-py3 matrix-synapse/server-name string workers.test\n")
     done = c.apt_install(standin_deb, ours_deb)
 
     assert c.status() == "ii" and c.status("matrix-synapse-py3") == "ii"
@@ -503,6 +504,7 @@ def test_sqlite_homeserver_installs_but_configures_nothing(bare_host, standin_de
 
 def test_synapse_upgrade_restarts_main_then_workers(bare_host, standin_old_deb, standin_deb, ours_deb):
     c = bare_host
+    c.run("debconf-set-selections", input="matrix-synapse-py3 matrix-synapse/server-name string workers.test\n")
     c.apt_install(standin_old_deb)
     use_postgres(c)
     install(c, ours_deb, {"preset": "small"})

@@ -41,7 +41,6 @@ UNIT_PATH = "/lib/systemd/system/matrix-synapse.service"
 CONFFILES = {
     "/etc/matrix-synapse/homeserver.yaml",
     "/etc/matrix-synapse/log.yaml",
-    "/etc/default/matrix-synapse",
 }
 SYNAPSE_USER = "matrix-synapse"
 CACHE = Path(os.environ.get("MSW_TEST_CACHE", "/var/cache/matrix-synapse-workers-tests")) / "standin"
@@ -139,7 +138,7 @@ def test_control_says_what_it_is(debs: dict[str, Path], version: str) -> None:
     assert f"Synapse {version} from PyPI" in description
     depends = relation_names(control["Depends"])
     # The venv's interpreter, psycopg2's libpq, and adduser for the postinst.
-    assert {"python3.11", "libpq5", "adduser", "libc6"} <= depends
+    assert {"python3.11", "libpq5", "adduser", "libc6", "debconf"} <= depends
 
 
 @pytest.mark.parametrize("version", [OLD, NEW])
@@ -148,12 +147,24 @@ def test_control_files(debs: dict[str, Path], version: str) -> None:
     conffiles = deb.control.get_content("conffiles", encoding="utf-8").split()
     assert set(conffiles) == CONFFILES
     tar = deb.control.tgz()
-    for script in ("postinst", "prerm", "postrm"):
+    for script in ("config", "postinst", "prerm", "postrm"):
         member = tar.getmember(f"./{script}")
         assert member.mode & 0o111 == 0o111, script
         text = deb.control.get_content(script, encoding="utf-8")
         assert text.startswith("#!/bin/sh\n"), script
-    assert "config" not in deb.control  # no debconf in the stand-in
+    # The real package's two questions, with its types and defaults.
+    templates = list(deb822.Deb822.iter_paragraphs(deb.control.get_content("templates", encoding="utf-8")))
+    assert [(t["Template"], t["Type"], t.get("Default")) for t in templates] == [
+        ("matrix-synapse/server-name", "string", None),
+        ("matrix-synapse/report-stats", "boolean", "false"),
+    ]
+    config = deb.control.get_content("config", encoding="utf-8")
+    assert "db_input high matrix-synapse/server-name" in config
+    assert "db_input high matrix-synapse/report-stats" in config
+    postinst = deb.control.get_content("postinst", encoding="utf-8")
+    assert "confmodule" in postinst
+    # No signing key in the postinst: the unit's ExecStartPre makes it.
+    assert "generate-keys" not in postinst and "signing" not in postinst.replace("signing key:", "")
 
 
 class DebData:
@@ -231,8 +242,9 @@ def test_unit_like_the_real_one(data: dict[str, DebData]) -> None:
         " --config-path=/etc/matrix-synapse/homeserver.yaml"
         " --config-path=/etc/matrix-synapse/conf.d/"
     )
+    assert unit["Unit.Description"] == ["Synapse Matrix homeserver"]
     assert unit["Service.Type"] == ["notify"]
-    assert unit["Service.NotifyAccess"] == ["main"]
+    assert "Service.NotifyAccess" not in unit  # systemd's default: main
     assert unit["Service.User"] == [SYNAPSE_USER]
     assert unit["Service.WorkingDirectory"] == ["/var/lib/matrix-synapse"]
     assert unit["Service.EnvironmentFile"] == ["-/etc/default/matrix-synapse"]
@@ -243,6 +255,35 @@ def test_unit_like_the_real_one(data: dict[str, DebData]) -> None:
     assert unit["Service.RestartSec"] == ["3"]
     assert unit["Service.SyslogIdentifier"] == ["matrix-synapse"]
     assert unit["Install.WantedBy"] == ["multi-user.target"]
+    # Nothing more than the real unit sets (no sandbox, no conditions).
+    assert len(unit) == 12, sorted(unit)
+
+
+def test_config_files_as_the_real_build_makes_them(data: dict[str, DebData]) -> None:
+    """generate_config's output with debian/build_virtualenv's adjustments."""
+    texts = data[NEW].texts
+    assert "/etc/default/matrix-synapse" not in data[NEW].members  # no longer shipped
+    text = texts["/etc/matrix-synapse/homeserver.yaml"]
+    config = yaml.safe_load(text)
+    assert "server_name" not in config and "report_stats" not in config
+    assert re.search(r'(?m)^# server_name: "SERVERNAME"$', text)
+    assert config["pid_file"] == "/var/run/matrix-synapse.pid"
+    assert config["media_store_path"] == "/var/lib/matrix-synapse/media"
+    assert config["signing_key_path"] == "/etc/matrix-synapse/homeserver.signing.key"
+    assert config["log_config"] == "/etc/matrix-synapse/log.yaml"
+    assert config["database"] == {"name": "sqlite3",
+                                  "args": {"database": "/var/lib/matrix-synapse/homeserver.db"}}
+    assert config["listeners"] == [{
+        "port": 8008, "tls": False, "type": "http", "x_forwarded": True,
+        "bind_addresses": ["::1", "127.0.0.1"],
+        "resources": [{"names": ["client", "federation"], "compress": False}],
+    }]
+    assert config["trusted_key_servers"] == [{"server_name": "matrix.org"}]
+    # Synapse's generate_log_config: the file behind a flushing buffer, no console.
+    log = yaml.safe_load(texts["/etc/matrix-synapse/log.yaml"])
+    assert log["handlers"]["file"]["filename"] == "/var/log/matrix-synapse/homeserver.log"
+    assert log["handlers"]["buffer"]["class"] == "synapse.logging.handlers.PeriodicallyFlushingMemoryHandler"
+    assert log["root"]["handlers"] == ["buffer"]
 
 
 # --- the chroot ------------------------------------------------------------
@@ -358,6 +399,16 @@ class Chroot:
         shutil.copyfile(deb, self / f"/tmp/{deb.name}")
         return self.run("apt-get", "install", "-y", "--no-install-recommends", f"/tmp/{deb.name}", env=env).stdout
 
+    def preseed(self, *answers: str) -> None:
+        lines = "".join(f"{PACKAGE} {a}\n" for a in answers)
+        run("chroot", self.path, "debconf-set-selections", input=lines)
+
+    def debconf(self, question: str) -> str:
+        out = self.run("debconf-show", PACKAGE).stdout
+        found = [line.split(":", 1)[1].strip() for line in out.splitlines()
+                 if line.lstrip("* ").startswith(f"{question}:")]
+        return found[0] if found else ""
+
     def python(self, code: str) -> str:
         return self.run(f"{VENV}/bin/python", "-c", code).stdout.strip()
 
@@ -413,6 +464,7 @@ def installed(bookworm_root: Path, debs: dict[str, Path], tmp_path_factory) -> I
     """A chroot with the new stand-in freshly installed (no systemd running,
     no server name given: the host's name is the default)."""
     with overlay_chroot(bookworm_root, tmp_path_factory.mktemp("installed")) as c:
+        c.preseed("matrix-synapse/server-name string standin.test")
         c.apt_install(debs[NEW])
         yield c
 
@@ -450,45 +502,48 @@ def test_install_gives_synapse_its_directories(installed: Chroot) -> None:
     assert installed.owner("/etc/matrix-synapse/homeserver.yaml") == ("root", "root")
 
 
-def test_install_writes_debian_style_config(installed: Chroot) -> None:
-    config = yaml.safe_load((installed / "/etc/matrix-synapse/homeserver.yaml").read_text())
-    assert "server_name" not in config and "report_stats" not in config
-    assert config["database"] == {
-        "name": "sqlite3",
-        "args": {"database": "/var/lib/matrix-synapse/homeserver.db"},
-    }
-    assert config["listeners"] == [
-        {
-            "port": 8008,
-            "tls": False,
-            "type": "http",
-            "x_forwarded": True,
-            "bind_addresses": ["::1", "127.0.0.1"],
-            "resources": [{"names": ["client", "federation"], "compress": False}],
-        }
-    ]
-    assert config["pid_file"] == "/var/run/matrix-synapse.pid"
-    assert config["media_store_path"] == "/var/lib/matrix-synapse/media"
-    assert config["signing_key_path"] == "/etc/matrix-synapse/homeserver.signing.key"
-    assert config["log_config"] == "/etc/matrix-synapse/log.yaml"
-    assert config["trusted_key_servers"] == [{"server_name": "matrix.org"}]
-
+def test_install_writes_the_preseeded_answers_to_conf_d(installed: Chroot) -> None:
     conf_d = installed / "/etc/matrix-synapse/conf.d"
     assert sorted(p.name for p in conf_d.iterdir()) == ["report_stats.yaml", "server_name.yaml"]
-    host_name = installed.run("uname", "-n").stdout.strip()
-    assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": host_name}
+    assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "standin.test"}
+    assert "server_name: standin.test\n" in (conf_d / "server_name.yaml").read_text()
     assert yaml.safe_load((conf_d / "report_stats.yaml").read_text()) == {"report_stats": False}
-
-    log = yaml.safe_load((installed / "/etc/matrix-synapse/log.yaml").read_text())
-    assert log["handlers"]["file"]["filename"] == "/var/log/matrix-synapse/homeserver.log"
-    assert set(log["root"]["handlers"]) == {"file", "console"}
+    assert installed.owner("/etc/matrix-synapse/conf.d/server_name.yaml") == ("root", "root")
 
 
-def test_install_creates_signing_key(installed: Chroot) -> None:
-    key = installed / "/etc/matrix-synapse/homeserver.signing.key"
-    assert re.fullmatch(r"ed25519 a_\w+ [A-Za-z0-9+/]+=*\n?", key.read_text())
-    assert installed.owner("/etc/matrix-synapse/homeserver.signing.key") == (SYNAPSE_USER, SYNAPSE_USER)
-    assert key.stat().st_mode & 0o007 == 0, oct(key.stat().st_mode)
+def test_install_makes_no_signing_key(installed: Chroot) -> None:
+    """The real postinst makes none: the unit's ExecStartPre does, at the first start."""
+    assert not (installed / "/etc/matrix-synapse/homeserver.signing.key").exists()
+
+
+def test_install_without_an_answer_leaves_server_name_empty(chroot: Chroot, debs: dict[str, Path]) -> None:
+    """Nothing preseeded, noninteractive: the real package writes "server_name: " (null)."""
+    chroot.apt_install(debs[NEW])
+    text = (chroot / "/etc/matrix-synapse/conf.d/server_name.yaml").read_text()
+    assert re.search(r"(?m)^server_name: $", text), text
+    assert yaml.safe_load(text) == {"server_name": None}
+    assert yaml.safe_load((chroot / "/etc/matrix-synapse/conf.d/report_stats.yaml").read_text()) == {
+        "report_stats": False}
+    # Synapse refuses that configuration (the unit would restart it every 3 s).
+    done = chroot.run("sh", "-c", f"cd /var/lib/matrix-synapse && runuser -u {SYNAPSE_USER} -- "
+                      f"{VENV}/bin/python -m synapse.app.homeserver "
+                      "--config-path=/etc/matrix-synapse/homeserver.yaml "
+                      "--config-path=/etc/matrix-synapse/conf.d/", check=False)
+    assert done.returncode != 0 and "Invalid server name 'None'" in done.stdout, done.stdout
+    # An admin's own statoverride wins, and a second configure changes nothing.
+    chroot.run("dpkg-statoverride", "--remove", "/var/log/matrix-synapse")
+    chroot.run("dpkg-statoverride", "--update", "--add", "root", "root", "0750", "/var/log/matrix-synapse")
+    # The files win over a later preseed (config reads them back into debconf
+    # first): only an edit of the file, or answering the question, names the server.
+    server_name = chroot / "/etc/matrix-synapse/conf.d/server_name.yaml"
+    chroot.preseed("matrix-synapse/server-name string later.test")
+    chroot.run("dpkg-reconfigure", "-fnoninteractive", PACKAGE)
+    assert yaml.safe_load(server_name.read_text()) == {"server_name": None}
+    server_name.write_text(server_name.read_text().replace("server_name: \n", "server_name: later.test\n"))
+    chroot.run("dpkg-reconfigure", "-fnoninteractive", PACKAGE)
+    assert yaml.safe_load(server_name.read_text()) == {"server_name": "later.test"}
+    assert chroot.debconf("matrix-synapse/server-name") == "later.test"
+    assert chroot.owner("/var/log/matrix-synapse") == ("root", "root")
 
 
 def test_install_enables_unit_but_starts_nothing_without_systemd(installed: Chroot) -> None:
@@ -507,6 +562,11 @@ def test_unit_commands_work(installed: Chroot) -> None:
     user = unit["Service.User"][0]
     [pre] = unit["Service.ExecStartPre"]
     installed.run("sh", "-c", f'cd {workdir} && exec runuser -u {user} -- {pre}')
+    # That is where the signing key comes from: Synapse's format, the user's own.
+    key = installed / "/etc/matrix-synapse/homeserver.signing.key"
+    assert re.fullmatch(r"ed25519 a_\w+ [A-Za-z0-9+/]+=*\n?", key.read_text())
+    assert installed.owner("/etc/matrix-synapse/homeserver.signing.key") == (SYNAPSE_USER, SYNAPSE_USER)
+    assert key.stat().st_mode & 0o022 == 0, oct(key.stat().st_mode)  # the rest: the umask
 
     [start] = unit["Service.ExecStart"]
     # Synapse in its own network namespace, so port 8008 is never the host's.
@@ -534,13 +594,15 @@ exit 1
 """
     out = run("unshare", "--net", "--fork", "--kill-child", "sh", "-c", probe).stdout
     assert f"health: OK Synapse/{NEW}\n" in out
+    # The buffered log handler writes this at the latest on exit.
     log = (installed / "/var/log/matrix-synapse/homeserver.log").read_text()
     assert "Synapse now listening on TCP port 8008" in log
     assert installed.owner("/var/lib/matrix-synapse/homeserver.db") == (SYNAPSE_USER, SYNAPSE_USER)
 
 
-def test_upgrade_keeps_admin_config_then_purge_cleans_up(chroot: Chroot, debs: dict[str, Path]) -> None:
-    chroot.apt_install(debs[OLD], env={"MATRIX_SYNAPSE_SERVER_NAME": "first.test"})
+def test_upgrade_keeps_admin_config_then_purge_leaves_what_the_real_one_leaves(chroot: Chroot, debs: dict[str, Path]) -> None:
+    chroot.preseed("matrix-synapse/server-name string first.test")
+    chroot.apt_install(debs[OLD])
     assert chroot.python("import synapse; print(synapse.__version__)") == OLD
     conf_d = chroot / "/etc/matrix-synapse/conf.d"
     assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "first.test"}
@@ -552,12 +614,13 @@ def test_upgrade_keeps_admin_config_then_purge_cleans_up(chroot: Chroot, debs: d
     # that sets the key, as the real package's debconf handling does.
     admin = conf_d / "zz-admin.yaml"
     admin.write_text("report_stats: true\n")
-    key = (chroot / "/etc/matrix-synapse/homeserver.signing.key").read_text()
     # Pretend systemd runs: the postinst then asks deb-systemd-invoke (and
     # so policy-rc.d, which logs and refuses) to restart Synapse.
     (chroot / "/run/systemd/system").mkdir(parents=True)
 
-    chroot.apt_install(debs[NEW], env={"MATRIX_SYNAPSE_SERVER_NAME": "second.test"})
+    # A new answer loses against the files: the config script reads them back first.
+    chroot.preseed("matrix-synapse/server-name string second.test")
+    chroot.apt_install(debs[NEW])
 
     assert chroot.version() == f"install ok installed {NEW}+standin"
     assert chroot.python("import synapse; print(synapse.__version__)") == NEW
@@ -566,7 +629,7 @@ def test_upgrade_keeps_admin_config_then_purge_cleans_up(chroot: Chroot, debs: d
     assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "first.test"}
     assert yaml.safe_load((conf_d / "report_stats.yaml").read_text()) == {"report_stats": True}
     assert admin.read_text() == "report_stats: true\n"
-    assert (chroot / "/etc/matrix-synapse/homeserver.signing.key").read_text() == key
+    assert chroot.debconf("matrix-synapse/server-name") == "first.test"
     assert chroot.policy_log() == ["matrix-synapse.service restart"]
 
     # Remove: the program goes, the configuration stays, the unit is masked
@@ -578,13 +641,15 @@ def test_upgrade_keeps_admin_config_then_purge_cleans_up(chroot: Chroot, debs: d
     assert os.readlink(chroot / "/etc/systemd/system/matrix-synapse.service") == "/dev/null"
 
     chroot.run("dpkg", "--purge", PACKAGE)
-    # What the admin added stays; all else under /etc/matrix-synapse goes.
+    # Like the real package: the conffiles go, what the postinst wrote and the
+    # admin added stays, and so do the statoverrides and the user; the unit's
+    # enable state and the debconf answers are forgotten.
     leftover = sorted(str(p.relative_to(chroot.path)) for p in (chroot / "/etc/matrix-synapse").rglob("*"))
-    assert leftover == ["etc/matrix-synapse/conf.d", "etc/matrix-synapse/conf.d/zz-admin.yaml"]
-    for path in ("/var/lib/matrix-synapse", "/var/log/matrix-synapse",
-                 "/etc/default/matrix-synapse", "/etc/systemd/system/matrix-synapse.service",
+    assert leftover == ["etc/matrix-synapse/conf.d", "etc/matrix-synapse/conf.d/report_stats.yaml",
+                        "etc/matrix-synapse/conf.d/server_name.yaml", "etc/matrix-synapse/conf.d/zz-admin.yaml"]
+    for path in ("/etc/systemd/system/matrix-synapse.service",
                  "/etc/systemd/system/multi-user.target.wants/matrix-synapse.service"):
         assert not os.path.lexists(chroot / path), path
-    assert chroot.run("dpkg-statoverride", "--list", check=False).stdout == ""
-    # Debian practice: the system user stays.
+    assert len(chroot.run("dpkg-statoverride", "--list").stdout.splitlines()) == 3
+    assert "matrix-synapse/server-name" not in chroot.run("debconf-show", PACKAGE, check=False).stdout
     assert chroot.passwd(SYNAPSE_USER)[0] == SYNAPSE_USER

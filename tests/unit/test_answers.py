@@ -1,6 +1,5 @@
 """debconf answers -> (Selection, Settings), the way back, and the templates' lists."""
 
-import doctest
 import os
 import re
 import shutil
@@ -49,11 +48,6 @@ def templates() -> dict[str, deb822.Deb822]:
 
 def choices_c(template: deb822.Deb822) -> list[str]:
     return [c.strip() for c in template["Choices-C"].split(",")]
-
-
-def test_module_examples():
-    result = doctest.testmod(answers)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # --- the templates agree with the catalog ----------------------------------

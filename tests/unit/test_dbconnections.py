@@ -30,3 +30,39 @@ def test_pool_sizes_default_to_twisteds():
     assert pool_sizes(None) == (DEFAULT_CP_MIN, DEFAULT_CP_MAX) == (3, 5)
     assert pool_sizes({"name": "psycopg2", "args": {"cp_min": 5, "cp_max": 10}}) == (5, 10)
     assert pool_sizes({"args": {"cp_max": "x"}}) == (3, 5)
+
+
+def test_unchecked_gives_the_numbers_the_admin_must_ensure():
+    """An image build cannot ask PostgreSQL: preset busy is 27 workers + main."""
+    from matrix_synapse_workers.core.dbconnections import unchecked
+    text = unchecked(28, cp_min=3, cp_max=5, reason="connection refused")
+    assert "not checked (connection refused)" in text
+    assert "28 Synapse processes open 84" in text and "up to 140" in text
+    assert "max_connections = 143" in text and "matrix-synapse-workers status" in text
+
+
+def test_status_row_for_the_database():
+    from matrix_synapse_workers.status.checks import check_database
+    from matrix_synapse_workers.status.model import FAIL, OK, WARN, DatabaseFacts
+    fits = check_database(DatabaseFacts(4, 1, 5, max_connections=100, reserved=3))
+    assert fits.status == OK and "20 <= 97" in fits.detail
+    busy = check_database(DatabaseFacts(28, 3, 5, max_connections=100, reserved=3))
+    assert busy.status == WARN and "140" in busy.advice and "143" in busy.advice
+    assert check_database(DatabaseFacts(40, 3, 5, max_connections=100, reserved=3)).status == FAIL
+    unknown = check_database(DatabaseFacts(28, 3, 5, error="connection refused"))
+    assert unknown.status == WARN and "140" in unknown.advice
+
+
+def test_an_empty_server_name_configures_nothing_and_says_what_to_do(tmp_path):
+    import pytest
+    from hostroot import make_root
+    from matrix_synapse_workers.core.errors import HostConfigError
+    from matrix_synapse_workers.system.hostfacts import require_server_name
+    root = make_root(tmp_path)
+    require_server_name(root)
+    (root / "etc/matrix-synapse/conf.d/server_name.yaml").write_text("server_name: \n")
+    with pytest.raises(HostConfigError) as caught:
+        require_server_name(root)
+    message = str(caught.value)
+    assert "server_name is None" in message and "matrix-synapse/server-name" in message
+    assert "dpkg-reconfigure matrix-synapse-workers" in message

@@ -67,3 +67,14 @@ def test_the_check_sees_an_edge_import(tmp_path):
 
 def test_pure_floors_are_not_empty():
     assert len(PURE) >= 10
+
+
+def test_readme_layout_names_every_module():
+    """README's Layout section matches the code: every module of the package is named there."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Benchmarks")]
+    missing = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if p.name != "__init__.py" and p.name not in layout)
+    assert not missing, f"README's Layout does not name: {missing}"
+    for floor in ("core/", "render/", "debconf/", "system/", "status/"):
+        assert floor in layout

@@ -52,6 +52,7 @@ def test_writable_paths_come_from_the_configuration(tmp_path):
 def test_a_media_store_behind_a_symlink_is_opened_where_it_lies(tmp_path):
     root = _socket_root(tmp_path, media_store_path="/var/lib/matrix-synapse/media-link")
     (root / "srv/matrix-media").mkdir(parents=True)
+    (root / "var/lib/matrix-synapse/media-link").rmdir()  # make_root made it a directory
     os.symlink("/srv/matrix-media", root / "var/lib/matrix-synapse/media-link")
     assert resolve_under(root, "/var/lib/matrix-synapse/media-link") == "/srv/matrix-media"
     workers, _ = _dropins(root, "media")
@@ -60,6 +61,7 @@ def test_a_media_store_behind_a_symlink_is_opened_where_it_lies(tmp_path):
 
 def test_a_missing_media_store_is_one_error_before_anything_changes(tmp_path):
     root = _socket_root(tmp_path, media_store_path="/srv/nowhere")
+    (root / "srv/nowhere").rmdir()  # make_root made it
     before = sorted(p for p in root.rglob("*"))
     with pytest.raises(HostConfigError, match="media_store_path is '/srv/nowhere', which does not exist"):
         apply_host(root, None, Settings(), facts=read_host_facts(root))

@@ -121,9 +121,10 @@ _FILE_PROVIDERS = frozenset({"file_system",
                              "synapse.rest.media.v1.storage_provider.FileStorageProviderBackend"})
 
 
-def resolve_under(root: Path, path: str) -> str | None:
+def resolve_under(root: Path, path: str, *, leaf_may_be_missing: bool = False) -> str | None:
     """``path`` (absolute, or relative to Synapse's working directory) with every
-    symlink resolved inside ``root``; None when it does not exist."""
+    symlink resolved inside ``root``; None when it does not exist (with
+    ``leaf_may_be_missing``: when its parent does not)."""
     given = PurePosixPath(path)
     if not given.is_absolute():
         given = paths.SYNAPSE_WORKDIR / given
@@ -151,6 +152,8 @@ def resolve_under(root: Path, path: str) -> str | None:
                 queue = list(target.parts) + queue
             continue
         if not full.exists():
+            if leaf_may_be_missing and not queue and full.parent.is_dir():
+                return str(candidate)
             return None
         current = candidate
     return str(current)
@@ -163,6 +166,9 @@ def _writable_paths(root: Path, config: Mapping[str, Any],
     media = config.get("media_store_path", paths.DEFAULT_MEDIA_STORE)
     if isinstance(media, str) and media:
         found.append(("media_store_path", media, True))
+    # Synapse's config loader makes a missing media store (in the check apply runs, as
+    # matrix-synapse, before anything is written): only its parent must exist.
+    created_by_synapse = {"media_store_path"}
     providers = config.get("media_storage_providers") or []
     for index, provider in enumerate(providers if isinstance(providers, list) else []):
         if isinstance(provider, dict) and provider.get("module") in _FILE_PROVIDERS:
@@ -175,7 +181,8 @@ def _writable_paths(root: Path, config: Mapping[str, Any],
         if isinstance(handler, dict) and isinstance(handler.get("filename"), str):
             directory = str(PurePosixPath(handler["filename"]).parent)
             found.append((f"the log directory of handler {name!r} in log_config", directory, False))
-    return tuple(WritablePath(setting, path, resolve_under(root, path), media_only)
+    return tuple(WritablePath(setting, path, resolve_under(
+        root, path, leaf_may_be_missing=setting in created_by_synapse), media_only)
                  for setting, path, media_only in found)
 
 

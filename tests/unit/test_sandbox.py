@@ -60,10 +60,12 @@ def test_a_media_store_behind_a_symlink_is_opened_where_it_lies(tmp_path):
 
 
 def test_a_missing_media_store_is_one_error_before_anything_changes(tmp_path):
-    root = _socket_root(tmp_path, media_store_path="/srv/nowhere")
-    (root / "srv/nowhere").rmdir()  # make_root made it
+    root = _socket_root(tmp_path, media_store_path="/srv/nowhere/media")
+    (root / "srv/nowhere/media").rmdir()  # make_root made it
+    (root / "srv/nowhere").rmdir()
     before = sorted(p for p in root.rglob("*"))
-    with pytest.raises(HostConfigError, match="media_store_path is '/srv/nowhere', which does not exist"):
+    with pytest.raises(HostConfigError,
+                       match="media_store_path is '/srv/nowhere/media', which does not exist"):
         apply_host(root, None, Settings(), facts=read_host_facts(root))
     assert sorted(p for p in root.rglob("*")) == before
 
@@ -91,3 +93,11 @@ def test_a_database_host_name_cannot_be_pinned_so_the_role_keeps_the_network(tmp
     workers, _ = _dropins(make_root(tmp_path, config), "sync")
     assert not _values(workers["sync-1"], "IPAddressDeny")
     assert "db.example.org is a host name" in workers["sync-1"]
+
+
+def test_a_missing_media_store_in_an_existing_directory_is_left_to_synapse(tmp_path):
+    """Synapse's loader makes it (apply's check, before the units start): an image build."""
+    root = _socket_root(tmp_path, media_store_path="/var/lib/matrix-synapse/media")
+    (root / "var/lib/matrix-synapse/media").rmdir()
+    workers, _ = _dropins(root, "media")
+    assert "/var/lib/matrix-synapse/media" in _values(workers["media-1"], "ReadWritePaths")

@@ -64,11 +64,14 @@ def _outside(c: Container) -> None:
     c.wait_until(["curl", "-sf", "-o", "/dev/null", f"http://{OUTSIDE}:{PORT}/"], timeout=30)
 
 
-def _outcome(c: Container, unit: str) -> str:
+def _outcome(c: Container, unit: str, log: str) -> str:
+    """The probe's last line, from the process's log file (Synapse's generated log config
+    writes there only) or the journal (a log config with a console handler)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = OUTCOME.findall(c.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"],
-                                      check=False).stdout)
+        text = c.run(["journalctl", "-u", unit, "-o", "cat", "--no-pager"], check=False).stdout
+        text += c.run(["cat", f"/var/log/matrix-synapse/{log}.log"], check=False).stdout
+        found = OUTCOME.findall(text)
         if found:
             return found[-1]
         time.sleep(1)
@@ -126,8 +129,9 @@ def test_a_confined_worker_cannot_reach_outside_and_an_outward_one_can(sandboxed
     try:
         c.run(["systemctl", "restart", "matrix-synapse.target"], timeout=180)
         assert_all_healthy(c, WORKERS)
-        outcomes = {unit: _outcome(c, unit) for unit in
-                    ["matrix-synapse.service", *map(unit_of, WORKERS)]}
+        outcomes = {unit: _outcome(c, unit, log) for unit, log in
+                    [("matrix-synapse.service", "homeserver"),
+                     *((unit_of(w), w) for w in WORKERS)]}
         assert outcomes["matrix-synapse.service"] == "reached", outcomes
         assert outcomes[unit_of("media-1")] == "reached", outcomes
         for confined in ("sync-1", "typing-1"):

@@ -46,6 +46,9 @@ class HostFacts:
     #: What Synapse writes besides its sockets: the media store, storage
     #: providers' directories, the log files' directories.
     writable_paths: tuple[WritablePath, ...] = ()
+    #: The directory of Synapse's signing key while the key does not exist yet (an
+    #: image build): main's ExecStartPre makes it there at its first start.
+    signing_key_dir: str | None = None
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 

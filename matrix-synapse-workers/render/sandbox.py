@@ -170,7 +170,12 @@ def main_dropin(facts: HostFacts) -> RenderedFile:
     """Main talks to other servers (it does whatever no worker took): network stays open."""
     lines = ["[Service]",
              "# The sandbox of the worker units, for main (matrix-synapse-workers).",
-             *MAIN_SANDBOX, *_rw_lines(facts, media=True),
+             *MAIN_SANDBOX, *_rw_lines(facts, media=True)]
+    if facts.signing_key_dir is not None:
+        lines += ["# Until Synapse has made its signing key (ExecStartPre=... --generate-keys);",
+                  "# the next apply renders this file without it.",
+                  f"ReadWritePaths={facts.signing_key_dir}"]
+    lines += [
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(_FAMILIES_ALL)}"]
     return RenderedFile(paths.MAIN_SANDBOX_DROPIN, _dropin(lines))

@@ -186,6 +186,14 @@ def _writable_paths(root: Path, config: Mapping[str, Any],
                  for setting, path, media_only in found)
 
 
+def _signing_key_dir(root: Path, config: Mapping[str, Any]) -> str | None:
+    """Where main's first start writes the signing key, while it is missing."""
+    key = config.get("signing_key_path")
+    if not isinstance(key, str) or not key or resolve_under(root, key) is not None:
+        return None
+    return resolve_under(root, str(PurePosixPath(key).parent))
+
+
 def existing_worker_names(root: Path) -> tuple[str, ...]:
     """Names of the worker files on disk (the files are the registry)."""
     workers_dir = root / paths.WORKERS_DIR
@@ -215,6 +223,7 @@ def read_host_facts(root: Path) -> HostFacts:
         log_config=log_config,
         existing_workers=existing_worker_names(root),
         writable_paths=_writable_paths(root, config, log_config),
+        signing_key_dir=_signing_key_dir(root, config),
         sources=sources,
     )
 

@@ -101,3 +101,13 @@ def test_a_missing_media_store_in_an_existing_directory_is_left_to_synapse(tmp_p
     (root / "var/lib/matrix-synapse/media").rmdir()
     workers, _ = _dropins(root, "media")
     assert "/var/lib/matrix-synapse/media" in _values(workers["media-1"], "ReadWritePaths")
+
+
+def test_main_may_write_its_missing_signing_key_until_it_exists(tmp_path):
+    """An image build: main's ExecStartPre makes the key at first boot, inside the sandbox."""
+    root = _socket_root(tmp_path, signing_key_path="/etc/matrix-synapse/homeserver.signing.key")
+    _, main = _dropins(root, "sync")
+    assert "/etc/matrix-synapse" in _values(main, "ReadWritePaths")
+    (root / "etc/matrix-synapse/homeserver.signing.key").write_text("ed25519 a_key xxx\n")
+    _, main = _dropins(root, "sync")
+    assert "/etc/matrix-synapse" not in _values(main, "ReadWritePaths")

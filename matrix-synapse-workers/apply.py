@@ -30,9 +30,9 @@ from typing import TextIO
 
 from .core import dbconnections
 from .core import paths
-from .core.changes import Changes, OnDisk, compute_changes
+from .core.changes import Changes, OnDisk, compute_changes, touches_units
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
-from .core.facts import HostFacts, require_postgres
+from .core.facts import HostFacts, require_postgres, require_writable_paths
 from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
 from .core.cluster import plan_from_cluster
 from .system.clusterfile import read_cluster
@@ -69,6 +69,7 @@ def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...],
     for directory in (paths.WORKERS_DIR, paths.WORKER_LOGS_DIR):
         if (root / directory).is_dir():
             candidates |= {directory / p.name for p in (root / directory).glob("*.yaml")}
+    candidates |= set(_worker_dropins(root))
     for relative in candidates:
         target = root / relative
         if not target.is_file():
@@ -79,6 +80,24 @@ def _read_on_disk(root: Path, desired: tuple[RenderedFile, ...],
             content = None
         found[relative] = OnDisk(content, target.stat().st_mode & 0o7777)
     return found
+
+
+def _worker_dropins(root: Path) -> list[PurePosixPath]:
+    """The worker sandbox drop-ins present (ours or not: the marker decides later)."""
+    units = root / paths.SYSTEMD_ETC
+    pattern = f"matrix-synapse-worker@*.service.d/{paths.SANDBOX_DROPIN_NAME}"
+    return [paths.SYSTEMD_ETC / p.relative_to(units) for p in units.glob(pattern)] \
+        if units.is_dir() else []
+
+
+def _remove_file(root: Path, relative: PurePosixPath) -> None:
+    """Remove one of our files, and its drop-in directory once empty."""
+    (root / relative).unlink(missing_ok=True)
+    if relative.parent.name.endswith(".service.d"):
+        try:
+            (root / relative.parent).rmdir()
+        except OSError:
+            pass  # an admin's drop-in is still there
 
 
 def synapse_python(root: Path) -> Path | None:
@@ -304,6 +323,7 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     facts = facts if facts is not None else read_host_facts(root)
     require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
+    require_writable_paths(facts)
     worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:
         settings = replace(settings, web_user="")  # no web server here: main's host routes
@@ -386,7 +406,7 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) ->
         if rendered.path not in nginx.FILES:
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
-        (root / relative).unlink(missing_ok=True)
+        _remove_file(root, relative)
     return nginx_changed
 
 
@@ -410,7 +430,7 @@ def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd
             systemd.restart(paths.REDIS_UNIT)
         elif not systemd.is_active(paths.REDIS_UNIT):
             systemd.start(paths.REDIS_UNIT)
-    if changes.start or changes.stop:
+    if changes.start or changes.stop or touches_units(changes):
         systemd.daemon_reload()
 
 
@@ -441,10 +461,16 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     systemd = Systemd(out)
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
+    # The sandbox drop-ins go with the package; main runs on unconfined, as before.
+    dropins = [d for d in (*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN) if _ours(root / d)]
+    for dropin in dropins:
+        _remove_file(root, dropin)
+    if dropins:
+        systemd.daemon_reload()
+    changed = paths.MAIN_SANDBOX_DROPIN in dropins  # main restarts without it
     if (root / paths.WORKER_HOST_MARK).exists():
         _deconfigure_worker_host(root, systemd, out)
         return
-    changed = False
     if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
         (root / paths.PROMETHEUS_TARGETS).unlink()
     if _ours(root / paths.REDIS_CONF_D):

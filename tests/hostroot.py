@@ -75,4 +75,9 @@ def make_root(tmp: Path, config: Mapping[str, Any] | None = None, *,
         (etc / "conf.d" / name).write_text(yaml.safe_dump(dict(data)))
     if log_config is not None:
         (etc / "log.yaml").write_text(yaml.safe_dump(dict(log_config)))
+    # What the sandbox opens for writing exists, as on a host where Synapse has run.
+    media = (config or {}).get("media_store_path", str(tmp / "media")) if raw_homeserver is None else None
+    for made in ([str(media)] if isinstance(media, str) and media.startswith("/") else []) + [
+            "/var/log/matrix-synapse"]:
+        (root / made.lstrip("/")).mkdir(parents=True, exist_ok=True)
     return root

@@ -89,6 +89,12 @@ class Role:
     experimental: bool = False
     #: The first Synapse release that knows this role (None: every supported one).
     since: Version | None = None
+    #: It opens connections to other servers itself (federation, media, push
+    #: gateways, mail, appservices): its unit keeps outbound network.  Otherwise
+    #: it reaches only PostgreSQL, Redis and replication (render/sandbox.py).
+    outbound: bool = False
+    #: Why, from Synapse's source: shown in the sandbox drop-in and the README.
+    network_why: str = ""
 
     @property
     def needs_replication_listener(self) -> bool:
@@ -117,39 +123,58 @@ class Role:
         return self.resources or ("health",)
 
 
+_WRITER_WHY = ("writes its stream to the database and tells other processes over "
+               "replication; what goes to other servers leaves through the federation senders")
+
+
 def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...] = ("client",),
             stream: str | None = None, moves_together: bool = False,
-            experimental: bool = False, since: Version | None = None) -> Role:
+            experimental: bool = False, since: Version | None = None,
+            outbound: bool = False, network_why: str = _WRITER_WHY) -> Role:
     return Role(name=name, summary=summary, scales=scales, resources=resources,
                 stream=stream or name, moves_together=moves_together,
-                experimental=experimental, since=since)
+                experimental=experimental, since=since, outbound=outbound,
+                network_why=network_why)
 
 
 _ROLE_LIST: tuple[Role, ...] = (
     # Generic workers: no shared config at all, so they come and go freely.
     Role("sync", "client /sync and related reads (sticky per user)", scales=True,
-         resources=("client",)),
+         resources=("client",),
+         network_why="answers /sync from the database and replication; fetches nothing remote"),
     Role("client", "client API reads and writes main does not have to do", scales=True,
-         resources=("client",)),
+         resources=("client",), outbound=True,
+         network_why="asks other servers itself: remote profiles, /keys/query and /keys/claim "
+                     "for remote users, remote room directories, identity servers"),
     Role("federation_reader", "inbound federation requests", scales=True,
-         resources=("federation",)),
+         resources=("federation",), outbound=True,
+         network_why="fetches the sending servers' signing keys (directly or from "
+                     "trusted_key_servers) and missing events and state"),
     Role("media", "media repository (uploads, downloads, thumbnails)", scales=True,
          resources=("media",),
          shared_when_present={"enable_media_repo": False},
          leader_key="media_instance_running_background_jobs",
-         own_config={"enable_media_repo": True}),
+         own_config={"enable_media_repo": True}, outbound=True,
+         network_why="downloads remote media and fetches URL previews (and oEmbed)"),
     # Duties handed over from main.
     Role("federation_sender", "outbound federation", scales=True,
-         duty=Duty("federation_sender_instances", DutyKind.LIST), moves_together=True),
+         duty=Duty("federation_sender_instances", DutyKind.LIST), moves_together=True,
+         outbound=True, network_why="sends transactions to every other server"),
     Role("pusher", "push notifications", scales=True,
-         duty=Duty("pusher_instances", DutyKind.LIST)),
+         duty=Duty("pusher_instances", DutyKind.LIST), outbound=True,
+         network_why="posts to push gateways and sends notification mail (SMTP)"),
     Role("appservice", "application service notifications", scales=False,
-         duty=Duty("notify_appservices_from_worker", DutyKind.SINGLE)),
+         duty=Duty("notify_appservices_from_worker", DutyKind.SINGLE), outbound=True,
+         network_why="sends transactions to the application services' URLs"),
     Role("user_dir", "user directory updates and search", scales=False,
          resources=("client",),
-         duty=Duty("update_user_directory_from_worker", DutyKind.SINGLE)),
+         duty=Duty("update_user_directory_from_worker", DutyKind.SINGLE),
+         network_why="indexes and searches the directory in the database; "
+                     "fetches nothing remote"),
     Role("background", "background tasks (cleanups, statistics)", scales=False,
-         duty=Duty("run_background_tasks_on", DutyKind.SINGLE)),
+         duty=Duty("run_background_tasks_on", DutyKind.SINGLE), outbound=True,
+         network_why="runs the background tasks: phoning home stats (report_stats) and "
+                     "account validity renewal mail"),
     # Stream writers.
     _writer("events", "event persister (sharded by room)", scales=True, resources=(),
             moves_together=True),
@@ -159,7 +184,10 @@ _ROLE_LIST: tuple[Role, ...] = (
     _writer("receipts", "read receipts", scales=True),
     _writer("presence", "presence", scales=False),
     _writer("push_rules", "push rules", scales=False, since=(1, 105, 0)),
-    _writer("device_lists", "device lists and keys", scales=True, since=(1, 135, 0)),
+    _writer("device_lists", "device lists and keys", scales=True, since=(1, 135, 0),
+            outbound=True,
+            network_why="the first device_lists writer resyncs remote users' device lists "
+                        "over federation (DeviceListUpdater)"),
     _writer("quarantined_media", "quarantined media changes", scales=True,
             stream="quarantined_media_changes", since=(1, 152, 0)),
     _writer("thread_subscriptions", "thread subscriptions (experimental in Synapse)",
@@ -167,7 +195,8 @@ _ROLE_LIST: tuple[Role, ...] = (
     # A generic worker like sync, listed last so that the ports topology derives
     # from each role's place stay what they were.
     Role("initial_sync", "initial /sync (no since) and /initialSync, sticky per user", scales=True,
-         resources=("client",)),
+         resources=("client",),
+         network_why="answers from the database and replication; fetches nothing remote"),
 )
 
 #: Every role by its short name.

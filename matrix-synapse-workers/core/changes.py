@@ -105,7 +105,14 @@ def workers_reading(keys: set[str], kept: Mapping[str, Role]) -> set[str]:
 def _worker_of(path: PurePosixPath) -> str | None:
     if path.parent in (paths.WORKERS_DIR, paths.WORKER_LOGS_DIR) and path.suffix == ".yaml":
         return path.stem
-    return None
+    return paths.worker_of_sandbox_dropin(path)
+
+
+def touches_units(changes: "Changes") -> bool:
+    """Whether a unit drop-in is written or removed: systemd must reload first."""
+    changed = [f.path for f in changes.write] + list(changes.remove)
+    return any(paths.worker_of_sandbox_dropin(p) or p == paths.MAIN_SANDBOX_DROPIN
+               for p in changed)
 
 
 def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
@@ -126,6 +133,7 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     set_aside = []
     restart: set[str] = set()
     reasons = []
+    main_sandbox = False
     for rendered in desired:
         current = on_disk.get(rendered.path)
         if current is not None and current.content == rendered.content and current.mode == rendered.mode:
@@ -137,6 +145,9 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         if worker in kept:
             restart.add(worker)
             reasons.append(f"{worker}: its own configuration changed")
+        if rendered.path == paths.MAIN_SANDBOX_DROPIN:
+            main_sandbox = True
+            reasons.append("main: its sandbox changed")
 
     shared_keys = changed_shared_keys(
         _parse(on_disk[paths.SHARED_CONF].content) if paths.SHARED_CONF in on_disk else {},
@@ -160,7 +171,8 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     # A removed worker's files, and log configs left by a worker file an admin deleted.
     remove = sorted(p for p, f in on_disk.items() if f.ours and (
         _worker_of(p) in removed
-        or (p.parent == paths.WORKER_LOGS_DIR and _worker_of(p) not in new_workers)
+        or (p.parent in (paths.WORKER_LOGS_DIR,) and _worker_of(p) not in new_workers)
+        or (paths.worker_of_sandbox_dropin(p) is not None and _worker_of(p) not in new_workers)
         or (p in set(removable) and p not in {d.path for d in desired})))
     return Changes(
         write=tuple(write),
@@ -169,6 +181,6 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         stop=tuple(sorted(removed)),
         start=tuple(n for n in plan.names if n in added),
         restart_workers=tuple(n for n in plan.names if n in restart),
-        restart_main=bool(shared_keys) or redis_changed,
+        restart_main=bool(shared_keys) or redis_changed or main_sandbox,
         reasons=tuple(reasons),
     )

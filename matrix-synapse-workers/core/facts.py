@@ -14,6 +14,21 @@ from .errors import HostConfigError
 
 
 @dataclass(frozen=True)
+class WritablePath:
+    """A place the admin's configuration has Synapse write to.
+
+    ``real`` is the path with every symlink resolved (the sandbox must open
+    the target, which may lie outside /var/lib), or None when it does not
+    exist.  ``media_only``: only the process serving media writes there.
+    """
+
+    setting: str
+    path: str
+    real: str | None
+    media_only: bool = False
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What the admin's Synapse configuration says, as far as workers care."""
 
@@ -28,6 +43,12 @@ class HostFacts:
     database_pool: tuple[int, int] = (DEFAULT_CP_MIN, DEFAULT_CP_MAX)
     #: PostgreSQL's TCP host and port, when it is reached over TCP.
     database_address: tuple[str, int] | None = None
+    #: What Synapse writes besides its sockets: the media store, storage
+    #: providers' directories, the log files' directories.
+    writable_paths: tuple[WritablePath, ...] = ()
+    #: The directory of Synapse's signing key while the key does not exist yet (an
+    #: image build): main's ExecStartPre makes it there at its first start.
+    signing_key_dir: str | None = None
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 
@@ -44,3 +65,15 @@ def socket_paths_in_use(facts: HostFacts) -> dict[PurePosixPath, int]:
     """Admin listener socket paths, with the listener's position for messages."""
     return {PurePosixPath(str(listener["path"])): index
             for index, listener in enumerate(facts.listeners) if "path" in listener}
+
+
+def require_writable_paths(facts: HostFacts) -> None:
+    """Every path the sandbox opens for writing must exist, or the units cannot start."""
+    missing = [w for w in facts.writable_paths if w.real is None]
+    if missing:
+        first = missing[0]
+        raise HostConfigError(
+            f"{first.setting} is {first.path!r}, which does not exist; the sandboxed Synapse "
+            f"units may write only to existing directories: create it (owned by "
+            f"matrix-synapse) or change {first.setting}, then run: "
+            "dpkg-reconfigure matrix-synapse-workers")

@@ -45,6 +45,11 @@ SOCKET_DIR = PurePosixPath("/run/matrix-synapse")
 MAIN_REPLICATION_SOCKET = SOCKET_DIR / "replication.sock"
 MAIN_HTTP_SOCKET = SOCKET_DIR / "main.sock"
 LOG_DIR = PurePosixPath("/var/log/matrix-synapse")
+# Synapse's working directory (the units' WorkingDirectory=): relative paths
+# in its configuration start here.
+SYNAPSE_WORKDIR = PurePosixPath("/var/lib/matrix-synapse")
+# Synapse's default media_store_path, relative to its working directory.
+DEFAULT_MEDIA_STORE = "media_store"
 SYNAPSE_VENV = PurePosixPath("/opt/venvs/matrix-synapse")
 
 # Users, groups and modes.
@@ -72,6 +77,11 @@ GUIDE_REDIS_UNIT = "redis-server.service"
 MAIN_UNIT = "matrix-synapse.service"
 TARGET_UNIT = "matrix-synapse.target"
 WORKER_UNIT_TEMPLATE = "matrix-synapse-worker@{name}.service"
+# The sandbox drop-ins this package renders (relative to ROOT): one per worker,
+# one for main.
+SYSTEMD_ETC = PurePosixPath("etc/systemd/system")
+SANDBOX_DROPIN_NAME = f"{PACKAGE}.conf"
+MAIN_SANDBOX_DROPIN = SYSTEMD_ETC / f"{MAIN_UNIT}.d" / f"{PACKAGE}-sandbox.conf"
 
 
 def worker_http_socket(name: str) -> PurePosixPath:
@@ -80,3 +90,16 @@ def worker_http_socket(name: str) -> PurePosixPath:
 
 def worker_replication_socket(name: str) -> PurePosixPath:
     return SOCKET_DIR / f"{name}-replication.sock"
+
+
+def worker_sandbox_dropin(name: str) -> PurePosixPath:
+    return SYSTEMD_ETC / f"{WORKER_UNIT_TEMPLATE.format(name=name)}.d" / SANDBOX_DROPIN_NAME
+
+
+def worker_of_sandbox_dropin(path: PurePosixPath) -> str | None:
+    """The worker whose sandbox drop-in ``path`` is, or None."""
+    prefix, _, rest = path.parent.name.partition("@")
+    if (path.parent.parent == SYSTEMD_ETC and path.name == SANDBOX_DROPIN_NAME
+            and prefix == "matrix-synapse-worker" and rest.endswith(".service.d")):
+        return rest[:-len(".service.d")] or None
+    return None

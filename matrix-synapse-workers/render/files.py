@@ -299,6 +299,8 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
         if facts.log_config is not None:
             files.append(_yaml_file(worker_log_config_path(worker.name),
                                     worker_log_config(worker.name, facts.log_config)))
+    from .sandbox import sandbox_files  # it builds on this module's RenderedFile
+    files.extend(sandbox_files(plan, facts, settings))
     if plan.here is not None:  # a worker host: Redis, nginx and main live on the main host
         return tuple(files)
     if plan.spans_hosts:

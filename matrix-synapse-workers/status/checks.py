@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..core import dbconnections, paths
-from .model import (FAIL, INFO, MAIN, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
+from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
                     DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
                     upstream_version)
 
@@ -648,6 +648,25 @@ def check_nginx(facts: Facts) -> list[Row]:
     return rows
 
 
+def check_sandbox(facts: Facts) -> list[Row]:
+    """Each unit's exposure; a warning when a drop-in of the admin's has loosened it."""
+    rows = []
+    for unit, exposure in sorted(facts.exposure.items()):
+        if exposure.score is None:
+            rows.append(Row("sandbox", unit, INFO, "exposure not measured (systemd-analyze)"))
+        elif exposure.score <= MAX_EXPOSURE:
+            rows.append(Row("sandbox", unit, OK, f"exposure {exposure.score:.1f}"))
+        else:
+            foreign = exposure.foreign_dropins
+            by = f", loosened by {', '.join(foreign)}" if foreign else ""
+            rows.append(Row("sandbox", unit, WARN,
+                            f"exposure {exposure.score:.1f}, above {MAX_EXPOSURE}{by}",
+                            f"see `systemd-analyze security {unit}`; narrow or remove "
+                            f"{'that drop-in' if foreign else 'the change'}, then "
+                            f"systemctl daemon-reload and restart {unit}"))
+    return rows
+
+
 def check_database(db: DatabaseFacts) -> Row:
     """The check an image build cannot make: do the pools fit in max_connections?"""
     subject = "connections"
@@ -683,6 +702,7 @@ def evaluate(facts: Facts) -> list[Row]:
         rows += check_writers(facts, cluster)
         rows += check_remote_redis(facts, cluster)
     rows.append(check_versions(facts))
+    rows += check_sandbox(facts)
     if facts.database is not None:
         rows.append(check_database(facts.database))
     rows += check_nginx(facts)
@@ -701,6 +721,7 @@ def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     if total is not None:
         rows.append(total)
     rows.append(check_versions(facts))
+    rows += check_sandbox(facts)
     rows.append(Row("main host", "sockets, nginx", INFO,
                     f"main, its sockets, nginx and Redis run on the main host ({cluster.replication or '?'}); "
                     f"{paths.PACKAGE} status there checks them"))

@@ -254,6 +254,30 @@ class ClusterFacts:
     writers: tuple[PeerListener, ...] = ()
 
 
+#: The most exposure a unit of ours may show (systemd-analyze security, 0 to 10).
+MAX_EXPOSURE = 1.5
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A unit's sandbox as systemd scores it, and the drop-ins it is made of."""
+
+    #: None: not measured (no systemd-analyze, or the unit is unknown).
+    score: float | None
+    dropins: tuple[str, ...] = ()
+
+    @property
+    def foreign_dropins(self) -> tuple[str, ...]:
+        """Drop-ins neither this package nor Synapse's package ships: an admin's.
+
+        >>> Exposure(4.0, ("/etc/systemd/system/u.service.d/matrix-synapse-workers.conf",
+        ...                "/etc/systemd/system/u.service.d/override.conf")).foreign_dropins
+        ('/etc/systemd/system/u.service.d/override.conf',)
+        """
+        return tuple(d for d in self.dropins if paths.PACKAGE not in d.rpartition("/")[2]
+                     and not d.startswith(("/usr/lib/", "/lib/")))
+
+
 @dataclass(frozen=True)
 class DatabaseFacts:
     """PostgreSQL's connection limit against the pools of every Synapse process."""
@@ -284,6 +308,8 @@ class Facts:
     target_unit: UnitState | None = None
     #: None: one machine (no cluster.yaml, not a worker host).
     cluster: ClusterFacts | None = None
+    #: Each local unit's sandbox, by unit name.
+    exposure: Mapping[str, Exposure] = field(default_factory=dict)
     #: None: not checked here (a worker host, or no PostgreSQL configuration read).
     database: DatabaseFacts | None = None
 

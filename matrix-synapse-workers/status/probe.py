@@ -43,7 +43,7 @@ from ..system.hostfacts import existing_worker_names, merged_admin_config, metri
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
 from ..core.settings import RedisMode, Settings
-from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts,
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Exposure, Facts,
                     Health, Process,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
@@ -188,6 +188,24 @@ def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
         states[unit] = UnitState(values.get("ActiveState", "unknown"), values.get("SubState", ""),
                                  int(values.get("MainPID", "0") or 0))
     return states
+
+
+_EXPOSURE = re.compile(r"Overall exposure level for (\S+): ([0-9.]+)")
+
+
+def exposures(units: Sequence[str]) -> dict[str, Exposure]:
+    """systemd's score of each unit's sandbox (one systemd-analyze for all) and its drop-ins."""
+    if not units:
+        return {}
+    scored = _run(["systemd-analyze", "security", "--no-pager", *units], timeout=10)
+    scores = {u: float(v) for u, v in _EXPOSURE.findall(scored.stdout)} if scored else {}
+    shown = _run(["systemctl", "show", "--property=Id,DropInPaths", "--", *units])
+    dropins: dict[str, tuple[str, ...]] = {}
+    if shown is not None and shown.returncode == 0:
+        for block in shown.stdout.strip().split("\n\n"):
+            values = dict(line.partition("=")[::2] for line in block.splitlines())
+            dropins[values.get("Id", "")] = tuple(values.get("DropInPaths", "").split())
+    return {u: Exposure(scores.get(u), dropins.get(u, ())) for u in units}
 
 
 def path_stat(path: str) -> PathStat:
@@ -658,6 +676,7 @@ def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any
         if seen.redis_config and not seen.password_error else (seen.password_error, None, ()),
         "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
         "debconf": debconf_answers,
+        "exposure": lambda: exposures([p.unit for p in seen.processes if not p.remote]),
         "installed": lambda: installed_release(root),
     }
     if seen.nginx_files:
@@ -774,7 +793,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         installed_version=results["installed"], config=config,
         nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
-        database=results.get("database"))
+        database=results.get("database"), exposure=results.get("exposure", {}))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

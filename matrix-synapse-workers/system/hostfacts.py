@@ -8,8 +8,9 @@ our shared file must re-emit, the database engine, the log config.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import yaml
@@ -17,7 +18,7 @@ import yaml
 from ..core import paths
 from ..core.errors import HostConfigError
 from ..core.dbconnections import pool_sizes
-from ..core.facts import HostFacts
+from ..core.facts import HostFacts, WritablePath
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -114,6 +115,85 @@ def _listeners(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
     return tuple(listeners)
 
 
+#: Synapse's own file storage provider, by both of its names.
+_FILE_PROVIDERS = frozenset({"file_system",
+                             "synapse.media.storage_provider.FileStorageProviderBackend",
+                             "synapse.rest.media.v1.storage_provider.FileStorageProviderBackend"})
+
+
+def resolve_under(root: Path, path: str, *, leaf_may_be_missing: bool = False) -> str | None:
+    """``path`` (absolute, or relative to Synapse's working directory) with every
+    symlink resolved inside ``root``; None when it does not exist (with
+    ``leaf_may_be_missing``: when its parent does not)."""
+    given = PurePosixPath(path)
+    if not given.is_absolute():
+        given = paths.SYNAPSE_WORKDIR / given
+    queue = list(given.parts[1:])
+    current = PurePosixPath("/")
+    hops = 0
+    while queue:
+        part = queue.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        full = root / candidate.relative_to("/")
+        if full.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = PurePosixPath(os.readlink(full))
+            if target.is_absolute():
+                current = PurePosixPath("/")
+                queue = list(target.parts[1:]) + queue
+            else:
+                queue = list(target.parts) + queue
+            continue
+        if not full.exists():
+            if leaf_may_be_missing and not queue and full.parent.is_dir():
+                return str(candidate)
+            return None
+        current = candidate
+    return str(current)
+
+
+def _writable_paths(root: Path, config: Mapping[str, Any],
+                    log_config: Mapping[str, Any] | None) -> tuple[WritablePath, ...]:
+    """Where Synapse writes, as the admin's configuration says (sockets aside)."""
+    found: list[tuple[str, str, bool]] = []
+    media = config.get("media_store_path", paths.DEFAULT_MEDIA_STORE)
+    if isinstance(media, str) and media:
+        found.append(("media_store_path", media, True))
+    # Synapse's config loader makes a missing media store (in the check apply runs, as
+    # matrix-synapse, before anything is written): only its parent must exist.
+    created_by_synapse = {"media_store_path"}
+    providers = config.get("media_storage_providers") or []
+    for index, provider in enumerate(providers if isinstance(providers, list) else []):
+        if isinstance(provider, dict) and provider.get("module") in _FILE_PROVIDERS:
+            directory = (provider.get("config") or {}).get("directory")
+            if isinstance(directory, str) and directory:
+                found.append((f"media_storage_providers.<item {index}>.config.directory",
+                              directory, True))
+    handlers = (log_config or {}).get("handlers")
+    for name, handler in (handlers.items() if isinstance(handlers, dict) else ()):
+        if isinstance(handler, dict) and isinstance(handler.get("filename"), str):
+            directory = str(PurePosixPath(handler["filename"]).parent)
+            found.append((f"the log directory of handler {name!r} in log_config", directory, False))
+    return tuple(WritablePath(setting, path, resolve_under(
+        root, path, leaf_may_be_missing=setting in created_by_synapse), media_only)
+                 for setting, path, media_only in found)
+
+
+def _signing_key_dir(root: Path, config: Mapping[str, Any]) -> str | None:
+    """Where main's first start writes the signing key, while it is missing."""
+    key = config.get("signing_key_path")
+    if not isinstance(key, str) or not key or resolve_under(root, key) is not None:
+        return None
+    return resolve_under(root, str(PurePosixPath(key).parent))
+
+
 def existing_worker_names(root: Path) -> tuple[str, ...]:
     """Names of the worker files on disk (the files are the registry)."""
     workers_dir = root / paths.WORKERS_DIR
@@ -151,6 +231,8 @@ def read_host_facts(root: Path) -> HostFacts:
         log_config_path=log_config_path if isinstance(log_config_path, str) else None,
         log_config=log_config,
         existing_workers=existing_worker_names(root),
+        writable_paths=_writable_paths(root, config, log_config),
+        signing_key_dir=_signing_key_dir(root, config),
         sources=sources,
     )
 

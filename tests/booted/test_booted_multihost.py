@@ -232,6 +232,29 @@ def test_the_worker_host_runs_only_its_workers_on_the_main_hosts_database(cluste
         assert file_stat(b, f"{CLUSTER_DIR}/{secret}") == "640 root matrix-synapse"
 
 
+#: Where a secret must not be found in a world-readable file (the whole of /usr is the packages').
+SECRET_SEARCH = ["/etc", "/run", "/tmp", "/var/tmp", "/var/log", "/var/lib/matrix-synapse",
+                 "/var/lib/matrix-synapse-workers", "/var/lib/redis"]
+
+
+def test_secrets_are_in_no_world_readable_file_command_line_or_journal(cluster):
+    """The replication secret and the Redis password, on both hosts, while everything runs."""
+    for c in (cluster.a, cluster.b):
+        secrets = {name: c.read_file(f"{CLUSTER_DIR}/{name}").strip()
+                   for name in ("replication-secret", "redis-password")}
+        assert all(len(value) >= 16 for value in secrets.values()), secrets.keys()
+        readable = c.run(["find", *SECRET_SEARCH, "-xdev", "-type", "f", "-perm", "-o=r",
+                          "-size", "-2M", "-print0"], check=False).stdout
+        commands = c.run(["ps", "-eww", "-o", "args="]).stdout
+        journal = c.run(["journalctl", "-b", "--no-pager", "-o", "cat"]).stdout
+        for name, value in secrets.items():
+            found = c.run(["sh", "-c", 'xargs -0r grep -lF -e "$1" -- || true', "sh", value],
+                          input=readable).stdout.split()
+            assert not found, f"{name} in world-readable files: {found}"
+            assert value not in commands, f"{name} on a command line"
+            assert value not in journal, f"{name} in the journal"
+
+
 def new_user(c: Container, name: str) -> dict[str, str]:
     register_user(c, f"{SOCKETS}/main.sock", name, f"{name}-password-1")
     token = login(c, NGINX, name, f"{name}-password-1")["access_token"]

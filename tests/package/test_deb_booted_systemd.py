@@ -109,6 +109,10 @@ def container(unpacked: Path):
         c.run(f"mkdir -p /etc/matrix-synapse/conf.d /etc/matrix-synapse/workers && : > {EVENTS} && chmod 666 {EVENTS}")
         for w in WORKERS:
             c.write_file(f"/etc/matrix-synapse/workers/{w}.yaml", "worker_app: synapse.app.generic_worker\n")
+        # The fake logs what systemd does to one shared file; the sandbox (proven with the
+        # real Synapse in tests/booted/test_booted_sandbox.py) would keep it private.
+        c.write_file("/usr/local/lib/systemd/system/matrix-synapse-worker@.service.d/fake-events.conf",
+                     "[Service]\nPrivateTmp=no\nReadWritePaths=/var/tmp\n")
         c.run("systemctl daemon-reload")
         yield c
 

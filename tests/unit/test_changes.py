@@ -46,6 +46,7 @@ def test_adding_a_sync_worker_touches_nothing_else(tmp_path):
     # The new socket joins the sync pool in nginx's upstreams; the locations stay.
     assert [str(f.path) for f in changes.write] == [
         "etc/matrix-synapse/workers/sync-3.yaml", "etc/matrix-synapse/worker-logs/sync-3.yaml",
+        "etc/systemd/system/matrix-synapse-worker@sync-3.service.d/matrix-synapse-workers.conf",
         "etc/nginx/conf.d/matrix-synapse-workers.conf"]
 
 
@@ -55,7 +56,9 @@ def test_removing_workers_stops_them_and_removes_only_their_files(tmp_path):
     changes = change_to(root, on_disk, "sync,client:2")
     assert changes.stop == ("sync-2", "sync-3")
     assert {str(p) for p in changes.remove} == {
-        f"etc/matrix-synapse/{d}/sync-{n}.yaml" for d in ("workers", "worker-logs") for n in (2, 3)}
+        f"etc/matrix-synapse/{d}/sync-{n}.yaml" for d in ("workers", "worker-logs") for n in (2, 3)} | {
+        f"etc/systemd/system/matrix-synapse-worker@sync-{n}.service.d/matrix-synapse-workers.conf"
+        for n in (2, 3)}
     assert not changes.restart_main and changes.restart_workers == ()
 
 
@@ -112,5 +115,6 @@ def test_a_log_config_left_by_a_deleted_worker_file_is_removed(tmp_path):
     root, on_disk = deployed(tmp_path, "sync:2")
     del on_disk[PurePosixPath("etc/matrix-synapse/workers/sync-2.yaml")]  # the admin deleted it
     changes = change_to(root, on_disk, "sync:1")
-    assert changes.remove == (PurePosixPath("etc/matrix-synapse/worker-logs/sync-2.yaml"),)
+    assert changes.remove == (PurePosixPath("etc/matrix-synapse/worker-logs/sync-2.yaml"), PurePosixPath(
+        "etc/systemd/system/matrix-synapse-worker@sync-2.service.d/matrix-synapse-workers.conf"))
     assert changes.stop == ()

@@ -149,6 +149,8 @@ def test_worker_host_plans_from_cluster_yaml_and_agrees_with_main(main_side):
         str(paths.SHARED_CONF), str(paths.REDIS_CONF_D),
         *(f"etc/matrix-synapse/workers/{n}.yaml" for n in ("sync-1-hostb", "sync-2-hostb", "events-1-hostb")),
         *(f"etc/matrix-synapse/worker-logs/{n}.yaml" for n in ("sync-1-hostb", "sync-2-hostb", "events-1-hostb")),
+        *(f"etc/systemd/system/matrix-synapse-worker@{n}.service.d/matrix-synapse-workers.conf"
+          for n in ("sync-1-hostb", "sync-2-hostb", "events-1-hostb")),
     ])
     shared_a = _yaml(_files(render(plan, facts, settings))[str(paths.SHARED_CONF)])
     shared_b = _yaml(files_b[str(paths.SHARED_CONF)])

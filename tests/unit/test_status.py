@@ -294,3 +294,20 @@ def test_settings_from_answers_and_redis_location():
     assert statusprobe.redis_location({"path": REDIS_SOCKET}) == f"unix:{REDIS_SOCKET}"
     assert statusprobe.redis_location({"host": "10.0.0.5", "port": 6380}) == "10.0.0.5:6380"
     assert statusprobe.redis_settings_of({"path": "/run/redis/redis-server.sock"}).mode.value == "guide"
+
+
+def test_sandbox_rows_warn_when_an_admin_drop_in_loosens_a_unit():
+    from dataclasses import replace
+    from matrix_synapse_workers.status.model import Exposure
+    from matrix_synapse_workers.status.checks import check_sandbox
+    ours = "/etc/systemd/system/matrix-synapse-worker@sync-1.service.d/matrix-synapse-workers.conf"
+    admin = "/etc/systemd/system/matrix-synapse-worker@sync-1.service.d/override.conf"
+    facts = replace(healthy(), exposure={
+        "matrix-synapse-worker@sync-1.service": Exposure(5.4, (ours, admin)),
+        "matrix-synapse.service": Exposure(1.1, ()),
+    })
+    rows = {r.subject: r for r in check_sandbox(facts)}
+    assert rows["matrix-synapse.service"].status == "ok"
+    loosened = rows["matrix-synapse-worker@sync-1.service"]
+    assert loosened.status == "warn" and admin in loosened.detail and ours not in loosened.detail
+    assert "5.4" in loosened.detail and loosened.advice

@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+import harness
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_STANDIN = REPO / "tests" / "standin" / "build-standin"
 BUILD_DEB = REPO / "scripts" / "build-deb"
@@ -39,3 +41,10 @@ VHOST = """server {
     include snippets/matrix-synapse-workers.conf;
 }
 """
+
+
+def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
+    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
+    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
+    harness.synapse_setup(c, server_name)
+    harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")

@@ -20,7 +20,7 @@ import pytest
 import harness
 
 from booted_config import (BUILD_DEB, BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
-                           STANDIN_VERSION, container_name)
+                           STANDIN_VERSION, container_name, install_standin_synapse)
 
 
 def require_booted() -> bool:
@@ -112,13 +112,6 @@ def package_deb(booted_host: None) -> Path:
     if len(debs) != 1:
         pytest.fail(f"expected one dist/matrix-synapse-workers_*.deb, found {debs}", pytrace=False)
     return debs[0]
-
-
-def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
-    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
-    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
-    harness.synapse_setup(c, server_name)
-    harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")
 
 
 @pytest.fixture(scope="session")

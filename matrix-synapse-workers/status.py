@@ -147,6 +147,9 @@ class RedisFacts:
     #: Redis server fd -> pid of the client process at the other end (from ss),
     #: None when connections cannot be attributed (not root, no ss).
     client_pids: Mapping[int, int] | None = None
+    #: With the dedicated instance: the server package's own stock instance
+    #: (redis-server.service), when it runs; apt starts it, Synapse does not use it.
+    stock_unit: str | None = None
 
     @property
     def reachable(self) -> bool:
@@ -406,6 +409,11 @@ def check_redis(facts: Facts) -> list[Row]:
                             f"set 'port 0' in {where} and restart Redis ({RECONFIGURE} does it for ours)"))
         else:
             rows.append(Row("redis", redis.location, OK, "answers on the socket, TCP closed (port 0)"))
+    if redis.stock_unit is not None:
+        rows.append(Row("redis", redis.stock_unit, INFO,
+                        "also running: the package's stock instance (TCP 127.0.0.1:6379 as shipped), "
+                        "which Synapse does not use",
+                        f"if nothing else on this host uses it: systemctl disable --now {redis.stock_unit}"))
     return rows
 
 

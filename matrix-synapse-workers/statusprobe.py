@@ -732,8 +732,11 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         password_file, redis_secret = read_secret(root, paths.REDIS_PASSWORD)
         secrets = (replication_file, password_file)
 
+    # With our own instance, the stock one apt started is reported when it runs (never stopped).
+    stock_unit = GUIDE_REDIS_UNIT if redis_unit == REDIS_UNIT else None
     units = [paths.TARGET_UNIT, *(p.unit for p in expected_list if not p.remote),
-             *([redis_unit] if redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
+             *([redis_unit] if redis_unit else []), *([stock_unit] if stock_unit else []),
+             *([paths.MAIN_UNIT] if worker_host else [])]
     socket_paths = [] if worker_host else [str(paths.SOCKET_DIR)] + [
         str(s) for p in expected_list for s in (p.http_socket, p.replication_socket) if s]
     jobs: dict[str, Callable[[], Any]] = {
@@ -818,7 +821,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     redis = RedisFacts(
         location=redis_location(redis_config), unit=redis_unit, socket=redis_settings.socket,
         socket_stat=path_stat(str(redis_settings.socket)) if redis_settings.socket else None,
-        error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids)
+        error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids,
+        stock_unit=stock_unit if stock_unit and _active(results["units"], stock_unit) else None)
 
     nginx = NginxFacts()
     if nginx_files:
@@ -838,6 +842,11 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
         database=results.get("database"))
+
+
+def _active(units: Mapping[str, UnitState], unit: str) -> bool:
+    state = units.get(unit)
+    return state is not None and state.active == "active"
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

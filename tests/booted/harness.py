@@ -503,8 +503,8 @@ mv "$conf/pg_hba.conf.new" "$conf/pg_hba.conf"
 """
 
 
-def _build_root(dest: Path, log: Path, suite: str = SUITE) -> None:
-    """debootstrap minbase of suite + ROOT_PACKAGES + PostgreSQL set up, into dest."""
+def _build_root(dest: Path, log: Path, suite: str = SUITE, extra: Sequence[str] = ()) -> None:
+    """debootstrap minbase of suite + ROOT_PACKAGES + extra + PostgreSQL set up, into dest."""
 
     def step(argv: Sequence[str] | None = None, **kw: Any) -> None:
         started = time.monotonic()
@@ -533,7 +533,8 @@ def _build_root(dest: Path, log: Path, suite: str = SUITE) -> None:
     unsafe_io.write_text("force-unsafe-io\n")
     step(cmd=["apt-get", "update"], network=True)
     step(cmd=["apt-get", "-y", "dist-upgrade"], network=True)
-    step(cmd=["apt-get", "install", "-y", "--no-install-recommends", *ROOT_PACKAGES], network=True)
+    step(cmd=["apt-get", "install", "-y", "--no-install-recommends", *ROOT_PACKAGES, *extra],
+         network=True)
     step(cmd=["apt-get", "clean"])
     step(cmd=["/bin/sh", "-c", _postgres_setup_script()])
     (dest / "etc/hostname").write_text("msw-test\n")
@@ -542,7 +543,8 @@ def _build_root(dest: Path, log: Path, suite: str = SUITE) -> None:
     _run(["sync", "-f", str(dest)])
     (dest / str(ROOT_STAMP).lstrip("/")).write_text(
         f"test root built by matrix-synapse-workers tests/booted/harness.py\n"
-        f"key: {root_cache_key(suite)}\nsuite: {suite}\npackages: {' '.join(ROOT_PACKAGES)}\n"
+        f"key: {root_cache_key(suite, extra)}\nsuite: {suite}\n"
+        f"packages: {' '.join((*ROOT_PACKAGES, *extra))}\n"
     )
 
 
@@ -550,10 +552,10 @@ _BUILD_CODE = (_build_root, _postgres_setup_script, _chroot_exec, _root_sources_
                host_apt_sources)
 
 
-def root_cache_key(suite: str = SUITE) -> str:
+def root_cache_key(suite: str = SUITE, extra: Sequence[str] = ()) -> str:
     """Hash of what goes into the base root: suite, packages, and the code that builds it."""
     h = hashlib.sha256()
-    for part in (suite, "\n".join(ROOT_PACKAGES), POLICY_RC_D_TEXT, _CHROOT_SETUP,
+    for part in (suite, "\n".join((*ROOT_PACKAGES, *extra)), POLICY_RC_D_TEXT, _CHROOT_SETUP,
                  DB_NAME, DB_USER, DB_PASSWORD):
         h.update(part.encode() + b"\0")
     for fn in (*_BUILD_CODE, suite_mirror):
@@ -657,15 +659,17 @@ def _ensure_built(key: str, build: Callable[[Path, Path], None], log: Path | Non
     return root
 
 
-def ensure_base_root(log: Path | None = None, suite: str = SUITE) -> Path:
+def ensure_base_root(log: Path | None = None, suite: str = SUITE, extra: Sequence[str] = ()) -> Path:
     """Return the cached root of suite (bookworm, or trixie: the same packages and
-    PostgreSQL set-up), building it first if needed (2-3 minutes cold).
+    PostgreSQL set-up) with the extra packages too (e.g. valkey-server), building it
+    first if needed (2-3 minutes cold).
 
     The cache directory is named by root_cache_key(suite).  A lock file serializes
     concurrent callers.  The returned root is read-only by convention:
     containers put an overlay (or a copy) on top.
     """
-    return _ensure_built(root_cache_key(suite), functools.partial(_build_root, suite=suite), log)
+    return _ensure_built(root_cache_key(suite, extra),
+                         functools.partial(_build_root, suite=suite, extra=tuple(extra)), log)
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, install_standin_synapse
+from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST, install_standin_synapse
 from harness import Container
 from test_scenarios import (SOCKETS, active_since, assert_all_healthy, install_workers, poll, preseed,
                             reconfigure, round_trip_through_nginx, unit_of, workers_on_disk)
@@ -136,7 +136,10 @@ def test_install_with_the_default_answers(deployed: Container, package_deb: Path
     assert c.run(["redis-cli", "-s", REDIS_SOCKET, "INFO", "server"]).stdout.count("redis_version:8.") == 1
     # Every process (main and each worker) holds its replication subscription.
     poll(lambda: subscribed_clients(c) >= len(names) + 1, 60, "every process subscribed in Redis")
+    # The admin includes the routing snippet in a vhost, as the README shows.
+    c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
     nginx_check(c)
+    c.run(["systemctl", "reload-or-restart", "nginx.service"])
 
 
 def test_status_is_healthy(deployed: Container) -> None:

@@ -1,5 +1,8 @@
 """The maintainer scripts with real dpkg, apt and debconf in a bookworm chroot.
 
+A few run on trixie too (``release_synapse_host``): a second configure changes
+nothing, the interactive question loop, the guide's Redis edit, remove and purge.
+
 What an image build does: answers preseeded with debconf-set-selections,
 DEBIAN_FRONTEND=noninteractive, a policy-rc.d that refuses every start, no
 systemd running.  Then what an admin does later: dpkg-reconfigure, hand edits,
@@ -183,8 +186,8 @@ def test_install_keeps_answers_and_records_what_it_applied(installed):
 # --- running it again -------------------------------------------------------------
 
 
-def test_configure_again_changes_nothing(synapse_host, ours_deb):
-    c = synapse_host
+def test_configure_again_changes_nothing(release_synapse_host, ours_deb):
+    c = release_synapse_host
     install(c, ours_deb)
     before = c.snapshot(*WATCHED)
     groups = (c / "/etc/group").read_text()
@@ -306,9 +309,10 @@ def test_bad_preseed_on_reconfigure_changes_nothing(synapse_host, ours_deb):
     assert changed(before, c.snapshot(*WATCHED)) == {}
 
 
-def test_interactive_invalid_answer_is_shown_and_asked_again(synapse_host, ours_deb):
-    """With a terminal the admin sees the message and answers again, until it is valid."""
-    c = synapse_host
+def test_interactive_invalid_answer_is_shown_and_asked_again(release_synapse_host, ours_deb):
+    """With a terminal the admin sees the message and answers again, until it is valid
+    (also with trixie's python3-debconf, a typed rewrite)."""
+    c = release_synapse_host
     install(c, ours_deb, {"preset": "small"})
     c.preseed({"worker-counts": "sync:x"})  # below priority high: config does not ask it
     answers = "6\n1 11\ntyping:2\nsync:2\n"  # custom; sync and typing; two bad counts, a good one
@@ -362,9 +366,13 @@ def undo_markers(text: str) -> str:
     return "".join(out)
 
 
-@pytest.mark.parametrize("variant", ["stock", "admin-edited"])
-def test_redis_guide_mode_edits_three_directives_and_purge_restores(synapse_host, ours_deb, variant):
-    c = synapse_host
+@pytest.mark.parametrize("variant", ["stock", "admin-edited", "stock-trixie"])
+def test_redis_guide_mode_edits_three_directives_and_purge_restores(request, ours_deb, variant):
+    """On bookworm's Redis 7 redis.conf, stock and edited by an admin; on trixie's Redis 8 one."""
+    if variant == "stock-trixie":
+        c = request.getfixturevalue("trixie_synapse_host")
+    else:
+        c = request.getfixturevalue("synapse_host")
     conf = c / "/etc/redis/redis.conf"
     if variant == "admin-edited":
         text = conf.read_text()
@@ -427,8 +435,8 @@ PURGE_IGNORED = (
 )
 
 
-def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(synapse_host, ours_deb):
-    c = synapse_host
+def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(release_synapse_host, ours_deb):
+    c = release_synapse_host
     before = file_list(c, PURGE_IGNORED)
     install(c, ours_deb, {**INSTALL_ANSWERS, "socket-group": "synapse-sockets"})
     assert (c / TMPFILES_OVERRIDE).exists() and (c / REDIS_INSTANCE_LINK).is_symlink()

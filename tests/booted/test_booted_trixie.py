@@ -158,12 +158,11 @@ def test_status_is_healthy(deployed: Container) -> None:
 
 def test_reconfigure(deployed: Container) -> None:
     c = deployed
-    before = int(c.run(["systemctl", "show", "-P", "MainPID", unit_of("sync-1")]).stdout)
+    # A stream writer (typing) changes the shared config: every process restarts, on purpose.
     reconfigure(c, preseed("custom", "sync, client, typing", "sync:2"))
     names = ["client-1", "sync-1", "sync-2", "typing-1"]
     assert workers_on_disk(c) == names
     assert_all_healthy(c, names)
-    assert int(c.run(["systemctl", "show", "-P", "MainPID", unit_of("sync-1")]).stdout) == before
     poll(lambda: subscribed_clients(c) >= len(names) + 1, 60, "every process subscribed in Redis")
     wait_healthy(c)
 
@@ -219,3 +218,4 @@ def test_image_build_then_first_boot(trixie_root: Path, trixie_standins: dict[st
         round_trip_through_nginx(c, "trixie-erin")
         nginx_check(c)
         wait_healthy(c)
+

@@ -18,6 +18,7 @@ import yaml
 from . import paths
 from .errors import HostConfigError
 from .dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes
+from .redisserver import SERVERS, RedisServer, choose_server, server_of_socket
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -192,3 +193,29 @@ def socket_paths_in_use(facts: HostFacts) -> dict[PurePosixPath, int]:
     """Admin listener socket paths, with the listener's position for messages."""
     return {PurePosixPath(str(listener["path"])): index
             for index, listener in enumerate(facts.listeners) if "path" in listener}
+
+
+#: Where the server packages ship their template unit (trixie: /usr/lib; bookworm: /lib).
+_UNIT_DIRS = (PurePosixPath("usr/lib/systemd/system"), PurePosixPath("lib/systemd/system"))
+
+
+def installed_servers(root: Path) -> frozenset[str]:
+    """The Redis-protocol server packages on the host, by the template unit each ships."""
+    return frozenset(server.package for server in SERVERS
+                     if any((root / d / server.template_unit).is_file() for d in _UNIT_DIRS))
+
+
+def deployed_redis_server(root: Path) -> RedisServer | None:
+    """The server our conf.d/redis.yaml points Synapse at (dedicated or guide), if one of ours."""
+    try:
+        data = yaml.safe_load((root / paths.REDIS_CONF_D).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    redis = data.get("redis") if isinstance(data, dict) else None
+    found = server_of_socket(redis.get("path")) if isinstance(redis, dict) else None
+    return found[0] if found else None
+
+
+def host_redis_server(root: Path) -> RedisServer:
+    """The server this host's dedicated instance or guide edit uses (redisserver.choose_server)."""
+    return choose_server(installed_servers(root), deployed_redis_server(root))

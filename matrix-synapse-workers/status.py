@@ -27,6 +27,7 @@ from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
 from . import dbconnections, paths
+from .redisserver import REDIS, server_of_socket
 from .plan import Worker, parse_worker_name
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
@@ -165,8 +166,10 @@ class Expected:
     web_user: str = paths.DEFAULT_WEB_USER
     dir_owner: str = paths.SYNAPSE_USER
     dir_mode: int = paths.SOCKET_DIR_MODE
-    #: Whether matrix-synapse must be in the redis group (our Redis socket is 0770 redis:redis).
+    #: Whether matrix-synapse must be in the server's group (our socket is 0770 redis:redis,
+    #: or valkey:valkey), and that group.
     needs_redis_group: bool = True
+    redis_group: str = "redis"
 
 
 @dataclass(frozen=True)
@@ -403,7 +406,8 @@ def check_redis(facts: Facts) -> list[Row]:
         elif tcp is None:
             rows.append(Row("redis", redis.location, INFO, "answers; TCP port not readable (CONFIG refused)"))
         elif tcp != 0:
-            where = (f"/{paths.REDIS_INSTANCE_CONF}" if redis.socket == paths.REDIS_INSTANCE_SOCKET
+            ours = server_of_socket(redis.socket)
+            where = (f"/{ours[0].instance_conf}" if ours is not None and ours[1] == "dedicated"
                      else "the Redis configuration")
             rows.append(Row("redis", redis.location, WARN, f"answers, but also listens on TCP port {tcp}",
                             f"set 'port 0' in {where} and restart Redis ({RECONFIGURE} does it for ours)"))
@@ -433,11 +437,12 @@ def check_groups(facts: Facts) -> list[Row]:
     else:
         rows.append(Row("groups", group, OK, f"{', '.join(wanted)} in {group}"))
     if expected.needs_redis_group:
-        redis_members = facts.groups.get("redis", frozenset())
+        server_group = expected.redis_group
+        redis_members = facts.groups.get(server_group, frozenset())
         if paths.SYNAPSE_USER not in redis_members:
-            rows.append(Row("groups", "redis", FAIL, f"{paths.SYNAPSE_USER} not in redis: it cannot open "
-                                                     "the Redis socket",
-                            f"adduser {paths.SYNAPSE_USER} redis, then {RESTART_ALL}"))
+            rows.append(Row("groups", server_group, FAIL, f"{paths.SYNAPSE_USER} not in {server_group}: "
+                                                          "it cannot open the Redis socket",
+                            f"adduser {paths.SYNAPSE_USER} {server_group}, then {RESTART_ALL}"))
         else:
             rows.append(Row("groups", "redis", OK, f"{paths.SYNAPSE_USER} in redis"))
     return rows
@@ -875,7 +880,8 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
     if reach.ok:
         return [Row("redis", cluster.redis, OK, "accepts the password from "
                                                 f"/{paths.REDIS_PASSWORD}")]
-    unit = f"redis-server@{paths.REDIS_INSTANCE}.service"
+    # The main host's instance: named as Redis's (a worker host cannot see which server runs it).
+    unit = REDIS.instance_unit
     if reach.reached and not reach.refused:
         advice = _not_ours(cluster.redis, f"the main host's Redis ({unit}, with its password)")
     elif cluster.role == WORKER_HOST:
@@ -884,11 +890,11 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
         else:
             advice = _link_advice(cluster.redis, f"Redis ({unit})")
     elif reach.refused:
-        advice = (f"the password file and Redis's /{paths.REDIS_INSTANCE_AUTH_CONF} differ: run: "
+        advice = (f"the password file and Redis's /{REDIS.instance_auth_conf} differ: run: "
                   f"{RECONFIGURE}, then systemctl restart {unit}")
     else:
         advice = (f"Redis does not listen there: run: {RECONFIGURE} (it writes 'bind' in "
-                  f"/{paths.REDIS_INSTANCE_CONF}), then systemctl restart {unit}")
+                  f"/{REDIS.instance_conf}), then systemctl restart {unit}")
     return [Row("redis", cluster.redis, FAIL, reach.detail, advice)]
 
 

@@ -26,7 +26,7 @@ import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
@@ -41,6 +41,7 @@ from .hostfacts import existing_worker_names, merged_admin_config, read_host_fac
 from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
 from .render import RenderedFile, dump_yaml, main_listeners, render
 from .selection import select
+from .redisserver import server_of_socket
 from .settings import RedisMode, Settings, parse_redis
 from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
@@ -49,8 +50,6 @@ from .system import netprobe
 from .topology import Address, Topology
 
 TIMEOUT = 1.0
-REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
 APPLIED = paths.STATE_DIR / "applied"
 STATOVERRIDE_DB = Path("/var/lib/dpkg/statoverride")
 SYNAPSE_DIST_INFO = "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info"
@@ -393,11 +392,15 @@ def read_deployed(root: Path) -> Deployed:
 
 
 def redis_settings_of(config: Mapping[str, Any]):
+    """The Redis choice conf.d/redis.yaml shows: our instance or guide edit (of Redis or
+    Valkey, by the socket path), else an existing server."""
     path = config.get("path")
-    if path == str(paths.REDIS_INSTANCE_SOCKET):
-        return parse_redis("dedicated")
-    if path == str(paths.REDIS_GUIDE_SOCKET):
-        return parse_redis("guide")
+    ours = server_of_socket(path)
+    if ours is not None:
+        settings = parse_redis(ours[1], ours[0])
+        if ours[1] == "guide" and config.get("password_path"):
+            settings = replace(settings, password_path=PurePosixPath(config["password_path"]))
+        return settings
     if path:
         return parse_redis(f"unix:{path}")
     return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")
@@ -426,6 +429,11 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
         selection, settings = from_answers(*raw)
     except WorkersError as exc:
         return fallback, None, str(exc)
+    # The answers do not say which server runs (what is installed does) nor hold the
+    # guide-mode password file: those come from what is deployed.
+    if settings.redis.mode is fallback.redis.mode:
+        settings = replace(settings, redis=replace(settings.redis.with_server(fallback.redis.server),
+                                                   password_path=fallback.redis.password_path))
     if selection is None:
         return settings, None, ""
     return settings, normalized_counts(selection.counts), ""
@@ -708,7 +716,9 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
                         "password_path": "/" + str(paths.REDIS_PASSWORD)}
     redis_settings = redis_settings_of(redis_config)
-    redis_unit = None if worker_host else {RedisMode.DEDICATED: REDIS_UNIT, RedisMode.GUIDE: GUIDE_REDIS_UNIT}.get(
+    server = redis_settings.server
+    redis_unit = None if worker_host else {RedisMode.DEDICATED: server.instance_unit,
+                                           RedisMode.GUIDE: server.stock_unit}.get(
         redis_settings.mode) if redis_config else None
     password, password_error = _redis_password(root, redis_config)
     override = statoverride(str(paths.SOCKET_DIR))
@@ -733,7 +743,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         secrets = (replication_file, password_file)
 
     # With our own instance, the stock one apt started is reported when it runs (never stopped).
-    stock_unit = GUIDE_REDIS_UNIT if redis_unit == REDIS_UNIT else None
+    stock_unit = server.stock_unit if redis_unit == server.instance_unit else None
     units = [paths.TARGET_UNIT, *(p.unit for p in expected_list if not p.remote),
              *([redis_unit] if redis_unit else []), *([stock_unit] if stock_unit else []),
              *([paths.MAIN_UNIT] if worker_host else [])]
@@ -791,7 +801,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         processes=expected_list, socket_group=group, web_user=web_user,
         dir_owner=override[0] if override else paths.SYNAPSE_USER,
         dir_mode=override[2] if override else paths.SOCKET_DIR_MODE,
-        needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
+        needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE),
+        redis_group=server.user)
 
     missing: tuple[str, ...] = ()
     drifted: tuple[str, ...] = ()
@@ -838,7 +849,7 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
     return Facts(
         expected=expected, units=unit_map, health=health,
         paths=stats,
-        groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
+        groups={} if worker_host else group_members([group, server.user], [paths.SYNAPSE_USER, web_user]),
         redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
         database=results.get("database"))

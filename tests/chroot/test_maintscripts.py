@@ -37,6 +37,7 @@ STATE = "/var/lib/matrix-synapse-workers"
 NGINX_HTTP_CONF = "/etc/nginx/conf.d/matrix-synapse-workers.conf"
 NGINX_SNIPPET = "/etc/nginx/snippets/matrix-synapse-workers.conf"
 ADMIN_SITE = "/etc/nginx/sites-enabled/matrix"
+GUIDE_PASSWORD = "/etc/matrix-synapse/redis-guide-password"
 
 INSTALL_ANSWERS = {"preset": "custom", "worker-types": "sync, client, federation_sender, typing",
                    "worker-counts": "sync:2"}
@@ -404,8 +405,16 @@ def test_redis_guide_mode_edits_three_directives_and_purge_restores(request, our
         assert "# matrix-synapse-workers: was: port 6380" in edited
         assert "# matrix-synapse-workers: was: unixsocketperm 700" in edited
     assert c.owner("/etc/redis/redis.conf") == original_owner
-    assert yaml.safe_load((c / f"{ETC}/conf.d/redis.yaml").read_text()) == {
-        "redis": {"enabled": True, "path": "/run/redis/redis-server.sock"}}
+    redis_yaml = yaml.safe_load((c / f"{ETC}/conf.d/redis.yaml").read_text())
+    if variant == "admin-edited":
+        # The admin's Redis requires a password: Synapse reads it from its own copy, never inline.
+        assert redis_yaml == {"redis": {"enabled": True, "path": "/run/redis/redis-server.sock",
+                                        "password_path": GUIDE_PASSWORD}}
+        assert (c / GUIDE_PASSWORD).read_text() == "not-a-real-secret\n"
+        assert c.owner(GUIDE_PASSWORD) == ("root", "matrix-synapse", 0o640)
+    else:
+        assert redis_yaml == {"redis": {"enabled": True, "path": "/run/redis/redis-server.sock"}}
+        assert not (c / GUIDE_PASSWORD).exists()
     assert not (c / REDIS_INSTANCE_CONF).exists()
     assert "matrix-synapse" in c.group_members("redis")
 
@@ -413,6 +422,7 @@ def test_redis_guide_mode_edits_three_directives_and_purge_restores(request, our
 
     assert conf.read_bytes() == original
     assert c.owner("/etc/redis/redis.conf") == original_owner
+    assert not (c / GUIDE_PASSWORD).exists()
     if variant == "admin-edited":
         assert (c / "/etc/redis/local.conf").read_text() == "maxmemory 64mb\n"
 

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "topology", "cluster", "sizing", "dbconnections"]
+MODULES = ["catalog", "selection", "settings", "plan", "redisconf", "redisserver", "topology", "cluster", "sizing", "dbconnections"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -10,8 +10,10 @@ unified_cgroup).
 To keep the module short, ONE booted container walks through what an admin
 does, in order (each test continues where the previous one stopped): install
 with the default answers, status, reconfigure, a Matrix client's round trip
-through nginx, Synapse upgraded (the trigger), purge.  A second container is an
-image build booted for the first time.
+through nginx, Synapse upgraded (the trigger), purge, then the guide's way on a
+Redis whose password is in an included file.  A second container is an image
+build booted for the first time; a third has Redis and Valkey installed and
+moves from one to the other.
 """
 
 from __future__ import annotations
@@ -219,3 +221,132 @@ def test_image_build_then_first_boot(trixie_root: Path, trixie_standins: dict[st
         nginx_check(c)
         wait_healthy(c)
 
+
+# --- Redis with a password, the guide's way (the same container, after the purge) -----------
+
+GUIDE_PASSWORD = "trixie-guide-password"
+GUIDE_PASSWORD_FILE = "/etc/matrix-synapse/redis-guide-password"
+GUIDE_SOCKET = "/run/redis/redis-server.sock"
+
+
+def guide(types: str) -> str:
+    return preseed("custom", types) + "matrix-synapse-workers matrix-synapse-workers/redis select guide\n"
+
+
+def subscribed_on(c: Container, cli: str, socket: str, password: str | None = None) -> int:
+    auth = ["--no-auth-warning", "-a", password] if password else []
+    out = c.run([cli, "-s", socket, *auth, "CLIENT", "LIST"]).stdout
+    fields = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in out.splitlines()]
+    return sum(1 for f in fields if int(f.get("sub", "0")) + int(f.get("psub", "0")) > 0)
+
+
+def test_guide_mode_on_a_redis_whose_password_is_in_an_included_file(deployed: Container,
+                                                                      package_deb: Path) -> None:
+    """An admin's Redis that requires a password, set in a file redis.conf includes: Synapse
+    gets it from a file only it and root read, never inline; every process subscribes."""
+    c = deployed
+    c.write_file("/etc/redis/local.conf", f"requirepass {GUIDE_PASSWORD}\n", mode=0o640)
+    c.run(["chown", "redis:redis", "/etc/redis/local.conf"])
+    c.run(["sed", "-i", r"s|^# include /path/to/local.conf$|&\ninclude /etc/redis/local.conf|",
+           "/etc/redis/redis.conf"])
+    c.run(["systemctl", "restart", "redis-server.service"])
+    admin_conf = c.read_file("/etc/redis/redis.conf")
+    assert "\ninclude /etc/redis/local.conf\n" in admin_conf
+
+    done = install_workers(c, package_deb, guide("sync, client"))
+    out = done.stdout + done.stderr
+    assert f"wrote {GUIDE_PASSWORD_FILE}" in out, out
+    redis_yaml = c.read_file("/etc/matrix-synapse/conf.d/redis.yaml")
+    assert GUIDE_PASSWORD not in redis_yaml and "password:" not in redis_yaml
+    assert f"password_path: {GUIDE_PASSWORD_FILE}" in redis_yaml and f"path: {GUIDE_SOCKET}" in redis_yaml
+    assert c.run(["stat", "-c", "%U %G %a", GUIDE_PASSWORD_FILE]).stdout.split() == [
+        "root", "matrix-synapse", "640"]
+    assert c.run(["runuser", "-u", "www-data", "--", "cat", GUIDE_PASSWORD_FILE], check=False).returncode != 0
+    names = workers_on_disk(c)
+    assert_all_healthy(c, names)
+    poll(lambda: subscribed_on(c, "redis-cli", GUIDE_SOCKET, GUIDE_PASSWORD) >= len(names) + 1, 60,
+         "every process subscribed with the password")
+    data = wait_healthy(c)
+    [row] = [ch for ch in data["checks"] if ch["check"] == "redis" and ch["subject"] == f"unix:{GUIDE_SOCKET}"]
+    assert row["status"] == "ok", row
+
+    # status checks AUTH: a wrong password in Synapse's copy is reported.
+    c.run(["sh", "-c", f"echo wrong > {GUIDE_PASSWORD_FILE}"])
+    code, data = status(c)
+    [row] = [ch for ch in data["checks"] if ch["check"] == "redis" and ch["subject"] == f"unix:{GUIDE_SOCKET}"]
+    assert code == 2 and row["status"] == "fail", row
+    c.run(["sh", "-c", f"echo {GUIDE_PASSWORD} > {GUIDE_PASSWORD_FILE}"])
+
+    c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)
+    assert c.read_file("/etc/redis/redis.conf") == admin_conf
+    assert not c.exists(GUIDE_PASSWORD_FILE)
+
+
+# --- Valkey -----------------------------------------------------------------------------------
+
+VALKEY_UNIT = "valkey-server@matrix-synapse.service"
+VALKEY_SOCKET = "/run/valkey-matrix-synapse/valkey-server.sock"
+VALKEY_GUIDE_SOCKET = "/run/valkey/valkey-server.sock"
+
+
+@pytest.fixture(scope="module")
+def valkey_synapse_root(booted_host: None, trixie_standins: dict[str, Path]) -> Path:
+    """trixie with redis-server AND valkey-server installed (both stock instances want
+    127.0.0.1:6379: Valkey's fails at boot, as on a host where an admin added it), and the
+    stand-in Synapse on PostgreSQL; cached."""
+    root = harness.ensure_base_root(suite=SUITE, extra=("valkey-server",))
+    setup = functools.partial(install_standin_synapse, deb=trixie_standins[NEW_SYNAPSE],
+                              server_name=SERVER_NAME)
+    return harness.ensure_derived_root(
+        "trixie-valkey-standin-synapse", root, setup,
+        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
+                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
+
+
+def test_switching_from_redis_to_valkey_then_valkey_the_guides_way(valkey_synapse_root: Path,
+                                                                   package_deb: Path) -> None:
+    with Container(valkey_synapse_root, name="trixie-valkey") as c:
+        c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)  # the admin's vhost
+        install_workers(c, package_deb, preseed("custom", "sync, client"))
+        names = workers_on_disk(c)
+        # Both installed, nothing deployed yet: Redis, the first alternative of Depends.
+        assert c.run(["systemctl", "is-active", REDIS_UNIT]).stdout.strip() == "active"
+
+        # The admin moves to Valkey: Redis goes, then the package is reconfigured.
+        c.run(["dpkg", "--purge", "redis-server"])
+        c.run(["systemctl", "restart", "valkey-server.service"])  # 6379 is free now
+        r = c.run(["dpkg-reconfigure", "-fnoninteractive", "matrix-synapse-workers"], timeout=600)
+        out = r.stdout + r.stderr
+        assert "Synapse now uses valkey-server instead of redis-server" in out, out
+        assert f"stopped and disabled {REDIS_UNIT}" in out, out
+        assert c.run(["systemctl", "is-active", VALKEY_UNIT]).stdout.strip() == "active"
+        assert c.run(["systemctl", "is-enabled", VALKEY_UNIT]).stdout.strip() == "enabled"
+        assert c.run(["systemctl", "is-active", REDIS_UNIT], check=False).stdout.strip() != "active"
+        assert not c.exists("/etc/redis/redis-matrix-synapse.conf")
+        assert c.run(["stat", "-c", "%U %G %a", "/etc/valkey/valkey-matrix-synapse.conf"]).stdout.split() == [
+            "valkey", "valkey", "640"]
+        assert c.run(["valkey-cli", "-s", VALKEY_SOCKET, "CONFIG", "GET", "port"]).stdout.split()[-1] == "0"
+        assert c.run(["valkey-cli", "-s", VALKEY_SOCKET, "CONFIG", "GET", "save"]).stdout.split("\n")[1] == ""
+        assert "valkey" in c.run(["id", "-nG", "matrix-synapse"]).stdout.split()
+        assert_all_healthy(c, names)
+        poll(lambda: subscribed_on(c, "valkey-cli", VALKEY_SOCKET) >= len(names) + 1, 60,
+             "every process subscribed in Valkey")
+        data = wait_healthy(c)
+        units = {ch["subject"]: ch for ch in data["checks"] if ch["check"] == "redis"}
+        assert units[VALKEY_UNIT]["status"] == "ok", units
+        assert units["valkey-server.service"]["status"] == "info", units  # the stock one, said not stopped
+        assert c.run(["systemctl", "is-active", "valkey-server.service"]).stdout.strip() == "active"
+
+        # Valkey the guide's way: the right file is edited.
+        stock = c.read_file("/etc/valkey/valkey.conf")
+        reconfigure(c, guide("sync, client"))
+        edited = c.read_file("/etc/valkey/valkey.conf")
+        assert f"\nunixsocket {VALKEY_GUIDE_SOCKET}\n" in edited and "\nport 0\n" in edited
+        assert c.run(["systemctl", "is-active", VALKEY_UNIT], check=False).stdout.strip() != "active"
+        assert_all_healthy(c, names)
+        poll(lambda: subscribed_on(c, "valkey-cli", VALKEY_GUIDE_SOCKET) >= len(names) + 1, 60,
+             "every process subscribed in the stock Valkey")
+        wait_healthy(c)
+        c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)
+        assert c.read_file("/etc/valkey/valkey.conf") == stock
+        assert not c.exists("/etc/valkey/valkey-matrix-synapse.conf")

@@ -28,22 +28,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, TextIO
 
-from . import dbconnections, paths
-from .changes import Changes, OnDisk, compute_changes
-from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
-from .hostfacts import (HostFacts, deployed_redis_server, existing_worker_names, host_redis_server,
-                        read_host_facts, require_postgres, require_server_name)
-from .cluster import plan_from_cluster, read_cluster
-from .plan import Plan, counts_from_workers, make_plan
-from .redisconf import edit_guide_conf, effective_password
-from .redisserver import SERVERS, RedisServer
-from .render import RenderedFile, is_generated, render, render_single_process
-from .selection import Selection
-from .settings import RedisMode, Settings
+from .core import dbconnections
+from .core import paths
+from .core.changes import Changes, OnDisk, compute_changes
+from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
+from .core.facts import HostFacts, require_postgres
+from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
+                               read_host_facts, require_server_name)
+from .core.cluster import plan_from_cluster
+from .system.clusterfile import read_cluster
+from .core.plan import Plan, make_plan
+from .core.redisserver import SERVERS, RedisServer
+from .render.redisconf import edit_guide_conf, effective_password
+from .render.files import RenderedFile, is_generated, render, render_single_process
+from .core.selection import Selection
+from .core.settings import RedisMode, Settings
 from .system import accounts, netprobe, nginx, secrets, statoverride
 from .system.files import write_atomically
 from .system.systemd import Systemd, systemd_running
-from .topology import HostRole
+from .core.topology import HostRole
 
 STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
 SYNAPSE_CHECK = Path(__file__).with_name("synapse_check.py")
@@ -320,9 +323,9 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
                   "not checked from here\n")
         return plan
     secret_probe = netprobe.replication_secret(cluster.replication, secret)
-    if not secret_probe.ok and "refuses" in secret_probe.detail:
-        secret_probe = netprobe.Probe(False, f"{secret_probe.detail}: copy /{paths.REPLICATION_SECRET} "
-                                             "from the main host again")
+    if secret_probe.outcome is netprobe.Outcome.REFUSED:
+        secret_probe = netprobe.Probe(secret_probe.outcome, f"{secret_probe.detail}: copy "
+                                      f"/{paths.REPLICATION_SECRET} from the main host again")
     probes = [secret_probe, netprobe.redis_auth(cluster.redis, password)]
     if facts.database_address is not None:
         host, port = facts.database_address
@@ -334,14 +337,33 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     return plan
 
 
-def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
-               dry_run: bool = False, out: TextIO = sys.stderr,
-               facts: HostFacts | None = None) -> ApplyReport:
-    """``facts``: the host's Synapse configuration when the caller has read it already.
+@dataclass(frozen=True)
+class Decision:
+    """Everything phase 1 of :func:`apply_host` decides, before its first change."""
 
-    ``selection`` is None on a worker host: its workers come from cluster.yaml.
-    """
-    # 1. Decide; every error is raised before the first change.
+    facts: HostFacts
+    settings: Settings
+    plan: Plan
+    desired: tuple[RenderedFile, ...]
+    changes: Changes
+    #: An admin's statoverride of the socket directory, and whether it is ours.
+    override: statoverride.Override | None
+    ours: bool
+    #: The guide Redis's conf: (path, text now, text wanted), or None.
+    guide: tuple[Path, str, str] | None
+    #: The server conf.d/redis.yaml pointed at before (a switch when it differs).
+    previous_server: RedisServer | None = None
+    #: The password the guide-mode server requires (Synapse gets a copy), or None.
+    guide_pass: str | None = None
+
+    @property
+    def worker_host(self) -> bool:
+        return self.settings.topology.role is HostRole.WORKER_HOST
+
+
+def decide(root: Path, selection: Selection | None, settings: Settings, facts: HostFacts | None,
+           out: TextIO) -> Decision:
+    """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
     require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
@@ -366,49 +388,82 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     else:
         if selection is None:
             raise SelectionError("no workers chosen for the main host")
-        plan = make_plan(selection, facts, settings.topology)
+        plan = make_plan(selection, facts, settings.topology, metrics=settings.metrics)
     desired = render(plan, facts, settings)
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
     # is the admin's copy and stays.
     # Our instance files of the other server go when the host switched servers.
-    removable = () if worker_host else (paths.CLUSTER_FILE, *(
+    removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS, *(
         p for s in SERVERS for p in (s.instance_conf, s.instance_auth_conf)
         if settings.redis.mode is not RedisMode.DEDICATED or s != settings.redis.server))
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
-    report = ApplyReport(changes, plan, redis_server=settings.redis.server.package if (
-        settings.redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not worker_host) else "")
+    return Decision(facts, settings, plan, desired, changes, override, ours, guide,
+                    previous_server, guide_pass)
+
+
+def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
+               dry_run: bool = False, out: TextIO = sys.stderr,
+               facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already.
+
+    ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    """
+    # 1. Decide; every error is raised before the first change.
+    decision = decide(root, selection, settings, facts, out)
+    redis = decision.settings.redis
+    report = ApplyReport(decision.changes, decision.plan, redis_server=redis.server.package if (
+        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "")
     if dry_run:
-        out.write(describe(changes) + "\n")
+        out.write(describe(decision.changes) + "\n")
         return report
-    if plan.spans_hosts and not worker_host:
+    decision = _prepare(root, decision, report, out)
+    # 2. Accounts, statoverride, socket directory.
+    _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
+    if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
+        report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
+                                   f"{paths.MAIN_UNIT} does not start here")
+    systemd = Systemd(out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    _redis(root, decision, report, systemd)
+    _services(decision, systemd, nginx_changed)
+    report.services = systemd.done
+    return report
+
+
+def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> Decision:
+    """Secrets Synapse's check reads, then Synapse's own check of the new files.
+
+    Returns the decision with the restarts a changed guide-mode password adds."""
+    plan, changes = decision.plan, decision.changes
+    if plan.spans_hosts and not decision.worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
-    if not worker_host and _write_guide_password(root, guide_pass):
+    if not decision.worker_host and _write_guide_password(root, decision.guide_pass):
         # Synapse reads it at start (redis.password_path): every process restarts.
-        step = (f"wrote /{paths.REDIS_GUIDE_PASSWORD} (the password /{settings.redis.server.guide_conf} "
-                "requires, readable by root and matrix-synapse only)" if guide_pass is not None
+        step = (f"wrote /{paths.REDIS_GUIDE_PASSWORD} (the password "
+                f"/{decision.settings.redis.server.guide_conf} requires, readable by root and "
+                "matrix-synapse only)" if decision.guide_pass is not None
                 else f"removed /{paths.REDIS_GUIDE_PASSWORD} (Redis requires no password now)")
         report.system_steps.append(step)
         report.notices.append(step)
         changes = replace(changes, restart_main=True, restart_workers=tuple(
             n for n in plan.names if n not in changes.start))
+        decision = replace(decision, changes=changes)
         report.changes = changes
     if changes.files_changed:
-        validate_with_synapse(root, desired, changes, out, processes=1 + len(plan.workers),
-                              pool=facts.database_pool)
+        validate_with_synapse(root, decision.desired, changes, out, processes=1 + len(plan.workers),
+                              pool=decision.facts.database_pool)
+    return decision
 
-    # 2. Accounts, statoverride, socket directory.
-    _accounts_and_overrides(root, settings, override, ours, report)
-    if worker_host and secrets.mark_worker_host(root, settings.topology.label or ""):
-        report.system_steps.append(f"marked as worker host {settings.topology.label}: "
-                                   f"{paths.MAIN_UNIT} does not start here")
 
-    systemd = Systemd(out)
-    # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+    """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+
+    Returns whether nginx's files changed."""
     nginx_changed = nginx.write_checked(
         root, [f for f in changes.write if f.path in nginx.FILES],
         [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -423,11 +478,17 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
+    return nginx_changed
 
-    # 4. Redis.
+
+def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
+    """4. Redis (or Valkey): the password file, the guide's conf, the dedicated instance,
+    and leaving the other server after a switch."""
+    changes, settings, guide = decision.changes, decision.settings, decision.guide
+    worker_host = decision.worker_host
     server = settings.redis.server
     redis_changed = any(f.path == server.instance_conf for f in changes.write)
-    if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+    if decision.plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if secrets.write_redis_auth(root, server):
             report.system_steps.append(f"wrote /{server.instance_auth_conf}")
             redis_changed = True
@@ -439,7 +500,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"edited /{server.guide_conf} (port 0, unixsocket)")
         systemd.restart(server.stock_unit)
     if not worker_host:
-        _leave_other_servers(root, settings, previous_server, systemd, report)
+        _leave_other_servers(root, settings, decision.previous_server, systemd, report)
     if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
         systemd.enable(server.instance_unit)
         if redis_changed and systemd.is_active(server.instance_unit):
@@ -449,8 +510,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if changes.start or changes.stop:
         systemd.daemon_reload()
 
-    # 5. Main before workers.
-    if worker_host:
+
+def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None:
+    """5. Main before workers; 6. nginx, after the workers are up (until then their pools
+    fall back to main)."""
+    changes = decision.changes
+    if decision.worker_host:
         if systemd.is_active(paths.MAIN_UNIT):
             systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
     elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
@@ -459,11 +524,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
-    # 6. nginx, after the workers are up (until then their pools fall back to main).
     if nginx_changed and systemd.is_active(nginx.UNIT):
         systemd.reload(nginx.UNIT)
-    report.services = systemd.done
-    return report
 
 
 def _user_name(uid: int) -> str:
@@ -537,6 +599,8 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
         _deconfigure_worker_host(root, systemd, out)
         return
     changed = False
+    if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
+        (root / paths.PROMETHEUS_TARGETS).unlink()
     if _ours(root / paths.REDIS_CONF_D):
         (root / paths.REDIS_CONF_D).unlink()
         changed = True
@@ -583,17 +647,15 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
     Only our own nginx files on a main host change; the worker set stays as deployed.
     """
-    from .cluster import deployed_topology
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
+    from .deployment import read_deployment
     try:
-        facts = read_host_facts(root)
-        plan = make_plan(Selection(counts_from_workers(facts.existing_workers)), facts,
-                         deployed_topology(root))
+        deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in render(plan, facts, Settings()) if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in nginx.FILES
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]

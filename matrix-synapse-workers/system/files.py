@@ -12,7 +12,7 @@ import pwd
 import tempfile
 from pathlib import Path
 
-from ..render import RenderedFile
+from ..render.files import RenderedFile
 
 
 def _ids(owner: str, group: str) -> tuple[int, int]:
@@ -31,6 +31,28 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
             os.fchmod(handle.fileno(), rendered.mode)
             if chown:
                 os.fchown(handle.fileno(), *_ids(rendered.owner, rendered.group))
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:
+    """Write ``content`` to ``target`` beside it and rename it into place.
+
+    For files other programs read while we write them, such as node_exporter's
+    textfile directory (it would read half a file, or a temporary one whose
+    name ends in ``.prom``: the temporary name starts with a dot and has no
+    such suffix).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:

@@ -13,11 +13,11 @@ import pwd
 import secrets
 from pathlib import Path, PurePosixPath
 
-from .. import paths
-from ..cluster import COPY_HINT
-from ..errors import HostConfigError
-from ..render import GENERATED_MARKER, RenderedFile
-from ..redisserver import REDIS, RedisServer
+from ..core import paths
+from ..core.cluster import COPY_HINT
+from ..core.errors import HostConfigError
+from ..core.redisserver import REDIS, RedisServer
+from ..render.files import GENERATED_MARKER, RenderedFile
 from .files import write_atomically
 
 SECRET_MODE = 0o640

@@ -10,8 +10,6 @@ import os
 import re
 from pathlib import Path
 
-import harness
-
 REPO = Path(__file__).resolve().parents[2]
 BUILD_STANDIN = REPO / "tests" / "standin" / "build-standin"
 BUILD_DEB = REPO / "scripts" / "build-deb"
@@ -42,9 +40,3 @@ VHOST = """server {
 }
 """
 
-
-def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
-    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
-    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
-    harness.synapse_setup(c, server_name)
-    harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")

@@ -20,7 +20,7 @@ import pytest
 import harness
 
 from booted_config import (BUILD_DEB, BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
-                           STANDIN_VERSION, container_name, install_standin_synapse)
+                           STANDIN_VERSION, container_name)
 
 
 def require_booted() -> bool:
@@ -122,7 +122,7 @@ def synapse_root(base_root: Path, standin_deb: Path) -> Path:
     Building it takes about a minute once; a container of it boots with
     Synapse running in about 7 s.  Our package is NOT installed in it.
     """
-    setup = functools.partial(install_standin_synapse, deb=standin_deb, server_name=SERVER_NAME)
+    setup = functools.partial(harness.install_standin_synapse, deb=standin_deb, server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         "standin-synapse", base_root, setup,
         inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST, install_standin_synapse
+from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST
 from harness import Container
 from test_scenarios import (SOCKETS, active_since, assert_all_healthy, install_workers, poll, preseed,
                             reconfigure, round_trip_through_nginx, unit_of, workers_on_disk)
@@ -63,7 +63,7 @@ def trixie_standins(booted_host: None, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def trixie_synapse_root(trixie_root: Path, trixie_standins: dict[str, Path]) -> Path:
     """trixie + the older stand-in Synapse on PostgreSQL 17, cached as a layer."""
-    setup = functools.partial(install_standin_synapse, deb=trixie_standins[OLD_SYNAPSE],
+    setup = functools.partial(harness.install_standin_synapse, deb=trixie_standins[OLD_SYNAPSE],
                               server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         "trixie-standin-synapse", trixie_root, setup,
@@ -295,7 +295,7 @@ def valkey_synapse_root(booted_host: None, trixie_standins: dict[str, Path]) -> 
     127.0.0.1:6379: Valkey's fails at boot, as on a host where an admin added it), and the
     stand-in Synapse on PostgreSQL; cached."""
     root = harness.ensure_base_root(suite=SUITE, extra=("valkey-server",))
-    setup = functools.partial(install_standin_synapse, deb=trixie_standins[NEW_SYNAPSE],
+    setup = functools.partial(harness.install_standin_synapse, deb=trixie_standins[NEW_SYNAPSE],
                               server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         "trixie-valkey-standin-synapse", root, setup,

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from hostroot import make_root
-from matrix_synapse_workers import paths
 from matrix_synapse_workers.cli import decide
-from matrix_synapse_workers.hostfacts import deployed_redis_server, host_redis_server, installed_servers
-from matrix_synapse_workers.redisconf import effective_password
-from matrix_synapse_workers.redisserver import REDIS, VALKEY, choose_server, server_of_socket
-from matrix_synapse_workers.settings import Settings, parse_redis
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.core.redisserver import REDIS, VALKEY, choose_server, server_of_socket
+from matrix_synapse_workers.core.settings import Settings, parse_redis
+from matrix_synapse_workers.render.redisconf import effective_password
 from matrix_synapse_workers.status import evaluate
+from matrix_synapse_workers.system.hostfacts import deployed_redis_server, host_redis_server, installed_servers
 
 # valkey-server@.service on trixie (8.1.1): what its sandbox lets the instance write.
 VALKEY_WRITABLE = ("/var/lib/valkey", "/var/log/valkey", "/var/run/valkey-matrix-synapse",

@@ -39,7 +39,7 @@ from .core.cluster import plan_from_cluster
 from .system.clusterfile import read_cluster
 from .core.plan import Plan, make_plan
 from .core.redisserver import SERVERS, RedisServer
-from .render.redisconf import edit_guide_conf, effective_password
+from .render.redisconf import edit_guide_conf, effective_password, undo_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
@@ -547,7 +547,6 @@ def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer |
     """After a switch (Redis to Valkey or back, or away from the dedicated instance):
     our instance of the other server stops and is disabled, and the guide's edit of
     the other server's configuration is undone.  Said in the report."""
-    from .redisconf import undo_guide_conf
     for other in SERVERS:
         if settings.redis.mode is RedisMode.DEDICATED and other == settings.redis.server:
             continue

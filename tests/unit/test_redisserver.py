@@ -113,3 +113,49 @@ def test_status_wants_synapse_in_the_valkey_group_for_valkey():
                             groups={**facts.groups, "valkey": frozenset()}))
     valkey = row(rows, "groups", "valkey")
     assert valkey.status == "fail" and valkey.advice.startswith("adduser matrix-synapse valkey")
+
+
+class _NoSystemd:
+    """systemd not running (an image build): nothing is active, nothing is started."""
+
+    running = False
+    done: list[str] = []
+
+    def is_active(self, unit: str) -> bool:
+        return False
+
+    def stop(self, *units: str) -> bool:
+        return False
+
+    def disable(self, unit: str) -> None:
+        pass
+
+    def try_restart(self, *units: str) -> bool:
+        return False
+
+
+def test_leaving_the_other_server_unlinks_its_instance_and_undoes_its_guide_edit(tmp_path):
+    """Valkey now, Redis before: our Redis instance's enable link goes (its unit file may be
+    gone with its package), the guide's edit of redis.conf is undone, and the report says so."""
+    import os
+    from matrix_synapse_workers import apply
+    from matrix_synapse_workers.render.redisconf import edit_guide_conf
+    root = make_root(tmp_path)
+    stock = "bind 127.0.0.1\nport 6379\n# unixsocket /run/redis/redis-server.sock\n"
+    (root / "etc/redis").mkdir(parents=True)
+    (root / "etc/redis/redis.conf").write_text(edit_guide_conf(stock, "/run/redis/redis-server.sock"))
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / REDIS.instance_unit).symlink_to(f"/usr/lib/systemd/system/{REDIS.template_unit}")
+    owner = os.stat(root / "etc/redis/redis.conf")
+    settings = Settings(redis=parse_redis("dedicated", VALKEY))
+    report = apply.ApplyReport(changes=None, plan=None)  # type: ignore[arg-type]
+    apply._leave_other_servers(root, settings, REDIS, _NoSystemd(), report)  # type: ignore[arg-type]
+    assert not (wants / REDIS.instance_unit).is_symlink()
+    assert (root / "etc/redis/redis.conf").read_text() == stock
+    assert os.stat(root / "etc/redis/redis.conf").st_uid == owner.st_uid
+    assert report.notices == [
+        "Synapse now uses valkey-server instead of redis-server (dedicated, socket "
+        "/run/valkey-matrix-synapse/valkey-server.sock)",
+        f"stopped and disabled {REDIS.instance_unit}",
+        "restored /etc/redis/redis.conf (the guide's edit undone)"]

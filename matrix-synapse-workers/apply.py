@@ -26,18 +26,20 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import Callable, TextIO
 
 from .core import dbconnections
 from .core import paths
 from .core.changes import Changes, OnDisk, compute_changes, touches_units
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres, require_writable_paths
-from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
+from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
+                               read_host_facts, require_server_name)
 from .core.cluster import plan_from_cluster
 from .system.clusterfile import read_cluster
 from .core.plan import Plan, make_plan
-from .render.redisconf import edit_guide_conf
+from .core.redisserver import SERVERS, RedisServer
+from .render.redisconf import edit_guide_conf, effective_password, undo_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
@@ -56,6 +58,10 @@ class ApplyReport:
     plan: Plan
     system_steps: list[str] = field(default_factory=list)
     services: list[str] = field(default_factory=list)
+    #: What the admin must be told (the postinst prints them): a switch of server, a password copied.
+    notices: list[str] = field(default_factory=list)
+    #: The server package behind the dedicated instance or the guide edit ("" for an existing Redis).
+    redis_server: str = ""
 
     @property
     def changed(self) -> bool:
@@ -193,13 +199,65 @@ def _check_accounts(settings: Settings) -> None:
 def _guide_redis_text(root: Path, settings: Settings) -> tuple[Path, str, str] | None:
     if settings.redis.mode is not RedisMode.GUIDE:
         return None
-    conf = root / paths.REDIS_GUIDE_CONF
+    server = settings.redis.server
+    conf = root / server.guide_conf
     try:
         current = conf.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise HostConfigError(f"/{paths.REDIS_GUIDE_CONF} does not exist; install redis-server "
-                              "or choose the dedicated Redis instance") from None
+        raise HostConfigError(f"/{server.guide_conf} does not exist; install {server.package} "
+                              "or choose the dedicated instance") from None
     return conf, current, edit_guide_conf(current, str(settings.redis.socket))
+
+
+def _read_include(root: Path, conf: PurePosixPath) -> Callable[[str], list[str]]:
+    """Texts an ``include`` of conf names (a path or a glob; relative to conf's directory)."""
+    def read(pattern: str) -> list[str]:
+        base = PurePosixPath("/") / conf.parent
+        target = PurePosixPath(pattern) if pattern.startswith("/") else base / pattern
+        texts = []
+        for found in sorted(root.glob(str(target).lstrip("/"))):
+            try:
+                texts.append(found.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                pass
+        return texts
+    return read
+
+
+def guide_password(root: Path, settings: Settings, text: str) -> str | None:
+    """The password the admin's Redis (guide mode) requires, from its file and includes."""
+    return effective_password(text, _read_include(root, settings.redis.server.guide_conf))
+
+
+def _write_guide_password(root: Path, password: str | None) -> bool:
+    """Synapse's copy of the guide-mode Redis password (root:matrix-synapse 0640), or none.
+
+    Our own path: written or removed as the admin's Redis configuration says; True if it changed.
+    """
+    target = root / paths.REDIS_GUIDE_PASSWORD
+    if password is None:
+        if target.exists():
+            target.unlink()
+            return True
+        return False
+    content = password + "\n"
+    gid = grp.getgrnam(paths.SYNAPSE_USER).gr_gid
+    if target.is_file():
+        st = target.stat()
+        if (target.read_text(encoding="utf-8") == content and st.st_uid == 0 and st.st_gid == gid
+                and st.st_mode & 0o7777 == paths.REDIS_GUIDE_PASSWORD_MODE):
+            return False
+    write_atomically(root, RenderedFile(paths.REDIS_GUIDE_PASSWORD, content,
+                                        mode=paths.REDIS_GUIDE_PASSWORD_MODE, owner="root",
+                                        group=paths.SYNAPSE_USER), chown=True)
+    return True
+
+
+def _with_host_server(root: Path, settings: Settings) -> Settings:
+    """The dedicated or guide choice on the server this host has (redisserver.choose_server)."""
+    if settings.redis.mode not in (RedisMode.DEDICATED, RedisMode.GUIDE):
+        return settings
+    return replace(settings, redis=settings.redis.with_server(host_redis_server(root)))
 
 
 def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> None:
@@ -226,9 +284,10 @@ def _accounts_and_overrides(root: Path, settings: Settings, override: statoverri
     for user in filter(None, (paths.SYNAPSE_USER, settings.web_user)):
         if accounts.ensure_member(user, settings.socket_group):
             steps.append(f"added {user} to {settings.socket_group}")
-    if settings.redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and accounts.group_exists("redis"):
-        if accounts.ensure_member(paths.SYNAPSE_USER, "redis"):
-            steps.append(f"added {paths.SYNAPSE_USER} to redis")
+    server_group = settings.redis.server.user
+    if settings.redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and accounts.group_exists(server_group):
+        if accounts.ensure_member(paths.SYNAPSE_USER, server_group):
+            steps.append(f"added {paths.SYNAPSE_USER} to {server_group}")
     wanted = statoverride.Override(settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode)
     if override is None or (ours and override != wanted):
         if override is not None:
@@ -311,6 +370,10 @@ class Decision:
     ours: bool
     #: The guide Redis's conf: (path, text now, text wanted), or None.
     guide: tuple[Path, str, str] | None
+    #: The server conf.d/redis.yaml pointed at before (a switch when it differs).
+    previous_server: RedisServer | None = None
+    #: The password the guide-mode server requires (Synapse gets a copy), or None.
+    guide_pass: str | None = None
 
     @property
     def worker_host(self) -> bool:
@@ -329,6 +392,14 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
         settings = replace(settings, web_user="")  # no web server here: main's host routes
     _check_accounts(settings)
     check_spanning_settings(settings)
+    previous_server = None if worker_host else deployed_redis_server(root)
+    if not worker_host:
+        settings = _with_host_server(root, settings)
+    guide = _guide_redis_text(root, settings)
+    guide_pass = guide_password(root, settings, guide[1]) if guide is not None else None
+    if guide_pass is not None:
+        settings = replace(settings, redis=replace(settings.redis,
+                                                   password_path=PurePosixPath("/") / paths.REDIS_GUIDE_PASSWORD))
     override = statoverride.get(str(paths.SOCKET_DIR))
     ours = (root / STATOVERRIDE_MARK).exists()
     settings = _socket_dir_settings(settings, override, ours)
@@ -343,10 +414,13 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
     # is the admin's copy and stays.
-    removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS)
+    # Our instance files of the other server go when the host switched servers.
+    removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS, *(
+        p for s in SERVERS for p in (s.instance_conf, s.instance_auth_conf)
+        if settings.redis.mode is not RedisMode.DEDICATED or s != settings.redis.server))
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
-    return Decision(facts, settings, plan, desired, changes, override, ours,
-                    _guide_redis_text(root, settings))
+    return Decision(facts, settings, plan, desired, changes, override, ours, guide,
+                    previous_server, guide_pass)
 
 
 def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
@@ -358,11 +432,13 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     """
     # 1. Decide; every error is raised before the first change.
     decision = decide(root, selection, settings, facts, out)
-    report = ApplyReport(decision.changes, decision.plan)
+    redis = decision.settings.redis
+    report = ApplyReport(decision.changes, decision.plan, redis_server=redis.server.package if (
+        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "")
     if dry_run:
         out.write(describe(decision.changes) + "\n")
         return report
-    _prepare(root, decision, report, out)
+    decision = _prepare(root, decision, report, out)
     # 2. Accounts, statoverride, socket directory.
     _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
     if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
@@ -376,17 +452,32 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     return report
 
 
-def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> None:
-    """Secrets Synapse's check reads, then Synapse's own check of the new files."""
+def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> Decision:
+    """Secrets Synapse's check reads, then Synapse's own check of the new files.
+
+    Returns the decision with the restarts a changed guide-mode password adds."""
     plan, changes = decision.plan, decision.changes
     if plan.spans_hosts and not decision.worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
+    if not decision.worker_host and _write_guide_password(root, decision.guide_pass):
+        # Synapse reads it at start (redis.password_path): every process restarts.
+        step = (f"wrote /{paths.REDIS_GUIDE_PASSWORD} (the password "
+                f"/{decision.settings.redis.server.guide_conf} requires, readable by root and "
+                "matrix-synapse only)" if decision.guide_pass is not None
+                else f"removed /{paths.REDIS_GUIDE_PASSWORD} (Redis requires no password now)")
+        report.system_steps.append(step)
+        report.notices.append(step)
+        changes = replace(changes, restart_main=True, restart_workers=tuple(
+            n for n in plan.names if n not in changes.start))
+        decision = replace(decision, changes=changes)
+        report.changes = changes
     if changes.files_changed:
         validate_with_synapse(root, decision.desired, changes, out, processes=1 + len(plan.workers),
                               pool=decision.facts.database_pool)
+    return decision
 
 
 def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
@@ -411,25 +502,31 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) ->
 
 
 def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
-    """4. Redis: the password file, the guide's conf, the dedicated instance."""
+    """4. Redis (or Valkey): the password file, the guide's conf, the dedicated instance,
+    and leaving the other server after a switch."""
     changes, settings, guide = decision.changes, decision.settings, decision.guide
-    redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
-    if decision.plan.spans_hosts and not decision.worker_host and settings.redis.mode is RedisMode.DEDICATED:
-        if secrets.write_redis_auth(root):
-            report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")
+    worker_host = decision.worker_host
+    server = settings.redis.server
+    redis_changed = any(f.path == server.instance_conf for f in changes.write)
+    if decision.plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+        if secrets.write_redis_auth(root, server):
+            report.system_steps.append(f"wrote /{server.instance_auth_conf}")
             redis_changed = True
     if guide is not None and guide[1] != guide[2]:
-        write_atomically(root, RenderedFile(paths.REDIS_GUIDE_CONF, guide[2],
-                                            mode=guide[0].stat().st_mode & 0o7777,
-                                            owner="redis", group="redis"), chown=True)
-        report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
-        systemd.restart(paths.GUIDE_REDIS_UNIT)
-    if settings.redis.mode is RedisMode.DEDICATED and not decision.worker_host:
-        systemd.enable(paths.REDIS_UNIT)
-        if redis_changed and systemd.is_active(paths.REDIS_UNIT):
-            systemd.restart(paths.REDIS_UNIT)
-        elif not systemd.is_active(paths.REDIS_UNIT):
-            systemd.start(paths.REDIS_UNIT)
+        st = guide[0].stat()
+        write_atomically(root, RenderedFile(server.guide_conf, guide[2], mode=st.st_mode & 0o7777,
+                                            owner=_user_name(st.st_uid), group=_group_name(st.st_gid)),
+                         chown=True)
+        report.system_steps.append(f"edited /{server.guide_conf} (port 0, unixsocket)")
+        systemd.restart(server.stock_unit)
+    if not worker_host:
+        _leave_other_servers(root, settings, decision.previous_server, systemd, report)
+    if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
+        systemd.enable(server.instance_unit)
+        if redis_changed and systemd.is_active(server.instance_unit):
+            systemd.restart(server.instance_unit)
+        elif not systemd.is_active(server.instance_unit):
+            systemd.start(server.instance_unit)
     if changes.start or changes.stop or touches_units(changes):
         systemd.daemon_reload()
 
@@ -449,6 +546,62 @@ def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None
         systemd.start(paths.TARGET_UNIT)
     if nginx_changed and systemd.is_active(nginx.UNIT):
         systemd.reload(nginx.UNIT)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer | None,
+                         systemd: Systemd, report: ApplyReport) -> None:
+    """After a switch (Redis to Valkey or back, or away from the dedicated instance):
+    our instance of the other server stops and is disabled, and the guide's edit of
+    the other server's configuration is undone.  Said in the report."""
+    for other in SERVERS:
+        if settings.redis.mode is RedisMode.DEDICATED and other == settings.redis.server:
+            continue
+        active = systemd.is_active(other.instance_unit)
+        if active or _enabled_links(root, other.instance_unit):
+            if active:
+                systemd.stop(other.instance_unit)
+            systemd.disable(other.instance_unit)
+            for link in _enabled_links(root, other.instance_unit):  # its package is gone
+                link.unlink()
+            report.system_steps.append(f"stopped and disabled {other.instance_unit}")
+            report.notices.append(report.system_steps[-1])
+        if settings.redis.mode is RedisMode.GUIDE and other == settings.redis.server:
+            continue
+        conf = root / other.guide_conf
+        if conf.is_file() and "# matrix-synapse-workers: was" in conf.read_text(encoding="utf-8"):
+            st = conf.stat()
+            write_atomically(root, RenderedFile(other.guide_conf, undo_guide_conf(conf.read_text(encoding="utf-8")),
+                                                mode=st.st_mode & 0o7777, owner=_user_name(st.st_uid),
+                                                group=_group_name(st.st_gid)), chown=True)
+            report.system_steps.append(f"restored /{other.guide_conf} (the guide's edit undone)")
+            report.notices.append(report.system_steps[-1])
+            systemd.try_restart(other.stock_unit)
+    if previous is not None and previous != settings.redis.server and \
+            settings.redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE):
+        report.system_steps.append(
+            f"Synapse now uses {settings.redis.server.package} instead of {previous.package} "
+            f"({settings.redis.describe()}, socket {settings.redis.socket})")
+        report.notices.insert(0, report.system_steps[-1])
+
+
+def _enabled_links(root: Path, unit: str) -> list[Path]:
+    directory = root / "etc/systemd/system"
+    return sorted(p for p in directory.glob(f"*.wants/{unit}") if p.is_symlink()) \
+        if directory.is_dir() else []
 
 
 def _ours(path: Path) -> bool:

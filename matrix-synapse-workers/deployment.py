@@ -10,8 +10,8 @@ render/ (the files).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import yaml
@@ -20,6 +20,7 @@ from .core import paths
 from .core.cluster import plan_from_cluster
 from .core.facts import HostFacts, require_postgres
 from .core.plan import Plan, counts_from_workers, make_plan, remote_workers
+from .core.redisserver import server_of_socket
 from .core.selection import Selection
 from .core.settings import RedisSettings, Settings, parse_redis
 from .core.topology import HostRole, Topology
@@ -55,12 +56,15 @@ def redis_config(root: Path) -> Mapping[str, Any]:
 
 
 def redis_settings_of(config: Mapping[str, Any]) -> RedisSettings:
-    """The Redis choice that renders this conf.d/redis.yaml ``redis`` mapping."""
+    """The Redis choice that renders this conf.d/redis.yaml ``redis`` mapping: our instance
+    or guide edit (of Redis or Valkey, by the socket path), else an existing server."""
     path = config.get("path")
-    if path == str(paths.REDIS_INSTANCE_SOCKET):
-        return parse_redis("dedicated")
-    if path == str(paths.REDIS_GUIDE_SOCKET):
-        return parse_redis("guide")
+    ours = server_of_socket(path)
+    if ours is not None:
+        settings = parse_redis(ours[1], ours[0])
+        if ours[1] == "guide" and config.get("password_path"):
+            settings = replace(settings, password_path=PurePosixPath(config["password_path"]))
+        return settings
     if path:
         return parse_redis(f"unix:{path}")
     return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")

@@ -62,16 +62,13 @@ HTTP_SOCKET_MODE = 0o660
 # Only Synapse processes (all running as matrix-synapse) talk replication.
 REPLICATION_SOCKET_MODE = 0o600
 
-# The dedicated Redis instance, run by Debian's redis-server@.service.
+# The dedicated instance's name; its files and units come from redisserver.py
+# (redis-server@matrix-synapse or valkey-server@matrix-synapse).
 REDIS_INSTANCE = "matrix-synapse"
-REDIS_INSTANCE_CONF = PurePosixPath(f"etc/redis/redis-{REDIS_INSTANCE}.conf")
-REDIS_INSTANCE_SOCKET = PurePosixPath(f"/run/redis-{REDIS_INSTANCE}/redis-server.sock")
-# requirepass for the dedicated instance, written once with the password (0640 redis).
-REDIS_INSTANCE_AUTH_CONF = PurePosixPath(f"etc/redis/redis-{REDIS_INSTANCE}-auth.conf")
-REDIS_GUIDE_CONF = PurePosixPath("etc/redis/redis.conf")
-REDIS_GUIDE_SOCKET = PurePosixPath("/run/redis/redis-server.sock")
-REDIS_UNIT = f"redis-server@{REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
+# In guide mode, the password of an admin's Redis that requires one (requirepass),
+# copied for Synapse's redis.password_path: root:matrix-synapse 0640.
+REDIS_GUIDE_PASSWORD = SYNAPSE_ETC / "redis-guide-password"
+REDIS_GUIDE_PASSWORD_MODE = 0o640
 
 # systemd units.
 MAIN_UNIT = "matrix-synapse.service"

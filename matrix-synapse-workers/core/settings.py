@@ -6,18 +6,24 @@ PurePosixPath('/run/redis-matrix-synapse/redis-server.sock')
 {'enabled': True, 'path': '/run/redis/other.sock'}
 >>> parse_redis("10.0.0.5:6380").synapse_config()
 {'enabled': True, 'host': '10.0.0.5', 'port': 6380}
+>>> from .redisserver import VALKEY
+>>> parse_redis("dedicated").with_server(VALKEY).socket
+PurePosixPath('/run/valkey-matrix-synapse/valkey-server.sock')
+>>> parse_redis("guide", VALKEY).socket
+PurePosixPath('/run/valkey/valkey-server.sock')
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any
 
 from . import paths
 from .errors import SelectionError
+from .redisserver import REDIS, RedisServer
 from .topology import Topology
 
 # adduser's default NAME_REGEX for system names, which is what addgroup accepts.
@@ -26,9 +32,9 @@ _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>[
 
 
 class RedisMode(Enum):
-    #: A Redis instance of our own through redis-server@matrix-synapse.service.
+    #: An instance of our own: redis-server@matrix-synapse.service (or valkey-server@...).
     DEDICATED = "dedicated"
-    #: The guide's way: edit the admin's /etc/redis/redis.conf.
+    #: The guide's way: edit the admin's /etc/redis/redis.conf (or /etc/valkey/valkey.conf).
     GUIDE = "guide"
     #: A Redis the admin already runs and names.
     EXISTING = "existing"
@@ -40,15 +46,30 @@ REDIS_CHOICES = "dedicated, guide, unix:/PATH/TO/SOCKET or HOST:PORT"
 @dataclass(frozen=True)
 class RedisSettings:
     mode: RedisMode = RedisMode.DEDICATED
-    socket: PurePosixPath | None = paths.REDIS_INSTANCE_SOCKET
+    socket: PurePosixPath | None = REDIS.instance_socket
     host: str | None = None
     port: int | None = None
+    #: The server package that runs the dedicated instance or whose stock config the
+    #: guide edits (chosen from what is installed, at the edge); unused for EXISTING.
+    server: RedisServer = REDIS
+    #: Guide mode on a Redis that requires a password: the file Synapse reads it from.
+    password_path: PurePosixPath | None = None
+
+    def with_server(self, server: RedisServer) -> "RedisSettings":
+        """The same choice on another server (its own socket paths)."""
+        if self.mode is RedisMode.DEDICATED:
+            return replace(self, server=server, socket=server.instance_socket)
+        if self.mode is RedisMode.GUIDE:
+            return replace(self, server=server, socket=server.guide_socket)
+        return self
 
     def synapse_config(self) -> dict[str, Any]:
         """The ``redis:`` section for conf.d/redis.yaml."""
-        if self.socket is not None:
-            return {"enabled": True, "path": str(self.socket)}
-        return {"enabled": True, "host": self.host, "port": self.port}
+        config: dict[str, Any] = ({"enabled": True, "path": str(self.socket)} if self.socket is not None
+                                  else {"enabled": True, "host": self.host, "port": self.port})
+        if self.password_path is not None:
+            config["password_path"] = str(self.password_path)
+        return config
 
     def describe(self) -> str:
         if self.mode is RedisMode.EXISTING:
@@ -56,12 +77,12 @@ class RedisSettings:
         return self.mode.value
 
 
-def parse_redis(text: str) -> RedisSettings:
+def parse_redis(text: str, server: RedisServer = REDIS) -> RedisSettings:
     value = text.strip()
     if value == RedisMode.DEDICATED.value:
-        return RedisSettings()
+        return RedisSettings().with_server(server)
     if value == RedisMode.GUIDE.value:
-        return RedisSettings(RedisMode.GUIDE, paths.REDIS_GUIDE_SOCKET)
+        return RedisSettings(RedisMode.GUIDE).with_server(server)
     if value.startswith("unix:"):
         socket = value[len("unix:"):]
         if not socket.startswith("/"):

@@ -178,14 +178,16 @@ def valid_answers(db: Debconf, root: Path,
 # --- messages ------------------------------------------------------------------
 
 
-def summary(plan: Plan, settings: Settings) -> str:
-    """One line: this host's workers, and where Redis and the other hosts are."""
+def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
+    """One line: this host's workers, and where Redis (and which server) and the other hosts are."""
     local = plan.local_workers
     text = f"{len(local)} workers configured ({', '.join(w.name for w in local)})"
     if settings.topology.role is HostRole.WORKER_HOST:
         return (f"{text} on worker host {settings.topology.label}; Redis and replication: "
                 "the main host's, as /etc/matrix-synapse/cluster/cluster.yaml says")
     text += f"; Redis: {settings.redis.describe()}"
+    if redis_server:
+        text += f" ({redis_server})"
     remote = [w.name for w in plan.workers if w not in local]
     if remote:
         text += f"; on worker hosts: {', '.join(remote)}"
@@ -260,7 +262,10 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         return 1
     synapse_now = synapse_version()
     applied.write(root, replace(answers.applied_record(root), synapse=synapse_now))
-    say(summary(report.plan, settings) + ("" if report.changed else "; nothing changed"), out)
+    say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
+        out)
+    for notice in report.notices:  # a switch of server, a password copied for Synapse
+        say(notice, out)
     for step in worker_host_steps(settings):
         say(step, out)
     # Synapse upgraded in the same dpkg run: its trigger was folded into this

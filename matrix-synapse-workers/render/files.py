@@ -308,10 +308,11 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
     if plan.metrics:
         files.append(targets_file(plan, facts))
     if settings.redis.mode is RedisMode.DEDICATED:
+        server = settings.redis.server
         files.append(RenderedFile(
-            paths.REDIS_INSTANCE_CONF,
-            render_template("redis-instance.conf.j2", listen=redis_address(plan)),
-            mode=0o640, owner="redis", group="redis"))
+            server.instance_conf,
+            render_template("redis-instance.conf.j2", listen=redis_address(plan), server=server),
+            mode=0o640, owner=server.user, group=server.user))
     if not settings.socket_dir_is_default:
         files.append(RenderedFile(
             paths.TMPFILES_OVERRIDE,

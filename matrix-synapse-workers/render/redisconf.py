@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import re
+from typing import Callable, Iterable
 
 WAS = "# matrix-synapse-workers: was: "
 WAS_ABSENT = "# matrix-synapse-workers: was absent"
@@ -88,3 +89,40 @@ def undo_guide_conf(text: str) -> str:
             index += 1
     body = "\n".join(out)
     return body + "\n" if body else body
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
+def effective_password(text: str, read_include: Callable[[str], Iterable[str]],
+                       _depth: int = 0) -> str | None:
+    r"""The ``requirepass`` the server ends up with: the last one read wins, and an
+    ``include`` is read where it stands (read_include gives the texts a path or glob
+    names).  None when no password is required.
+
+    >>> files = {"/etc/redis/local.conf": "requirepass from-include\n"}
+    >>> read = lambda path: [files[path]] if path in files else []
+    >>> effective_password("port 0\n# requirepass foobared\n", read) is None
+    True
+    >>> effective_password("requirepass first\ninclude /etc/redis/local.conf\n", read)
+    'from-include'
+    >>> effective_password('include /etc/redis/local.conf\nrequirepass ""\n', read) is None
+    True
+    """
+    password: str | None = None
+    for line in text.splitlines():
+        directive = _directive(line)
+        if directive is None:
+            continue
+        name, value = directive
+        if name == "include" and _depth < 8:
+            for included in read_include(_unquote(value)):
+                found = effective_password(included, read_include, _depth + 1)
+                if found is not None:
+                    password = found or None
+        elif name == "requirepass":
+            password = _unquote(value) or None
+    return password

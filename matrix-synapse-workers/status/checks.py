@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..core import dbconnections, paths
+from ..core.redisserver import REDIS, server_of_socket
 from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
                     DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
                     upstream_version)
@@ -69,12 +70,18 @@ def check_redis(facts: Facts) -> list[Row]:
         elif tcp is None:
             rows.append(Row("redis", redis.location, INFO, "answers; TCP port not readable (CONFIG refused)"))
         elif tcp != 0:
-            where = (f"/{paths.REDIS_INSTANCE_CONF}" if redis.socket == paths.REDIS_INSTANCE_SOCKET
+            ours = server_of_socket(redis.socket)
+            where = (f"/{ours[0].instance_conf}" if ours is not None and ours[1] == "dedicated"
                      else "the Redis configuration")
             rows.append(Row("redis", redis.location, WARN, f"answers, but also listens on TCP port {tcp}",
                             f"set 'port 0' in {where} and restart Redis ({RECONFIGURE} does it for ours)"))
         else:
             rows.append(Row("redis", redis.location, OK, "answers on the socket, TCP closed (port 0)"))
+    if redis.stock_unit is not None:
+        rows.append(Row("redis", redis.stock_unit, INFO,
+                        "also running: the package's stock instance (TCP 127.0.0.1:6379 as shipped), "
+                        "which Synapse does not use",
+                        f"if nothing else on this host uses it: systemctl disable --now {redis.stock_unit}"))
     return rows
 
 
@@ -94,13 +101,14 @@ def check_groups(facts: Facts) -> list[Row]:
     else:
         rows.append(Row("groups", group, OK, f"{', '.join(wanted)} in {group}"))
     if expected.needs_redis_group:
-        redis_members = facts.groups.get("redis", frozenset())
+        server_group = expected.redis_group
+        redis_members = facts.groups.get(server_group, frozenset())
         if paths.SYNAPSE_USER not in redis_members:
-            rows.append(Row("groups", "redis", FAIL, f"{paths.SYNAPSE_USER} not in redis: it cannot open "
-                                                     "the Redis socket",
-                            f"adduser {paths.SYNAPSE_USER} redis, then {RESTART_ALL}"))
+            rows.append(Row("groups", server_group, FAIL, f"{paths.SYNAPSE_USER} not in {server_group}: "
+                                                          "it cannot open the Redis socket",
+                            f"adduser {paths.SYNAPSE_USER} {server_group}, then {RESTART_ALL}"))
         else:
-            rows.append(Row("groups", "redis", OK, f"{paths.SYNAPSE_USER} in redis"))
+            rows.append(Row("groups", server_group, OK, f"{paths.SYNAPSE_USER} in {server_group}"))
     return rows
 
 
@@ -536,7 +544,8 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
     if reach.ok:
         return [Row("redis", cluster.redis, OK, "accepts the password from "
                                                 f"/{paths.REDIS_PASSWORD}")]
-    unit = f"redis-server@{paths.REDIS_INSTANCE}.service"
+    # The main host's instance: named as Redis's (a worker host cannot see which server runs it).
+    unit = REDIS.instance_unit
     if reach.reached and not reach.refused:
         advice = _not_ours(cluster.redis, f"the main host's Redis ({unit}, with its password)")
     elif cluster.role == WORKER_HOST:
@@ -545,11 +554,11 @@ def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
         else:
             advice = _link_advice(cluster.redis, f"Redis ({unit})")
     elif reach.refused:
-        advice = (f"the password file and Redis's /{paths.REDIS_INSTANCE_AUTH_CONF} differ: run: "
+        advice = (f"the password file and Redis's /{REDIS.instance_auth_conf} differ: run: "
                   f"{RECONFIGURE}, then systemctl restart {unit}")
     else:
         advice = (f"Redis does not listen there: run: {RECONFIGURE} (it writes 'bind' in "
-                  f"/{paths.REDIS_INSTANCE_CONF}), then systemctl restart {unit}")
+                  f"/{REDIS.instance_conf}), then systemctl restart {unit}")
     return [Row("redis", cluster.redis, FAIL, reach.detail, advice)]
 
 

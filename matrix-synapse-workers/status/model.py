@@ -130,6 +130,9 @@ class RedisFacts:
     #: Redis server fd -> pid of the client process at the other end (from ss),
     #: None when connections cannot be attributed (not root, no ss).
     client_pids: Mapping[int, int] | None = None
+    #: With the dedicated instance: the server package's own stock instance
+    #: (redis-server.service), when it runs; apt starts it, Synapse does not use it.
+    stock_unit: str | None = None
 
     @property
     def reachable(self) -> bool:
@@ -145,8 +148,10 @@ class Expected:
     web_user: str = paths.DEFAULT_WEB_USER
     dir_owner: str = paths.SYNAPSE_USER
     dir_mode: int = paths.SOCKET_DIR_MODE
-    #: Whether matrix-synapse must be in the redis group (our Redis socket is 0770 redis:redis).
+    #: Whether matrix-synapse must be in the server's group (our socket is 0770 redis:redis,
+    #: or valkey:valkey), and that group.
     needs_redis_group: bool = True
+    redis_group: str = "redis"
 
 
 @dataclass(frozen=True)

@@ -321,6 +321,11 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
         selection, settings = from_answers(*raw)
     except WorkersError as exc:
         return fallback, None, str(exc)
+    # The answers do not say which server runs (what is installed does) nor hold the
+    # guide-mode password file: those come from what is deployed.
+    if settings.redis.mode is fallback.redis.mode:
+        settings = replace(settings, redis=replace(settings.redis.with_server(fallback.redis.server),
+                                                   password_path=fallback.redis.password_path))
     if selection is None:
         return settings, None, ""
     return settings, normalized_counts(selection.counts), ""
@@ -635,8 +640,9 @@ def look(root: Path) -> Look:
         redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
                         "password_path": "/" + str(paths.REDIS_PASSWORD)}
     redis_settings = redis_settings_of(redis_config)
+    server = redis_settings.server
     redis_unit = None if worker_host or not redis_config else {
-        RedisMode.DEDICATED: paths.REDIS_UNIT, RedisMode.GUIDE: paths.GUIDE_REDIS_UNIT}.get(redis_settings.mode)
+        RedisMode.DEDICATED: server.instance_unit, RedisMode.GUIDE: server.stock_unit}.get(redis_settings.mode)
     password, password_error = _redis_password(root, redis_config)
     override = statoverride.read(str(paths.SOCKET_DIR))
     group = override.group if override else deployed_socket_group(root)
@@ -668,8 +674,10 @@ def look(root: Path) -> Look:
 def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any]]:
     """Step 2: every question to ask the system and the other hosts, by name."""
     worker_host, cluster = seen.worker_host, seen.side.cluster
+    stock = stock_unit(seen)
     units = [paths.TARGET_UNIT, *(p.unit for p in seen.processes if not p.remote),
-             *([seen.redis_unit] if seen.redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
+             *([seen.redis_unit] if seen.redis_unit else []), *([stock] if stock else []),
+             *([paths.MAIN_UNIT] if worker_host else [])]
     jobs: dict[str, Callable[[], Any]] = {
         "units": lambda: unit_states(units),
         "redis": lambda: probe_redis(seen.redis_config, timeout, seen.password)
@@ -727,10 +735,19 @@ def config_facts(root: Path, seen: Look, debconf: dict[str, str] | str) -> tuple
         listeners_match=match, error=config_error), settings
 
 
+def stock_unit(seen: Look) -> str | None:
+    """With our own instance, the server's stock instance apt started: reported when it runs
+    (never stopped by us)."""
+    server = seen.redis_settings.server
+    return server.stock_unit if seen.redis_unit == server.instance_unit else None
+
+
 def redis_facts(seen: Look, found: tuple[str, int | None, tuple[RedisClient, ...]],
-                ss: subprocess.CompletedProcess[str] | None) -> RedisFacts:
+                ss: subprocess.CompletedProcess[str] | None,
+                units: Mapping[str, UnitState] | None = None) -> RedisFacts:
     error, tcp_port, clients = found
     settings = seen.redis_settings
+    stock = stock_unit(seen)
     client_pids = None
     if ss is not None and ss.returncode == 0 and os.geteuid() == 0:
         if settings.socket is not None and not seen.worker_host:
@@ -740,7 +757,9 @@ def redis_facts(seen: Look, found: tuple[str, int | None, tuple[RedisClient, ...
     return RedisFacts(
         location=redis_location(seen.redis_config), unit=seen.redis_unit, socket=settings.socket,
         socket_stat=path_stat(str(settings.socket)) if settings.socket else None,
-        error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids)
+        error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids,
+        stock_unit=stock if stock and units and units.get(stock) is not None
+        and units[stock].active == "active" else None)
 
 
 def nginx_facts(root: Path, seen: Look, dump: tuple[bool | None, str, frozenset[str]] | None) -> NginxFacts:
@@ -780,16 +799,17 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         processes=seen.processes, socket_group=seen.group, web_user=web_user,
         dir_owner=override.owner if override else paths.SYNAPSE_USER,
         dir_mode=override.mode if override else paths.SOCKET_DIR_MODE,
-        needs_redis_group=seen.redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
+        needs_redis_group=seen.redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE),
+        redis_group=seen.redis_settings.server.user)
     unit_map = results["units"]
     health = {p.name: results[f"health:{p.name}"] if p.name in seen.targets else
               Health(error=f"its address is unknown ({seen.side.error or 'no cluster.yaml'})")
               for p in seen.processes}
     return Facts(
         expected=expected, units=unit_map, health=health, paths=stats,
-        groups={} if seen.worker_host else group_members([seen.group, "redis"],
+        groups={} if seen.worker_host else group_members([seen.group, seen.redis_settings.server.user],
                                                          [paths.SYNAPSE_USER, web_user]),
-        redis=redis_facts(seen, results["redis"], results["ss"]),
+        redis=redis_facts(seen, results["redis"], results["ss"], results["units"]),
         installed_version=results["installed"], config=config,
         nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,

@@ -19,6 +19,7 @@ from ..core import paths
 from ..core.errors import HostConfigError
 from ..core.dbconnections import pool_sizes
 from ..core.facts import HostFacts, WritablePath
+from ..core.redisserver import SERVERS, RedisServer, choose_server, server_of_socket
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -250,3 +251,29 @@ def require_server_name(root: Path) -> None:
             "matrix-synapse/server-name: dpkg-reconfigure matrix-synapse-py3 (when installing "
             "unattended, preseed: matrix-synapse-py3 matrix-synapse/server-name string "
             "example.org); then run: dpkg-reconfigure matrix-synapse-workers")
+
+
+#: Where the server packages ship their template unit (trixie: /usr/lib; bookworm: /lib).
+_UNIT_DIRS = (PurePosixPath("usr/lib/systemd/system"), PurePosixPath("lib/systemd/system"))
+
+
+def installed_servers(root: Path) -> frozenset[str]:
+    """The Redis-protocol server packages on the host, by the template unit each ships."""
+    return frozenset(server.package for server in SERVERS
+                     if any((root / d / server.template_unit).is_file() for d in _UNIT_DIRS))
+
+
+def deployed_redis_server(root: Path) -> RedisServer | None:
+    """The server our conf.d/redis.yaml points Synapse at (dedicated or guide), if one of ours."""
+    try:
+        data = yaml.safe_load((root / paths.REDIS_CONF_D).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    redis = data.get("redis") if isinstance(data, dict) else None
+    found = server_of_socket(redis.get("path")) if isinstance(redis, dict) else None
+    return found[0] if found else None
+
+
+def host_redis_server(root: Path) -> RedisServer:
+    """The server this host's dedicated instance or guide edit uses (redisserver.choose_server)."""
+    return choose_server(installed_servers(root), deployed_redis_server(root))

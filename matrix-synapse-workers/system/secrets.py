@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from ..core import paths
 from ..core.cluster import COPY_HINT
 from ..core.errors import HostConfigError
+from ..core.redisserver import REDIS, RedisServer
 from ..render.files import GENERATED_MARKER, RenderedFile
 from .files import write_atomically
 
@@ -78,19 +79,19 @@ def read_copied(root: Path, relative: PurePosixPath, user: str = paths.SYNAPSE_U
     return value
 
 
-def write_redis_auth(root: Path) -> bool:
-    """The dedicated Redis's ``requirepass`` from the password file; True if it changed."""
+def write_redis_auth(root: Path, server: RedisServer = REDIS) -> bool:
+    """The dedicated instance's ``requirepass`` from the password file; True if it changed."""
     password = (root / paths.REDIS_PASSWORD).read_text(encoding="utf-8").strip()
     content = (f"{GENERATED_MARKER}: the password of /{paths.REDIS_PASSWORD}.\n"
                f"requirepass {password}\n")
-    target = root / paths.REDIS_INSTANCE_AUTH_CONF
+    target = root / server.instance_auth_conf
     try:
         if target.read_text(encoding="utf-8") == content:
             return False
     except FileNotFoundError:
         pass
-    write_atomically(root, RenderedFile(paths.REDIS_INSTANCE_AUTH_CONF, content, mode=0o640,
-                                        owner="redis", group="redis"), chown=True)
+    write_atomically(root, RenderedFile(server.instance_auth_conf, content, mode=0o640,
+                                        owner=server.user, group=server.user), chown=True)
     return True
 
 

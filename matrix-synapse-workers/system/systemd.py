@@ -89,3 +89,7 @@ class Systemd:
 
     def reload(self, *units: str) -> bool:
         return self._act("reload", list(units))
+
+    def try_restart(self, *units: str) -> bool:
+        """Restart the units that run; leave the others stopped."""
+        return self._act("try-restart", list(units))

@@ -409,17 +409,26 @@ def host_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> str:
     raise HarnessUnavailable(f"no apt source for {suite} on this machine to take a mirror from")
 
 
-def _root_sources_list(suite: str = SUITE) -> str:
-    """sources.list for the root: the host's entries for suite, -updates and -security, main only."""
-    wanted = (suite, f"{suite}-updates", f"{suite}-security")
+def _root_sources_list(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> str:
+    """sources.list for the root: the host's entries for suite, -updates and -security, main only.
+
+    For a release the host has no entry for (trixie on a bookworm host), the
+    host's own entries for its release, -updates and -security, with the
+    suite names changed: the same archive and security mirrors serve both.
+    """
+    sources = host_apt_sources(etc_apt)
+    have = {s.suite for s in sources}
+    source_suite = suite if suite in have else SUITE
+    wanted = {source_suite: suite, f"{source_suite}-updates": f"{suite}-updates",
+              f"{source_suite}-security": f"{suite}-security"}
     lines = []
     seen = set()
-    for s in host_apt_sources():
+    for s in sources:
         if s.suite in wanted and "main" in s.components and (s.uri, s.suite) not in seen:
             seen.add((s.uri, s.suite))
-            lines.append(f"deb {s.uri} {s.suite} main")
+            lines.append(f"deb {s.uri} {wanted[s.suite]} main")
     if not lines:
-        lines.append(f"deb {host_mirror(suite)} {suite} main")
+        lines.append(f"deb {suite_mirror(suite, etc_apt)} {suite} main")
     return "\n".join(lines) + "\n"
 
 
@@ -494,8 +503,8 @@ mv "$conf/pg_hba.conf.new" "$conf/pg_hba.conf"
 """
 
 
-def _build_root(dest: Path, log: Path) -> None:
-    """debootstrap minbase + ROOT_PACKAGES + PostgreSQL set up, into dest."""
+def _build_root(dest: Path, log: Path, suite: str = SUITE, extra: Sequence[str] = ()) -> None:
+    """debootstrap minbase of suite + ROOT_PACKAGES + extra + PostgreSQL set up, into dest."""
 
     def step(argv: Sequence[str] | None = None, **kw: Any) -> None:
         started = time.monotonic()
@@ -511,11 +520,11 @@ def _build_root(dest: Path, log: Path) -> None:
         if r.returncode != 0:
             raise HarnessError(f"building the test root failed, see {log}:\n{_tail(r.stdout + r.stderr)}")
 
-    mirror = host_mirror()
+    mirror = suite_mirror(suite)
     # debootstrap mounts /proc and /sys in the target: keep those in a private namespace.
     step(["unshare", "--mount", "--propagation", "private", "--",
-          "debootstrap", "--variant=minbase", SUITE, str(dest), mirror])
-    (dest / "etc/apt/sources.list").write_text(_root_sources_list())
+          "debootstrap", "--variant=minbase", suite, str(dest), mirror])
+    (dest / "etc/apt/sources.list").write_text(_root_sources_list(suite))
     policy = dest / str(POLICY_RC_D).lstrip("/")
     policy.write_text(POLICY_RC_D_TEXT)
     policy.chmod(0o755)
@@ -524,7 +533,8 @@ def _build_root(dest: Path, log: Path) -> None:
     unsafe_io.write_text("force-unsafe-io\n")
     step(cmd=["apt-get", "update"], network=True)
     step(cmd=["apt-get", "-y", "dist-upgrade"], network=True)
-    step(cmd=["apt-get", "install", "-y", "--no-install-recommends", *ROOT_PACKAGES], network=True)
+    step(cmd=["apt-get", "install", "-y", "--no-install-recommends", *ROOT_PACKAGES, *extra],
+         network=True)
     step(cmd=["apt-get", "clean"])
     step(cmd=["/bin/sh", "-c", _postgres_setup_script()])
     (dest / "etc/hostname").write_text("msw-test\n")
@@ -533,22 +543,24 @@ def _build_root(dest: Path, log: Path) -> None:
     _run(["sync", "-f", str(dest)])
     (dest / str(ROOT_STAMP).lstrip("/")).write_text(
         f"test root built by matrix-synapse-workers tests/booted/harness.py\n"
-        f"key: {root_cache_key()}\nsuite: {SUITE}\npackages: {' '.join(ROOT_PACKAGES)}\n"
+        f"key: {root_cache_key(suite, extra)}\nsuite: {suite}\n"
+        f"packages: {' '.join((*ROOT_PACKAGES, *extra))}\n"
     )
 
 
-_BUILD_CODE = (_build_root, _postgres_setup_script, _chroot_exec, _root_sources_list, _guest_env_argv)
+_BUILD_CODE = (_build_root, _postgres_setup_script, _chroot_exec, _root_sources_list, _guest_env_argv,
+               host_apt_sources)
 
 
-def root_cache_key() -> str:
+def root_cache_key(suite: str = SUITE, extra: Sequence[str] = ()) -> str:
     """Hash of what goes into the base root: suite, packages, and the code that builds it."""
     h = hashlib.sha256()
-    for part in (SUITE, "\n".join(ROOT_PACKAGES), POLICY_RC_D_TEXT, _CHROOT_SETUP,
+    for part in (suite, "\n".join((*ROOT_PACKAGES, *extra)), POLICY_RC_D_TEXT, _CHROOT_SETUP,
                  DB_NAME, DB_USER, DB_PASSWORD):
         h.update(part.encode() + b"\0")
-    for fn in _BUILD_CODE:
+    for fn in (*_BUILD_CODE, suite_mirror):
         h.update(inspect.getsource(fn).encode() + b"\0")
-    return f"{SUITE}-{h.hexdigest()[:16]}"
+    return f"{suite}-{h.hexdigest()[:16]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -647,14 +659,17 @@ def _ensure_built(key: str, build: Callable[[Path, Path], None], log: Path | Non
     return root
 
 
-def ensure_base_root(log: Path | None = None) -> Path:
-    """Return the cached bookworm root, building it first if needed (2-3 minutes cold).
+def ensure_base_root(log: Path | None = None, suite: str = SUITE, extra: Sequence[str] = ()) -> Path:
+    """Return the cached root of suite (bookworm, or trixie: the same packages and
+    PostgreSQL set-up) with the extra packages too (e.g. valkey-server), building it
+    first if needed (2-3 minutes cold).
 
-    The cache directory is named by root_cache_key().  A lock file serializes
+    The cache directory is named by root_cache_key(suite).  A lock file serializes
     concurrent callers.  The returned root is read-only by convention:
     containers put an overlay (or a copy) on top.
     """
-    return _ensure_built(root_cache_key(), _build_root, log)
+    return _ensure_built(root_cache_key(suite, extra),
+                         functools.partial(_build_root, suite=suite, extra=tuple(extra)), log)
 
 
 # --------------------------------------------------------------------------

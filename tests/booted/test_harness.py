@@ -364,6 +364,29 @@ def test_suite_mirror_is_the_hosts_archive(tmp_path: Path) -> None:
     assert harness.suite_mirror("sid", tmp_path) == "http://sid.invalid/debian"
 
 
+def test_another_release_root_takes_the_hosts_archive_and_security_mirrors(tmp_path: Path) -> None:
+    """A trixie root on a bookworm host: the host's archive and security URIs, trixie's suites."""
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(textwrap.dedent(f"""\
+        Types: deb
+        URIs: http://mirror.invalid/debian
+        Suites: {harness.SUITE} {harness.SUITE}-updates
+        Components: main
+
+        Types: deb
+        URIs: http://security.invalid/debian-security
+        Suites: {harness.SUITE}-security
+        Components: main
+        """))
+    assert harness._root_sources_list("trixie", tmp_path) == (
+        "deb http://mirror.invalid/debian trixie main\n"
+        "deb http://mirror.invalid/debian trixie-updates main\n"
+        "deb http://security.invalid/debian-security trixie-security main\n")
+    assert harness._root_sources_list(harness.SUITE, tmp_path).count(harness.SUITE) == 3
+    assert harness.root_cache_key("trixie").startswith("trixie-")
+    assert harness.root_cache_key("trixie")[7:] != harness.root_cache_key()[len(harness.SUITE) + 1:]
+
+
 def _derive_setup(c: Container) -> None:
     c.write_file("/var/lib/msw-derived/made-by-setup", "yes\n")
     c.run(["rm", "/etc/issue.net"])  # a deletion must survive as a whiteout

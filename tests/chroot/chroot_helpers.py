@@ -1,11 +1,11 @@
-"""Throwaway bookworm chroots with real dpkg and debconf, for the maintainer-script tests.
+"""Throwaway bookworm (or trixie) chroots with real dpkg and debconf, for the maintainer-script tests.
 
 Two cached layers under ``$MSW_TEST_CACHE/chroot/`` (default
 /var/cache/matrix-synapse-workers-tests), each keyed on everything that makes it:
 
 ``deps-KEY``
-    ``debootstrap --variant=minbase`` of bookworm from the Debian mirror this
-    machine's apt uses (read at run time), a policy-rc.d that refuses every
+    ``debootstrap --variant=minbase`` of bookworm (or another release: trixie)
+    from the Debian mirror this machine's apt uses (read at run time), a policy-rc.d that refuses every
     start and logs what was asked, and the runtime dependencies of both
     packages (ours and the matrix-synapse-py3 stand-in), so that installing
     the .debs needs no network.
@@ -99,13 +99,23 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
-def debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses for SUITE (deb822 or one-line sources)."""
+def debian_mirror(suite: str = SUITE) -> str:
+    """The Debian mirror this machine's apt uses for suite, else for SUITE (the same
+    mirror serves the other releases); deb822 or one-line sources."""
+    if suite != SUITE:
+        try:
+            return _host_mirror(suite)
+        except RuntimeError:
+            pass
+    return _host_mirror(SUITE)
+
+
+def _host_mirror(suite: str) -> str:
     sources_d = Path("/etc/apt/sources.list.d")
     for sources in sorted(sources_d.glob("*.sources")):
         with open(sources, encoding="utf-8") as handle:
             for para in deb822.Deb822.iter_paragraphs(handle):
-                if ("deb" in para.get("Types", "").split() and SUITE in para.get("Suites", "").split()
+                if ("deb" in para.get("Types", "").split() and suite in para.get("Suites", "").split()
                         and para.get("Enabled", "yes") != "no"):
                     return para["URIs"].split()[0]
     for sources in [Path("/etc/apt/sources.list"), *sorted(sources_d.glob("*.list"))]:
@@ -113,9 +123,9 @@ def debian_mirror() -> str:
             continue
         for line in sources.read_text(encoding="utf-8").splitlines():
             words = re.sub(r"\[[^]]*\]", "", line).split()
-            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
                 return words[1]
-    raise RuntimeError(f"this machine's apt has no source for {SUITE}")
+    raise RuntimeError(f"this machine's apt has no source for {suite}")
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -215,14 +225,15 @@ def _drop_stale(final: Path) -> None:
             old.with_name(old.name + ".lock").unlink(missing_ok=True)
 
 
-def deps_root(standin_deb: Path) -> Path:
-    """bookworm minbase with the runtime dependencies of both packages."""
-    mirror = debian_mirror()
+def deps_root(standin_deb: Path, suite: str = SUITE) -> Path:
+    """minbase of suite with the runtime dependencies of both packages (standin_deb
+    built for that suite)."""
+    mirror = debian_mirror(suite)
     extra = sorted(set(deb_depends(standin_deb)) - set(BASE_PACKAGES))
-    final = CACHE / f"deps-{_key(RECIPE, SUITE, mirror, BASE_PACKAGES, extra, POLICY_RC_D)}"
+    final = CACHE / f"deps-{_key(RECIPE, suite, mirror, BASE_PACKAGES, extra, POLICY_RC_D)}"
 
     def make(tmp: Path) -> None:
-        run("debootstrap", "--variant=minbase", SUITE, tmp, mirror)
+        run("debootstrap", "--variant=minbase", suite, tmp, mirror)
         policy = tmp / "usr/sbin/policy-rc.d"
         policy.write_text(POLICY_RC_D)
         policy.chmod(0o755)
@@ -237,9 +248,9 @@ def deps_root(standin_deb: Path) -> Path:
     return _build_layer(final, make)
 
 
-def standin_root(standin_deb: Path) -> Path:
+def standin_root(standin_deb: Path, suite: str = SUITE) -> Path:
     """deps_root plus the stand-in, with a PostgreSQL homeserver configuration."""
-    base = deps_root(standin_deb)
+    base = deps_root(standin_deb, suite)
     final = CACHE / f"standin-{_key(RECIPE, base.name, deb_identity(standin_deb), POSTGRES_DATABASE)}"
 
     def make(tmp: Path) -> None:

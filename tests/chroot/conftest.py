@@ -1,4 +1,4 @@
-"""Fixtures of the chroot tests: the two .debs and the cached bookworm layers.
+"""Fixtures of the chroot tests: the two .debs and the cached bookworm (and trixie) layers.
 
 The .deb under test is ``$MSW_DEB`` when set, otherwise ``scripts/build-deb``
 builds it once per session.  The matrix-synapse-py3 stand-in comes from
@@ -23,6 +23,7 @@ from support.debs import our_deb
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_NEW, STANDIN_OLD = "1.163.2", "1.163.1"
+BOOKWORM, TRIXIE = "bookworm", "trixie"
 
 
 def need(condition: bool, reason: str) -> None:
@@ -48,8 +49,9 @@ def ours_deb(chroot_tools) -> Path:
     return our_deb()
 
 
-def _standin(version: str, out: Path) -> Path:
-    done = subprocess.run([str(REPO / "tests/standin/build-standin"), version, str(out)],
+def _standin(version: str, out: Path, suite: str | None = None) -> Path:
+    done = subprocess.run([str(REPO / "tests/standin/build-standin"), version, str(out),
+                           *([suite] if suite else [])],
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)
     assert done.returncode == 0, f"build-standin {version} failed with exit code {done.returncode}"
     return Path(done.stdout.strip().splitlines()[-1])
@@ -75,6 +77,32 @@ def deps_layer(standin_deb) -> Path:
 def standin_layer(standin_deb) -> Path:
     """bookworm with the stand-in Synapse installed and set to PostgreSQL."""
     return standin_root(standin_deb)
+
+
+@pytest.fixture(scope="session")
+def trixie_standin_deb(chroot_tools, tmp_path_factory) -> Path:
+    """The stand-in built for trixie (its venv on Python 3.13)."""
+    return _standin(STANDIN_NEW, tmp_path_factory.mktemp("standin-trixie"), TRIXIE)
+
+
+@pytest.fixture(scope="session")
+def trixie_standin_layer(trixie_standin_deb) -> Path:
+    """trixie with the stand-in Synapse installed and set to PostgreSQL."""
+    return standin_root(trixie_standin_deb, TRIXIE)
+
+
+@pytest.fixture(params=[BOOKWORM, TRIXIE])
+def release_synapse_host(request) -> Iterator[Chroot]:
+    """synapse_host on bookworm, then on trixie: for the few tests that run on both."""
+    layer = request.getfixturevalue("standin_layer" if request.param == BOOKWORM else "trixie_standin_layer")
+    with chroot_copy(layer) as chroot:
+        yield chroot
+
+
+@pytest.fixture
+def trixie_synapse_host(trixie_standin_layer) -> Iterator[Chroot]:
+    with chroot_copy(trixie_standin_layer) as chroot:
+        yield chroot
 
 
 @pytest.fixture

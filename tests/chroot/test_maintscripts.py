@@ -1,5 +1,8 @@
 """The maintainer scripts with real dpkg, apt and debconf in a bookworm chroot.
 
+A few run on trixie too (``release_synapse_host``): a second configure changes
+nothing, the interactive question loop, the guide's Redis edit, remove and purge.
+
 What an image build does: answers preseeded with debconf-set-selections,
 DEBIAN_FRONTEND=noninteractive, a policy-rc.d that refuses every start, no
 systemd running.  Then what an admin does later: dpkg-reconfigure, hand edits,
@@ -35,6 +38,7 @@ STATE = "/var/lib/matrix-synapse-workers"
 NGINX_HTTP_CONF = "/etc/nginx/conf.d/matrix-synapse-workers.conf"
 NGINX_SNIPPET = "/etc/nginx/snippets/matrix-synapse-workers.conf"
 ADMIN_SITE = "/etc/nginx/sites-enabled/matrix"
+GUIDE_PASSWORD = "/etc/matrix-synapse/redis-guide-password"
 
 INSTALL_ANSWERS = {"preset": "custom", "worker-types": "sync, client, federation_sender, typing",
                    "worker-counts": "sync:2"}
@@ -184,8 +188,8 @@ def test_install_keeps_answers_and_records_what_it_applied(installed):
 # --- running it again -------------------------------------------------------------
 
 
-def test_configure_again_changes_nothing(synapse_host, ours_deb):
-    c = synapse_host
+def test_configure_again_changes_nothing(release_synapse_host, ours_deb):
+    c = release_synapse_host
     install(c, ours_deb)
     before = c.snapshot(*WATCHED)
     groups = (c / "/etc/group").read_text()
@@ -307,9 +311,10 @@ def test_bad_preseed_on_reconfigure_changes_nothing(synapse_host, ours_deb):
     assert changed(before, c.snapshot(*WATCHED)) == {}
 
 
-def test_interactive_invalid_answer_is_shown_and_asked_again(synapse_host, ours_deb):
-    """With a terminal the admin sees the message and answers again, until it is valid."""
-    c = synapse_host
+def test_interactive_invalid_answer_is_shown_and_asked_again(release_synapse_host, ours_deb):
+    """With a terminal the admin sees the message and answers again, until it is valid
+    (also with trixie's python3-debconf, a typed rewrite)."""
+    c = release_synapse_host
     install(c, ours_deb, {"preset": "small"})
     c.preseed({"worker-counts": "sync:x"})  # below priority high: config does not ask it
     answers = "6\n1 11\ntyping:2\nsync:2\n"  # custom; sync and typing; two bad counts, a good one
@@ -363,9 +368,13 @@ def undo_markers(text: str) -> str:
     return "".join(out)
 
 
-@pytest.mark.parametrize("variant", ["stock", "admin-edited"])
-def test_redis_guide_mode_edits_three_directives_and_purge_restores(synapse_host, ours_deb, variant):
-    c = synapse_host
+@pytest.mark.parametrize("variant", ["stock", "admin-edited", "stock-trixie"])
+def test_redis_guide_mode_edits_three_directives_and_purge_restores(request, ours_deb, variant):
+    """On bookworm's Redis 7 redis.conf, stock and edited by an admin; on trixie's Redis 8 one."""
+    if variant == "stock-trixie":
+        c = request.getfixturevalue("trixie_synapse_host")
+    else:
+        c = request.getfixturevalue("synapse_host")
     conf = c / "/etc/redis/redis.conf"
     if variant == "admin-edited":
         text = conf.read_text()
@@ -397,8 +406,16 @@ def test_redis_guide_mode_edits_three_directives_and_purge_restores(synapse_host
         assert "# matrix-synapse-workers: was: port 6380" in edited
         assert "# matrix-synapse-workers: was: unixsocketperm 700" in edited
     assert c.owner("/etc/redis/redis.conf") == original_owner
-    assert yaml.safe_load((c / f"{ETC}/conf.d/redis.yaml").read_text()) == {
-        "redis": {"enabled": True, "path": "/run/redis/redis-server.sock"}}
+    redis_yaml = yaml.safe_load((c / f"{ETC}/conf.d/redis.yaml").read_text())
+    if variant == "admin-edited":
+        # The admin's Redis requires a password: Synapse reads it from its own copy, never inline.
+        assert redis_yaml == {"redis": {"enabled": True, "path": "/run/redis/redis-server.sock",
+                                        "password_path": GUIDE_PASSWORD}}
+        assert (c / GUIDE_PASSWORD).read_text() == "not-a-real-secret\n"
+        assert c.owner(GUIDE_PASSWORD) == ("root", "matrix-synapse", 0o640)
+    else:
+        assert redis_yaml == {"redis": {"enabled": True, "path": "/run/redis/redis-server.sock"}}
+        assert not (c / GUIDE_PASSWORD).exists()
     assert not (c / REDIS_INSTANCE_CONF).exists()
     assert "matrix-synapse" in c.group_members("redis")
 
@@ -406,6 +423,7 @@ def test_redis_guide_mode_edits_three_directives_and_purge_restores(synapse_host
 
     assert conf.read_bytes() == original
     assert c.owner("/etc/redis/redis.conf") == original_owner
+    assert not (c / GUIDE_PASSWORD).exists()
     if variant == "admin-edited":
         assert (c / "/etc/redis/local.conf").read_text() == "maxmemory 64mb\n"
 
@@ -428,8 +446,8 @@ PURGE_IGNORED = (
 )
 
 
-def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(synapse_host, ours_deb):
-    c = synapse_host
+def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(release_synapse_host, ours_deb):
+    c = release_synapse_host
     before = file_list(c, PURGE_IGNORED)
     install(c, ours_deb, {**INSTALL_ANSWERS, "socket-group": "synapse-sockets"})
     assert (c / TMPFILES_OVERRIDE).exists() and (c / REDIS_INSTANCE_LINK).is_symlink()

@@ -65,7 +65,7 @@ def test_main_with_worker_hosts_installs_and_says_what_to_copy(spread):
     c = spread.chroot
     assert c.status() == "ii"
     out = spread.output
-    assert f"{PACKAGE}: 2 workers configured (sync-1, client-1); Redis: dedicated; on worker " \
+    assert f"{PACKAGE}: 2 workers configured (sync-1, client-1); Redis: dedicated (redis-server); on worker " \
            "hosts: sync-1-hostb, sync-2-hostb, events-1-hostb, federation-sender-1-hostc" in out, out
     for label, address in (("hostb", "10.99.0.2"), ("hostc", "10.99.0.3")):
         assert (f"{PACKAGE}: worker host {label} ({address}): copy /etc/matrix-synapse/cluster/"

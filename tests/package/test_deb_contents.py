@@ -95,7 +95,7 @@ def test_control_fields(deb: DebFile) -> None:
     # (tests/booted/test_booted_debian_synapse.py proves apt refuses it).
     assert [group for group in as_text if "synapse" in group] == ["matrix-synapse-py3 (>= 1.89.0)"]
     for name in ("python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf",
-                 "adduser", "redis-server"):
+                 "adduser", "redis-server | valkey-server"):
         assert name in as_text, f"Depends lacks {name}: {fields['Depends']}"
     recommends = [group[0]["name"] for group in PkgRelation.parse_relations(fields.get("Recommends", ""))]
     assert "nginx" in recommends

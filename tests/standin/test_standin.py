@@ -220,6 +220,44 @@ def test_data_layout(data: dict[str, DebData], version: str) -> None:
             assert "/var/cache/" not in text and ".staging" not in text, name
 
 
+TRIXIE_PYTHON = "/usr/bin/python3.13"
+
+
+@pytest.fixture(scope="session")
+def trixie_deb(debs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in built for trixie (in a trixie root, with its Python 3.13)."""
+    out = tmp_path_factory.mktemp("trixie")
+    path = Path(run(BUILD, NEW, out, "trixie", stderr=None, timeout=1800).stdout.strip())
+    assert path.name == f"{PACKAGE}_{NEW}+standin_{host_arch()}.deb"
+    return path
+
+
+def test_trixie_package_is_the_same_package_on_trixies_python(
+        trixie_deb: Path, debs: dict[str, Path], data: dict[str, DebData]) -> None:
+    """What an admin meets (files, config, unit, scripts) is the bookworm package's; the venv
+    is trixie's Python 3.13 and the dependencies are trixie's libraries."""
+    deb = debfile.DebFile(str(trixie_deb))
+    control = deb.debcontrol()
+    depends = relation_names(control["Depends"])
+    assert {"python3.13", "libpq5", "adduser", "libc6", "debconf"} <= depends
+    assert "python3.11" not in depends
+    bookworm_deb = debfile.DebFile(str(debs[NEW]))
+    for script in ("config", "postinst", "prerm", "postrm", "templates", "conffiles"):
+        assert deb.control.get_content(script) == bookworm_deb.control.get_content(script), script
+    trixie, bookworm = DebData(trixie_deb), data[NEW]
+    members, texts = trixie.members, trixie.texts
+    assert members[f"{VENV}/bin/python3.13"].linkname == TRIXIE_PYTHON
+    assert f"command = {TRIXIE_PYTHON} -m venv {VENV}\n" in texts[f"{VENV}/pyvenv.cfg"]
+    assert texts[f"{VENV}/bin/synctl"].startswith(f"#!{VENV}/bin/python3.13\n")
+    for path in [*CONFFILES, UNIT_PATH]:
+        assert texts[path] == bookworm.texts[path], path
+    outside_venv = {p for p in members if not p.startswith(f"{VENV}/")}
+    assert outside_venv == {p for p in bookworm.members if not p.startswith(f"{VENV}/")}
+    for name, text in texts.items():
+        if name.startswith(f"{VENV}/"):
+            assert "/var/cache/" not in text and ".staging" not in text and "/cache/" not in text, name
+
+
 def unit_settings(text: str) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
     section = ""

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: Modules whose docstrings are manuals with examples.
 MODULES = ["core.catalog", "core.selection", "core.settings", "core.plan", "core.topology", "core.cluster",
-           "core.sizing", "core.dbconnections", "render.redisconf", "render.routing", "render.logconfig", "debconf.answers",
+           "core.sizing", "core.dbconnections", "core.redisserver", "render.redisconf", "render.routing", "render.logconfig", "debconf.answers",
            "status.report", "system.synapseversion", "system.applied", "system.statoverride"]
 
 

@@ -77,7 +77,7 @@ class Engine:
         if not dry_run and self.fail_real:
             raise self.fail_real
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
-        return SimpleNamespace(plan=plan, changed=True)
+        return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[])
 
     def restart(self, root, out=None):
         self.restarts.append(root)

@@ -18,6 +18,7 @@ from hostroot import make_root
 from loopback import free_port
 from realredis import redis_with_password
 from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.core.redisserver import REDIS
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.core.cluster import cluster_data, parse_cluster, plan_from_cluster
 from matrix_synapse_workers.core.errors import HostConfigError, SelectionError
@@ -117,9 +118,9 @@ def test_main_host_writes_only_its_workers_and_reaches_the_others_by_address(mai
             "resources": [{"names": ["replication"]}]} in typing
     redis = _yaml(files[str(paths.REDIS_CONF_D)])["redis"]
     assert redis["password_path"] == "/" + str(paths.REDIS_PASSWORD) and "password" not in redis
-    instance = files[str(paths.REDIS_INSTANCE_CONF)]
+    instance = files[str(REDIS.instance_conf)]
     assert "bind 10.99.0.1\n" in instance and "port 6379\n" in instance
-    assert f"include /{paths.REDIS_INSTANCE_AUTH_CONF}\n" in instance and "port 0" not in instance
+    assert f"include /{REDIS.instance_auth_conf}\n" in instance and "port 0" not in instance
     cluster = _yaml(files[str(paths.CLUSTER_FILE)])
     assert cluster["hosts"]["hostb"] == {"address": "10.99.0.2",
                                          "workers": ["sync-1-hostb", "sync-2-hostb", "events-1-hostb"]}
@@ -133,7 +134,7 @@ def test_one_machine_renders_as_before(tmp_path):
     files = _files(render(plan, facts, Settings()))
     assert str(paths.CLUSTER_FILE) not in files
     assert "worker_replication_secret_path" not in files[str(paths.SHARED_CONF)]
-    assert "port 0\n" in files[str(paths.REDIS_INSTANCE_CONF)]
+    assert "port 0\n" in files[str(REDIS.instance_conf)]
     assert "password_path" not in files[str(paths.REDIS_CONF_D)]
 
 

@@ -117,6 +117,17 @@ def test_redis_on_tcp_is_a_warning():
     assert "port 0" in row(rows, "redis", f"unix:{REDIS_SOCKET}").advice
 
 
+def test_the_stock_redis_left_running_beside_ours_is_reported_not_stopped():
+    facts = healthy()
+    rows = evaluate(replace(facts, redis=replace(facts.redis, stock_unit="redis-server.service")))
+    stock = row(rows, "redis", "redis-server.service")
+    assert stock.status == INFO and "Synapse does not use" in stock.detail and "6379" in stock.detail
+    assert stock.advice == ("if nothing else on this host uses it: "
+                            "systemctl disable --now redis-server.service")
+    assert exit_code(rows) == 0
+    assert not [r for r in evaluate(facts) if r.subject == "redis-server.service"]
+
+
 def test_wrong_socket_mode_is_reported_with_the_unit_to_restart():
     facts = healthy()
     stats = dict(facts.paths)

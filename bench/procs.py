@@ -111,9 +111,29 @@ def usage(before: Mapping[int, Proc], after: Mapping[int, Proc]) -> dict[str, Gr
     return {g: GroupUsage(g, count[g], cpu[g], rss[g] / 1024) for g in sorted(cpu)}
 
 
-def host_busy_s() -> float:
-    """CPU seconds this machine has spent busy (all CPUs, everything but idle and iowait)."""
+def host_busy_s(cpus: int | None = None) -> float:
+    """CPU seconds this machine has spent busy (everything but idle and iowait).
+
+    With cpus=N only CPUs 0..N-1 count: the ones the benchmark's container is
+    confined to, where other load competes with it.
+    """
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / TICKS
+        lines = f.read().splitlines()
+    return busy_s(lines, cpus)
+
+
+def busy_s(stat_lines: list[str], cpus: int | None = None) -> float:
+    """Busy CPU seconds from /proc/stat's lines: the total line, or the sum of cpu0..cpu{N-1}."""
+    total = 0
+    for line in stat_lines:
+        name, *values = line.split()
+        if not name.startswith("cpu"):
+            continue
+        if (cpus is None) != (name == "cpu"):
+            continue
+        if cpus is not None and int(name[3:]) >= cpus:
+            continue
+        fields = [int(x) for x in values]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        total += sum(fields[:8]) - idle
+    return total / TICKS

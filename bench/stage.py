@@ -145,8 +145,46 @@ def pin_main(c: Container, cpu: int = 0) -> None:
     c.run(["taskset", "-a", "-p", "-c", str(cpu), pid])
 
 
-def prepare(c: Container, deb: Path, preset: str | None) -> list[str]:
-    """Install the package with preset (None: leave it out), nginx in front, the generator copied in."""
+JEMALLOC_PACKAGE = "libjemalloc2"
+JEMALLOC_DIR = Path("/var/cache/matrix-synapse-workers-tests/bench-debs")
+
+
+def jemalloc_deb() -> Path:
+    """Debian's libjemalloc2 .deb, fetched once on the host (the container has no network)."""
+    JEMALLOC_DIR.mkdir(parents=True, exist_ok=True)
+    found = sorted(JEMALLOC_DIR.glob(f"{JEMALLOC_PACKAGE}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", "-q", JEMALLOC_PACKAGE], cwd=JEMALLOC_DIR,
+                       check=True, capture_output=True, timeout=300)
+        found = sorted(JEMALLOC_DIR.glob(f"{JEMALLOC_PACKAGE}_*.deb"))
+    if not found:
+        raise SystemExit(f"apt-get download {JEMALLOC_PACKAGE} left no .deb in {JEMALLOC_DIR}")
+    return found[-1]
+
+
+_PRELOAD_DROPIN = """[Service]
+Environment=LD_PRELOAD={lib}
+"""
+
+
+def preload_jemalloc(c: Container, units: list[str]) -> None:
+    """Start these units' processes with jemalloc preloaded (a drop-in each), restarting them."""
+    lib = c.run("ls /usr/lib/*-linux-gnu/libjemalloc.so.2").stdout.split()[0]
+    for unit in units:
+        c.write_file(f"/etc/systemd/system/{unit}.d/msw-bench-jemalloc.conf", _PRELOAD_DROPIN.format(lib=lib))
+    c.run(["systemctl", "daemon-reload"])
+
+
+def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None = None) -> list[str]:
+    """Install the package with preset (None: leave it out), nginx in front, the generator copied in.
+
+    jemalloc True: every Synapse process runs with libjemalloc.so.2 preloaded;
+    False or None: glibc's malloc.
+    """
+    if jemalloc:
+        c.install_debs([jemalloc_deb()])
+        preload_jemalloc(c, ["matrix-synapse.service", "matrix-synapse-worker@.service"])
+        c.run(["systemctl", "restart", "matrix-synapse.service"])
     if preset:
         c.install_debs([deb], preseed=preseed(preset))
         names = workers_on_disk(c)
@@ -156,6 +194,10 @@ def prepare(c: Container, deb: Path, preset: str | None) -> list[str]:
         names = []
         harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=120)
         vhost = VHOST_SINGLE
+    if jemalloc:
+        main_pid = c.run(["systemctl", "show", "-P", "MainPID", "matrix-synapse.service"]).stdout.strip()
+        if "libjemalloc" not in c.run(["cat", f"/proc/{main_pid}/maps"]).stdout:
+            raise SystemExit("jemalloc was to be preloaded, but main's process has not mapped it")
     c.run("rm -f /etc/nginx/sites-enabled/default")
     c.write_file("/etc/nginx/sites-enabled/msw-bench", vhost)
     c.run(["nginx", "-t", "-q"])

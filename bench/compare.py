@@ -57,10 +57,14 @@ class Spread:
         """(high - low) / median: 0.1 means the values lie within 10% of the median's size."""
         return (self.high - self.low) / self.median if self.median else math.nan
 
-    def __str__(self) -> str:
+    def show(self, unit: str = "") -> str:
+        """'1.42x (range 1.30x-1.50x, n=3)' for unit 'x'."""
         if self.n == 0:
             return "-"
-        return f"{self.median:.2f} (range {self.low:.2f}-{self.high:.2f}, n={self.n})"
+        return f"{self.median:.2f}{unit} (range {self.low:.2f}{unit}-{self.high:.2f}{unit}, n={self.n})"
+
+    def __str__(self) -> str:
+        return self.show()
 
 
 def spread(values: Iterable[float]) -> Spread:

@@ -208,7 +208,7 @@ def interleaved_targets(outcomes: Sequence[dict[str, Any]], default: str, rounds
     if ratios:
         s = compare.spread(ratios)
         out.append(compare.Target(
-            f"{default}: requests/s at least {TARGET_RATIO}x single (median of rounds)", f"{s}x",
+            f"{default}: requests/s at least {TARGET_RATIO}x single (median of rounds)", s.show("x"),
             _verdict(s.median >= TARGET_RATIO, [*base, *dflt]),
             "" if s.median >= TARGET_RATIO else
             f"CPU in cores, single: {where_cpu_went(base)}; {default}: {where_cpu_went(dflt)}"))
@@ -223,7 +223,7 @@ def interleaved_targets(outcomes: Sequence[dict[str, Any]], default: str, rounds
         b = compare.spread(o["load"]["classes"][cls]["p99_ms"] for o in ob).median
         out.append(compare.Target(
             f"{default}: p99 of {cls} at {TARGET_P99_MODE} load at most {TARGET_P99_SHARE}x single",
-            f"{s}x ({a:.0f} vs {b:.0f} ms, medians)", _verdict(s.median <= TARGET_P99_SHARE, [*ob, *od]),
+            f"{s.show('x')} ({a:.0f} vs {b:.0f} ms, medians)", _verdict(s.median <= TARGET_P99_SHARE, [*ob, *od]),
             "" if s.median <= TARGET_P99_SHARE else
             f"CPU in cores at that load, single: {where_cpu_went(ob)}; {default}: {where_cpu_went(od)}"))
     if dflt:
@@ -253,7 +253,7 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
            f"benchmark limited to {load['cores']} cores. Synapse {meta['synapse']}, "
            f"PostgreSQL, nginx and Redis from Debian bookworm, in one booted container per run, all from "
            f"the same cached image. Package {meta['package']} (git {meta['git']}).", "",
-           f"{rounds} rounds of {', '.join(names)} in turn; each run in a fresh container: "
+           f"{rounds} round{'s' if rounds != 1 else ''} of {', '.join(names)} in turn; each run in a fresh container: "
            f"{load['users']} users in {load['rooms']} rooms, {load['warmup_s']:.0f} s warm-up, then a "
            f"closed loop (each user's next request when the last is answered) for {load['duration_s']:.0f} s"
            + (f", then open loops (requests at a fixed rate whatever the answers' speed, latency from "
@@ -285,7 +285,7 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
         runs = _runs(outcomes, n, "closed")
         ratios = compare.pair_ratios(brps, _by_round(runs, rounds, lambda o: o["load"]["requests_per_s"]))
         valid = _all_valid([*base, *runs])
-        out.append(f"- {labels.get(n, n)} against the single process: median {compare.spread(ratios)}x"
+        out.append(f"- {labels.get(n, n)} against the single process: median {compare.spread(ratios).show('x')}"
                    + ("" if valid else " — INVALID: " + "; ".join(sorted(
                        {p for o in [*base, *runs] for p in o["problems"]}))[:300]))
     out += ["", "Per process, medians over the closed-loop runs: CPU seconds per 1000 answered requests "
@@ -329,7 +329,7 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
                 r = compare.pair_ratios(_by_round(ob, rounds, lambda o: o["load"]["classes"][cls]["p99_ms"]),
                                         _by_round(_runs(outcomes, n, mode), rounds,
                                                   lambda o: o["load"]["classes"][cls]["p99_ms"]))
-                cells.append(f"{compare.spread(r)}x" if r else "-")
+                cells.append(compare.spread(r).show("x") if r else "-")
             out.append(f"| {cls} | " + " | ".join(cells) + " |")
         cells = []
         for n in names:

@@ -30,6 +30,12 @@ class Config:
     pin_main: bool = False
     #: Every Synapse process started with libjemalloc.so.2 preloaded (None: as the package does it).
     jemalloc: bool | None = None
+    #: KEY=VALUE environment of every Synapse process (a drop-in on main's and the workers' units).
+    env: tuple[str, ...] = ()
+    #: YAML appended to every worker's file: a setting for workers only.
+    worker_extra: str = ""
+    #: How the label says what env and worker_extra change.
+    variant: str = ""
 
     @property
     def label(self) -> str:
@@ -39,7 +45,7 @@ class Config:
             text = f"preset {self.preset}"
         if self.jemalloc is not None:
             text += ", jemalloc" if self.jemalloc else ", glibc malloc"
-        return text
+        return text + (f", {self.variant}" if self.variant else "")
 
 
 CONFIGS: dict[str, Config] = {c.name: c for c in (
@@ -54,7 +60,15 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
     Config("single-jemalloc", None, jemalloc=True),
     Config("minimal-glibc", "minimal", jemalloc=False),
     Config("minimal-jemalloc", "minimal", jemalloc=True),
+    Config("minimal-arena2", "minimal", jemalloc=False, env=("MALLOC_ARENA_MAX=2",),
+           variant="MALLOC_ARENA_MAX=2"),
+    Config("minimal-cache01", "minimal", worker_extra="caches:\n  global_factor: 0.1\n",
+           variant="workers' caches.global_factor 0.1"),
 )}
+
+
+#: What the survey (scripts/bench without --rounds) measures by default.
+SURVEY: tuple[str, ...] = ("single", "single-pinned", "minimal", "small", "one_of_each", "busy")
 
 
 class ConfigFailed(Exception):
@@ -194,7 +208,8 @@ def run_session(root: Path, deb: Path, cfg: Config, load: Load, log: Any, round_
     log(f"{tag}: booting")
     with Container(root, name=f"bench-{cfg.name}") as c:
         stage.limit_cores(c, load.cores)
-        workers = stage.prepare(c, deb, cfg.preset, jemalloc=cfg.jemalloc)
+        workers = stage.prepare(c, deb, cfg.preset, jemalloc=cfg.jemalloc, env=cfg.env,
+                                worker_extra=cfg.worker_extra)
         if cfg.pin_main:
             stage.pin_main(c, 0)
         log(f"{tag}: workers {', '.join(workers) or 'none'}; setting up "

@@ -21,6 +21,7 @@ def test_spread_is_median_and_range_of_finite_values():
     assert (s.median, s.low, s.high, s.n) == (1.3, 1.1, 1.5, 3)
     assert s.relative == pytest.approx(0.4 / 1.3)
     assert str(s) == "1.30 (range 1.10-1.50, n=3)"
+    assert s.show("x") == "1.30x (range 1.10x-1.50x, n=3)"
     assert compare.spread([1.0, 2.0]).median == 1.5
     empty = compare.spread([])
     assert empty.n == 0 and math.isnan(empty.median) and str(empty) == "-"
@@ -143,5 +144,5 @@ def test_interleaved_report_renders():
             "load": {"cores": 2, "users": 50, "rooms": 10, "warmup_s": 10, "duration_s": 60,
                      "mix": "sync:60", "max_outside_cores": 0.1}}
     text = report.interleaved_markdown(meta, runs, ["single", "minimal"], "minimal", 1)
-    assert "1.50 (range 1.50-1.50, n=1)x" in text
+    assert "1.50x (range 1.50x-1.50x, n=1)" in text
     assert "Open loop at 50%" in text and "| messages |" in text

@@ -290,8 +290,12 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
                        {p for o in [*base, *runs] for p in o["problems"]}))[:300]))
     out += ["", "Per process, medians over the closed-loop runs: CPU seconds per 1000 answered requests "
             "(the process's own utime+stime from /proc/PID/stat: other load on the machine changes this "
-            "little) and RSS at the end of the run (MiB; PostgreSQL and nginx summed over their processes):", "",
-            "| configuration | process | CPU s / 1000 requests | cores | RSS MiB |", "|---|---|---:|---:|---:|"]
+            "little) and memory at the end of the run, MiB: RSS (PostgreSQL and nginx summed over their "
+            "processes), for Synapse also the anonymous part of it (heap and Python objects: what one more "
+            "process of it really adds) and PSS (shared library pages divided among the processes sharing "
+            "them):", "",
+            "| configuration | process | CPU s / 1000 requests | cores | RSS | anonymous | PSS |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     for n in names:
         runs = _runs(outcomes, n, "closed")
         groups = sorted({k for o in runs for k in o["cpu"]})
@@ -300,16 +304,20 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
             per_req = compare.spread(1000 * o["cpu"][g]["cpu_s"] / o["load"]["requests_ok"]
                                      for o in runs if g in o["cpu"] and o["load"]["requests_ok"])
             cores = compare.spread(o["cpu"][g]["cpu_s"] / o["load"]["elapsed_s"] for o in runs if g in o["cpu"])
-            rss = compare.spread(o["cpu"][g]["rss_mib"] for o in runs if g in o["cpu"])
-            rows.append((per_req.median, g, cores.median, rss.median))
+            mem = [compare.spread(o["cpu"][g].get(k, math.nan) for o in runs if g in o["cpu"]).median
+                   for k in ("rss_mib", "anon_mib", "pss_mib")]
+            rows.append((per_req.median, g, cores.median, mem))
         total = compare.spread(1000 * sum(v["cpu_s"] for v in o["cpu"].values()) / o["load"]["requests_ok"]
                                for o in runs if o["load"]["requests_ok"])
-        for per_req, g, cores, rss in sorted(rows, key=lambda r: -r[0]):
+        for per_req, g, cores, mem in sorted(rows, key=lambda r: -r[0]):
             if per_req < 0.05 and not g.startswith(SYNAPSE_PREFIX):
                 continue
+            cells = [_f(x) if x else "-" for x in mem]
+            if not g.startswith(SYNAPSE_PREFIX):
+                cells[1:] = ["", ""]
             out.append(f"| {labels.get(n, n)} | {g.removeprefix(SYNAPSE_PREFIX)} | {per_req:.2f} | "
-                       f"{cores:.2f} | {_f(rss) if rss else '-'} |")
-        out.append(f"| {labels.get(n, n)} | **all processes** | **{total.median:.2f}** | | |")
+                       f"{cores:.2f} | " + " | ".join(cells) + " |")
+        out.append(f"| {labels.get(n, n)} | **all processes** | **{total.median:.2f}** | | | | |")
     for mode in meta.get("open_modes", []):
         out += ["", f"Open loop at {mode.split()[1]} of the single process's capacity: latency in ms "
                 f"(p50 / p95 / p99, medians over rounds), answered requests/s, and how late the "

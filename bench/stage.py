@@ -177,12 +177,13 @@ def mapped(c: Container, unit: str, library: str) -> bool:
 
 
 def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None = None,
-            env: tuple[str, ...] = (), worker_extra: str = "") -> list[str]:
+            env: tuple[str, ...] = (), worker_extra: str = "", shared_extra: str = "") -> list[str]:
     """Install the package with preset (None: leave it out), nginx in front, the generator copied in.
 
     jemalloc True: every Synapse process runs with libjemalloc.so.2 preloaded;
     False or None: glibc's malloc.  env: KEY=VALUE for every Synapse process;
-    worker_extra: YAML appended to every worker's file (settings for workers only).
+    worker_extra: YAML appended to every worker's file (settings for workers only);
+    shared_extra: YAML in conf.d (settings for every Synapse process).
     """
     env = tuple(env)
     if jemalloc:
@@ -196,7 +197,9 @@ def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None =
     else:
         names = []
         vhost = VHOST_SINGLE
-    if env or worker_extra:
+    if env or worker_extra or shared_extra:
+        if shared_extra:
+            c.write_file("/etc/matrix-synapse/conf.d/msw-bench.yaml", shared_extra)
         if env:
             synapse_env(c, ["matrix-synapse.service", "matrix-synapse-worker@.service"], list(env))
         for n in names if worker_extra else []:

@@ -146,3 +146,8 @@ def test_interleaved_report_renders():
     text = report.interleaved_markdown(meta, runs, ["single", "minimal"], "minimal", 1)
     assert "1.50x (range 1.50x-1.50x, n=1)" in text
     assert "Open loop at 50%" in text and "| messages |" in text
+
+
+def test_examples_in_docstrings():
+    import doctest
+    assert doctest.testmod(compare).failed == 0

@@ -151,3 +151,12 @@ def test_interleaved_report_renders():
 def test_examples_in_docstrings():
     import doctest
     assert doctest.testmod(compare).failed == 0
+
+
+def test_survey_targets_are_invalid_under_outside_load():
+    busy = ("outside load: 1.04 cores busy outside the container during the run (limit 0.10)",)
+    rows = report.targets([_outcome("single", 0, 40.0, problems=busy), _outcome("minimal", 0, 80.0)], "minimal")
+    assert [v for _, _, v in rows] == ["invalid: outside load", "met", "invalid: outside load",
+                                       "invalid: outside load"]
+    rows = report.targets([_outcome("single", 0, 40.0), _outcome("minimal", 0, 50.0, p99=40.0)], "minimal")
+    assert [v for _, _, v in rows] == ["NOT met", "met", "met", "met"]

@@ -12,7 +12,11 @@ rooms, joins every user to two of them, sends a little history and does each
 user's initial /sync (for its since token).  run is a closed loop: every user
 keeps one keep-alive connection and sends its next request as soon as the
 last one is answered, choosing by the mix; it stops at the deadline or after
---max-requests, whichever comes first.  Each user sends its own
+--max-requests, whichever comes first.  run --rate R is an open loop instead:
+R requests per second at fixed intervals, the users taking turns, each sent
+at its time on an idle keep-alive connection (a new one when none is idle),
+whether or not earlier ones were answered; a request's latency counts from
+its scheduled time, so a generator running late cannot hide the wait.  Each user sends its own
 X-Forwarded-For (the benchmark's vhost trusts it from loopback), since
 Synapse rate-limits per client address.
 """
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import CLASSES, DEFAULT_MIX, Mix, parse_mix, summarize  # noqa: E402
+from stats import CLASSES, DEFAULT_MIX, Mix, lateness_ms, open_loop_schedule, parse_mix, summarize  # noqa: E402
 
 NEXT_BATCH = re.compile(rb'"next_batch"\s*:\s*"([^"]+)"')
 CS = "/_matrix/client/v3"
@@ -297,6 +301,87 @@ async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], m
         conn.close()
 
 
+class Pool:
+    """Idle keep-alive connections to one target, shared by every user of an open loop."""
+
+    def __init__(self, target: str, limit: int) -> None:
+        self.target = target
+        self.limit = limit
+        self.idle: list[Connection] = []
+        self.busy = 0
+
+    def take(self) -> Connection | None:
+        """An idle connection, a new one, or None when `limit` requests are already out."""
+        if self.busy >= self.limit:
+            return None
+        self.busy += 1
+        return self.idle.pop() if self.idle else Connection(self.target, timeout=30.0)
+
+    def give(self, conn: Connection) -> None:
+        self.busy -= 1
+        if conn.writer is not None:
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for c in self.idle:
+            c.close()
+
+
+async def open_request(pool: Pool, conn: Connection, cls: str, user: dict[str, Any],
+                       users: list[dict[str, Any]], rng: random.Random, txn: int,
+                       scheduled: float, rec: Recorder) -> None:
+    method, path, body = request_for(cls, user, users, rng, txn)
+    headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
+    try:
+        r = await conn.request(method, path, headers, body)
+    except HttpFailure as e:
+        rec.error(cls, str(e)[:200], time.monotonic())
+        return
+    finally:
+        pool.give(conn)
+    now = time.monotonic()
+    if r.status == 200:
+        rec.ok(cls, now - scheduled, now)
+        if cls == "sync":
+            m = NEXT_BATCH.search(r.body)
+            if m:
+                user["since"] = m.group(1).decode()
+    else:
+        rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
+
+
+async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namespace,
+                    rec: Recorder) -> dict[str, Any]:
+    """Send on schedule; return how late the sends were and how many found no connection."""
+    schedule = open_loop_schedule(args.rate, args.duration, mix, args.seed)[: args.max_requests]
+    rng = random.Random(args.seed * 7919)
+    pool = Pool(args.target, args.max_outstanding)
+    tasks: set[asyncio.Task] = set()
+    scheduled, sent = [], []
+    shed = 0
+    for i, (offset, cls) in enumerate(schedule):
+        at = rec.started + offset
+        delay = at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = pool.take()
+        if conn is None:  # the server is this far behind: count it as failed, keep the schedule
+            shed += 1
+            rec.error(cls, f"shed: {args.max_outstanding} requests outstanding", time.monotonic())
+            continue
+        scheduled.append(at)
+        sent.append(time.monotonic())
+        task = asyncio.create_task(open_request(pool, conn, cls, users[i % len(users)], users, rng,
+                                                i, at, rec))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=35.0)
+    pool.close()
+    return {"rate": args.rate, "scheduled": len(schedule), "shed": shed,
+            "lateness_ms": lateness_ms(scheduled, sent).__dict__}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with open(args.setup) as f:
         data = json.load(f)
@@ -307,8 +392,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = [args.max_requests]
     rec = Recorder(started)
     cpu0 = os.times()
-    await asyncio.gather(*(user_loop(i, u, users, mix, args.target, deadline, budget, rec, args.seed)
-                           for i, u in enumerate(users)))
+    open_info = None
+    if args.rate:
+        open_info = await open_loop(users, mix, args, rec)
+    else:
+        await asyncio.gather(*(user_loop(i, u, users, mix, args.target, deadline, budget, rec, args.seed)
+                               for i, u in enumerate(users)))
     elapsed = time.monotonic() - started
     cpu1 = os.times()
     classes = {}
@@ -323,6 +412,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "classes": classes, "error_samples": rec.error_samples,
         "timeline": {str(k): v for k, v in sorted(rec.timeline.items())},
         "generator_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+        "open_loop": open_info,
     }
 
 
@@ -346,10 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-requests", type=int, default=200_000)
     r.add_argument("--mix", default=",".join(f"{k}:{int(v * 100)}" for k, v in DEFAULT_MIX.items()))
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--rate", type=float, default=0.0,
+                   help="open loop: requests per second at fixed intervals (0: closed loop)")
+    r.add_argument("--max-outstanding", type=int, default=1000,
+                   help="open loop: requests in flight at most; beyond that a request fails as shed")
     r.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.step == "run" and not 0 < args.duration <= 3600:
         p.error("--duration must be within (0, 3600] seconds")
+    if args.step == "run" and not 0 <= args.rate <= 10_000:
+        p.error(f"--rate must be within 0..10000 requests per second (0: closed loop), not {args.rate}")
     result = asyncio.run(setup(args) if args.step == "setup" else run(args))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

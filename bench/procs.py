@@ -22,6 +22,10 @@ class Proc:
     group: str
     cpu_s: float
     rss_kib: int
+    #: Resident memory not backed by a file (heap, Python objects): what a process really adds.
+    anon_kib: int = 0
+    #: Proportional set size: shared pages (libraries) divided among the processes sharing them.
+    pss_kib: int = 0
 
 
 def group_of(comm: str, cmdline: str) -> str:
@@ -80,10 +84,18 @@ def snapshot(root_pid: int) -> dict[int, Proc]:
         comm = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-        m = re.search(r"VmRSS:\s+(\d+)", status)
-        procs[pid] = Proc(pid, group_of(comm, cmdline.replace("\0", " ")), cpu,
-                          int(m.group(1)) if m else 0)
+        group = group_of(comm, cmdline.replace("\0", " "))
+        pss = 0
+        if group.startswith("synapse:"):  # smaps_rollup walks every mapping: only where it is read
+            m = re.search(r"^Pss:\s+(\d+)", _read(f"/proc/{pid}/smaps_rollup") or "", re.M)
+            pss = int(m.group(1)) if m else 0
+        procs[pid] = Proc(pid, group, cpu, _kib(status, "VmRSS"), _kib(status, "RssAnon"), pss)
     return procs
+
+
+def _kib(status: str, key: str) -> int:
+    m = re.search(rf"^{key}:\s+(\d+)", status, re.M)
+    return int(m.group(1)) if m else 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ class GroupUsage:
     processes: int
     cpu_s: float
     rss_mib: float
+    anon_mib: float = 0.0
+    pss_mib: float = 0.0
 
 
 def usage(before: Mapping[int, Proc], after: Mapping[int, Proc]) -> dict[str, GroupUsage]:
@@ -101,19 +115,42 @@ def usage(before: Mapping[int, Proc], after: Mapping[int, Proc]) -> dict[str, Gr
     in between is lost (its last ticks are not visible any more).
     """
     cpu: dict[str, float] = {}
-    rss: dict[str, int] = {}
+    mem: dict[str, list[int]] = {}
     count: dict[str, int] = {}
     for pid, p in after.items():
         start = before[pid].cpu_s if pid in before and before[pid].group == p.group else 0.0
         cpu[p.group] = cpu.get(p.group, 0.0) + max(0.0, p.cpu_s - start)
-        rss[p.group] = rss.get(p.group, 0) + p.rss_kib
+        m = mem.setdefault(p.group, [0, 0, 0])
+        m[0] += p.rss_kib
+        m[1] += p.anon_kib
+        m[2] += p.pss_kib
         count[p.group] = count.get(p.group, 0) + 1
-    return {g: GroupUsage(g, count[g], cpu[g], rss[g] / 1024) for g in sorted(cpu)}
+    return {g: GroupUsage(g, count[g], cpu[g], *(x / 1024 for x in mem[g])) for g in sorted(cpu)}
 
 
-def host_busy_s() -> float:
-    """CPU seconds this machine has spent busy (all CPUs, everything but idle and iowait)."""
+def host_busy_s(cpus: int | None = None) -> float:
+    """CPU seconds this machine has spent busy (everything but idle and iowait).
+
+    With cpus=N only CPUs 0..N-1 count: the ones the benchmark's container is
+    confined to, where other load competes with it.
+    """
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / TICKS
+        lines = f.read().splitlines()
+    return busy_s(lines, cpus)
+
+
+def busy_s(stat_lines: list[str], cpus: int | None = None) -> float:
+    """Busy CPU seconds from /proc/stat's lines: the total line, or the sum of cpu0..cpu{N-1}."""
+    total = 0
+    for line in stat_lines:
+        name, *values = line.split()
+        if not name.startswith("cpu"):
+            continue
+        if (cpus is None) != (name == "cpu"):
+            continue
+        if cpus is not None and int(name[3:]) >= cpus:
+            continue
+        fields = [int(x) for x in values]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        total += sum(fields[:8]) - idle
+    return total / TICKS

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procs, stage
+from bench import compare, procs, stage
 from bench.stage import BENCH_DIR, Container
 
 SETUP_JSON = "/var/tmp/msw-bench-setup.json"
@@ -28,13 +28,29 @@ class Config:
     name: str
     preset: str | None  # None: our package not installed
     pin_main: bool = False
+    #: Every Synapse process started with libjemalloc.so.2 preloaded (None: as the package does it).
+    jemalloc: bool | None = None
+    #: KEY=VALUE environment of every Synapse process (a drop-in on main's and the workers' units).
+    env: tuple[str, ...] = ()
+    #: YAML appended to every worker's file: a setting for workers only.
+    worker_extra: str = ""
+    #: YAML in conf.d: a setting for every Synapse process, main included.
+    shared_extra: str = ""
+    #: How the label says what env and worker_extra change.
+    variant: str = ""
 
     @property
     def label(self) -> str:
         if self.preset is None:
-            return "single process, main pinned to 1 core" if self.pin_main else "single process"
-        return f"preset {self.preset}"
+            text = "single process, main pinned to 1 core" if self.pin_main else "single process"
+        else:
+            text = f"preset {self.preset}"
+        if self.jemalloc is not None:
+            text += ", jemalloc" if self.jemalloc else ", glibc malloc"
+        return text + (f", {self.variant}" if self.variant else "")
 
+
+_GC_SLOWER = "gc_thresholds: [5000, 20, 20]\ngc_min_interval: [5s, 30s, 120s]\n"
 
 CONFIGS: dict[str, Config] = {c.name: c for c in (
     Config("single", None),
@@ -43,7 +59,24 @@ CONFIGS: dict[str, Config] = {c.name: c for c in (
     Config("small", "small"),
     Config("one_of_each", "one_of_each"),
     Config("busy", "busy"),
+    # Allocator comparisons, each process measured with and without jemalloc.
+    Config("single-glibc", None, jemalloc=False),
+    Config("single-jemalloc", None, jemalloc=True),
+    Config("minimal-glibc", "minimal", jemalloc=False),
+    Config("minimal-jemalloc", "minimal", jemalloc=True),
+    Config("minimal-arena2", "minimal", jemalloc=False, env=("MALLOC_ARENA_MAX=2",),
+           variant="MALLOC_ARENA_MAX=2"),
+    Config("minimal-cache01", "minimal", worker_extra="caches:\n  global_factor: 0.1\n",
+           variant="workers' caches.global_factor 0.1"),
+    # Python's collector less often: gen0 after 5000 allocations net (default 700), at most
+    # every 5 s / 30 s / 120 s per generation (Synapse's default 1 s / 10 s / 60 s).
+    Config("single-gc", None, shared_extra=_GC_SLOWER, variant="GC less often"),
+    Config("minimal-gc", "minimal", shared_extra=_GC_SLOWER, variant="GC less often"),
 )}
+
+
+#: What the survey (scripts/bench without --rounds) measures by default.
+SURVEY: tuple[str, ...] = ("single", "single-pinned", "minimal", "small", "one_of_each", "busy")
 
 
 class ConfigFailed(Exception):
@@ -59,6 +92,20 @@ class Load:
     max_requests: int
     mix: str
     cores: int
+    #: A measured run with more CPU than this (cores) spent outside the container is invalid.
+    max_outside_cores: float = compare.MAX_OUTSIDE_CORES
+
+
+@dataclass(frozen=True)
+class Rate:
+    """An open-loop run: `rate` requests/s, `fraction` of the single process's capacity."""
+
+    fraction: float
+    rate: float
+
+    @property
+    def mode(self) -> str:
+        return f"open {self.fraction:.0%}"
 
 
 @dataclass
@@ -73,6 +120,11 @@ class Outcome:
     #: CPU (in cores) this machine spent outside the container during the run: other load.
     outside_cores: float
     problems: list[str] = field(default_factory=list)
+    #: "closed" (as fast as answered) or "open 80%" (fixed rate, that share of single's capacity).
+    mode: str = "closed"
+    #: Which round of an interleaved run (0 for a single pass).
+    round: int = 0
+    rate: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -95,17 +147,23 @@ def setup_users(c: Container, load: Load) -> None:
 
 
 def run_load(c: Container, load: Load, duration: float, out: str = RESULT_JSON,
-             seed: int = 1) -> dict[str, Any]:
+             seed: int = 1, rate: float = 0.0) -> dict[str, Any]:
     generator(c, "run", "--setup", SETUP_JSON, "--duration", str(duration),
               "--max-requests", str(load.max_requests), "--mix", load.mix, "--seed", str(seed),
-              "--out", out, timeout=duration + 120)
+              "--rate", str(rate), "--out", out, timeout=duration + 120)
     return json.loads(c.read_file(out))
 
 
-def measure(c: Container, cfg: Config, load: Load, workers: list[str]) -> Outcome:
+def warm(c: Container, load: Load) -> None:
+    """Users and rooms created, then a short untimed run: nothing of this is measured."""
     setup_users(c, load)
     if load.warmup_s > 0:
         run_load(c, load, load.warmup_s, seed=99)
+
+
+def measure(c: Container, cfg: Config, load: Load, workers: list[str], rate: Rate | None = None,
+            round_no: int = 0) -> Outcome:
+    """One measured run (closed loop, or open loop at `rate`), every process's CPU read around it."""
     loadavg = Path("/proc/loadavg").read_text().split()[:3]
     redis: dict[str, int] = {}
 
@@ -114,16 +172,17 @@ def measure(c: Container, cfg: Config, load: Load, workers: list[str]) -> Outcom
 
     timer = threading.Timer(load.duration_s / 2, check_redis) if cfg.preset else None
     before = procs.snapshot(c.pid)
-    host0 = procs.host_busy_s()
+    host0 = procs.host_busy_s(load.cores)
     if timer:
         timer.start()
     try:
-        result = run_load(c, load, load.duration_s)
+        result = run_load(c, load, load.duration_s, rate=rate.rate if rate else 0.0,
+                          seed=1 + round_no)
     finally:
         if timer:
             timer.cancel()
             timer.join()
-    host1 = procs.host_busy_s()
+    host1 = procs.host_busy_s(load.cores)
     after = procs.snapshot(c.pid)
     cpu = procs.usage(before, after)
     cpu.pop("generator", None)  # it exited before the second snapshot: it reports its own CPU
@@ -136,28 +195,56 @@ def measure(c: Container, cfg: Config, load: Load, workers: list[str]) -> Outcom
     if result["errors"]:
         problems.append(f"{result['errors']} failed requests")
     inside = sum(g.cpu_s for g in cpu.values())
-    outside = max(0.0, (host1 - host0) - inside) / result["elapsed_s"]
-    return Outcome(cfg, workers, result, cpu, got, expected, " ".join(loadavg), outside, problems)
+    outside = compare.outside_cores(host1 - host0, inside, result["elapsed_s"])
+    busy = compare.outside_load_problem(outside, load.max_outside_cores)
+    if busy:
+        problems.append(busy)
+    return Outcome(cfg, workers, result, cpu, got, expected, " ".join(loadavg), outside, problems,
+                   mode=rate.mode if rate else "closed", round=round_no,
+                   rate=rate.rate if rate else None)
 
 
-def run_config(root: Path, deb: Path, cfg: Config, load: Load, log: Any) -> Outcome:
-    log(f"{cfg.name}: booting")
+def run_session(root: Path, deb: Path, cfg: Config, load: Load, log: Any, round_no: int = 0,
+                rates: Any = None) -> list[Outcome]:
+    """Boot a fresh container for cfg, measure a closed loop, then an open loop at each rate.
+
+    rates: called with the closed-loop Outcome, returns the open-loop Rates to
+    run next (none by default); the single process's first session sets them
+    from its own capacity.
+    """
+    tag = f"{cfg.name}" + (f" round {round_no + 1}" if rates is not None else "")
+    log(f"{tag}: booting")
     with Container(root, name=f"bench-{cfg.name}") as c:
         stage.limit_cores(c, load.cores)
-        workers = stage.prepare(c, deb, cfg.preset)
+        workers = stage.prepare(c, deb, cfg.preset, jemalloc=cfg.jemalloc, env=cfg.env,
+                                worker_extra=cfg.worker_extra, shared_extra=cfg.shared_extra)
         if cfg.pin_main:
             stage.pin_main(c, 0)
-        log(f"{cfg.name}: workers {', '.join(workers) or 'none'}; setting up "
+        log(f"{tag}: workers {', '.join(workers) or 'none'}; setting up "
             f"{load.users} users in {load.rooms} rooms")
+        outcomes: list[Outcome] = []
         try:
-            outcome = measure(c, cfg, load, workers)
+            warm(c, load)
+            todo: list[Rate | None] = [None]
+            while todo:
+                rate = todo.pop(0)
+                o = measure(c, cfg, load, workers, rate, round_no)
+                outcomes.append(o)
+                log(f"{tag} {o.mode}: {o.load['requests_per_s']:.1f} requests/s, "
+                    f"{o.load['errors']} errors, outside load {o.outside_cores:.2f} cores"
+                    f"{'' if o.valid else ' INVALID: ' + '; '.join(o.problems)}")
+                if rate is None and rates is not None:
+                    todo.extend(rates(o))
         except Exception as e:
             logs = c.run("grep -h -B2 -A12 Traceback /var/log/matrix-synapse/*.log | tail -60",
                          check=False).stdout
             raise ConfigFailed(f"{cfg.name}: {str(e)[-1500:]}\nSynapse logs:\n{logs}") from e
-        log(f"{cfg.name}: {outcome.load['requests_per_s']:.1f} requests/s, "
-            f"{outcome.load['errors']} errors{'' if outcome.valid else ' INVALID: ' + '; '.join(outcome.problems)}")
-        return outcome
+        return outcomes
+
+
+def run_config(root: Path, deb: Path, cfg: Config, load: Load, log: Any) -> Outcome:
+    """One closed-loop measurement of cfg in its own container (the survey of every configuration)."""
+    return run_session(root, deb, cfg, load, log)[0]
 
 
 # --------------------------------------------------------------------------

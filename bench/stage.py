@@ -131,17 +131,74 @@ def pin_main(c: Container, cpu: int = 0) -> None:
     c.run(["taskset", "-a", "-p", "-c", str(cpu), pid])
 
 
-def prepare(c: Container, deb: Path, preset: str | None) -> list[str]:
-    """Install the package with preset (None: leave it out), nginx in front, the generator copied in."""
+JEMALLOC_PACKAGE = "libjemalloc2"
+JEMALLOC_DIR = Path("/var/cache/matrix-synapse-workers-tests/bench-debs")
+
+
+def jemalloc_deb() -> Path:
+    """Debian's libjemalloc2 .deb, fetched once on the host (the container has no network)."""
+    JEMALLOC_DIR.mkdir(parents=True, exist_ok=True)
+    found = sorted(JEMALLOC_DIR.glob(f"{JEMALLOC_PACKAGE}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", "-q", JEMALLOC_PACKAGE], cwd=JEMALLOC_DIR,
+                       check=True, capture_output=True, timeout=300)
+        found = sorted(JEMALLOC_DIR.glob(f"{JEMALLOC_PACKAGE}_*.deb"))
+    if not found:
+        raise SystemExit(f"apt-get download {JEMALLOC_PACKAGE} left no .deb in {JEMALLOC_DIR}")
+    return found[-1]
+
+
+def synapse_env(c: Container, units: list[str], env: list[str]) -> None:
+    """Add KEY=VALUE environment to these units (a drop-in each); takes effect at their next start."""
+    text = "[Service]\n" + "".join(f"Environment={e}\n" for e in env)
+    for unit in units:
+        c.write_file(f"/etc/systemd/system/{unit}.d/msw-bench-env.conf", text)
+    c.run(["systemctl", "daemon-reload"])
+
+
+def mapped(c: Container, unit: str, library: str) -> bool:
+    """Whether the unit's main process has mapped a library (say libjemalloc)."""
+    pid = c.run(["systemctl", "show", "-P", "MainPID", unit]).stdout.strip()
+    return library in c.run(["cat", f"/proc/{pid}/maps"]).stdout
+
+
+def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None = None,
+            env: tuple[str, ...] = (), worker_extra: str = "", shared_extra: str = "") -> list[str]:
+    """Install the package with preset (None: leave it out), nginx in front, the generator copied in.
+
+    jemalloc True: every Synapse process runs with libjemalloc.so.2 preloaded;
+    False or None: glibc's malloc.  env: KEY=VALUE for every Synapse process;
+    worker_extra: YAML appended to every worker's file (settings for workers only);
+    shared_extra: YAML in conf.d (settings for every Synapse process).
+    """
+    env = tuple(env)
+    if jemalloc:
+        c.install_debs([jemalloc_deb()])
+        lib = c.run("ls /usr/lib/*-linux-gnu/libjemalloc.so.2").stdout.split()[0]
+        env += (f"LD_PRELOAD={lib}",)
     if preset:
         c.install_debs([deb], preseed=preseed(preset))
         names = workers_on_disk(c)
-        wait_healthy(c, names)
         vhost = VHOST_WORKERS
     else:
         names = []
-        harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=120)
         vhost = VHOST_SINGLE
+    if env or worker_extra or shared_extra:
+        if shared_extra:
+            c.write_file("/etc/matrix-synapse/conf.d/msw-bench.yaml", shared_extra)
+        if env:
+            synapse_env(c, ["matrix-synapse.service", "matrix-synapse-worker@.service"], list(env))
+        for n in names if worker_extra else []:
+            path = f"/etc/matrix-synapse/workers/{n}.yaml"
+            c.write_file(path, c.read_file(path) + "\n" + worker_extra)
+        c.run(["systemctl", "restart", "matrix-synapse.target" if names else "matrix-synapse.service"])
+    if names:
+        wait_healthy(c, names)
+    else:
+        harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=120)
+    if jemalloc is not None and mapped(c, "matrix-synapse.service", "libjemalloc") != jemalloc:
+        raise SystemExit(f"main's process {'has not' if jemalloc else 'has'} mapped libjemalloc, "
+                         f"but jemalloc was to be {'on' if jemalloc else 'off'}")
     c.run("rm -f /etc/nginx/sites-enabled/default")
     c.write_file("/etc/nginx/sites-enabled/msw-bench", vhost)
     c.run(["nginx", "-t", "-q"])

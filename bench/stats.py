@@ -92,3 +92,31 @@ def summarize(latencies_s: Iterable[float], errors: int = 0) -> Summary:
     return Summary(count=len(values), errors=errors,
                    p50_ms=percentile(values, 50), p95_ms=percentile(values, 95),
                    p99_ms=percentile(values, 99), max_ms=values[-1] if values else math.nan)
+
+
+def open_loop_schedule(rate: float, duration_s: float, mix: Mix, seed: int) -> list[tuple[float, str]]:
+    """(seconds from start, class) of every request of an open-loop run.
+
+    Requests arrive at a fixed rate, evenly spaced (1/rate apart), whatever
+    the answers' speed: a slow answer does not hold back the next request as
+    it does in a closed loop, so latency includes the queueing a server at
+    that load really builds up.  The classes follow the mix, reproducibly
+    for a seed.
+    """
+    if not rate > 0 or not math.isfinite(rate):
+        raise ValueError(f"rate must be a finite number of requests per second above 0, not {rate}")
+    if not duration_s > 0:
+        raise ValueError(f"duration must be above 0 seconds, not {duration_s}")
+    rng = random.Random(seed)
+    n = int(rate * duration_s)
+    return [(i / rate, mix.choose(rng)) for i in range(n)]
+
+
+def lateness_ms(scheduled: Sequence[float], sent: Sequence[float]) -> Summary:
+    """How late the generator sent requests against their schedule (seconds in, ms out).
+
+    An open-loop generator that falls behind would hide the server's slowness
+    as its own; the report shows this so a run where the generator could not
+    keep up is visible.
+    """
+    return summarize(max(0.0, s - t) for t, s in zip(scheduled, sent))

@@ -150,8 +150,8 @@ def serve_federation(c: Container, name: str, address: str, locations: str) -> N
 @pytest.fixture(scope="module")
 def remote_root(base_root: Path, standin_deb: Path) -> Path:
     """The stand-in Synapse as another homeserver (REMOTE_SERVER_NAME), cached as a layer."""
-    from conftest import install_standin_synapse  # the booted tests' conftest, on sys.path here
-    setup = functools.partial(install_standin_synapse, deb=standin_deb, server_name=REMOTE_SERVER_NAME)
+    setup = functools.partial(harness.install_standin_synapse, deb=standin_deb,
+                              server_name=REMOTE_SERVER_NAME)
     return harness.ensure_derived_root(
         "standin-synapse-remote", base_root, setup,
         inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),

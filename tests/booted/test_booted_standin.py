@@ -47,7 +47,7 @@ def test_synapse_setup_keeps_the_rest_of_homeserver_yaml(synapse_root: Path) -> 
     with Container(synapse_root, name="standin-config") as c:
         text = c.read_file("/etc/matrix-synapse/homeserver.yaml")
         assert "sqlite3" not in text
-        assert "# Main Synapse configuration" in text  # the stand-in's comments are kept
+        assert "# Configuration file for Synapse." in text  # the generated comments are kept
         assert text.count("\ndatabase:") == 1
         names = [line for line in c.read_file("/etc/matrix-synapse/conf.d/server_name.yaml")
                  .splitlines() if line.startswith("server_name")]

@@ -177,7 +177,10 @@ _ROLE_LIST: tuple[Role, ...] = (
                      "account validity renewal mail"),
     # Stream writers.
     _writer("events", "event persister (sharded by room)", scales=True, resources=(),
-            moves_together=True),
+            moves_together=True, outbound=True,
+            network_why="persisting a client's invite of a remote user asks that user's server to "
+                        "sign it (EventCreationHandler.persist_and_notify_client_events calls "
+                        "send_invite on the writer)"),
     _writer("typing", "typing notifications", scales=False),
     _writer("to_device", "to-device messages", scales=False),
     _writer("account_data", "account data and tags", scales=False),

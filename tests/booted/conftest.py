@@ -19,7 +19,7 @@ import pytest
 
 import harness
 
-from booted_config import (BUILD_DEB, BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
+from booted_config import (BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
                            STANDIN_VERSION, container_name)
 
 
@@ -97,21 +97,11 @@ def standin_deb(booted_host: None, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def package_deb(booted_host: None) -> Path:
-    """Our matrix-synapse-workers .deb: dist/ if built, else scripts/build-deb makes it."""
-    dist = REPO / "dist"
-    debs = sorted(dist.glob("matrix-synapse-workers_*.deb"))
-    if not debs:
-        if not BUILD_DEB.exists():
-            pytest.skip("no dist/matrix-synapse-workers_*.deb and no scripts/build-deb yet")
-        r = subprocess.run([str(BUILD_DEB)], cwd=REPO, capture_output=True, text=True, timeout=1200)
-        if r.returncode != 0:
-            pytest.fail(f"scripts/build-deb failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}",
-                        pytrace=False)
-        debs = sorted(dist.glob("matrix-synapse-workers_*.deb"))
-    if len(debs) != 1:
-        pytest.fail(f"expected one dist/matrix-synapse-workers_*.deb, found {debs}", pytrace=False)
-    return debs[0]
+def package_deb(booted_host: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our matrix-synapse-workers .deb, built from this tree by scripts/build-deb (or $MSW_DEB):
+    never a dist/*.deb left by an earlier build of other code."""
+    from support.debs import our_deb  # tests/ is on sys.path (tests/conftest.py)
+    return our_deb(tmp_path_factory.mktemp("deb"))
 
 
 @pytest.fixture(scope="session")

@@ -227,11 +227,11 @@ def test_interactive_public_address_asks_for_the_confirmation_then_another_addre
     # At priority high config asks the preset (small) and the address (the public one);
     # the postinst then refuses it, asks the confirmation (declined), then the address.
     typed = "3\n1.2.3.4\nno\n10.99.0.5\n"
-    # timeout: teletype asks forever once the typed lines run out.
-    done = c.run("timeout", "300", "script", "-qec", f"dpkg-reconfigure -phigh {PACKAGE}",
-                 "/dev/null", input=typed, env={"DEBIAN_FRONTEND": "teletype"})
+    # Bounded: teletype asks forever once the typed lines run out.
+    shown = c.interactive(f"dpkg-reconfigure -phigh {PACKAGE}", typed,
+                          env={"DEBIAN_FRONTEND": "teletype"})
 
-    out = " ".join(done.stdout.split())
+    out = " ".join(shown.split())
     assert "Invalid answer" in out, out
     assert "replication address '1.2.3.4' is a public address" in out, out
     assert "Allow a public or wildcard replication address?" in out, out

@@ -26,9 +26,12 @@ import yaml
 from . import paths
 from .errors import HostConfigError
 from .plan import Plan, Worker, split_worker_name
-from .topology import DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost
+from .topology import (DEFAULT_REDIS_PORT, MEDIA_ROLE, Address, HostRole, Topology, WorkerHost,
+                       media_store_refusal)
 
 MAIN = "main"
+#: Written only when true, so a deployment without it keeps its file unchanged.
+SHARED_MEDIA_KEY = "shared_media_store"
 COPY_HINT = (f"copy the directory /{paths.CLUSTER_DIR} from the main host, keeping owners and "
              "modes (for example: rsync -a mainhost:/etc/matrix-synapse/cluster/ "
              "/etc/matrix-synapse/cluster/)")
@@ -42,6 +45,8 @@ class Cluster:
     addresses: Mapping[str, str]
     #: Host label (``main`` for the main host) -> worker names.
     workers: Mapping[str, tuple[str, ...]]
+    #: The main host's admin confirmed one media store shared by every host.
+    shared_media: bool = False
 
 
 def redis_address(plan: Plan) -> Address | None:
@@ -61,11 +66,14 @@ def cluster_data(plan: Plan) -> dict[str, Any]:
         if worker.host is not None:
             entry = hosts.setdefault(worker.host, {"address": worker.address, "workers": []})
             entry["workers"].append(worker.name)
-    return {
+    data: dict[str, Any] = {
         "replication": {"host": plan.replication.host, "port": plan.replication.port},
         "redis": {"host": redis.host, "port": redis.port},
         "hosts": hosts,
     }
+    if plan.shared_media:
+        data[SHARED_MEDIA_KEY] = True
+    return data
 
 
 def _address(data: Any, key: str, shown: str) -> Address:
@@ -93,7 +101,11 @@ def parse_cluster(data: Any, shown: str) -> Cluster:
             if not isinstance(entry.get("address"), str):
                 raise HostConfigError(f"{shown}: worker host {label!r} has no address; {COPY_HINT}")
             addresses[str(label)] = entry["address"]
-    return Cluster(replication, redis, addresses, workers)
+    shared = data.get(SHARED_MEDIA_KEY, False)
+    if not isinstance(shared, bool):
+        raise HostConfigError(f"{shown}: {SHARED_MEDIA_KEY} is {shared!r}, not true or false; "
+                              f"{COPY_HINT}")
+    return Cluster(replication, redis, addresses, workers, shared)
 
 
 def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
@@ -114,7 +126,13 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
                                       f"package gives on host {label!r}; {COPY_HINT}")
             found.append(Worker(name, parsed[0], parsed[1], host,
                                 cluster.addresses.get(label) if host else None))
-    return Plan(tuple(found), cluster.replication, here, cluster.redis)
+    if not cluster.shared_media and any(w.host == here and w.role.name == MEDIA_ROLE
+                                        for w in found):
+        # Written by hand or by a main host that did not ask: refused here too.
+        raise HostConfigError(f"/{paths.CLUSTER_FILE}: {media_store_refusal([here])}; the "
+                              f"confirmation goes on the main host, which records it there as "
+                              f"{SHARED_MEDIA_KEY}: true")
+    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.shared_media)
 
 
 def main_topology_of(cluster: Cluster) -> Topology:
@@ -129,7 +147,8 @@ def main_topology_of(cluster: Cluster) -> Topology:
             if parsed is not None:
                 counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
         hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
-    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
+    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts),
+                    shared_media=cluster.shared_media)
 
 
 def deployed_topology(root: Path) -> Topology:

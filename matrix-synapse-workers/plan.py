@@ -93,6 +93,8 @@ class Plan:
     here: str | None = None
     #: Where other hosts reach Redis, as cluster.yaml says (None: derived on the main host).
     redis: Address | None = None
+    #: Media workers run on worker hosts, the admin having confirmed one shared media store.
+    shared_media: bool = False
 
     @property
     def spans_hosts(self) -> bool:
@@ -257,7 +259,8 @@ def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topol
     if topology.worker_hosts:
         for worker in local:
             check_index(worker.role.name, worker.index)
-    plan = Plan(local + remote_workers(topology), topology.replication)
+    plan = Plan(local + remote_workers(topology), topology.replication,
+                shared_media=topology.shared_media)
     unique_writers = [r for r in ROLES.values() if not r.scales and len(plan.of_role(r.name)) > 1]
     if unique_writers:
         role = unique_writers[0]

@@ -13,7 +13,7 @@ from debian import deb822
 from matrix_synapse_workers import answers
 from matrix_synapse_workers.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
-    Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
+    Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
     InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.catalog import PRESETS, ROLES
 from matrix_synapse_workers.errors import SelectionError
@@ -31,7 +31,8 @@ CONFIG = REPO / "debian" / "config"
 
 DEFAULTS = dict(preset="small", types="sync, client", counts="", socket_group="clubmatrix",
                 web_user="www-data", redis="dedicated", redis_location="", host_role="main",
-                host_name="", worker_hosts="", replication_address="", allow_public_address="false")
+                host_name="", worker_hosts="", replication_address="", allow_public_address="false",
+                shared_media_store="false")
 # A main host with two worker hosts, as its admin would answer.
 SPREAD = dict(worker_hosts="hostb 10.99.0.2 sync:2,events; hostc 10.99.0.3 federation_sender",
               replication_address="10.99.0.1")
@@ -325,6 +326,11 @@ def test_empty_host_role_is_a_main_host():
      ["'1.2.3.4'", "public address", "private address", "allow-public-address"]),
     (dict(replication_address="0.0.0.0:9093"), Q_ALLOW_PUBLIC, ["'0.0.0.0'", "wildcard"]),
     (dict(allow_public_address="yes"), Q_ALLOW_PUBLIC, ["'yes'", "true, false"]),
+    # Media workers on a worker host without the word that the media store is shared.
+    (dict(worker_hosts="hostb 10.99.0.2 sync,media"), Q_SHARED_MEDIA,
+     ["worker host 'hostb'", "media_store_path", "shared-media-store"]),
+    (dict(worker_hosts="hostb 10.99.0.2 media", shared_media_store="yes"), Q_SHARED_MEDIA,
+     ["'yes'", "true, false"]),
 ])
 def test_bad_spread_answers_name_the_question_the_value_and_what_is_accepted(changes, question,
                                                                              fragments):
@@ -587,3 +593,12 @@ def test_config_asks_again_for_the_confirmation_when_the_address_changes(tmp_pat
     # Another address: the confirmation was for the old one.
     assert run_config(tmp_path, confirmed, typed={Q_REPLICATION: "5.6.7.8"}) == {
         Q_ALLOW_PUBLIC: "false"}
+
+
+def test_media_workers_on_a_worker_host_with_the_shared_store_confirmed():
+    selection, settings = answer(**{**SPREAD, "worker_hosts": "hostb 10.99.0.2 sync,media",
+                                    "shared_media_store": "true"})
+    assert settings.topology.shared_media
+    # Media on main alone: the answer is not needed and not recorded.
+    selection, settings = answer(**SPREAD, shared_media_store="true")
+    assert not settings.topology.shared_media

@@ -348,7 +348,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         (root / relative).unlink(missing_ok=True)
 
     # 4. Redis.
-    redis_changed = any(f.path == paths.REDIS_INSTANCE_CONF for f in changes.write)
+    redis_changed = changes.restart_redis
     if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if secrets.write_redis_auth(root):
             report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")

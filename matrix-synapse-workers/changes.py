@@ -18,7 +18,7 @@ import yaml
 from . import paths
 from .catalog import ROLES, Role, Scope
 from .plan import Plan, split_worker_name
-from .render import RenderedFile, is_generated
+from .render import RenderedFile, is_generated, meaning
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
@@ -49,6 +49,8 @@ class Changes:
     start: tuple[str, ...] = ()
     restart_workers: tuple[str, ...] = ()
     restart_main: bool = False
+    #: The dedicated Redis's own configuration changed beyond its header.
+    restart_redis: bool = False
     reasons: tuple[str, ...] = field(default=())
 
     @property
@@ -124,6 +126,8 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
 
     write = []
     set_aside = []
+    # Rewritten for more than a header (our version in it): what a process reads changed.
+    read_changed: set[PurePosixPath] = set()
     restart: set[str] = set()
     reasons = []
     for rendered in desired:
@@ -133,15 +137,17 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         write.append(rendered)
         if current is not None and not current.ours:
             set_aside.append(rendered.path)
+        if current is None or meaning(current.content) != meaning(rendered.content):
+            read_changed.add(rendered.path)
         worker = _worker_of(rendered.path)
-        if worker in kept:
+        if worker in kept and rendered.path in read_changed:
             restart.add(worker)
             reasons.append(f"{worker}: its own configuration changed")
 
     shared_keys = changed_shared_keys(
         _parse(on_disk[paths.SHARED_CONF].content) if paths.SHARED_CONF in on_disk else {},
         _parse(next((f.content for f in desired if f.path == paths.SHARED_CONF), None)))
-    redis_changed = any(f.path == paths.REDIS_CONF_D for f in write)
+    redis_changed = paths.REDIS_CONF_D in read_changed
     readers = workers_reading(shared_keys, kept)
     if redis_changed:
         readers = set(kept)
@@ -170,5 +176,6 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         start=tuple(n for n in plan.names if n in added),
         restart_workers=tuple(n for n in plan.names if n in restart),
         restart_main=bool(shared_keys) or redis_changed,
+        restart_redis=paths.REDIS_INSTANCE_CONF in read_changed,
         reasons=tuple(reasons),
     )

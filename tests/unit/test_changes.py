@@ -114,3 +114,21 @@ def test_a_log_config_left_by_a_deleted_worker_file_is_removed(tmp_path):
     changes = change_to(root, on_disk, "sync:1")
     assert changes.remove == (PurePosixPath("etc/matrix-synapse/worker-logs/sync-2.yaml"),)
     assert changes.stop == ()
+
+
+def test_an_older_version_in_the_headers_rewrites_the_files_and_restarts_nothing(tmp_path):
+    """Our own upgrade: every header names the new version, nothing else changed."""
+    from matrix_synapse_workers import __version__
+    root, on_disk = deployed(tmp_path, "sync:2,client,typing", Settings())
+    older = {p: OnDisk(f.content.replace(f" {__version__}", " 0.0.1", 1), f.mode)
+             for p, f in on_disk.items()}
+    rewritten = {p for p in on_disk if older[p].content != on_disk[p].content}
+    assert PurePosixPath("etc/redis/redis-matrix-synapse.conf") in rewritten
+    assert PurePosixPath("etc/matrix-synapse/workers/sync-1.yaml") in rewritten
+    changes = change_to(root, older, "sync:2,client,typing")
+    assert {f.path for f in changes.write} == rewritten
+    assert not changes.restart_main and not changes.restart_redis
+    assert changes.restart_workers == () and changes.start == () and changes.stop == ()
+    # A change beyond the header still counts.
+    older[PurePosixPath("etc/redis/redis-matrix-synapse.conf")] = OnDisk("port 6379\n", 0o644)
+    assert change_to(root, older, "sync:2,client,typing").restart_redis

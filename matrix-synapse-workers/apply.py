@@ -40,7 +40,7 @@ from .render import RenderedFile, is_generated, render, render_single_process
 from .selection import Selection
 from .settings import RedisMode, Settings
 from .system import accounts, netprobe, nginx, secrets, statoverride
-from .system.files import write_atomically
+from .system.files import sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .topology import HostRole
 
@@ -315,6 +315,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if dry_run:
         out.write(describe(changes) + "\n")
         return report
+    # What a killed earlier run left half-made: its temporary files (never an admin's).
+    for left in sweep_temporaries(root, {f.path.parent for f in desired}
+                                  | {paths.WORKERS_DIR, paths.WORKER_LOGS_DIR, paths.CLUSTER_DIR,
+                                     paths.REDIS_INSTANCE_AUTH_CONF.parent,
+                                     paths.REDIS_GUIDE_CONF.parent}):
+        report.system_steps.append(f"removed {left}, left by an interrupted run")
     if plan.spans_hosts and not worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):

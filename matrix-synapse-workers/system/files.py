@@ -1,7 +1,10 @@
 """Write files atomically: a temporary file beside the target, fsync, rename.
 
 A reader (Synapse, systemd, an admin's editor) sees the old file or the new
-one, never half of one.
+one, never half of one.  The temporary file is named ``.NAME.msw-tmp.XXXXXXXX``:
+when the process is killed between creating and renaming it (power loss, the
+OOM killer, SIGKILL of dpkg), the next apply recognises it as ours and sweeps
+it (:func:`sweep_temporaries`); nobody else's file has that name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from pathlib import Path
 
 from ..render import RenderedFile
 
+#: In the name of every temporary file of ours, and of nothing else.
+TMP_TAG = ".msw-tmp."
+
 
 def _ids(owner: str, group: str) -> tuple[int, int]:
     return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
@@ -23,7 +29,7 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
     """Write ``rendered`` under ``root``; owner and group only when ``chown``."""
     target = root / rendered.path
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(rendered.content)
@@ -37,6 +43,26 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def is_temporary(name: str) -> bool:
+    """A temporary file :func:`write_atomically` made (and a killed run left)."""
+    return name.startswith(".") and TMP_TAG in name
+
+
+def sweep_temporaries(root: Path, directories: "set[Path] | list[Path]") -> list[Path]:
+    """Remove our temporary files left in ``directories`` (relative to ``root``)."""
+    removed = []
+    for directory in sorted(set(directories)):
+        try:
+            entries = list(os.scandir(root / directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def file_matches(root: Path, rendered: RenderedFile, *, chown: bool) -> bool:

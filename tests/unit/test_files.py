@@ -1,0 +1,53 @@
+"""Atomic writes, and the temporary files a killed run leaves: ours by name, swept."""
+
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from matrix_synapse_workers.render import RenderedFile
+from matrix_synapse_workers.system import files
+from matrix_synapse_workers.system.files import is_temporary, sweep_temporaries, write_atomically
+
+TARGET = PurePosixPath("etc/matrix-synapse/workers/sync-1.yaml")
+
+
+def test_a_write_killed_before_its_rename_leaves_a_temporary_the_next_run_sweeps(tmp_path, monkeypatch):
+    write_atomically(tmp_path, RenderedFile(TARGET, "old\n"), chown=False)
+
+    def killed(src, dst):  # as if SIGKILL came between the fsync and the rename
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(SystemExit):
+        write_atomically(tmp_path, RenderedFile(TARGET, "new\n"), chown=False)
+    # The old file stands; a BaseException still cleans up, so make a leftover
+    # by hand, named as a real kill leaves it.
+    directory = tmp_path / TARGET.parent
+    assert (tmp_path / TARGET).read_text() == "old\n"
+    left = directory / ".sync-2.yaml.msw-tmp.abcd1234"
+    left.write_text("half")
+    admin = [directory / ".sync-1.yaml.swp", directory / "notes.msw-tmp.txt", directory / "mine.yaml"]
+    for path in admin:
+        path.write_text("the admin's")
+    assert [p.name for p in sweep_temporaries(tmp_path, [TARGET.parent, PurePosixPath("nope")])] == [
+        left.name]
+    assert not left.exists() and all(p.exists() for p in admin)
+
+
+def test_temporary_names_are_recognisably_ours(tmp_path):
+    write_atomically(tmp_path, RenderedFile(TARGET, "x\n"), chown=False)
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    files.os.replace = spy
+    try:
+        write_atomically(tmp_path, RenderedFile(TARGET, "y\n"), chown=False)
+    finally:
+        files.os.replace = real_replace
+    assert len(seen) == 1 and is_temporary(seen[0]) and seen[0].startswith(".sync-1.yaml.msw-tmp.")
+    assert not is_temporary("sync-1.yaml") and not is_temporary(".sync-1.yaml.swp")

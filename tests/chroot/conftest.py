@@ -57,6 +57,19 @@ def ours_deb(chroot_tools) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def next_deb(ours_deb) -> Path:
+    """This tree again, built as the next version (N+1): the upgrade tests' target."""
+    version = subprocess.run(["dpkg-deb", "--field", str(ours_deb), "Version"], text=True,
+                             stdout=subprocess.PIPE, check=True).stdout.strip()
+    done = subprocess.run(["bash", str(REPO / "scripts/build-deb"), "--version", f"{version}+1"],
+                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)
+    assert done.returncode == 0, f"scripts/build-deb --version failed with exit code {done.returncode}"
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.is_file(), path
+    return path
+
+
 def _standin(version: str, out: Path) -> Path:
     done = subprocess.run([str(REPO / "tests/standin/build-standin"), version, str(out)],
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)

@@ -1,19 +1,17 @@
 """The benchmark's container: Synapse on PostgreSQL, our package with a preset, nginx in front.
 
 Built from the same cached layers as the booted tests (tests/booted/harness.py
-and conftest.py): the first run builds them, later runs boot in seconds.
+and booted_config.py; no pytest needed): the first run builds them, later runs boot in seconds.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "booted"))
@@ -21,9 +19,7 @@ sys.path.insert(0, str(REPO / "tests" / "booted"))
 import harness  # noqa: E402
 from harness import Container  # noqa: E402
 
-SERVER_NAME = "example.test"
-STANDIN_VERSION = "1.163.2"
-STANDIN_MAIN_URL = "http://127.0.0.1:8008"
+from booted_config import SERVER_NAME, STANDIN_MAIN_URL, STANDIN_VERSION  # noqa: E402  (the booted tests' own)
 SOCKETS = "/run/matrix-synapse"
 REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
 BENCH_DIR = "/opt/msw-bench"
@@ -81,20 +77,10 @@ def package_deb(given: Path | None) -> Path:
     return Path(_build([str(REPO / "scripts/build-deb"), "--head"]))
 
 
-def _booted_conftest() -> ModuleType:
-    """tests/booted/conftest.py, under its own name (tests/conftest.py is `conftest`)."""
-    spec = importlib.util.spec_from_file_location(
-        "msw_booted_conftest", REPO / "tests" / "booted" / "conftest.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def synapse_root(standin: Path) -> Path:
     """The booted tests' cached layer: the stand-in Synapse on PostgreSQL, package not installed."""
     base = harness.ensure_base_root()
-    setup = functools.partial(_booted_conftest().install_standin_synapse, deb=standin, server_name=SERVER_NAME)
+    setup = functools.partial(harness.install_standin_synapse, deb=standin, server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         "standin-synapse", base, setup,
         inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),

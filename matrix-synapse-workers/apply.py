@@ -28,25 +28,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from . import dbconnections, paths
-from .changes import Changes, OnDisk, compute_changes
-from .errors import ApplyError, HostConfigError, SelectionError, WorkersError
-from .hostfacts import (HostFacts, existing_worker_names, read_host_facts, require_postgres,
-                        require_server_name)
-from .cluster import plan_from_cluster, read_cluster
-from .plan import Plan, counts_from_workers, make_plan
-from .redisconf import edit_guide_conf
-from .render import RenderedFile, is_generated, render, render_single_process
-from .selection import Selection
-from .settings import RedisMode, Settings
+from .core import dbconnections
+from .core import paths
+from .core.changes import Changes, OnDisk, compute_changes
+from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
+from .core.facts import HostFacts, require_postgres
+from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
+from .core.cluster import plan_from_cluster
+from .system.clusterfile import read_cluster
+from .core.plan import Plan, make_plan
+from .render.redisconf import edit_guide_conf
+from .render.files import RenderedFile, is_generated, render, render_single_process
+from .core.selection import Selection
+from .core.settings import RedisMode, Settings
 from .system import accounts, netprobe, nginx, secrets, statoverride
 from .system.files import sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
-from .topology import HostRole
+from .core.topology import HostRole
 
 STATOVERRIDE_MARK = paths.STATE_DIR / "statoverride-added"
-REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
 SYNAPSE_CHECK = Path(__file__).with_name("synapse_check.py")
 
 
@@ -264,9 +264,9 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
                   "not checked from here\n")
         return plan
     secret_probe = netprobe.replication_secret(cluster.replication, secret)
-    if not secret_probe.ok and "refuses" in secret_probe.detail:
-        secret_probe = netprobe.Probe(False, f"{secret_probe.detail}: copy /{paths.REPLICATION_SECRET} "
-                                             "from the main host again")
+    if secret_probe.outcome is netprobe.Outcome.REFUSED:
+        secret_probe = netprobe.Probe(secret_probe.outcome, f"{secret_probe.detail}: copy "
+                                      f"/{paths.REPLICATION_SECRET} from the main host again")
     probes = [secret_probe, netprobe.redis_auth(cluster.redis, password)]
     if facts.database_address is not None:
         host, port = facts.database_address
@@ -278,14 +278,29 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     return plan
 
 
-def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
-               dry_run: bool = False, out: TextIO = sys.stderr,
-               facts: HostFacts | None = None) -> ApplyReport:
-    """``facts``: the host's Synapse configuration when the caller has read it already.
+@dataclass(frozen=True)
+class Decision:
+    """Everything phase 1 of :func:`apply_host` decides, before its first change."""
 
-    ``selection`` is None on a worker host: its workers come from cluster.yaml.
-    """
-    # 1. Decide; every error is raised before the first change.
+    facts: HostFacts
+    settings: Settings
+    plan: Plan
+    desired: tuple[RenderedFile, ...]
+    changes: Changes
+    #: An admin's statoverride of the socket directory, and whether it is ours.
+    override: statoverride.Override | None
+    ours: bool
+    #: The guide Redis's conf: (path, text now, text wanted), or None.
+    guide: tuple[Path, str, str] | None
+
+    @property
+    def worker_host(self) -> bool:
+        return self.settings.topology.role is HostRole.WORKER_HOST
+
+
+def decide(root: Path, selection: Selection | None, settings: Settings, facts: HostFacts | None,
+           out: TextIO) -> Decision:
+    """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
     require_server_name(root)  # first: without it Synapse does not even start
     require_postgres(facts)
@@ -302,42 +317,68 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     else:
         if selection is None:
             raise SelectionError("no workers chosen for the main host")
-        plan = make_plan(selection, facts, settings.topology)
+        plan = make_plan(selection, facts, settings.topology, metrics=settings.metrics)
     desired = render(plan, facts, settings)
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
     # is the admin's copy and stays.
-    removable = () if worker_host else (paths.CLUSTER_FILE,)
+    removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS)
     changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
-    guide = _guide_redis_text(root, settings)
-    report = ApplyReport(changes, plan)
+    return Decision(facts, settings, plan, desired, changes, override, ours,
+                    _guide_redis_text(root, settings))
+
+
+def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
+               dry_run: bool = False, out: TextIO = sys.stderr,
+               facts: HostFacts | None = None) -> ApplyReport:
+    """``facts``: the host's Synapse configuration when the caller has read it already.
+
+    ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    """
+    # 1. Decide; every error is raised before the first change.
+    decision = decide(root, selection, settings, facts, out)
+    report = ApplyReport(decision.changes, decision.plan)
     if dry_run:
-        out.write(describe(changes) + "\n")
+        out.write(describe(decision.changes) + "\n")
         return report
     # What a killed earlier run left half-made: its temporary files (never an admin's).
-    for left in sweep_temporaries(root, {f.path.parent for f in desired}
+    for left in sweep_temporaries(root, {f.path.parent for f in decision.desired}
                                   | {paths.WORKERS_DIR, paths.WORKER_LOGS_DIR, paths.CLUSTER_DIR,
                                      paths.REDIS_INSTANCE_AUTH_CONF.parent,
                                      paths.REDIS_GUIDE_CONF.parent}):
         report.system_steps.append(f"removed {left}, left by an interrupted run")
-    if plan.spans_hosts and not worker_host:
+    _prepare(root, decision, report, out)
+    # 2. Accounts, statoverride, socket directory.
+    _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
+    if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
+        report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
+                                   f"{paths.MAIN_UNIT} does not start here")
+    systemd = Systemd(out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    _redis(root, decision, report, systemd)
+    _services(decision, systemd, nginx_changed)
+    report.services = systemd.done
+    return report
+
+
+def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> None:
+    """Secrets Synapse's check reads, then Synapse's own check of the new files."""
+    plan, changes = decision.plan, decision.changes
+    if plan.spans_hosts and not decision.worker_host:
         # Synapse's check reads them, so they exist first; made once, never replaced.
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
     if changes.files_changed:
-        validate_with_synapse(root, desired, changes, out, processes=1 + len(plan.workers),
-                              pool=facts.database_pool)
+        validate_with_synapse(root, decision.desired, changes, out, processes=1 + len(plan.workers),
+                              pool=decision.facts.database_pool)
 
-    # 2. Accounts, statoverride, socket directory.
-    _accounts_and_overrides(root, settings, override, ours, report)
-    if worker_host and secrets.mark_worker_host(root, settings.topology.label or ""):
-        report.system_steps.append(f"marked as worker host {settings.topology.label}: "
-                                   f"{paths.MAIN_UNIT} does not start here")
 
-    systemd = Systemd(out)
-    # 3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+    """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+
+    Returns whether nginx's files changed."""
     nginx_changed = nginx.write_checked(
         root, [f for f in changes.write if f.path in nginx.FILES],
         [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -352,10 +393,14 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
+    return nginx_changed
 
-    # 4. Redis.
+
+def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
+    """4. Redis: the password file, the guide's conf, the dedicated instance."""
+    changes, settings, guide = decision.changes, decision.settings, decision.guide
     redis_changed = changes.restart_redis
-    if plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
+    if decision.plan.spans_hosts and not decision.worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if secrets.write_redis_auth(root):
             report.system_steps.append(f"wrote /{paths.REDIS_INSTANCE_AUTH_CONF}")
             redis_changed = True
@@ -364,18 +409,22 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                             mode=guide[0].stat().st_mode & 0o7777,
                                             owner="redis", group="redis"), chown=True)
         report.system_steps.append(f"edited /{paths.REDIS_GUIDE_CONF} (port 0, unixsocket)")
-        systemd.restart(GUIDE_REDIS_UNIT)
-    if settings.redis.mode is RedisMode.DEDICATED and not worker_host:
-        systemd.enable(REDIS_UNIT)
-        if redis_changed and systemd.is_active(REDIS_UNIT):
-            systemd.restart(REDIS_UNIT)
-        elif not systemd.is_active(REDIS_UNIT):
-            systemd.start(REDIS_UNIT)
+        systemd.restart(paths.GUIDE_REDIS_UNIT)
+    if settings.redis.mode is RedisMode.DEDICATED and not decision.worker_host:
+        systemd.enable(paths.REDIS_UNIT)
+        if redis_changed and systemd.is_active(paths.REDIS_UNIT):
+            systemd.restart(paths.REDIS_UNIT)
+        elif not systemd.is_active(paths.REDIS_UNIT):
+            systemd.start(paths.REDIS_UNIT)
     if changes.start or changes.stop:
         systemd.daemon_reload()
 
-    # 5. Main before workers.
-    if worker_host:
+
+def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None:
+    """5. Main before workers; 6. nginx, after the workers are up (until then their pools
+    fall back to main)."""
+    changes = decision.changes
+    if decision.worker_host:
         if systemd.is_active(paths.MAIN_UNIT):
             systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
     elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
@@ -384,11 +433,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
-    # 6. nginx, after the workers are up (until then their pools fall back to main).
     if nginx_changed and systemd.is_active(nginx.UNIT):
         systemd.reload(nginx.UNIT)
-    report.services = systemd.done
-    return report
 
 
 def _ours(path: Path) -> bool:
@@ -405,6 +451,8 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
         _deconfigure_worker_host(root, systemd, out)
         return
     changed = False
+    if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
+        (root / paths.PROMETHEUS_TARGETS).unlink()
     if _ours(root / paths.REDIS_CONF_D):
         (root / paths.REDIS_CONF_D).unlink()
         changed = True
@@ -451,17 +499,15 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
     Only our own nginx files on a main host change; the worker set stays as deployed.
     """
-    from .cluster import deployed_topology
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
+    from .deployment import read_deployment
     try:
-        facts = read_host_facts(root)
-        plan = make_plan(Selection(counts_from_workers(facts.existing_workers)), facts,
-                         deployed_topology(root))
+        deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in render(plan, facts, Settings()) if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in nginx.FILES
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]

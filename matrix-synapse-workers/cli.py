@@ -13,16 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__, paths
-from .catalog import PRESETS, ROLES
-from .errors import SelectionError, WorkersError
-from .hostfacts import HostFacts, read_host_facts, require_postgres
-from .cluster import deployed_topology, plan_from_cluster, read_cluster
-from .plan import Plan, counts_from_workers, make_plan
-from .render import RenderedFile, render
-from .selection import AUTO, Selection, select
-from .settings import Settings, parse_redis
-from .topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
+from . import __version__
+from .core import paths
+from .core.catalog import PRESETS, ROLES
+from .core.errors import SelectionError, WorkersError
+from .core.facts import HostFacts, require_postgres
+from .system.hostfacts import metrics_deployed, read_host_facts
+from .system.clusterfile import deployed_topology
+from .core.plan import Plan
+from .render.files import RenderedFile
+from .core.selection import AUTO, Selection, select
+from .core.settings import Settings, parse_redis
+from .deployment import deployed_selection, read_deployment
+from .system.machine import this_machine
+from .core.topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
 
 @dataclass(frozen=True)
@@ -37,31 +41,23 @@ class Desired:
     files: tuple[RenderedFile, ...]
 
 
-def current_workers_spec(facts: HostFacts) -> str | None:
-    """The workers on disk as a ``role:count`` spec, or None if there are none."""
-    counts = counts_from_workers(facts.existing_workers)
-    return ",".join(f"{role}:{count}" for role, count in counts.items()) or None
-
-
 def choose(facts: HostFacts, preset: str | None, workers: str | None) -> Selection:
     """What was asked for; with nothing asked, what is deployed, else the default preset."""
     if preset is None and workers is None:
-        workers = current_workers_spec(facts)
-        preset = None if workers else AUTO
-    return select(preset=preset, workers=workers)
+        deployed = deployed_selection(facts)
+        if deployed.counts:
+            return deployed
+        preset = AUTO
+    return select(preset=preset, workers=workers, machine=this_machine() if preset else None)
 
 
 def decide(root: Path, preset: str | None, workers: str | None, settings: Settings) -> Desired:
     """Read the host, validate the request, plan and render: all pure after the read."""
     facts = read_host_facts(root)
     require_postgres(facts)
-    if settings.topology.role is HostRole.WORKER_HOST:
-        selection = None
-        plan = plan_from_cluster(read_cluster(root), settings.topology.label or "")
-    else:
-        selection = choose(facts, preset, workers)
-        plan = make_plan(selection, facts, settings.topology)
-    return Desired(facts, selection, settings, plan, render(plan, facts, settings))
+    selection = None if settings.topology.role is HostRole.WORKER_HOST else choose(facts, preset, workers)
+    deployment = read_deployment(root, selection, settings, facts=facts)
+    return Desired(facts, selection, settings, deployment.plan, deployment.files())
 
 
 def plan_as_json(desired: Desired) -> dict[str, object]:
@@ -124,6 +120,10 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-media-store", action="store_true",
                         help="confirm every host mounts one media store at media_store_path "
                              "(needed for media workers on worker hosts)")
+    parser.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
+                        help="every process serves Prometheus metrics on loopback (a worker "
+                             "host's on its private address), with scrape targets in "
+                             f"/{paths.PROMETHEUS_TARGETS}. Default: as deployed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="matrix-synapse-workers",
         description="Plan and render a Synapse worker deployment for a Debian host.",
         epilog="Worker types: " + ", ".join(ROLES) + ". Presets: " + ", ".join(
-            f"{p.name} ({p.summary})" for p in PRESETS.values()) + ".")
+            [f"{AUTO} (sized from this machine's cores and memory; the default)"]
+            + [f"{p.name} ({p.summary})" for p in PRESETS.values()]) + ".")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan_parser = commands.add_parser("plan", help="print the workers that would be configured")
@@ -149,7 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     status_parser = commands.add_parser(
         "status", help="check every process, socket, Redis and the config; exit 0 healthy, "
                        "1 degraded, 2 broken")
-    status_parser.add_argument("--json", action="store_true", help="print JSON for monitoring")
+    formats = status_parser.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true",
+                         help="print JSON (a stable schema, see schema_version) for scripts")
+    formats.add_argument("--check", action="store_true",
+                         help="print one line for a monitoring plugin (Nagios, Icinga): exit 0 OK, "
+                              "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    formats.add_argument("--prometheus", nargs="?", const="-", metavar="FILE",
+                         help="write gauges for node_exporter's textfile collector to FILE "
+                              "(atomically; a directory gets matrix-synapse-workers.prom), or to "
+                              "stdout without FILE; exit 0 once written")
     for name, text in (("deconfigure", "stop the workers and return Synapse to a single process"),
                        ("restart-after-upgrade", "restart main, then every worker (after a Synapse upgrade)")):
         sub = commands.add_parser(name, help=text)
@@ -179,8 +189,9 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    metrics = args.metrics if args.metrics is not None else metrics_deployed(args.root)
     return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis), topology=_topology(args))
+                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics)
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -208,12 +219,37 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     import time
-    from . import status, statusprobe  # probing is only for this command
+    from . import status
+    from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
-    rows = status.evaluate(statusprobe.gather())
+    try:
+        rows = status.evaluate(statusprobe.gather())
+    except Exception as exc:  # a plugin must say UNKNOWN, not die with a traceback
+        if not args.check:
+            raise
+        print(status.unknown_check_line(f"status could not look: {exc}"))
+        return status.report.PLUGIN_UNKNOWN
     seconds = time.monotonic() - started
     if args.json:
         print(json.dumps(status.as_json(rows, seconds), indent=2))
+    elif args.check:
+        print(status.as_check_line(rows, seconds))
+    elif args.prometheus is not None:
+        text = status.as_prometheus(rows, seconds)
+        if args.prometheus == "-":
+            sys.stdout.write(text)
+            return 0
+        from .system.files import replace_file
+        target = Path(args.prometheus)
+        if target.is_dir():
+            target = target / status.report.TEXTFILE_NAME
+        try:
+            replace_file(target, text)
+        except OSError as exc:
+            raise WorkersError(f"cannot write the textfile {str(target)!r}: {exc.strerror or exc}; "
+                               f"give a file in a directory that exists and root can write, e.g. "
+                               f"{status.report.TEXTFILE_DIRECTORY}") from exc
+        return 0
     else:
         print(status.as_table(rows, seconds, colour=sys.stdout.isatty()))
     return status.exit_code(rows)
@@ -239,7 +275,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # A monitoring plugin's bad arguments are UNKNOWN (3), not CRITICAL (argparse's 2).
+        if exc.code == 2 and "status" in argv and "--check" in argv:
+            return 3
+        raise
     try:
         return run(args)
     except WorkersError as exc:

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from loopback import free_port, wait_listening
-from matrix_synapse_workers.topology import Address
+from matrix_synapse_workers.core.topology import Address
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import pwd
 import tempfile
 from pathlib import Path
 
-from ..render import RenderedFile
+from ..render.files import RenderedFile
 
 #: In the name of every temporary file of ours, and of nothing else.
 TMP_TAG = ".msw-tmp."
@@ -63,6 +63,28 @@ def sweep_temporaries(root: Path, directories: "set[Path] | list[Path]") -> list
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
     return removed
+
+
+def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:
+    """Write ``content`` to ``target`` beside it and rename it into place.
+
+    For files other programs read while we write them, such as node_exporter's
+    textfile directory (it would read half a file, or a temporary one whose
+    name ends in ``.prom``: the temporary name, ours as for
+    :func:`write_atomically`, starts with a dot and has no such suffix).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def file_matches(root: Path, rendered: RenderedFile, *, chown: bool) -> bool:

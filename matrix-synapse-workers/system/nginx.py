@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from .. import paths
-from ..errors import ApplyError
-from ..render import RenderedFile
+from ..core import paths
+from ..core.errors import ApplyError
+from ..render.files import RenderedFile
 from .files import write_atomically
 from .run import run
 

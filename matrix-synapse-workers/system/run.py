@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from ..errors import ApplyError
+from ..core.errors import ApplyError
 
 
 def run(argv: Sequence[str], *, check: bool = True, capture: bool = False,

@@ -13,10 +13,10 @@ import pwd
 import secrets
 from pathlib import Path, PurePosixPath
 
-from .. import paths
-from ..cluster import COPY_HINT
-from ..errors import HostConfigError
-from ..render import GENERATED_MARKER, RenderedFile
+from ..core import paths
+from ..core.cluster import COPY_HINT
+from ..core.errors import HostConfigError
+from ..render.files import GENERATED_MARKER, RenderedFile
 from .files import write_atomically
 
 SECRET_MODE = 0o640

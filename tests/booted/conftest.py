@@ -114,13 +114,6 @@ def package_deb(booted_host: None) -> Path:
     return debs[0]
 
 
-def install_standin_synapse(c: harness.Container, deb: Path, server_name: str) -> None:
-    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health."""
-    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
-    harness.synapse_setup(c, server_name)
-    harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")
-
-
 @pytest.fixture(scope="session")
 def synapse_root(base_root: Path, standin_deb: Path) -> Path:
     """base_root + the stand-in Synapse on PostgreSQL (server_name SERVER_NAME,
@@ -129,7 +122,7 @@ def synapse_root(base_root: Path, standin_deb: Path) -> Path:
     Building it takes about a minute once; a container of it boots with
     Synapse running in about 7 s.  Our package is NOT installed in it.
     """
-    setup = functools.partial(install_standin_synapse, deb=standin_deb, server_name=SERVER_NAME)
+    setup = functools.partial(harness.install_standin_synapse, deb=standin_deb, server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         "standin-synapse", base_root, setup,
         inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),

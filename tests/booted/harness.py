@@ -1607,6 +1607,17 @@ def synapse_settings(shared_secret: str = TEST_SHARED_SECRET) -> dict[str, Any]:
     }
 
 
+def install_standin_synapse(c: Container, deb: Path, server_name: str) -> None:
+    """Install the stand-in, switch it to PostgreSQL as an admin would, wait for /health.
+
+    Here, not in conftest.py, so that scripts/bench builds the same layer without pytest.
+    """
+    from booted_config import STANDIN_MAIN_URL
+    c.install_debs([deb], preseed=f"matrix-synapse-py3 matrix-synapse/server-name string {server_name}\n")
+    synapse_setup(c, server_name)
+    wait_for_http(c, STANDIN_MAIN_URL, "/health")
+
+
 def synapse_setup(container: Container, server_name: str, *,
                   shared_secret: str = TEST_SHARED_SECRET, restart: bool = True) -> None:
     """Configure an installed Synapse for the tests, as an admin would.

@@ -169,7 +169,7 @@ def health_over_tcp(c: Container, address: str, port: int) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(pair: Pair, package_deb: Path) -> Cluster:
-    from matrix_synapse_workers.topology import http_port
+    from matrix_synapse_workers.core.topology import http_port
     a, b = pair.a, pair.b
     # MSW_PACKAGE_DEB: test a .deb built elsewhere instead of dist/'s.
     deb = Path(os.environ.get("MSW_PACKAGE_DEB") or package_deb)

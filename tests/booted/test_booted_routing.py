@@ -20,9 +20,9 @@ from harness import Container, http, login, register_user
 from booted_config import NGINX, VHOST
 from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure
 
-from matrix_synapse_workers import routing
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.core.selection import select
 
 TYPES = "sync, client, federation_reader, media, typing, device_lists, user_dir"
 COUNTS = "sync:2"

@@ -19,6 +19,7 @@ from typing import Iterator
 import pytest
 
 from chroot_helpers import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
+from support.debs import our_deb
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_NEW, STANDIN_OLD = "1.163.2", "1.163.1"
@@ -44,17 +45,7 @@ def chroot_tools() -> None:
 
 @pytest.fixture(scope="session")
 def ours_deb(chroot_tools) -> Path:
-    given = os.environ.get("MSW_DEB")
-    if given:
-        path = Path(given)
-        assert path.is_file(), f"MSW_DEB={given} is not a file"
-        return path
-    done = subprocess.run(["bash", str(REPO / "scripts/build-deb")], stdout=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, text=True, check=False)
-    assert done.returncode == 0, f"scripts/build-deb failed with exit code {done.returncode}"
-    path = Path(done.stdout.strip().splitlines()[-1])
-    assert path.is_file(), path
-    return path
+    return our_deb()
 
 
 @pytest.fixture(scope="session")

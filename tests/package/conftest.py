@@ -12,8 +12,6 @@ cannot pass by skipping.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -21,28 +19,14 @@ from types import ModuleType
 import pytest
 from debian.debfile import DebFile
 
+from support.debs import our_deb
+
 REPO = Path(__file__).resolve().parents[2]
-BUILD_DEB = REPO / "scripts" / "build-deb"
 
 
 @pytest.fixture(scope="session")
 def deb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    given = os.environ.get("MSW_DEB")
-    if given:
-        path = Path(given)
-        assert path.is_file(), f"MSW_DEB={given} is not a file"
-        return path
-    done = subprocess.run(["bash", str(BUILD_DEB)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                          text=True, check=False)
-    assert done.returncode == 0, f"scripts/build-deb failed with exit code {done.returncode}"
-    lines = done.stdout.strip().splitlines()
-    assert lines, "scripts/build-deb printed no .deb path"
-    path = Path(lines[-1])
-    assert path.is_file(), f"scripts/build-deb printed {path}, which does not exist"
-    # Our own copy: another build may replace dist/*.deb while the tests run.
-    copy = tmp_path_factory.mktemp("deb") / path.name
-    shutil.copy2(path, copy)
-    return copy
+    return our_deb(tmp_path_factory.mktemp("deb"))
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +45,7 @@ def unpacked(deb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def packaged_paths(unpacked: Path) -> ModuleType:
     """The ``paths`` module as shipped in the .deb (not the one in the tree)."""
-    file = unpacked / "usr/lib/python3/dist-packages/matrix_synapse_workers/paths.py"
+    file = unpacked / "usr/lib/python3/dist-packages/matrix_synapse_workers/core/paths.py"
     spec = importlib.util.spec_from_file_location("packaged_paths", file)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -30,7 +30,7 @@ EXPECTED_FILES = {
     "usr/share/doc/matrix-synapse-workers/copyright",
     "usr/share/doc/matrix-synapse-workers/changelog.gz",
     f"{PY_DIR}/__init__.py",
-    f"{PY_DIR}/paths.py",
+    f"{PY_DIR}/core/paths.py",
     f"{PY_DIR}/cli.py",
     f"{PY_DIR}/system/__init__.py",
 }

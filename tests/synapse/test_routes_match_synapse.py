@@ -34,10 +34,10 @@ from typing import Callable, Iterable, Sequence
 import pytest
 
 from hostroot import make_root
-from matrix_synapse_workers.catalog import Endpoints
+from matrix_synapse_workers.core.catalog import Endpoints
 from matrix_synapse_workers.cli import main
-from matrix_synapse_workers.routing import READ_METHODS, endpoint_class, table_for
-from matrix_synapse_workers.synapseversion import installed_version
+from matrix_synapse_workers.render.routing import READ_METHODS, endpoint_class, table_for
+from matrix_synapse_workers.system.synapseversion import installed_version
 
 try:
     from re import _parser as sre_parse  # type: ignore[attr-defined]

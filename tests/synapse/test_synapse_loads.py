@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hostroot import homeserver, make_root
-from matrix_synapse_workers.catalog import PRESETS, ROLES
+from matrix_synapse_workers.core.catalog import PRESETS, ROLES
 from matrix_synapse_workers.cli import main
 
 ETC = "etc/matrix-synapse"
@@ -101,3 +101,12 @@ def test_catalog_duty_keys_are_read_by_synapse(synapse_python):
         keys += [role.leader_key] if role.leader_key else []
         for key in keys:
             assert f'"{key}"' in source, (role.name, key)
+
+
+def test_metrics_listeners_load(tmp_path, load_with_synapse):
+    """Every process with its metrics listener (type metrics, TCP on loopback) and enable_metrics."""
+    root, _ = render_and_load(tmp_path, load_with_synapse, "--workers", "sync:2,client,events,media",
+                              "--metrics")
+    shared = yaml.safe_load((root / ETC / "conf.d/workers.yaml").read_text())
+    assert shared["enable_metrics"] is True
+    assert [l["type"] for l in shared["listeners"]].count("metrics") == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from loopback import free_port, wait_listening
-from matrix_synapse_workers import paths
+from matrix_synapse_workers.core import paths
 
 
 def nginx_test(tmp_path: Path, http: str, snippet: str) -> subprocess.CompletedProcess[str]:

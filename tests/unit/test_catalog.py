@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from matrix_synapse_workers.catalog import ALIASES, PRESETS, ROLES, Scope, resolve_role
-from matrix_synapse_workers.plan import parse_worker_name, worker_name
-from matrix_synapse_workers.selection import Selection
+from matrix_synapse_workers.core.catalog import ALIASES, PRESETS, ROLES, Scope, resolve_role
+from matrix_synapse_workers.core.plan import main_worker_name, worker_name
+from matrix_synapse_workers.core.selection import Selection
 
 ISSUE_ROLE_NAMES = [
     "sync", "client", "federation_reader", "federation_sender", "pusher", "appservice", "user_dir",
@@ -66,12 +66,13 @@ def test_worker_names_are_systemd_safe_and_parse_back(name):
     for index in (1, 2, 17):
         made = worker_name(role, index)
         assert re.fullmatch(r"[a-z0-9-]+", made)
-        assert parse_worker_name(made) == (role, index)
+        parsed = main_worker_name(made)
+        assert (parsed.name, parsed.role, parsed.index, parsed.host) == (made, role, index, None)
 
 
 @pytest.mark.parametrize("text", ["sync", "sync-0", "sync-01", "Sync-1", "nosuch-1", "sync_1", "-1"])
 def test_foreign_names_do_not_parse(text):
-    assert parse_worker_name(text) is None
+    assert main_worker_name(text) is None
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -3,13 +3,13 @@
 from pathlib import PurePosixPath
 
 from hostroot import make_root
-from matrix_synapse_workers.changes import OnDisk, compute_changes
+from matrix_synapse_workers.core.changes import OnDisk, compute_changes
 from matrix_synapse_workers.cli import decide
-from matrix_synapse_workers.hostfacts import read_host_facts
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import render
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.settings import Settings, parse_redis
+from matrix_synapse_workers.system.hostfacts import read_host_facts
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.render.files import render
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.core.settings import Settings, parse_redis
 
 
 def deployed(tmp_path, spec, settings=Settings()):

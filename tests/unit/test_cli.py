@@ -74,3 +74,16 @@ def test_module_runs_as_a_command(tmp_path):
                              "--preset", "minimal"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "sync-1" in result.stdout
+
+
+def test_help_lists_auto_and_names_the_measured_best_as_readme_and_sizing_do(capsys):
+    """--help (and so the manual page) agrees with README and sizing.py: auto is the
+    default, minimal is the split that measured best on 2 cores."""
+    from matrix_synapse_workers.cli import build_parser
+    from matrix_synapse_workers.core.sizing import sized_counts
+    from matrix_synapse_workers.core.catalog import PRESETS
+    text = " ".join(build_parser().format_help().split())
+    assert "Presets: auto (sized from this machine's cores and memory; the default)" in text
+    assert "minimal (one sync worker: the split that measured best on 2 cores)" in text
+    assert dict(PRESETS["minimal"].counts) == sized_counts(2, 4096)
+    assert "best" not in PRESETS["small"].summary

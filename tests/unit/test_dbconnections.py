@@ -1,7 +1,7 @@
 """The database-connection budget: refused when even the minimum pools do not fit,
 warned when the pools at their maximum do not (the busy preset's 500s under load)."""
 
-from matrix_synapse_workers.dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes, verdict
+from matrix_synapse_workers.core.dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes, verdict
 
 
 def test_minimum_pools_over_the_limit_is_an_error_naming_the_numbers_and_fixes():
@@ -34,7 +34,7 @@ def test_pool_sizes_default_to_twisteds():
 
 def test_unchecked_gives_the_numbers_the_admin_must_ensure():
     """An image build cannot ask PostgreSQL: preset busy is 27 workers + main."""
-    from matrix_synapse_workers.dbconnections import unchecked
+    from matrix_synapse_workers.core.dbconnections import unchecked
     text = unchecked(28, cp_min=3, cp_max=5, reason="connection refused")
     assert "not checked (connection refused)" in text
     assert "28 Synapse processes open 84" in text and "up to 140" in text
@@ -42,7 +42,8 @@ def test_unchecked_gives_the_numbers_the_admin_must_ensure():
 
 
 def test_status_row_for_the_database():
-    from matrix_synapse_workers.status import FAIL, OK, WARN, DatabaseFacts, check_database
+    from matrix_synapse_workers.status.checks import check_database
+    from matrix_synapse_workers.status.model import FAIL, OK, WARN, DatabaseFacts
     fits = check_database(DatabaseFacts(4, 1, 5, max_connections=100, reserved=3))
     assert fits.status == OK and "20 <= 97" in fits.detail
     busy = check_database(DatabaseFacts(28, 3, 5, max_connections=100, reserved=3))
@@ -55,8 +56,8 @@ def test_status_row_for_the_database():
 def test_an_empty_server_name_configures_nothing_and_says_what_to_do(tmp_path):
     import pytest
     from hostroot import make_root
-    from matrix_synapse_workers.errors import HostConfigError
-    from matrix_synapse_workers.hostfacts import require_server_name
+    from matrix_synapse_workers.core.errors import HostConfigError
+    from matrix_synapse_workers.system.hostfacts import require_server_name
     root = make_root(tmp_path)
     require_server_name(root)
     (root / "etc/matrix-synapse/conf.d/server_name.yaml").write_text("server_name: \n")

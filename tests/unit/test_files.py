@@ -5,7 +5,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from matrix_synapse_workers.render import RenderedFile
+from matrix_synapse_workers.render.files import RenderedFile
 from matrix_synapse_workers.system import files
 from matrix_synapse_workers.system.files import is_temporary, sweep_temporaries, write_atomically
 

@@ -17,17 +17,17 @@ import yaml
 from hostroot import make_root
 from loopback import free_port
 from realredis import redis_with_password
-from matrix_synapse_workers import paths
+from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.cli import main
-from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_from_cluster
-from matrix_synapse_workers.errors import HostConfigError, SelectionError
-from matrix_synapse_workers.hostfacts import read_host_facts
-from matrix_synapse_workers.plan import make_plan, split_worker_name
-from matrix_synapse_workers.render import render
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.settings import Settings
+from matrix_synapse_workers.core.cluster import cluster_data, parse_cluster, plan_from_cluster
+from matrix_synapse_workers.core.errors import HostConfigError, SelectionError
+from matrix_synapse_workers.system.hostfacts import read_host_facts
+from matrix_synapse_workers.core.plan import make_plan, parse_worker_name
+from matrix_synapse_workers.render.files import render
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.core.settings import Settings
 from matrix_synapse_workers.system import netprobe, secrets
-from matrix_synapse_workers.topology import (
+from matrix_synapse_workers.core.topology import (
     Address, http_port, main_topology, parse_address, replication_port, worker_host_topology)
 
 HOSTS = "hostb 10.99.0.2 sync:2,events; hostc 10.99.0.3 federation_sender"
@@ -187,9 +187,11 @@ def test_a_tampered_cluster_yaml_is_refused(main_side):
 
 
 def test_worker_names_carry_their_host():
-    assert split_worker_name("federation-sender-2-hostc")[1:] == (2, "hostc")
-    assert split_worker_name("sync-1")[1:] == (1, None)
-    assert split_worker_name("sync-hostb") is None
+    parsed = parse_worker_name("federation-sender-2-hostc")
+    assert (parsed.index, parsed.host) == (2, "hostc")
+    parsed = parse_worker_name("sync-1")
+    assert (parsed.index, parsed.host) == (1, None)
+    assert parse_worker_name("sync-hostb") is None
 
 
 # --- the command on both hosts -----------------------------------------------------
@@ -223,7 +225,7 @@ def test_worker_hosts_need_the_dedicated_redis(tmp_path, capsys):
     from matrix_synapse_workers.apply import check_spanning_settings
     settings = Settings(topology=main_topology("hostb 10.99.0.2 sync", "10.99.0.1"))
     check_spanning_settings(settings)
-    from matrix_synapse_workers.settings import parse_redis
+    from matrix_synapse_workers.core.settings import parse_redis
     with pytest.raises(SelectionError, match="Redis is 'guide'"):
         check_spanning_settings(replace(settings, redis=parse_redis("guide")))
 
@@ -282,7 +284,7 @@ def test_local_address_check():
 
 
 def test_main_host_back_on_one_machine_drops_its_cluster_yaml(main_side):
-    from matrix_synapse_workers.changes import OnDisk, compute_changes
+    from matrix_synapse_workers.core.changes import OnDisk, compute_changes
     root, facts, plan, settings = main_side
     spanning = render(plan, facts, settings)
     on_disk = {f.path: OnDisk(f.content, f.mode) for f in spanning}
@@ -339,7 +341,7 @@ def test_confirmed_shared_store_is_recorded_for_the_worker_host_and_read_back(tm
     cluster = parse_cluster(data, "cluster.yaml")
     plan_b = plan_from_cluster(cluster, "hostb")
     assert [w.name for w in plan_b.local_workers] == ["sync-1-hostb", "media-1-hostb"]
-    from matrix_synapse_workers.cluster import main_topology_of
+    from matrix_synapse_workers.core.cluster import main_topology_of
     assert main_topology_of(cluster).shared_media
     # Without media on any worker host the confirmation records nothing.
     assert not main_topology(HOSTS, "10.99.0.1", shared_media=True).shared_media

@@ -2,11 +2,11 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from matrix_synapse_workers.catalog import PRESETS
-from matrix_synapse_workers.errors import HostConfigError
-from matrix_synapse_workers.hostfacts import HostFacts
-from matrix_synapse_workers.plan import Plan, make_plan, plan_workers
-from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.core.catalog import PRESETS
+from matrix_synapse_workers.core.errors import HostConfigError
+from matrix_synapse_workers.core.facts import HostFacts
+from matrix_synapse_workers.core.plan import Plan, make_plan, plan_workers
+from matrix_synapse_workers.core.selection import select
 
 
 def names(spec, existing=()):
@@ -88,10 +88,10 @@ def test_admin_listener_on_our_socket_path_is_refused(claimed):
 def test_a_role_newer_than_the_installed_synapse_is_refused(tmp_path):
     from dataclasses import replace as copy_with
     from hostroot import make_root
-    from matrix_synapse_workers.errors import SelectionError
-    from matrix_synapse_workers.hostfacts import read_host_facts
-    from matrix_synapse_workers.plan import make_plan
-    from matrix_synapse_workers.selection import select
+    from matrix_synapse_workers.core.errors import SelectionError
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    from matrix_synapse_workers.core.plan import make_plan
+    from matrix_synapse_workers.core.selection import select
     facts = read_host_facts(make_root(tmp_path))
     old = copy_with(facts, synapse_version=(1, 104, 3))
     with pytest.raises(SelectionError, match=r"'push_rules' needs Synapse 1\.105\.0 or newer, but 1\.104\.3"):

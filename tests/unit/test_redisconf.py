@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix_synapse_workers.redisconf import edit_guide_conf, undo_guide_conf
+from matrix_synapse_workers.render.redisconf import edit_guide_conf, undo_guide_conf
 
 SOCKET = "/run/redis/redis-server.sock"
 STOCK = Path("/etc/redis/redis.conf")

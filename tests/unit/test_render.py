@@ -3,9 +3,9 @@ import pytest
 
 from hostroot import DEBIAN_LOG_CONFIG, homeserver, make_root
 from matrix_synapse_workers.cli import decide
-from matrix_synapse_workers.errors import HostConfigError
-from matrix_synapse_workers.hostfacts import read_host_facts
-from matrix_synapse_workers.settings import Settings, parse_redis
+from matrix_synapse_workers.core.errors import HostConfigError
+from matrix_synapse_workers.system.hostfacts import read_host_facts
+from matrix_synapse_workers.core.settings import Settings, parse_redis
 
 
 def files_of(root, preset=None, workers=None, settings=Settings()):
@@ -161,7 +161,7 @@ def test_admin_conf_d_before_ours_is_merged_like_synapse_does(tmp_path):
 
 
 def test_single_process_after_removal_keeps_main_sock_and_routes_everything_to_main(tmp_path):
-    from matrix_synapse_workers.render import render_single_process
+    from matrix_synapse_workers.render.files import render_single_process
     files = {str(f.path): f for f in render_single_process(read_host_facts(make_root(tmp_path)))}
     shared = yaml.safe_load(files["etc/matrix-synapse/conf.d/workers.yaml"].content)
     assert list(shared) == ["listeners"]

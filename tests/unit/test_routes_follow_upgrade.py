@@ -4,7 +4,7 @@ import io
 from pathlib import Path
 
 from hostroot import make_root
-from matrix_synapse_workers import paths
+from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.apply import refresh_routes
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.system.systemd import Systemd

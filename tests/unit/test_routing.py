@@ -1,6 +1,5 @@
 """The route table (catalog.ENDPOINTS) and the nginx files rendered from it."""
 
-import doctest
 import re
 import shutil
 from pathlib import Path
@@ -8,25 +7,18 @@ from pathlib import Path
 import pytest
 
 from nginx_standins import nginx_test
-from matrix_synapse_workers import paths, routing
-from matrix_synapse_workers.catalog import ENDPOINTS, PRESETS, ROLES, Balance
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
-
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.core.catalog import ENDPOINTS, PRESETS, ROLES, Balance
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from support.plans import plan_of
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
 
 
 def snippet_and_http(spec: str) -> tuple[str, str]:
     http, snippet = nginx_files(plan_of(spec))
     return http.content, snippet.content
-
-
-def test_module_examples():
-    result = doctest.testmod(routing)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_the_table_is_consistent_with_the_roles():
@@ -107,6 +99,45 @@ def test_without_the_writer_its_endpoints_fall_back_in_the_catalog_order():
     assert routing.destination(plan, "/_matrix/federation/v1/send/1", "PUT")[0] == "main"
 
 
+# Issue 12: a worker that registers the servlet but lacks the writer's handler
+# answers 500 (a receipt: insert_receipt asserts the receipts writer; another
+# user's presence: WorkerPresenceHandler.is_visible raises).
+WRITER_ONLY_REQUESTS = {
+    "typing": [("PUT", "/_matrix/client/v3/rooms/!a:x/typing/@u:x")],
+    "to_device": [("PUT", "/_matrix/client/v3/sendToDevice/m.x/1")],
+    "receipts": [("POST", "/_matrix/client/v3/rooms/!a:x/receipt/m.read/$e"),
+                 ("POST", "/_matrix/client/v3/rooms/!a:x/read_markers")],
+    "presence": [("GET", "/_matrix/client/v3/presence/@b:x/status"),
+                 ("PUT", "/_matrix/client/v3/presence/@u:x/status"),
+                 ("GET", "/_matrix/client/api/v1/presence/@b:x/status")],
+}
+
+
+def test_the_writer_only_classes_are_the_ones_listed_here():
+    assert {e.name for e in ENDPOINTS.values() if e.writers_only} == set(WRITER_ONLY_REQUESTS)
+
+
+@pytest.mark.parametrize("spec", ["sync", "client", "sync,client", "sync:2,client:2,user_dir,media",
+                                  *(f"preset:{p}" for p in PRESETS)])
+def test_requests_only_a_writer_can_answer_go_to_the_writer_or_main(spec):
+    plan = Plan(plan_workers(select(preset=spec[7:]) if spec.startswith("preset:") else select(workers=spec)))
+    for stream, requests in WRITER_ONLY_REQUESTS.items():
+        expected = stream if plan.of_role(stream) else "main"
+        for method, path in requests:
+            assert routing.destination(plan, path, method)[0] == expected, (spec, method, path)
+
+
+def test_every_class_says_which_handler_lets_its_workers_serve_it():
+    """So the next route added names what was checked (not only that a servlet exists)."""
+    for endpoints in ENDPOINTS.values():
+        assert len(endpoints.why.strip()) > 20, endpoints.name
+    writerless = routing.check_table([ENDPOINTS["receipts"].__class__(
+        "r", "x", "client", ("^/r$",), roles=("receipts", "client"), why="-", writers_only=True)])
+    assert writerless and "only its stream's writer" in writerless[0]
+    nameless = routing.check_table([ENDPOINTS["receipts"].__class__("n", "x", "client", ("^/n$",))])
+    assert nameless == ["n: no why (the handler that lets its roles serve it)"]
+
+
 def test_no_workers_means_no_locations_but_the_main_ones():
     http, snippet = snippet_and_http("pusher")
     assert "location ~" not in snippet
@@ -184,7 +215,7 @@ def test_every_role_with_client_endpoints_is_routed_somewhere():
 
 # --- the nginx edge: a rejected check puts everything back -----------------
 
-from matrix_synapse_workers.errors import ApplyError  # noqa: E402
+from matrix_synapse_workers.core.errors import ApplyError  # noqa: E402
 from matrix_synapse_workers.system import nginx as nginx_edge  # noqa: E402
 
 

@@ -12,19 +12,16 @@ import shutil
 
 import pytest
 
-from matrix_synapse_workers import routing
-from matrix_synapse_workers.catalog import ROLES
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.core.catalog import ROLES
+
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
 from nginx_standins import get, running_nginx, socket_standins
+from support.plans import plan_of
 
 needs_nginx = pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
 SYNC = "/_matrix/client/v3/sync"
-
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
 
 
 def test_the_role_is_a_generic_client_worker_that_scales():

@@ -19,12 +19,13 @@ import pytest
 
 from hostroot import make_root
 from nginx_standins import free_port, get, nginx_test, running_nginx, socket_standins, stop, tcp_standin
-from matrix_synapse_workers import paths, routing
-from matrix_synapse_workers.hostfacts import read_host_facts
-from matrix_synapse_workers.plan import Plan, make_plan
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.topology import main_topology
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.system.hostfacts import read_host_facts
+from matrix_synapse_workers.core.plan import Plan, make_plan
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.core.topology import main_topology
 
 needs_nginx = pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
 

@@ -9,28 +9,20 @@ version is read from package metadata.
 
 from __future__ import annotations
 
-import doctest
 import shutil
 from pathlib import Path
 
 import pytest
 
 from nginx_standins import nginx_test
-from matrix_synapse_workers import routing, synapseversion
-from matrix_synapse_workers.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.render import nginx_files
-from matrix_synapse_workers.selection import select
-from matrix_synapse_workers.synapseversion import installed_version, parse_version
+from matrix_synapse_workers.render import routing
+from matrix_synapse_workers.system import synapseversion
+from matrix_synapse_workers.core.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, Endpoints
 
-
-def plan_of(spec: str) -> Plan:
-    return Plan(plan_workers(select(workers=spec)))
-
-
-def test_module_examples():
-    result = doctest.testmod(synapseversion)
-    assert result.attempted > 0 and result.failed == 0
+from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.system.synapseversion import installed_version, parse_version
+from support.plans import plan_of
 
 
 # --- reading the version --------------------------------------------------------
@@ -128,9 +120,11 @@ def test_the_device_list_writer_gets_device_changes_only_where_synapse_has_it():
 
 
 def test_the_mechanism_on_a_table_built_here():
-    old = Endpoints("old", "before 2.0", "client", ("^/a$",), roles=("client",), until=(2, 0, 0))
-    new = Endpoints("new", "from 2.0", "client", ("^/a$", "^/b$"), roles=("sync",), since=(2, 0, 0))
-    always = Endpoints("always", "any", "client", ("^/",))
+    old = Endpoints("old", "before 2.0", "client", ("^/a$",), roles=("client",), until=(2, 0, 0),
+                    why="a handler")
+    new = Endpoints("new", "from 2.0", "client", ("^/a$", "^/b$"), roles=("sync",), since=(2, 0, 0),
+                    why="a handler")
+    always = Endpoints("always", "any", "client", ("^/",), why="main keeps it")
     table = (old, new, always)
 
     def route(path: str, version: tuple[int, int, int] | None) -> str | None:

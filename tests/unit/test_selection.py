@@ -1,7 +1,7 @@
 import pytest
 
-from matrix_synapse_workers.errors import SelectionError
-from matrix_synapse_workers.selection import parse_workers, select
+from matrix_synapse_workers.core.errors import SelectionError
+from matrix_synapse_workers.core.selection import parse_workers, select
 
 
 def test_issue_example():
@@ -49,7 +49,14 @@ def test_nothing_chosen_is_an_error():
 
 
 def test_auto_is_sized_from_this_machine():
-    from matrix_synapse_workers.sizing import sized_counts, this_machine
+    from matrix_synapse_workers.core.sizing import sized_counts
+    from matrix_synapse_workers.system.machine import this_machine
     cores, memory = this_machine()
     assert cores >= 1 and memory > 0
-    assert select(preset="auto").counts == sized_counts(cores, memory)
+    assert select(preset="auto", machine=(cores, memory)).counts == sized_counts(cores, memory)
+
+
+def test_auto_without_the_machine_is_refused():
+    """Choosing stays pure: the machine's size comes from the caller, never read here."""
+    with pytest.raises(SelectionError, match="auto"):
+        select(preset="auto")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from matrix_synapse_workers.plan import Plan, plan_workers
-from matrix_synapse_workers.selection import Selection
-from matrix_synapse_workers.sizing import PROCESS_MIB, SYNAPSE_SHARE, sized_counts
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.core.selection import Selection
+from matrix_synapse_workers.core.sizing import PROCESS_MIB, SYNAPSE_SHARE, sized_counts
 
 
 @pytest.mark.parametrize("cores,memory,expected", [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import socket
 import threading
@@ -11,33 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from matrix_synapse_workers import status, statusprobe
-from matrix_synapse_workers.status import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
-                                           NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
-                                           evaluate, exit_code, expected_processes)
+from matrix_synapse_workers import status
+from matrix_synapse_workers.status import model, report
+from matrix_synapse_workers.status import probe as statusprobe
+from matrix_synapse_workers.status import evaluate, exit_code
+from matrix_synapse_workers.status.model import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
+                                                 NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
+                                                 expected_processes)
+
+from support.status_facts import REDIS_SOCKET, REDIS_UNIT, SOCKET_DIR_STAT, row, running
 
 WORKERS = ("client-1", "sync-1", "sync-2", "typing-1")
-REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
-REDIS_UNIT = "redis-server@matrix-synapse.service"
 
 
 def healthy(workers=WORKERS, version="1.163.2") -> Facts:
     """What a working host with these workers looks like to the probes."""
     processes = expected_processes(workers)
-    units = {"matrix-synapse.target": UnitState("active"), REDIS_UNIT: UnitState("active", "running", 50)}
-    health, stats, clients, pids = {}, {"/run/matrix-synapse": PathStat(True, False, "matrix-synapse",
-                                                                        "clubmatrix", 0o2750)}, [], {}
-    for index, process in enumerate(processes):
-        pid = 100 + index
-        units[process.unit] = UnitState("active", "running", pid)
-        health[process.name] = Health(200, "OK", f"Synapse/{version}")
-        stats[str(process.http_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o660)
-        if process.replication_socket:
-            stats[str(process.replication_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o600)
-        for n, sub in ((0, 0), (1, 2)):
-            fd = 10 + 2 * index + n
-            clients.append(RedisClient(fd, sub, "P" if sub else "N"))
-            pids[fd] = pid
+    units, health, stats, clients, pids = running(processes, version=f"Synapse/{version}", subscriptions=2)
+    units.update({"matrix-synapse.target": UnitState("active"), REDIS_UNIT: UnitState("active", "running", 50)})
+    stats["/run/matrix-synapse"] = SOCKET_DIR_STAT
     return Facts(
         expected=Expected(processes),
         units=units, health=health, paths=stats,
@@ -51,19 +42,8 @@ def healthy(workers=WORKERS, version="1.163.2") -> Facts:
         nginx=NginxFacts(), target_unit=UnitState("active"))
 
 
-def row(rows, check, subject):
-    found = [r for r in rows if r.check == check and r.subject == subject]
-    assert len(found) == 1, (check, subject, rows)
-    return found[0]
-
-
 def problems(rows):
     return [r for r in rows if r.status in (WARN, FAIL)]
-
-
-def test_doctests():
-    result = doctest.testmod(status)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_healthy_host_is_exit_0_with_every_process_seen():
@@ -181,9 +161,9 @@ def test_version_skew_names_the_process_left_behind():
 
 
 def test_upstream_version_of_package_versions():
-    assert status.upstream_version("1:1.163.2+bookworm1") == "1.163.2"
-    assert status.upstream_version("1.163.2~rc1-1") == "1.163.2"
-    assert status.upstream_version(None) is None
+    assert model.upstream_version("1:1.163.2+bookworm1") == "1.163.2"
+    assert model.upstream_version("1.163.2~rc1-1") == "1.163.2"
+    assert model.upstream_version(None) is None
 
 
 def test_health_that_fails_while_the_unit_runs():

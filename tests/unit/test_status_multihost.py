@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from matrix_synapse_workers.cluster import cluster_data, parse_cluster, plan_from_cluster
-from matrix_synapse_workers.plan import Plan, remote_workers
-from matrix_synapse_workers.status import (FAIL, INFO, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts,
-                                           ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat,
-                                           PeerListener, Reach, RedisClient, RedisFacts, SecretFile, UnitState,
-                                           evaluate, exit_code, expected_processes, worker_process)
-from matrix_synapse_workers.topology import main_topology, replication_port
+from matrix_synapse_workers.core.cluster import cluster_data, parse_cluster, plan_from_cluster
+from matrix_synapse_workers.core.plan import Plan, remote_workers
+from matrix_synapse_workers.status import evaluate, exit_code
+from matrix_synapse_workers.status.model import (FAIL, INFO, MAIN_HOST, OK, WARN, WORKER_HOST, ClusterFacts,
+                                                 ConfigFacts, Expected, Facts, Health, NginxFacts, PathStat,
+                                                 PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
+                                                 UnitState, expected_processes, worker_process)
+from matrix_synapse_workers.core.topology import main_topology, replication_port
+
+from support.status_facts import REDIS_SOCKET, REDIS_UNIT, SOCKET_DIR_STAT, row, running
 
 HOSTB = "10.99.0.2"
 REPLICATION = "10.99.0.1:9093"
 REDIS = "10.99.0.1:6379"
-REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
-REDIS_UNIT = "redis-server@matrix-synapse.service"
 SECRET = "/etc/matrix-synapse/cluster/replication-secret"
 PASSWORD = "/etc/matrix-synapse/cluster/redis-password"
 VERSION = "Synapse/1.163.2"
@@ -41,19 +42,10 @@ def main_host() -> Facts:
     """A main host running main and sync-1, with hostb running sync-1-hostb and events-1-hostb."""
     local = expected_processes(("sync-1",))
     remote = tuple(worker_process(w, remote=True) for w in REMOTE)
-    units = {"matrix-synapse.target": UnitState("active"), REDIS_UNIT: UnitState("active", "running", 50)}
-    stats = {"/run/matrix-synapse": PathStat(True, False, "matrix-synapse", "clubmatrix", 0o2750)}
-    health, clients, pids = {}, [], {}
-    for index, process in enumerate(local):
-        pid = 100 + index
-        units[process.unit] = UnitState("active", "running", pid)
-        stats[str(process.http_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o660)
-        if process.replication_socket:
-            stats[str(process.replication_socket)] = PathStat(True, True, "matrix-synapse", "clubmatrix", 0o600)
-        for n, sub in ((0, 0), (1, 1)):
-            fd = 10 + 2 * index + n
-            clients.append(RedisClient(fd, sub, "P" if sub else "N", f"{REDIS_SOCKET}:0"))
-            pids[fd] = pid
+    units, health, stats, clients, pids = running(local, version=VERSION,
+                                                  client_addr=lambda index, n: f"{REDIS_SOCKET}:0")
+    units.update({"matrix-synapse.target": UnitState("active"), REDIS_UNIT: UnitState("active", "running", 50)})
+    stats["/run/matrix-synapse"] = SOCKET_DIR_STAT
     for index, process in enumerate(remote):
         for n, sub in ((0, 0), (1, 1)):
             clients.append(RedisClient(40 + 2 * index + n, sub, "P" if sub else "N",
@@ -78,16 +70,11 @@ def worker_host() -> Facts:
     """hostb as it sees itself: sync-1-hostb and events-1-hostb over TCP, main and Redis on 10.99.0.1."""
     cluster = parse_cluster(cluster_data(Plan(REMOTE, TOPOLOGY.replication)), "cluster.yaml")
     local = tuple(worker_process(w) for w in plan_from_cluster(cluster, "hostb").local_workers)
-    units = {"matrix-synapse.target": UnitState("active"), "matrix-synapse.service": UnitState("inactive", "dead")}
-    health, clients, pids = {}, [], {}
-    for index, process in enumerate(local):
-        pid = 200 + index
-        units[process.unit] = UnitState("active", "running", pid)
-        health[process.name] = Health(200, "OK", VERSION)
-        for n, sub in ((0, 0), (1, 1)):
-            fd = 30 + 2 * index + n
-            clients.append(RedisClient(fd, sub, "P" if sub else "N", f"{HOSTB}:{42000 + 2 * index + n}"))
-            pids[fd] = pid
+    units, health, _, clients, pids = running(
+        local, version=VERSION, first_pid=200, first_fd=30, sockets=False,
+        client_addr=lambda index, n: f"{HOSTB}:{42000 + 2 * index + n}")
+    units.update({"matrix-synapse.target": UnitState("active"),
+                  "matrix-synapse.service": UnitState("inactive", "dead")})
     # Main's own connections, over the socket on the main host: not this host's.
     clients += [RedisClient(8, 1, "P", f"{REDIS_SOCKET}:0"), RedisClient(9, 0, "N", f"{REDIS_SOCKET}:0")]
     return Facts(
@@ -99,12 +86,6 @@ def worker_host() -> Facts:
                              ("sync-1-hostb", "events-1-hostb"), True, DIRECTORY, secrets(),
                              redis_reach=Reach(True, "", True), replication_reach=Reach(True, "", True),
                              secret_tested=True, main_health=Health(200, "OK", VERSION)))
-
-
-def row(rows, check, subject):
-    found = [r for r in rows if r.check == check and r.subject == subject]
-    assert len(found) == 1, (check, subject, rows)
-    return found[0]
 
 
 def problems(rows):

@@ -20,11 +20,13 @@ import pytest
 import yaml
 
 from hostroot import make_root
-from matrix_synapse_workers import paths, status, statusprobe
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers import status
+from matrix_synapse_workers.status import probe as statusprobe
 from matrix_synapse_workers.cli import main
-from matrix_synapse_workers.status import FAIL, OK, RedisClient, WORKER_HOST
+from matrix_synapse_workers.status.model import FAIL, OK, RedisClient, WORKER_HOST
 from matrix_synapse_workers.system import netprobe
-from matrix_synapse_workers.topology import Address, http_port, replication_port
+from matrix_synapse_workers.core.topology import Address, http_port, replication_port
 from loopback import free_port
 from realredis import redis_with_password
 

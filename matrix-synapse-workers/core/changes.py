@@ -17,8 +17,8 @@ import yaml
 
 from . import paths
 from .catalog import ROLES, Role, Scope
-from .plan import Plan, split_worker_name
-from .render import RenderedFile, is_generated, meaning
+from .plan import Plan, parse_worker_name
+from ..render.files import RenderedFile, is_generated, meaning
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
@@ -117,7 +117,7 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     workers and worker-logs directories (and the ``removable`` ones that exist):
     files this package wrote before that go when no longer desired."""
     old_workers = {p.stem for p, f in on_disk.items()
-                   if p.parent == paths.WORKERS_DIR and f.ours and split_worker_name(p.stem)}
+                   if p.parent == paths.WORKERS_DIR and f.ours and parse_worker_name(p.stem)}
     new_workers = set(plan.names)
     roles = {w.name: w.role for w in plan.local_workers}
     kept = {name: roles[name] for name in new_workers & old_workers}
@@ -156,11 +156,11 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
                        f"({', '.join(sorted(shared_keys)) or 'redis'})")
     restart |= readers
     for name in added | removed:
-        parsed = split_worker_name(name)
-        if parsed and parsed[0].moves_together:
-            together = {n for n, r in kept.items() if r is parsed[0]}
+        parsed = parse_worker_name(name)
+        if parsed and parsed.role.moves_together:
+            together = {n for n, r in kept.items() if r is parsed.role}
             if together - restart:
-                reasons.append(f"{', '.join(sorted(together))}: {parsed[0].name} workers move together")
+                reasons.append(f"{', '.join(sorted(together))}: {parsed.role.name} workers move together")
             restart |= together
 
     # A removed worker's files, and log configs left by a worker file an admin deleted.

@@ -18,14 +18,11 @@ so all processes derive the same stream writers and duty lists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
-
-import yaml
 
 from . import paths
 from .errors import HostConfigError
-from .plan import Plan, Worker, split_worker_name
+from .plan import Plan, parse_worker_name
 from .topology import (DEFAULT_REDIS_PORT, MEDIA_ROLE, Address, HostRole, Topology, WorkerHost,
                        media_store_refusal)
 
@@ -45,6 +42,8 @@ class Cluster:
     addresses: Mapping[str, str]
     #: Host label (``main`` for the main host) -> worker names.
     workers: Mapping[str, tuple[str, ...]]
+    #: Every process serves metrics (the main host's answer holds for all hosts).
+    metrics: bool = False
     #: The main host's admin confirmed one media store shared by every host.
     shared_media: bool = False
 
@@ -71,6 +70,8 @@ def cluster_data(plan: Plan) -> dict[str, Any]:
         "redis": {"host": redis.host, "port": redis.port},
         "hosts": hosts,
     }
+    if plan.metrics:
+        data["metrics"] = True
     if plan.shared_media:
         data[SHARED_MEDIA_KEY] = True
     return data
@@ -105,7 +106,7 @@ def parse_cluster(data: Any, shown: str) -> Cluster:
     if not isinstance(shared, bool):
         raise HostConfigError(f"{shown}: {SHARED_MEDIA_KEY} is {shared!r}, not true or false; "
                               f"{COPY_HINT}")
-    return Cluster(replication, redis, addresses, workers, shared)
+    return Cluster(replication, redis, addresses, workers, data.get("metrics") is True, shared)
 
 
 def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
@@ -120,19 +121,19 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
     for label, names in cluster.workers.items():
         host = None if label == MAIN else label
         for name in names:
-            parsed = split_worker_name(name)
-            if parsed is None or parsed[2] != host:
+            parsed = parse_worker_name(name)
+            if parsed is None or parsed.host != host:
                 raise HostConfigError(f"/{paths.CLUSTER_FILE}: {name!r} is not a worker name this "
                                       f"package gives on host {label!r}; {COPY_HINT}")
-            found.append(Worker(name, parsed[0], parsed[1], host,
-                                cluster.addresses.get(label) if host else None))
+            found.append(parsed.worker(host, cluster.addresses.get(label) if host else None))
     if not cluster.shared_media and any(w.host == here and w.role.name == MEDIA_ROLE
                                         for w in found):
         # Written by hand or by a main host that did not ask: refused here too.
         raise HostConfigError(f"/{paths.CLUSTER_FILE}: {media_store_refusal([here])}; the "
                               f"confirmation goes on the main host, which records it there as "
                               f"{SHARED_MEDIA_KEY}: true")
-    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.shared_media)
+    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.metrics,
+                cluster.shared_media)
 
 
 def main_topology_of(cluster: Cluster) -> Topology:
@@ -143,34 +144,9 @@ def main_topology_of(cluster: Cluster) -> Topology:
             continue
         counts: dict[str, int] = {}
         for name in names:
-            parsed = split_worker_name(name)
+            parsed = parse_worker_name(name)
             if parsed is not None:
-                counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+                counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
         hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
     return Topology(HostRole.MAIN, cluster.replication, tuple(hosts),
                     shared_media=cluster.shared_media)
-
-
-def deployed_topology(root: Path) -> Topology:
-    """What this host is now: a worker host (its mark), a main host with worker hosts
-    (its cluster.yaml), or one machine."""
-    from .topology import worker_host_topology
-    mark = root / paths.WORKER_HOST_MARK
-    if mark.is_file():
-        return worker_host_topology(mark.read_text(encoding="utf-8").strip())
-    if not (root / paths.CLUSTER_FILE).is_file():
-        return Topology()
-    return main_topology_of(read_cluster(root))
-
-
-def read_cluster(root: Path) -> Cluster:
-    path = root / paths.CLUSTER_FILE
-    shown = "/" + str(paths.CLUSTER_FILE)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HostConfigError(f"{shown} does not exist: a worker host takes its workers from the "
-                              f"main host; {COPY_HINT}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise HostConfigError(f"{shown} cannot be read: {exc}; {COPY_HINT}") from None
-    return parse_cluster(data, shown)

@@ -17,7 +17,7 @@ from typing import Mapping
 
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
-from .sizing import sized_counts, this_machine
+from .sizing import sized_counts
 
 _COUNT = re.compile(r"^[0-9]+$")
 
@@ -89,18 +89,30 @@ def parse_workers(spec: str) -> dict[str, int]:
     return counts
 
 
-def preset_counts(name: str) -> dict[str, int]:
+#: (cores, MiB of RAM) of the machine the preset ``auto`` sizes for.
+Machine = tuple[int, int]
+
+
+def preset_counts(name: str, machine: Machine | None = None) -> dict[str, int]:
     key = name.strip().lower().replace("-", "_")
     if key == AUTO:
-        return sized_counts(*this_machine())
+        if machine is None:
+            raise SelectionError("the preset 'auto' is sized from the machine, but its cores and "
+                                 "memory were not given")
+        return sized_counts(*machine)
     if key not in PRESETS:
         raise SelectionError(f"unknown preset {name!r}; accepted: {accepted_presets()}")
     return dict(PRESETS[key].counts)
 
 
-def select(preset: str | None = None, workers: str | None = None) -> Selection:
-    """Combine a preset with explicit counts; explicit counts win per role."""
-    counts = preset_counts(preset) if preset else {}
+def select(preset: str | None = None, workers: str | None = None,
+           machine: Machine | None = None) -> Selection:
+    """Combine a preset with explicit counts; explicit counts win per role.
+
+    ``machine`` (cores, MiB) sizes the preset ``auto``; the caller reads it
+    (system/machine.py), so choosing stays pure.
+    """
+    counts = preset_counts(preset, machine) if preset else {}
     counts.update(parse_workers(workers or ""))
     if not counts:
         raise SelectionError(

@@ -4,8 +4,8 @@ The reverse proxy needs, for every class of endpoints in :data:`catalog.ENDPOINT
 the pool of workers that serves it (or main), and how requests are spread over
 that pool.  This module decides that once; the nginx templates only print it.
 
->>> from .selection import select
->>> from .plan import Plan, plan_workers
+>>> from ..core.selection import select
+>>> from ..core.plan import Plan, plan_workers
 >>> plan = Plan(plan_workers(select(workers="sync:2,client")))
 >>> destination(plan, "/_matrix/client/v3/sync", "GET")
 ('sync', ('sync-1', 'sync-2'))
@@ -13,6 +13,11 @@ that pool.  This module decides that once; the nginx templates only print it.
 ('main', ())
 >>> destination(plan, "/_matrix/client/v3/user/@a:x/account_data/t", "GET")
 ('client', ('client-1',))
+
+A request only a stream's writer can answer goes to main when there is none:
+
+>>> destination(plan, "/_matrix/client/v3/presence/@b:x/status", "GET")
+('main', ())
 
 Routes depend on the Synapse version (None: unknown, the newest table):
 
@@ -30,9 +35,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable
 
-from . import paths
-from .catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, ROLES, Balance, Endpoints, Version
-from .plan import Plan, Worker
+from ..core import paths
+from ..core.catalog import ENDPOINTS, MIN_SYNAPSE_VERSION, ROLES, Balance, Endpoints, Version
+from ..core.plan import Plan, Worker
 
 MAIN = "main"
 #: Methods a ``read_roles`` pool serves.
@@ -274,6 +279,14 @@ def check_table(table: Iterable[Endpoints] | None = None) -> list[str]:
                             f"until {endpoints.until}")
         if endpoints.until and endpoints.until <= MIN_SYNAPSE_VERSION:
             problems.append(f"{endpoints.name}: ends before the oldest supported Synapse")
+        if not endpoints.why.strip():
+            problems.append(f"{endpoints.name}: no why (the handler that lets its roles serve it)")
+        if endpoints.writers_only and (
+                len(endpoints.roles) != 1 or ROLES.get(endpoints.roles[0]) is None
+                or ROLES[endpoints.roles[0]].stream is None
+                or endpoints.read_roles or endpoints.initial_roles):
+            problems.append(f"{endpoints.name}: only its stream's writer can serve it, "
+                            f"so its one role must be that writer (main takes it otherwise)")
         if endpoints.initial_roles and endpoints.read_roles:
             problems.append(f"{endpoints.name}: initial_roles and read_roles cannot be combined")
         for role in endpoints.roles + endpoints.read_roles + endpoints.initial_roles:

@@ -22,6 +22,15 @@ listens on :func:`http_port` / :func:`replication_port` of its host's address.
 Address(host='10.99.0.1', port=9093)
 >>> http_port("sync", 2), replication_port("events", 1)
 (18002, 18951)
+
+Metrics (when switched on) listen on ports of their own, from
+:data:`METRICS_PORT_BASE` on: main there, a worker 100 per role further
+(:func:`metrics_port`), on loopback on the main host and on the worker host's
+private address elsewhere, so the main host's scrape targets need nothing
+from the other hosts.
+
+>>> MAIN_METRICS_PORT, metrics_port("sync", 2), metrics_port("events", 1)
+(20000, 20002, 20901)
 """
 
 from __future__ import annotations
@@ -43,6 +52,12 @@ DEFAULT_REDIS_PORT = 6379
 #: Worker ports: BASE + 100 * (role's place in the catalog) + n; replication +50.
 PORT_BASE = 18000
 MAX_INDEX = 49
+#: Metrics listeners: main at the base, workers BASE + 100 * (role's place) + n
+#: (n from 1, so no worker takes main's port).
+METRICS_PORT_BASE = 20000
+MAIN_METRICS_PORT = METRICS_PORT_BASE
+#: Where the main host's processes serve metrics: only this machine reaches them.
+LOOPBACK = "127.0.0.1"
 _LABEL = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 _ROLE_ORDER = {name: i for i, name in enumerate(ROLES)}
 LABEL_RULE = "1 to 16 lower-case letters and digits, starting with a letter"
@@ -107,6 +122,10 @@ def http_port(role: str, index: int) -> int:
 
 def replication_port(role: str, index: int) -> int:
     return PORT_BASE + 100 * _ROLE_ORDER[role] + 50 + index
+
+
+def metrics_port(role: str, index: int) -> int:
+    return METRICS_PORT_BASE + 100 * _ROLE_ORDER[role] + index
 
 
 def check_index(role: str, index: int) -> None:

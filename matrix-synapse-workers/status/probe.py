@@ -4,7 +4,7 @@ Reads the deployed files, then asks systemd, every Synapse socket (GET
 /health over HTTP/1.1 on AF_UNIX), Redis (RESP over its socket), ``ss``,
 debconf and nginx, all at once in threads with short timeouts, so the whole
 look stays well under two seconds with twenty workers.  Nothing here judges:
-:mod:`status` turns the facts into verdicts.  Nothing here changes anything.
+:mod:`.checks` turns the facts into verdicts.  Nothing here changes anything.
 
 Over several machines the other side is asked too, in the same threads and
 with the same one-second timeout, so an unreachable host costs one timeout,
@@ -31,64 +31,39 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from . import paths
-from .answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
+from ..core import paths
+from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
     normalized_counts
-from .cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster, read_cluster
-from .errors import WorkersError
-from .dbconnections import pool_sizes
-from .hostfacts import existing_worker_names, merged_admin_config, read_host_facts
-from .plan import Plan, Worker, make_plan, remote_workers, split_worker_name
-from .render import RenderedFile, dump_yaml, main_listeners, render
-from .selection import select
-from .settings import RedisMode, Settings, parse_redis
-from .status import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
+from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
+from ..system.clusterfile import read_cluster
+from ..core.dbconnections import pool_sizes
+from ..core.errors import WorkersError
+from ..system.hostfacts import existing_worker_names, merged_admin_config, metrics_deployed, \
+    read_host_facts
+from ..core.plan import Plan, Worker, parse_worker_name
+from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
+from ..core.settings import RedisMode, Settings
+from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts,
+                    Health, Process,
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
-from .system import netprobe
-from .topology import Address, Topology
+from ..system.synapseversion import installed_release
+from ..system import applied, netprobe, statoverride
+from ..core.topology import Address, Topology
+from ..deployment import read_deployment, redis_config, redis_settings_of
 
 TIMEOUT = 1.0
-REDIS_UNIT = f"redis-server@{paths.REDIS_INSTANCE}.service"
-GUIDE_REDIS_UNIT = "redis-server.service"
-APPLIED = paths.STATE_DIR / "applied"
-STATOVERRIDE_DB = Path("/var/lib/dpkg/statoverride")
-SYNAPSE_DIST_INFO = "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info"
-SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 
 # --- small clients --------------------------------------------------------------
 
 
-def _connect_unix(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
     """GET /health over a UNIX socket (a path) or TCP (an :class:`Address`), HTTP/1.1,
     with X-Forwarded-For (Synapse needs it on sockets)."""
-    request = (b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 127.0.0.1\r\n"
-               b"User-Agent: matrix-synapse-workers-status\r\nConnection: close\r\n\r\n")
+    headers = {"X-Forwarded-For": "127.0.0.1", "User-Agent": "matrix-synapse-workers-status"}
     try:
-        connection = (netprobe.connect(where, timeout) if isinstance(where, Address)
-                      else _connect_unix(where, timeout))
-        with connection as sock:
-            sock.sendall(request)
-            data = b""
-            while len(data) < 65536:
-                chunk = sock.recv(8192)
-                if not chunk:
-                    break
-                data += chunk
-                if _complete(data):
-                    break
+        answer = netprobe.http_get(where, "/health", headers, timeout)
     except FileNotFoundError:
         return Health(error="socket missing")
     except ConnectionRefusedError:
@@ -99,70 +74,9 @@ def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
         return Health(error="permission denied (run as root)")
     except OSError as exc:
         return Health(error=exc.strerror or str(exc))
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    match = re.match(r"HTTP/1\.[01] (\d{3})", lines[0] if lines else "")
-    if not match:
+    except netprobe.NotHttp:
         return Health(error="not an HTTP answer")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    if "chunked" in headers.get("transfer-encoding", ""):
-        body = _unchunk(body)
-    return Health(int(match[1]), body.decode("utf-8", "replace"), headers.get("server", ""))
-
-
-def _complete(data: bytes) -> bool:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return found is not None and len(body) >= int(found[1])
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out, body = out + rest[:size], rest[size + 2:]
-    return out
-
-
-class RespError(Exception):
-    pass
-
-
-class Resp:
-    """Just enough of the Redis protocol to ask a few questions."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-        self.sock = sock
-
-    def call(self, *words: str) -> Any:
-        command = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)
-        self.sock.sendall(command.encode())
-        return self._read()
-
-    def _read(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise RespError("connection closed")
-        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.file.read(size + 2)[:-2].decode("utf-8", "replace")
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
-        raise RespError(f"unexpected reply {line[:20]!r}")
+    return Health(answer.status, answer.body, answer.headers.get("server", ""))
 
 
 def parse_client_list(text: str) -> tuple[RedisClient, ...]:
@@ -184,26 +98,26 @@ def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT,
     """
     try:
         if config.get("path"):
-            sock = _connect_unix(str(config["path"]), timeout)
+            sock = netprobe.connect(str(config["path"]), timeout)
         else:
             sock = socket.create_connection((str(config.get("host", "localhost")),
                                              int(config.get("port", 6379))), timeout)
     except OSError as exc:
         return exc.strerror or str(exc), None, ()
     with sock:
-        resp = Resp(sock)
+        resp = netprobe.Resp(sock)
         try:
             password = password if password is not None else config.get("password")
             if password:
                 resp.call("AUTH", str(password))
             resp.call("PING")
             clients = parse_client_list(resp.call("CLIENT", "LIST") or "")
-        except (RespError, OSError) as exc:
+        except (netprobe.RespError, OSError) as exc:
             return _one_line(str(exc)), None, ()
         try:
             reply = resp.call("CONFIG", "GET", "port")
             port = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
-        except (RespError, OSError, ValueError):
+        except (netprobe.RespError, OSError, ValueError):
             port = None
     return "", port, clients
 
@@ -332,27 +246,6 @@ def debconf_answers() -> dict[str, str] | str:
     return answers if answers else "no answers recorded"
 
 
-def installed_version(root: Path) -> str | None:
-    for found in sorted(root.glob(SYNAPSE_DIST_INFO)):
-        return found.name[len("matrix_synapse-"):-len(".dist-info")]
-    done = _run(["dpkg-query", "--show", "--showformat=${Version}", SYNAPSE_PACKAGE])
-    if done is not None and done.returncode == 0 and done.stdout.strip():
-        return done.stdout.strip()
-    return None
-
-
-def statoverride(path: str, db: Path = STATOVERRIDE_DB) -> tuple[str, str, int] | None:
-    try:
-        lines = db.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split(maxsplit=3)
-        if len(fields) == 4 and fields[3] == path:
-            return fields[0], fields[1], int(fields[2], 8)
-    return None
-
-
 def nginx_dump() -> tuple[bool | None, str, frozenset[str]]:
     """(nginx -T passed, its messages, the files its configuration is made of)."""
     done = _run(["nginx", "-T"], timeout=1.5)
@@ -370,6 +263,8 @@ class Deployed:
     workers: tuple[str, ...]
     redis_config: Mapping[str, Any]
     recorded_workers: str | None
+    #: Our shared file switches metrics on.
+    metrics: bool = False
 
 
 def _read_yaml(path: Path) -> Any:
@@ -380,27 +275,9 @@ def _read_yaml(path: Path) -> Any:
 
 
 def read_deployed(root: Path) -> Deployed:
-    data = _read_yaml(root / paths.REDIS_CONF_D)
-    redis = data.get("redis") if isinstance(data, dict) else None
-    recorded = None
-    try:
-        for line in (root / APPLIED).read_text(encoding="utf-8").splitlines():
-            if line.startswith("workers="):
-                recorded = line.partition("=")[2]
-    except OSError:
-        pass
-    return Deployed(existing_worker_names(root), redis if isinstance(redis, dict) else {}, recorded)
-
-
-def redis_settings_of(config: Mapping[str, Any]):
-    path = config.get("path")
-    if path == str(paths.REDIS_INSTANCE_SOCKET):
-        return parse_redis("dedicated")
-    if path == str(paths.REDIS_GUIDE_SOCKET):
-        return parse_redis("guide")
-    if path:
-        return parse_redis(f"unix:{path}")
-    return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")
+    record = applied.read(root)
+    return Deployed(existing_worker_names(root), redis_config(root),
+                    record.workers if record is not None else None, metrics_deployed(root))
 
 
 def redis_location(config: Mapping[str, Any]) -> str:
@@ -418,7 +295,7 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
     On a worker host the answers choose no workers (cluster.yaml does): None.
     """
     fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
-                        topology=topology)
+                        topology=topology, metrics=deployed.metrics)
     if answers is None:
         return fallback, None, ""
     try:
@@ -449,8 +326,9 @@ def listeners_match(root: Path, facts: Any, replication: Address | None = None) 
     data = _read_yaml(root / paths.SHARED_CONF)
     if not isinstance(data, dict):
         return None
-    listeners = (main_listeners(facts, remote_replication=replication) if replication is not None
-                 else main_listeners(facts))
+    metrics = data.get("enable_metrics") is True
+    listeners = (main_listeners(facts, remote_replication=replication, metrics=metrics)
+                 if replication is not None else main_listeners(facts, metrics=metrics))
     wanted = yaml.safe_load(dump_yaml({"listeners": listeners}))["listeners"]
     return data.get("listeners") == wanted
 
@@ -461,25 +339,23 @@ def _ours(item: RenderedFile) -> bool:
     return item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
 
 
-def desired_files(root: Path, deployed: Deployed, settings: Settings,
-                  side: "Side | None" = None) -> tuple[Any, tuple[RenderedFile, ...]]:
-    """(host facts, the files the package would write now for the workers on disk).
-
-    A worker host renders the plan cluster.yaml gives it; a main host the
-    workers on disk plus the worker hosts of its topology.
-    """
-    facts = read_host_facts(root)
+def plan_here(root: Path, settings: Settings, side: "Side | None" = None,
+              facts: Any = None) -> tuple[Any, Plan]:
+    """(host facts, the plan for the workers on disk): a worker host's from cluster.yaml,
+    a main host's the workers on disk plus the worker hosts of ``settings``' topology."""
     if side is not None and side.role == WORKER_HOST:
+        facts = facts if facts is not None else read_host_facts(root)
         if side.plan is None:
             raise WorkersError(side.error or f"/{paths.CLUSTER_FILE} is not usable")
-        plan = side.plan
-    else:
-        topology = settings.topology
-        spec = normalized_counts(counts_from_workers(deployed.workers))
-        if spec:
-            plan = make_plan(select(workers=spec), facts, topology)
-        else:
-            plan = Plan(remote_workers(topology), topology.replication)
+        return facts, side.plan
+    deployment = read_deployment(root, settings=settings, facts=facts)
+    return deployment.facts, deployment.plan
+
+
+def desired_files(root: Path, settings: Settings, side: "Side | None" = None,
+                  facts: Any = None) -> tuple[Any, tuple[RenderedFile, ...]]:
+    """(host facts, the files the package would write now for the workers on disk)."""
+    facts, plan = plan_here(root, settings, side, facts)
     return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
 
 
@@ -536,9 +412,9 @@ def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
         if host == CLUSTER_MAIN or (label is not None and host != label):
             continue
         for name in names:
-            parsed = split_worker_name(name)
+            parsed = parse_worker_name(name)
             if parsed is not None:
-                found.append(Worker(name, parsed[0], parsed[1], host, cluster.addresses.get(host)))
+                found.append(parsed.worker(host, cluster.addresses.get(host)))
     return tuple(found)
 
 
@@ -566,10 +442,9 @@ def local_workers(names: Sequence[str], side: Side) -> tuple[Worker, ...]:
     address = side.cluster.addresses.get(side.label or "") if side.cluster is not None else None
     found = []
     for name in names:
-        parsed = split_worker_name(name)
+        parsed = parse_worker_name(name)
         if parsed is not None:
-            found.append(Worker(name, parsed[0], parsed[1], parsed[2] or side.label,
-                                address if address else None))
+            found.append(parsed.worker(parsed.host or side.label, address if address else None))
     return tuple(found)
 
 
@@ -602,16 +477,9 @@ def _one_line(text: str, limit: int = 200) -> str:
     return (text.strip().splitlines() or [""])[0][:limit]
 
 
-#: How netprobe's details tell a refusal by the right server from anything else
-#: that answered: main's 500 to a wrong secret, Redis's own errors to a wrong password.
-_REFUSALS = ("refuses the replication secret", "WRONGPASS", "invalid password", "invalid username-password")
-
-
 def _reach(probe: netprobe.Probe) -> Reach:
-    # netprobe says "unreachable" when nothing answered; anything else was an answer.
-    reached = probe.ok or "unreachable" not in probe.detail
-    refused = not probe.ok and any(word in probe.detail for word in _REFUSALS)
-    return Reach(probe.ok, _one_line(probe.detail), reached, refused)
+    return Reach(probe.ok, _one_line(probe.detail), probe.outcome is not netprobe.Outcome.UNREACHABLE,
+                 probe.outcome is netprobe.Outcome.REFUSED)
 
 
 def _address_here(host: str) -> bool | None:
@@ -644,12 +512,13 @@ def _address(text: str) -> Address | None:
     return Address(host.strip("[]"), int(port)) if sep and port.isdigit() else None
 
 
-PG_LIMIT = Path(__file__).with_name("pg_limit.py")
+#: Run with Synapse's python, like synapse_check.py beside it.
+PG_LIMIT = Path(__file__).resolve().parent.parent / "pg_limit.py"
 
 
 def database_facts(root: Path, processes: int) -> DatabaseFacts | None:
     """Ask PostgreSQL for its limit as Synapse would connect: its python, user and credentials."""
-    from .apply import synapse_python  # the edge that finds Synapse's interpreter
+    from ..apply import synapse_python  # the edge that finds Synapse's interpreter
     try:
         database = merged_admin_config(root)[0].get("database")
     except WorkersError:
@@ -679,26 +548,66 @@ def database_facts(root: Path, processes: int) -> DatabaseFacts | None:
                          reserved=int(found["reserved"]))
 
 
-def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
-    deployed = read_deployed(root)
-    side = read_side(root)
-    worker_host = side.role == WORKER_HOST
-    cluster = side.cluster
-    # Where each process answers /health: a socket path, an Address, or why it cannot be asked.
-    targets: dict[str, str | Address] = {}
-    if worker_host:
+@dataclass(frozen=True)
+class Look:
+    """What the files say, before anything is probed: step 1 of :func:`gather`."""
+
+    deployed: Deployed
+    side: Side
+    processes: tuple[Process, ...]
+    #: Where each process answers /health: a socket path or an Address.
+    targets: Mapping[str, str | Address]
+    redis_config: Mapping[str, Any]
+    redis_settings: Any
+    redis_unit: str | None
+    password: str | None
+    password_error: str
+    override: statoverride.Override | None
+    group: str
+    #: The topology the files give (the main host's cluster.yaml).
+    topology: Topology
+    #: The settings the files give: what the files are judged against without answers.
+    settings: Settings
+    #: The host's Synapse configuration, or why it cannot be planned from.
+    host: Any
+    config_error: str
+    #: Our nginx files, when this host renders them.
+    nginx_files: tuple[str, ...]
+    secrets: tuple[SecretFile, ...]
+    secret: str | None
+    redis_secret: str | None
+    #: Redis's private address: a worker host's (conf.d/redis.yaml) or the one cluster.yaml gives.
+    private_redis: Address | None
+    writers: tuple[tuple[Worker, Address], ...]
+
+    @property
+    def worker_host(self) -> bool:
+        return self.side.role == WORKER_HOST
+
+
+def _expected(deployed: Deployed, side: Side) -> tuple[Process, ...]:
+    if side.role == WORKER_HOST:
         processes = []
         for worker in local_workers(deployed.workers, side):
             process = worker_process(worker)
             if worker.address is None:  # no usable cluster.yaml: its address is unknown
                 process = replace(process, http_socket=None, replication_socket=None, host=side.label)
             processes.append(process)
-        expected_list = tuple(processes)
-    else:
-        expected_list = expected_processes(deployed.workers)
-        if cluster is not None:
-            expected_list += tuple(worker_process(w, remote=True) for w in cluster_workers(cluster, None))
-    for process in expected_list:
+        return tuple(processes)
+    found = expected_processes(deployed.workers)
+    if side.cluster is not None:
+        found += tuple(worker_process(w, remote=True) for w in cluster_workers(side.cluster, None))
+    return found
+
+
+def look(root: Path) -> Look:
+    """Step 1: read the deployed files and plan from them (nothing rendered, nothing probed)."""
+    deployed = read_deployed(root)
+    side = read_side(root)
+    worker_host, cluster = side.role == WORKER_HOST, side.cluster
+    processes = _expected(deployed, side)
+    targets: dict[str, str | Address] = {}
+    for process in processes:
         if process.http_socket is not None:
             targets[process.name] = str(process.http_socket)
         elif process.http_address and _address(process.http_address):
@@ -708,22 +617,21 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         redis_config = {"host": cluster.redis.host, "port": cluster.redis.port,
                         "password_path": "/" + str(paths.REDIS_PASSWORD)}
     redis_settings = redis_settings_of(redis_config)
-    redis_unit = None if worker_host else {RedisMode.DEDICATED: REDIS_UNIT, RedisMode.GUIDE: GUIDE_REDIS_UNIT}.get(
-        redis_settings.mode) if redis_config else None
+    redis_unit = None if worker_host or not redis_config else {
+        RedisMode.DEDICATED: paths.REDIS_UNIT, RedisMode.GUIDE: paths.GUIDE_REDIS_UNIT}.get(redis_settings.mode)
     password, password_error = _redis_password(root, redis_config)
-    override = statoverride(str(paths.SOCKET_DIR))
-    group = override[1] if override else deployed_socket_group(root)
-
-    # nginx files do not depend on the answers: known before anything is asked.
+    override = statoverride.read(str(paths.SOCKET_DIR))
+    group = override.group if override else deployed_socket_group(root)
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
-    first_settings = Settings(socket_group=group, redis=redis_settings, topology=topology)
+    # nginx files do not depend on the answers: known before anything is asked.
+    settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
+                        metrics=deployed.metrics)
     try:
-        host, first_render = desired_files(root, deployed, first_settings, side)
+        host, plan = plan_here(root, settings, side)
         config_error = ""
     except WorkersError as exc:
-        host, first_render, config_error = None, (), str(exc)
-    nginx_files = tuple(f"/{f.path}" for f in first_render if f.path.parts[:2] == paths.NGINX_DIR.parts)
-
+        host, plan, config_error = None, None, str(exc)
+    nginx_files = tuple(f"/{p}" for p in nginx_paths(plan)) if plan is not None else ()
     # The other side's secrets, read here (small files) so the probes can use them.
     secrets: tuple[SecretFile, ...] = ()
     secret = redis_secret = None
@@ -731,111 +639,140 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         replication_file, secret = read_secret(root, paths.REPLICATION_SECRET)
         password_file, redis_secret = read_secret(root, paths.REDIS_PASSWORD)
         secrets = (replication_file, password_file)
-
-    units = [paths.TARGET_UNIT, *(p.unit for p in expected_list if not p.remote),
-             *([redis_unit] if redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
-    socket_paths = [] if worker_host else [str(paths.SOCKET_DIR)] + [
-        str(s) for p in expected_list for s in (p.http_socket, p.replication_socket) if s]
-    jobs: dict[str, Callable[[], Any]] = {
-        "units": lambda: unit_states(units),
-        "redis": lambda: probe_redis(redis_config, timeout, password) if redis_config and not password_error
-        else (password_error, None, ()),
-        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
-        "debconf": debconf_answers,
-        "installed": lambda: installed_version(root),
-    }
-    if nginx_files:
-        jobs["nginx"] = nginx_dump
-    if not worker_host:
-        jobs["database"] = lambda: database_facts(root, len(expected_list))
-    for name, target in targets.items():
-        jobs[f"health:{name}"] = partial(http_health, target, timeout)
-    # Redis's private address: on a worker host the one its workers use (conf.d/redis.yaml),
-    # on the main host the one cluster.yaml gives the worker hosts.
     private_redis = cluster.redis if cluster is not None else None
     if worker_host and redis_settings.host and redis_settings.port:
         private_redis = Address(redis_settings.host, redis_settings.port)
-    writers = writers_elsewhere(side)
-    for worker, address in writers:
+    return Look(deployed, side, processes, targets, redis_config, redis_settings, redis_unit, password,
+                password_error, override, group, topology, settings, host, config_error, nginx_files,
+                secrets, secret, redis_secret, private_redis, writers_elsewhere(side))
+
+
+def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any]]:
+    """Step 2: every question to ask the system and the other hosts, by name."""
+    worker_host, cluster = seen.worker_host, seen.side.cluster
+    units = [paths.TARGET_UNIT, *(p.unit for p in seen.processes if not p.remote),
+             *([seen.redis_unit] if seen.redis_unit else []), *([paths.MAIN_UNIT] if worker_host else [])]
+    jobs: dict[str, Callable[[], Any]] = {
+        "units": lambda: unit_states(units),
+        "redis": lambda: probe_redis(seen.redis_config, timeout, seen.password)
+        if seen.redis_config and not seen.password_error else (seen.password_error, None, ()),
+        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
+        "debconf": debconf_answers,
+        "installed": lambda: installed_release(root),
+    }
+    if seen.nginx_files:
+        jobs["nginx"] = nginx_dump
+    if not worker_host:
+        jobs["database"] = lambda: database_facts(root, len(seen.processes))
+    for name, target in seen.targets.items():
+        jobs[f"health:{name}"] = partial(http_health, target, timeout)
+    for worker, address in seen.writers:
         jobs[f"writer:{worker.name}"] = partial(http_health, address, timeout)
     if cluster is not None:
         jobs["main"] = lambda: http_health(cluster.replication, timeout)
-        if redis_secret is not None and private_redis is not None:
-            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(private_redis, redis_secret, timeout))
+        if seen.redis_secret is not None and seen.private_redis is not None:
+            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(seen.private_redis, seen.redis_secret,
+                                                                    timeout))
         if worker_host:
             jobs["replication"] = lambda: _reach(
-                netprobe.replication_secret(cluster.replication, secret, timeout) if secret is not None
-                else netprobe.tcp(cluster.replication, timeout))
-    with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
-        futures: dict[str, Future[Any]] = {name: pool.submit(job) for name, job in jobs.items()}
-        stats = {path: path_stat(path) for path in socket_paths}
-        cluster_facts = _cluster_facts(root, side, secrets, deployed.workers)
-        results = {name: future.result() for name, future in futures.items()}
-    if cluster_facts is not None and cluster is not None:
-        cluster_facts = replace(
-            cluster_facts, redis=str(private_redis), main_health=results["main"],
-            redis_reach=results.get("redis-auth"),
-            writers=tuple(PeerListener(w.name, w.host or CLUSTER_MAIN, str(address), w.role.stream,
-                                       results[f"writer:{w.name}"]) for w, address in writers),
-            replication_reach=results.get("replication"), secret_tested=secret is not None)
+                netprobe.replication_secret(cluster.replication, seen.secret, timeout)
+                if seen.secret is not None else netprobe.tcp(cluster.replication, timeout))
+    return jobs
 
-    answers = results["debconf"] if isinstance(results["debconf"], dict) else None
-    settings, answer_workers, answer_error = settings_from(answers, deployed, group, topology)
+
+def config_facts(root: Path, seen: Look, debconf: dict[str, str] | str) -> tuple[ConfigFacts, Settings]:
+    """Step 4: the files as the answers (or, without them, the files) would have them,
+    rendered once, against what is there."""
+    answers = debconf if isinstance(debconf, dict) else None
+    settings, answer_workers, answer_error = settings_from(answers, seen.deployed, seen.group, seen.topology)
     if answers is None:
-        answer_error = str(results["debconf"])
-    web_user = settings.web_user if answers is not None else paths.DEFAULT_WEB_USER
-    expected = Expected(
-        processes=expected_list, socket_group=group, web_user=web_user,
-        dir_owner=override[0] if override else paths.SYNAPSE_USER,
-        dir_mode=override[2] if override else paths.SOCKET_DIR_MODE,
-        needs_redis_group=redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
-
+        answer_error = str(debconf)
+        settings = seen.settings
+    config_error = seen.config_error
     missing: tuple[str, ...] = ()
     drifted: tuple[str, ...] = ()
     match: bool | None = None
-    if host is not None:
+    if seen.host is not None:
         try:
-            _, rendered = desired_files(root, deployed, settings, side) if answers else (host, first_render)
+            _, rendered = desired_files(root, settings, seen.side, seen.host)
             missing, drifted = compare_files(root, rendered)
-            if not worker_host:
-                match = listeners_match(root, host, cluster.replication if cluster is not None else None)
+            if not seen.worker_host:
+                cluster = seen.side.cluster
+                match = listeners_match(root, seen.host, cluster.replication if cluster is not None else None)
         except WorkersError as exc:
             config_error = str(exc)
-    config = ConfigFacts(
-        disk_workers=normalized_counts(counts_from_workers(deployed.workers)),
+    return ConfigFacts(
+        disk_workers=normalized_counts(counts_from_workers(seen.deployed.workers)),
         answer_workers=answer_workers, answer_error=answer_error,
-        recorded_workers=deployed.recorded_workers, drifted=drifted, missing=missing,
-        listeners_match=match, error=config_error)
+        recorded_workers=seen.deployed.recorded_workers, drifted=drifted, missing=missing,
+        listeners_match=match, error=config_error), settings
 
-    error, tcp_port, clients = results["redis"]
-    ss = results["ss"]
+
+def redis_facts(seen: Look, found: tuple[str, int | None, tuple[RedisClient, ...]],
+                ss: subprocess.CompletedProcess[str] | None) -> RedisFacts:
+    error, tcp_port, clients = found
+    settings = seen.redis_settings
     client_pids = None
     if ss is not None and ss.returncode == 0 and os.geteuid() == 0:
-        if redis_settings.socket is not None and not worker_host:
-            client_pids = parse_ss(ss.stdout, str(redis_settings.socket))
-        elif worker_host and redis_settings.host and redis_settings.port and not error:
-            client_pids = parse_ss_tcp(ss.stdout, clients, Address(redis_settings.host, redis_settings.port))
-    redis = RedisFacts(
-        location=redis_location(redis_config), unit=redis_unit, socket=redis_settings.socket,
-        socket_stat=path_stat(str(redis_settings.socket)) if redis_settings.socket else None,
+        if settings.socket is not None and not seen.worker_host:
+            client_pids = parse_ss(ss.stdout, str(settings.socket))
+        elif seen.worker_host and settings.host and settings.port and not error:
+            client_pids = parse_ss_tcp(ss.stdout, clients, Address(settings.host, settings.port))
+    return RedisFacts(
+        location=redis_location(seen.redis_config), unit=seen.redis_unit, socket=settings.socket,
+        socket_stat=path_stat(str(settings.socket)) if settings.socket else None,
         error=error, tcp_port=tcp_port, clients=clients, client_pids=client_pids)
 
-    nginx = NginxFacts()
-    if nginx_files:
-        test_ok, output, included = results["nginx"]
-        nginx = NginxFacts(
-            rendered=nginx_files, missing=tuple(f for f in nginx_files if not (root / f.lstrip('/')).exists()),
-            not_included=tuple(f for f in nginx_files if test_ok is not None and f not in included),
-            test_ok=test_ok, test_output=output)
 
+def nginx_facts(root: Path, seen: Look, dump: tuple[bool | None, str, frozenset[str]] | None) -> NginxFacts:
+    if not seen.nginx_files or dump is None:
+        return NginxFacts()
+    test_ok, output, included = dump
+    return NginxFacts(
+        rendered=seen.nginx_files,
+        missing=tuple(f for f in seen.nginx_files if not (root / f.lstrip('/')).exists()),
+        not_included=tuple(f for f in seen.nginx_files if test_ok is not None and f not in included),
+        test_ok=test_ok, test_output=output)
+
+
+def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
+    """Look at the files, probe everything at once, then judge the files once."""
+    seen = look(root)
+    jobs = probes(root, seen, timeout)
+    socket_paths = [] if seen.worker_host else [str(paths.SOCKET_DIR)] + [
+        str(s) for p in seen.processes for s in (p.http_socket, p.replication_socket) if s]
+    # Step 3: the probes run together, while the local files are looked at.
+    with ThreadPoolExecutor(max_workers=min(64, len(jobs))) as pool:
+        futures: dict[str, Future[Any]] = {name: pool.submit(job) for name, job in jobs.items()}
+        stats = {path: path_stat(path) for path in socket_paths}
+        cluster_facts = _cluster_facts(root, seen.side, seen.secrets, seen.deployed.workers)
+        results = {name: future.result() for name, future in futures.items()}
+    if cluster_facts is not None and seen.side.cluster is not None:
+        cluster_facts = replace(
+            cluster_facts, redis=str(seen.private_redis), main_health=results["main"],
+            redis_reach=results.get("redis-auth"),
+            writers=tuple(PeerListener(w.name, w.host or CLUSTER_MAIN, str(address), w.role.stream,
+                                       results[f"writer:{w.name}"]) for w, address in seen.writers),
+            replication_reach=results.get("replication"), secret_tested=seen.secret is not None)
+    config, settings = config_facts(root, seen, results["debconf"])
+    web_user = settings.web_user if isinstance(results["debconf"], dict) else paths.DEFAULT_WEB_USER
+    override = seen.override
+    expected = Expected(
+        processes=seen.processes, socket_group=seen.group, web_user=web_user,
+        dir_owner=override.owner if override else paths.SYNAPSE_USER,
+        dir_mode=override.mode if override else paths.SOCKET_DIR_MODE,
+        needs_redis_group=seen.redis_settings.mode in (RedisMode.DEDICATED, RedisMode.GUIDE))
     unit_map = results["units"]
-    health = {p.name: results[f"health:{p.name}"] if p.name in targets else
-              Health(error=f"its address is unknown ({side.error or 'no cluster.yaml'})") for p in expected_list}
+    health = {p.name: results[f"health:{p.name}"] if p.name in seen.targets else
+              Health(error=f"its address is unknown ({seen.side.error or 'no cluster.yaml'})")
+              for p in seen.processes}
     return Facts(
-        expected=expected, units=unit_map, health=health,
-        paths=stats,
-        groups={} if worker_host else group_members([group, "redis"], [paths.SYNAPSE_USER, web_user]),
-        redis=redis, installed_version=results["installed"], config=config, nginx=nginx,
+        expected=expected, units=unit_map, health=health, paths=stats,
+        groups={} if seen.worker_host else group_members([seen.group, "redis"],
+                                                         [paths.SYNAPSE_USER, web_user]),
+        redis=redis_facts(seen, results["redis"], results["ss"]),
+        installed_version=results["installed"], config=config,
+        nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
         database=results.get("database"))
 

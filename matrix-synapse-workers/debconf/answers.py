@@ -44,18 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from . import paths
-from .catalog import PRESETS, ROLES, resolve_role
-from .errors import SelectionError
-from .hostfacts import existing_worker_names
-from .plan import counts_from_workers
-from .selection import AUTO, Selection, parse_workers, select
-from .settings import RedisMode, Settings, check_system_name, parse_redis
-from .topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
-                       check_index, check_media_hosts, main_topology, parse_address,
-                       parse_worker_hosts, worker_host_topology)
+from ..core import paths
+from ..core.catalog import PRESETS, ROLES, resolve_role
+from ..core.errors import SelectionError
+from ..system.hostfacts import existing_worker_names, metrics_deployed
+from ..core.plan import counts_from_workers
+from ..core.selection import AUTO, Selection, parse_workers, select
+from ..system.applied import AppliedRecord
+from ..system.machine import this_machine
+from ..core.settings import RedisMode, Settings, check_system_name, parse_redis
+from ..core.topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
+                       check_index, check_media_hosts, main_topology, parse_address, parse_worker_hosts,
+                       worker_host_topology)
 
-PACKAGE = "matrix-synapse-workers"
+PACKAGE = paths.PACKAGE
 CUSTOM = "custom"
 #: The debconf questions, by the short name used in messages and code.
 Q_PRESET = f"{PACKAGE}/preset"
@@ -70,10 +72,11 @@ Q_HOST_NAME = f"{PACKAGE}/host-name"
 Q_WORKER_HOSTS = f"{PACKAGE}/worker-hosts"
 Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
+Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
-             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC,
+             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
              Q_SHARED_MEDIA)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
@@ -105,8 +108,10 @@ def split_multiselect(value: str) -> list[str]:
 
 def _selection(preset: str, types: str, counts: str) -> Selection:
     key = preset.strip().lower().replace("-", "_")
-    if key in PRESETS or key == AUTO:
+    if key in PRESETS:
         return select(preset=key)
+    if key == AUTO:
+        return select(preset=key, machine=this_machine())
     if key != CUSTOM:
         raise InvalidAnswer(Q_PRESET, f"unknown preset {preset.strip()!r}; accepted: "
                                       f"{', '.join(PRESET_CHOICES)}")
@@ -261,6 +266,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  redis: str, redis_location: str, host_role: str = HostRole.MAIN.value,
                  host_name: str = "", worker_hosts: str = "", replication_address: str = "",
                  allow_public_address: str = "false",
+                 metrics: str = "false",
                  shared_media_store: str = "false") -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
@@ -270,7 +276,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     ``None`` and those answers are not looked at, nor are the main host's
     ``worker_hosts``, ``replication_address`` and ``allow_public_address``;
     nor ``web_user``: the web server runs on the main host and reaches the
-    workers over TCP.  ``shared_media_store`` (the admin's word that every
+    workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
+    holds for every host.  ``shared_media_store`` (the admin's word that every
     host mounts one media store) counts only for media workers on worker hosts.
     """
     if _host_role(host_role) is HostRole.WORKER_HOST:
@@ -285,7 +292,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                           _boolean(Q_SHARED_MEDIA, shared_media_store))
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
-                               topology=topology)
+                               topology=topology, metrics=_boolean(Q_METRICS, metrics))
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:
@@ -321,11 +328,12 @@ def deployed_socket_group(root: Path) -> str:
     return group
 
 
-def applied_record(root: Path) -> str:
+def applied_record(root: Path) -> AppliedRecord:
     """What the postinst records after applying, read from the files under ``root``.
 
     ``debian/config`` reads the files back in the same spelling and compares:
     only a difference (a hand edit) makes it replace the debconf answers.
     """
     workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
-    return f"workers={workers}\nsocket_group={deployed_socket_group(root)}\n"
+    return AppliedRecord(workers, deployed_socket_group(root),
+                         metrics="true" if metrics_deployed(root) else "false")

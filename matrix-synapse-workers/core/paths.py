@@ -19,6 +19,12 @@ WORKER_LOGS_DIR = SYNAPSE_ETC / "worker-logs"
 SHARED_CONF = CONF_D / "workers.yaml"
 REDIS_CONF_D = CONF_D / "redis.yaml"
 STATE_DIR = PurePosixPath("var/lib/matrix-synapse-workers")
+# What the postinst last applied (key=value lines, see system/applied.py); debian/config reads it too.
+APPLIED_RECORD = STATE_DIR / "applied"
+# Prometheus file_sd targets, one per Synapse process, when metrics are on (main host only).
+PROMETHEUS_TARGETS = STATE_DIR / "prometheus-targets.yaml"
+# dpkg's database of statoverrides (the format of `dpkg-statoverride --list`).
+STATOVERRIDE_DB = PurePosixPath("var/lib/dpkg/statoverride")
 # Written on the main host once workers run on other machines; the admin copies
 # the whole directory to each worker host.
 CLUSTER_DIR = SYNAPSE_ETC / "cluster"
@@ -59,6 +65,8 @@ REDIS_INSTANCE_SOCKET = PurePosixPath(f"/run/redis-{REDIS_INSTANCE}/redis-server
 REDIS_INSTANCE_AUTH_CONF = PurePosixPath(f"etc/redis/redis-{REDIS_INSTANCE}-auth.conf")
 REDIS_GUIDE_CONF = PurePosixPath("etc/redis/redis.conf")
 REDIS_GUIDE_SOCKET = PurePosixPath("/run/redis/redis-server.sock")
+REDIS_UNIT = f"redis-server@{REDIS_INSTANCE}.service"
+GUIDE_REDIS_UNIT = "redis-server.service"
 
 # systemd units.
 MAIN_UNIT = "matrix-synapse.service"

@@ -21,9 +21,10 @@ from typing import Any, Iterable, Mapping
 from . import paths
 from .catalog import ROLES, DutyKind, Role
 from .errors import HostConfigError, SelectionError
-from .hostfacts import HostFacts, socket_paths_in_use
+from .facts import HostFacts, socket_paths_in_use
 from .selection import Selection
-from .topology import Address, Topology, check_index, http_port, replication_port
+from .topology import (LOOPBACK, MAIN_METRICS_PORT, Address, Topology, check_index, http_port,
+                       metrics_port, replication_port)
 
 _NAME = re.compile(r"^(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]*)(?:-(?P<host>[a-z][a-z0-9]*))?$")
 
@@ -55,6 +56,11 @@ class Worker:
             return None
         host = self.address or (main_replication.host if main_replication else None)
         return Address(host, replication_port(self.role.name, self.index)) if host else None
+
+    @property
+    def metrics_address(self) -> Address:
+        """Its metrics listener (when metrics are on): loopback here, its private address elsewhere."""
+        return Address(self.address or LOOPBACK, metrics_port(self.role.name, self.index))
 
     @property
     def http_upstream(self) -> str:
@@ -93,6 +99,8 @@ class Plan:
     here: str | None = None
     #: Where other hosts reach Redis, as cluster.yaml says (None: derived on the main host).
     redis: Address | None = None
+    #: Every process serves Prometheus metrics (a listener of its own, never public).
+    metrics: bool = False
     #: Media workers run on worker hosts, the admin having confirmed one shared media store.
     shared_media: bool = False
 
@@ -178,21 +186,40 @@ def worker_name(role: Role, index: int, host: str | None = None) -> str:
     return f"{base}-{host}" if host else base
 
 
-def split_worker_name(name: str) -> tuple[Role, int, str | None] | None:
-    """Role, number and worker-host label (None: main host) of a name this package made."""
+@dataclass(frozen=True)
+class WorkerName:
+    """A worker name this package made, read back into its parts (the one parser of names).
+
+    >>> parsed = parse_worker_name("federation-sender-2-hostc")
+    >>> parsed.role.name, parsed.index, parsed.host
+    ('federation_sender', 2, 'hostc')
+    """
+
+    name: str
+    role: Role
+    index: int
+    #: The worker-host label; None: the main host.
+    host: str | None = None
+
+    def worker(self, host: str | None = None, address: str | None = None) -> Worker:
+        """The worker of this name on ``host`` (default: the host its name says)."""
+        return Worker(self.name, self.role, self.index, host if host is not None else self.host,
+                      address)
+
+
+def parse_worker_name(name: str) -> WorkerName | None:
+    """The parts of a name this package made (on any host), else None."""
     match = _NAME.match(name)
     if not match:
         return None
     role = ROLES.get(match["role"].replace("-", "_"))
-    return (role, int(match["index"]), match["host"]) if role else None
+    return WorkerName(name, role, int(match["index"]), match["host"]) if role else None
 
 
-def parse_worker_name(name: str) -> tuple[Role, int] | None:
-    """The role and number of a main-host worker name this package made, else None."""
-    parsed = split_worker_name(name)
-    if parsed is None or parsed[2] is not None:
-        return None
-    return parsed[0], parsed[1]
+def main_worker_name(name: str) -> WorkerName | None:
+    """The parts of a main-host worker name this package made, else None."""
+    parsed = parse_worker_name(name)
+    return parsed if parsed is not None and parsed.host is None else None
 
 
 def remote_workers(topology: Topology) -> tuple[Worker, ...]:
@@ -211,9 +238,9 @@ def counts_from_workers(names: Iterable[str]) -> dict[str, int]:
     """Main-host workers per role among ``names``, in catalog order; other names are left out."""
     counts: dict[str, int] = {}
     for name in names:
-        parsed = parse_worker_name(name)
+        parsed = main_worker_name(name)
         if parsed:
-            counts[parsed[0].name] = counts.get(parsed[0].name, 0) + 1
+            counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
     return {role: counts[role] for role in ROLES if role in counts}
 
 
@@ -221,9 +248,9 @@ def plan_workers(selection: Selection, existing: Iterable[str] = ()) -> tuple[Wo
     """Name the selected workers of the main host, keeping names already on disk."""
     kept_indices: dict[str, list[int]] = {}
     for name in existing:
-        parsed = parse_worker_name(name)
+        parsed = main_worker_name(name)
         if parsed:
-            kept_indices.setdefault(parsed[0].name, []).append(parsed[1])
+            kept_indices.setdefault(parsed.role.name, []).append(parsed.index)
     workers: list[Worker] = []
     for role_name, count in selection.counts.items():
         role = ROLES[role_name]
@@ -253,13 +280,34 @@ def check_socket_conflicts(plan: Plan, facts: HostFacts) -> None:
                 f"point it at another path outside {paths.SOCKET_DIR}")
 
 
-def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topology()) -> Plan:
+def check_metrics_ports(plan: Plan, facts: HostFacts) -> None:
+    """Refuse an admin listener on a port this plan's metrics listeners take on this host."""
+    if not plan.metrics or plan.here is not None:
+        return
+    ours = {MAIN_METRICS_PORT: "main"} if not admin_metrics_listeners(facts) else {}
+    ours.update({w.metrics_address.port: w.name for w in plan.local_workers})
+    for index, listener in enumerate(facts.listeners):
+        if listener.get("type") != "metrics" and listener.get("port") in ours:
+            port = listener["port"]
+            raise HostConfigError(
+                f"listener {index + 1} in the Synapse configuration uses port {port}, which the "
+                f"metrics of {ours[port]} take ({MAIN_METRICS_PORT} and up); move that listener "
+                f"to another port in /{paths.HOMESERVER_YAML}, or leave metrics off")
+
+
+def admin_metrics_listeners(facts: HostFacts) -> tuple[int, ...]:
+    """Positions of the admin's own metrics listeners (kept; main then gets none of ours)."""
+    return tuple(i for i, listener in enumerate(facts.listeners) if listener.get("type") == "metrics")
+
+
+def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topology(),
+              metrics: bool = False) -> Plan:
     """The whole plan for a main host; raises on anything that cannot work."""
     local = plan_workers(selection, facts.existing_workers)
-    if topology.worker_hosts:
+    if topology.worker_hosts or metrics:  # the port ranges hold MAX_INDEX workers of a type
         for worker in local:
             check_index(worker.role.name, worker.index)
-    plan = Plan(local + remote_workers(topology), topology.replication,
+    plan = Plan(local + remote_workers(topology), topology.replication, metrics=metrics,
                 shared_media=topology.shared_media)
     unique_writers = [r for r in ROLES.values() if not r.scales and len(plan.of_role(r.name)) > 1]
     if unique_writers:
@@ -268,6 +316,7 @@ def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topol
         raise SelectionError(f"{role.name!r} can run only once in the whole deployment, but "
                              f"{', '.join(hosts)} each run one; keep it on one host")
     check_socket_conflicts(plan, facts)
+    check_metrics_ports(plan, facts)
     check_synapse_knows(plan, facts.synapse_version)
     return plan
 

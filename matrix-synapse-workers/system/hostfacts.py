@@ -9,15 +9,15 @@ our shared file must re-emit, the database engine, the log config.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from . import paths
-from .errors import HostConfigError
-from .dbconnections import DEFAULT_CP_MAX, DEFAULT_CP_MIN, pool_sizes
+from ..core import paths
+from ..core.errors import HostConfigError
+from ..core.dbconnections import pool_sizes
+from ..core.facts import HostFacts
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -30,25 +30,6 @@ MANAGED_KEYS = frozenset({
     "media_instance_running_background_jobs",
 })
 _WORKER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What the admin's Synapse configuration says, as far as workers care."""
-
-    listeners: tuple[Mapping[str, Any], ...]
-    database_engine: str
-    log_config_path: str | None
-    log_config: Mapping[str, Any] | None
-    existing_workers: tuple[str, ...] = ()
-    #: The installed Synapse (major, minor, patch); None when unknown. Routes depend on it.
-    synapse_version: tuple[int, int, int] | None = None
-    #: Each process's database pool: (cp_min, cp_max).
-    database_pool: tuple[int, int] = (DEFAULT_CP_MIN, DEFAULT_CP_MAX)
-    #: PostgreSQL's TCP host and port, when it is reached over TCP.
-    database_address: tuple[str, int] | None = None
-    #: Admin files that were read, for messages.
-    sources: tuple[str, ...] = field(default=())
 
 
 def _load_yaml(path: Path, shown: str) -> dict[str, Any]:
@@ -142,6 +123,15 @@ def existing_worker_names(root: Path) -> tuple[str, ...]:
                         if p.is_file() and _WORKER_NAME.match(p.stem)))
 
 
+def metrics_deployed(root: Path) -> bool:
+    """Whether our shared file switches metrics on (what ``apply`` keeps when not told)."""
+    try:
+        data = yaml.safe_load((root / paths.SHARED_CONF).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("enable_metrics") is True
+
+
 def read_host_facts(root: Path) -> HostFacts:
     """Read the Synapse configuration under ``root``; raise HostConfigError if unusable."""
     config, sources = merged_admin_config(root)
@@ -178,17 +168,3 @@ def require_server_name(root: Path) -> None:
             "matrix-synapse/server-name: dpkg-reconfigure matrix-synapse-py3 (when installing "
             "unattended, preseed: matrix-synapse-py3 matrix-synapse/server-name string "
             "example.org); then run: dpkg-reconfigure matrix-synapse-workers")
-
-
-def require_postgres(facts: HostFacts) -> None:
-    if facts.database_engine != "psycopg2":
-        raise HostConfigError(
-            f"Synapse uses the {facts.database_engine!r} database engine here; workers need "
-            "PostgreSQL ('psycopg2'). Migrate with synapse_port_db (see Synapse's "
-            "docs/postgres.md), then run: dpkg-reconfigure matrix-synapse-workers")
-
-
-def socket_paths_in_use(facts: HostFacts) -> dict[PurePosixPath, int]:
-    """Admin listener socket paths, with the listener's position for messages."""
-    return {PurePosixPath(str(listener["path"])): index
-            for index, listener in enumerate(facts.listeners) if "path" in listener}

@@ -209,9 +209,9 @@ def _one_of_each() -> dict[str, int]:
 
 
 _PRESET_LIST: tuple[Preset, ...] = (
-    Preset("minimal", "one sync worker: the cheapest split that helps",
+    Preset("minimal", "one sync worker: the split that measured best on 2 cores",
            {"sync": 1}),
-    Preset("small", "a sync worker and a client reader: best measured split on 2 cores",
+    Preset("small", "a sync worker and a client reader",
            {"sync": 1, "client": 1}),
     Preset("one_of_each", "one worker of every stable role",
            _one_of_each()),
@@ -258,6 +258,14 @@ class Endpoints:
     class (``until`` excluded): an endpoint that moved off main in some release
     stays on main for older ones.
 
+    A servlet registered on a worker is not proof that the worker can answer:
+    the handler behind it may work only on a stream's writer (Synapse then
+    answers 500).  ``why`` says which handler lets each named role serve the
+    class (or why main keeps it), read from Synapse's source; check it when you
+    add a role or a route.  ``writers_only`` marks a class whose handler works
+    only on its stream's writer: only that writer role may serve it, and main
+    (the writer when there is none) takes it otherwise.
+
     >>> ENDPOINTS["delayed_events_restart"].applies_to((1, 143, 5))
     False
     >>> [ENDPOINTS["delayed_events_restart"].applies_to(v) for v in ((1, 144, 0), None)]
@@ -276,6 +284,10 @@ class Endpoints:
     since: Version | None = None
     #: The first Synapse release this entry no longer describes; None: still current.
     until: Version | None = None
+    #: Why the roles named can serve these (the handler a worker has), or why main keeps them.
+    why: str = ""
+    #: Only the stream's writer (or main) can answer any request of this class.
+    writers_only: bool = False
 
     def applies_to(self, version: Version | None) -> bool:
         """Whether the class describes this Synapse; None (unknown) is the newest."""
@@ -298,59 +310,97 @@ _F = "^/_matrix/federation/"
 _ENDPOINT_LIST: tuple[Endpoints, ...] = (
     # Stream writers first: their endpoints would otherwise match broader classes.
     Endpoints("typing", "typing notifications", "client",
-              (f"{_CS}{_V}/rooms/.*/typing",), roles=("typing",)),
+              (f"{_CS}{_V}/rooms/.*/typing",), roles=("typing",),
+              why=("Only the typing writer has TypingWriterHandler "
+                   "(HomeServer.get_typing_writer_handler refuses on any other process); others "
+                   "hold a FollowerTypingHandler that only reads."), writers_only=True),
     Endpoints("to_device", "to-device messages", "client",
-              (f"{_CS}{_R}/sendToDevice/",), roles=("to_device",)),
+              (f"{_CS}{_R}/sendToDevice/",), roles=("to_device",),
+              why=("DeviceMessageHandler stores messages through add_messages_to_device_inbox, "
+                   "which asserts that the process writes the to_device stream."), writers_only=True),
     Endpoints("account_data", "account data and tags", "client",
               (f"{_CS}{_R}/.*/tags", f"{_CS}{_R}/.*/account_data"),
-              roles=("account_data",), read_roles=("client",)),
+              roles=("account_data",), read_roles=("client",),
+              why=("Writes: AccountDataHandler on the account_data writer (main when none). Reads: "
+                   "AccountDataServlet and TagListServlet GET read the store, which every worker "
+                   "has.")),
     Endpoints("receipts", "read receipts and markers", "client",
               (f"{_CS}{_R}/rooms/.*/receipt", f"{_CS}{_R}/rooms/.*/read_markers"),
-              roles=("receipts", "client")),
+              roles=("receipts",),
+              why=("ReceiptsHandler stores receipts through insert_receipt, which asserts that the "
+                   "process writes the receipts stream; read_markers sends m.read through the same "
+                   "handler."), writers_only=True),
     Endpoints("presence", "presence", "client",
-              (f"{_CS}{_V}/presence/",), roles=("presence",), read_roles=("client",)),
+              (f"{_CS}{_V}/presence/",), roles=("presence",),
+              why=("Only a presence writer has PresenceHandler; WorkerPresenceHandler.is_visible "
+                   "raises NotImplementedError, so reading another user's presence fails on any "
+                   "other process."), writers_only=True),
     Endpoints("push_rules", "push rules", "client",
-              (f"{_CS}{_V}/pushrules/",), roles=("push_rules",), read_roles=("client",)),
+              (f"{_CS}{_V}/pushrules/",), roles=("push_rules",), read_roles=("client",),
+              why=("Writes: PushRuleRestServlet refuses PUT and DELETE off the push_rules writer "
+                   "(main when none). Reads: PushRulesHandler.push_rules_for_user reads the store, "
+                   "on any worker.")),
     # Device changes left main in 1.135 (with the device_lists stream writers).
     Endpoints("device_lists", "devices and key uploads", "client",
               (f"{_CS}{_R}/delete_devices$", f"{_CS}{_R}/devices(/|$)",
                f"{_CS}{_R}/keys/upload", f"{_CS}(v3|unstable)/keys/device_signing/upload$",
                f"{_CS}{_R}/keys/signatures/upload$"),
-              roles=("device_lists", "client"), since=(1, 135, 0)),
+              roles=("device_lists", "client"), since=(1, 135, 0),
+              why=("From 1.135 DeviceHandler on any worker changes devices and keys itself and "
+                   "asks a device_lists writer (main when none) over replication to send the "
+                   "update (notify_device_update).")),
     Endpoints("keys_upload_before_1_135", "key uploads", "client",
-              (f"{_CS}{_R}/keys/upload",), roles=("client",), until=(1, 135, 0)),
+              (f"{_CS}{_R}/keys/upload",), roles=("client",), until=(1, 135, 0),
+              why=("KeyUploadServlet on a worker hands the upload to main over replication "
+                   "(ReplicationUploadKeysForUserRestServlet).")),
     Endpoints("devices_before_1_135", "the device list (reads)", "client",
-              (f"{_CS}{_R}/devices$",), read_roles=("client",), until=(1, 135, 0)),
+              (f"{_CS}{_R}/devices$",), read_roles=("client",), until=(1, 135, 0),
+              why=("DeviceWorkerHandler.get_devices_by_user reads the store; changes need main's "
+                   "DeviceHandler before 1.135.")),
     Endpoints("device_1_130_to_1_134", "one device (reads; workers serve them from 1.130)",
               "client", (f"{_CS}{_R}/devices/[^/]+$",), read_roles=("client",),
-              since=(1, 130, 0), until=(1, 135, 0)),
+              since=(1, 130, 0), until=(1, 135, 0),
+              why=("DeviceWorkerHandler.get_device reads the store; changes need main's "
+                   "DeviceHandler before 1.135.")),
     Endpoints("dehydrated_device_msc2697", "legacy dehydrated devices (1.135 to 1.145)", "client",
               (f"{_CS}unstable/org\\.matrix\\.msc2697\\.v2/dehydrated_device(/claim)?$",),
-              roles=("client",), since=(1, 135, 0), until=(1, 146, 0)),
+              roles=("client",), since=(1, 135, 0), until=(1, 146, 0),
+              why=("From 1.135 DeviceHandler on any worker stores and claims dehydrated devices.")),
     Endpoints("user_directory", "user directory search", "client",
-              (f"{_CS}{_R}/user_directory/search$",), roles=("user_dir", "client")),
+              (f"{_CS}{_R}/user_directory/search$",), roles=("user_dir", "client"),
+              why=("UserDirectoryHandler.search_users reads the directory tables any worker has; "
+                   "only updating them is a duty (update_user_directory_from_worker).")),
     # Single sign-on: every step of one login must reach the same process.
     Endpoints("sso", "single sign-on (kept on main: one process for every step)", "client",
               (f"{_CS}{_V}/login/sso/redirect", "^/_synapse/client/pick_idp$",
                "^/_synapse/client/pick_username", "^/_synapse/client/new_user_consent$",
                "^/_synapse/client/sso_register$", "^/_synapse/client/oidc/callback$",
-               "^/_synapse/client/saml2/authn_response$", f"{_CS}{_V}/login/cas/ticket$")),
+               "^/_synapse/client/saml2/authn_response$", f"{_CS}{_V}/login/cas/ticket$"),
+              why=("Main only: SsoHandler keeps each login's pending session in the process's "
+                   "memory, so every step of one login must reach the same process.")),
     # Initial syncs (no since) are the heavy ones: their own pool when there is one.
     Endpoints("sync", "/sync, sticky per user; initial syncs to their own pool if any", "client",
               (f"{_CS}{_R}/sync$",), roles=("sync", "client"), initial_roles=("initial_sync",),
-              balance=Balance.USER),
+              balance=Balance.USER,
+              why=("SyncHandler builds responses from the store and the replication streams every "
+                   "worker follows; sticky per user so that the per-user caches stay warm.")),
     Endpoints("initial_sync", "/initialSync of the account or a room, sticky per user", "client",
               (f"{_CS}{_V}/initialSync$", f"{_CS}{_V}/rooms/[^/]+/initialSync$"),
-              roles=("initial_sync", "sync", "client"), balance=Balance.USER),
+              roles=("initial_sync", "sync", "client"), balance=Balance.USER,
+              why=("InitialSyncHandler reads the store, on any worker.")),
     Endpoints("event_stream", "the legacy /events stream, sticky per user", "client",
-              (f"{_CS}{_V}/events$",), roles=("sync", "client"), balance=Balance.USER),
+              (f"{_CS}{_V}/events$",), roles=("sync", "client"), balance=Balance.USER,
+              why=("EventStreamHandler waits on the Notifier, which every worker feeds from "
+                   "replication.")),
     # Sliding sync: before 1.111 only with an experimental flag (main serves it then).
     Endpoints("sliding_sync", "sliding sync, sticky per user like /sync", "client",
               (f"{_CS}unstable/org\\.matrix\\.simplified_msc3575/sync$",),
-              roles=("sync", "client"), balance=Balance.USER, since=(1, 111, 0)),
+              roles=("sync", "client"), balance=Balance.USER, since=(1, 111, 0),
+              why=("SlidingSyncHandler reads like SyncHandler, on any worker.")),
     Endpoints("sliding_sync_e2ee", "sliding sync's to-device stream (1.111 to 1.138)", "client",
               (f"{_CS}unstable/org\\.matrix\\.msc3575/sync/e2ee$",),
-              roles=("sync", "client"), balance=Balance.USER, since=(1, 111, 0), until=(1, 139, 0)),
+              roles=("sync", "client"), balance=Balance.USER, since=(1, 111, 0), until=(1, 139, 0),
+              why=("SlidingSyncHandler reads like SyncHandler, on any worker.")),
     Endpoints("room", "room reads and event sending, one worker per room", "client",
               (f"{_CS}{_V}/rooms/.*/messages$", f"{_CS}{_V}/rooms/.*/context/.*$",
                f"{_CS}{_V}/rooms/.*/members$", f"{_CS}{_V}/rooms/.*/joined_members$",
@@ -362,7 +412,11 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_V}/rooms/.*/state/",
                # POST, or PUT with a transaction id.
                f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)(/[^/]*)?$"),
-              roles=("client",), balance=Balance.ROOM),
+              roles=("client",), balance=Balance.ROOM,
+              why=("Reads: MessageHandler, PaginationHandler, RelationsHandler read the store. "
+                   "Writes: EventCreationHandler hands events to an event persister (main when "
+                   "none) over replication; RoomMemberWorkerHandler hands remote joins and leaves "
+                   "to main.")),
     Endpoints("client", "other client API reads and writes a generic worker serves", "client",
               (f"{_CS}{_V}/createRoom(/[^/]*)?$", f"{_CS}{_V}/publicRooms$",
                f"{_CS}{_R}/account/3pid$", f"{_CS}{_R}/account/whoami$",
@@ -378,32 +432,50 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_R}/password_policy$",
                f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/", f"{_CS}{_V}/profile/",
                f"{_CS}(v1|unstable)/appservice/[^/]+/ping$"),
-              roles=("client",)),
+              roles=("client",),
+              why=("Generic-worker handlers: AuthHandler and RegistrationHandler, ProfileHandler, "
+                   "RoomCreationHandler (events via replication), DirectoryHandler, E2eKeysHandler "
+                   "(query/claim), E2eRoomKeysHandler, SearchHandler, RoomMemberWorkerHandler for "
+                   "joins and knocks.")),
     # Before 1.153 only with an experimental flag; main serves it then.
     Endpoints("room_summary", "room summaries (workers serve them from 1.153)", "client",
               (f"{_CS}unstable/im\\.nheko\\.summary/(summary/[^/]+|rooms/[^/]+/summary)$",
-               f"{_CS}v1/room_summary/[^/]+$"), roles=("client",), since=(1, 153, 0)),
+               f"{_CS}v1/room_summary/[^/]+$"), roles=("client",), since=(1, 153, 0),
+              why=("RoomSummaryHandler reads the store (and asks remote servers), on any worker.")),
     Endpoints("notifications", "the notifications list (workers serve it from 1.93)", "client",
-              (f"{_CS}{_R}/notifications$",), roles=("client",), since=(1, 93, 0)),
+              (f"{_CS}{_R}/notifications$",), roles=("client",), since=(1, 93, 0),
+              why=("NotificationsServlet reads push actions from the store, on any worker (1.93+).")),
     Endpoints("account_deactivate", "account deactivation (workers serve it from 1.135)",
               "client", (f"{_CS}{_R}/account/deactivate$",), roles=("client",),
-              since=(1, 135, 0)),
+              since=(1, 135, 0),
+              why=("From 1.135 DeactivateAccountHandler runs on workers and hands the parts that "
+                   "need main to it over replication.")),
     Endpoints("delayed_events_restart", "restarting a delayed event's timer (workers: from 1.144)",
               "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events/[^/]+/restart$",),
-              roles=("client",), since=(1, 144, 0)),
+              roles=("client",), since=(1, 144, 0),
+              why=("DelayedEventsHandler.restart on a worker forwards to main over replication.")),
     Endpoints("delayed_events", "delayed events (reads; changes stay on main)", "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events$",),
-              read_roles=("client",), since=(1, 116, 0)),
+              read_roles=("client",), since=(1, 116, 0),
+              why=("DelayedEventsHandler.get_all_for_user reads the store; changes need main's "
+                   "handler.")),
     Endpoints("delayed_event", "one delayed event (reads; changes stay on main)", "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events/[^/]+$",),
-              read_roles=("client",), since=(1, 161, 0)),
+              read_roles=("client",), since=(1, 161, 0),
+              why=("DelayedEventsHandler reads one delayed event from the store; changes need "
+                   "main's handler.")),
     Endpoints("media", "the media repository", "media",
               ("^/_matrix/media/", f"{_CS}v1/media/", f"{_F}v1/media/"),
-              roles=("media",)),
+              roles=("media",),
+              why=("MediaRepository runs only where enable_media_repo is true: the media workers "
+                   "(main when there is none).")),
     Endpoints("federation_send", "inbound federation transactions, by origin server",
               "federation", (f"{_F}v1/send/",),
-              roles=("federation_reader",), balance=Balance.ORIGIN),
+              roles=("federation_reader",), balance=Balance.ORIGIN,
+              why=("FederationServer on a worker: PDUs go to an event persister over replication, "
+                   "EDUs it cannot handle are forwarded to their writer "
+                   "(register_instances_for_edu).")),
     Endpoints("federation", "other inbound federation requests", "federation",
               (f"{_F}v1/version$", f"{_F}v1/event/", f"{_F}v1/state/", f"{_F}v1/state_ids/",
                f"{_F}v1/backfill/", f"{_F}v1/get_missing_events/", f"{_F}v1/publicRooms",
@@ -415,7 +487,9 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_F}v1/user/keys/(claim|query)$", f"{_F}v1/openid/userinfo$",
                f"{_F}v1/3pid/onbind$", f"{_F}unstable/rooms/[^/]+/complexity$",
                "^/_matrix/key/v2/query", f"{_F}v1/hierarchy/"),
-              roles=("federation_reader",)),
+              roles=("federation_reader",),
+              why=("FederationServer and FederationHandler read the store on any worker; send_join "
+                   "and invites persist events through replication.")),
 )
 
 #: Every endpoint class by name, in matching order.

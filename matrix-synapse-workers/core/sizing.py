@@ -22,9 +22,6 @@ is reasoning, not yet measurement: ``scripts/bench --cores N`` checks it.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 #: The most a Synapse process was seen to hold (RSS) in the benchmarks.
 PROCESS_MIB = 150
 #: Share of the memory Synapse's processes may take; PostgreSQL, Redis, nginx
@@ -44,17 +41,6 @@ def sized_counts(cores: int, memory_mib: int) -> dict[str, int]:
         else:
             client -= 1
     return {"sync": sync, "client": client}
-
-
-def this_machine() -> tuple[int, int]:
-    """(CPUs this process may use, MiB of RAM)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    memory_kib = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            memory_kib = int(line.split()[1])
-            break
-    return cores, memory_kib // 1024
 
 
 def describe(cores: int, memory_mib: int) -> str:

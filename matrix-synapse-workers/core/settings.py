@@ -91,6 +91,8 @@ class Settings:
     socket_dir_mode: int = paths.SOCKET_DIR_MODE
     #: This host's part when Synapse spans machines; the default is one machine.
     topology: Topology = field(default_factory=Topology)
+    #: Every process serves Prometheus metrics (main host's choice; cluster.yaml carries it).
+    metrics: bool = False
 
     @property
     def socket_dir_is_default(self) -> bool:

@@ -19,16 +19,20 @@ True
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Iterable
 
-from .catalog import Version
+from ..core.catalog import Version
 
-#: Synapse's package metadata, relative to the root: the venv of Matrix.org's
-#: matrix-synapse-py3.
-METADATA_GLOBS = (
-    "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",
+#: Synapse's package metadata directory, relative to the root: the venv of
+#: Matrix.org's matrix-synapse-py3 (the only Synapse package this one accepts).
+DIST_INFO_GLOBS = (
+    "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
 )
+METADATA_GLOBS = tuple(f"{pattern}/METADATA" for pattern in DIST_INFO_GLOBS)
+#: The Debian package that installs Synapse: the only one Depends accepts (see README).
+SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,
 # -revision, +build) does not change which routes apply.
@@ -65,3 +69,25 @@ def installed_version(root: Path = Path("/"), globs: Iterable[str] = METADATA_GL
             if version is not None:
                 found.append(version)
     return max(found, default=None)
+
+
+def installed_release(root: Path = Path("/")) -> str | None:
+    """The installed Synapse's version as its packaging spells it (``1.163.2``,
+    ``1.163.2+standin``): the dist-info directory's name, else dpkg's version."""
+    for pattern in DIST_INFO_GLOBS:
+        for found in sorted(root.glob(pattern)):
+            return found.name[len("matrix_synapse-"):-len(".dist-info")]
+    return package_version(SYNAPSE_PACKAGE)
+
+
+def package_version(package: str, timeout: float | None = 1.5) -> str | None:
+    """dpkg's version of an installed ``package``; None when it is not installed.
+
+    ``timeout``: status must answer quickly; the postinst waits (None).
+    """
+    try:
+        done = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", package],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None

@@ -1,0 +1,100 @@
+"""The order of the debconf questions and when each is asked: one table for
+``debian/config`` (sh) and the postinst's follow-ups.
+
+``debian/config`` walks :data:`FLOW` state by state; each entry's ``sh`` is the
+condition it tests there, word for word (tests/unit/test_maintscript.py reads
+the script and compares, and runs each sh condition against ``when``).  The
+postinst, after asking a question again, asks the entries that follow it and
+now apply (:func:`followups`).
+
+>>> answers = {Q_HOST_ROLE: "main", Q_PRESET: "custom", Q_REDIS: "dedicated"}
+>>> [q.name.split("/")[1] for q in FLOW if q.when(answers)][:5]
+['host-role', 'preset', 'worker-types', 'worker-counts', 'worker-hosts']
+>>> [q.split("/")[1] for q in followups(Q_PRESET, answers)]
+['worker-types', 'worker-counts']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_METRICS, Q_PRESET,
+                      Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES,
+                      Q_WEB_USER, Q_WORKER_HOSTS)
+
+Answers = Mapping[str, str]
+
+
+def main_host(answers: Answers) -> bool:
+    return answers.get(Q_HOST_ROLE, "") != "worker-host"
+
+
+def worker_host(answers: Answers) -> bool:
+    return not main_host(answers)
+
+
+def custom(answers: Answers) -> bool:
+    return main_host(answers) and answers.get(Q_PRESET, "") == CUSTOM
+
+
+def spans_hosts(answers: Answers) -> bool:
+    """Worker hosts are named: the answer has more than blanks and ';'."""
+    return main_host(answers) and bool(answers.get(Q_WORKER_HOSTS, "").strip(" \t;"))
+
+
+def existing_redis(answers: Answers) -> bool:
+    return main_host(answers) and answers.get(Q_REDIS, "") == "existing"
+
+
+def always(answers: Answers) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str
+    priority: str
+    #: Asked when this holds for the answers so far.
+    when: Callable[[Answers], bool]
+    #: The same condition as debian/config spells it ('' for always).
+    sh: str = ""
+    #: The answer whose new value can make this question needed.
+    follows: str | None = None
+
+
+FLOW: tuple[Question, ...] = (
+    Question(Q_HOST_ROLE, "medium", always),
+    Question(Q_HOST_NAME, "high", worker_host, "! main_host", follows=Q_HOST_ROLE),
+    Question(Q_PRESET, "high", main_host, "main_host"),
+    Question(Q_TYPES, "high", custom, "main_host && is preset custom", follows=Q_PRESET),
+    Question(Q_COUNTS, "medium", custom, "main_host && is preset custom", follows=Q_PRESET),
+    Question(Q_WORKER_HOSTS, "medium", main_host, "main_host"),
+    Question(Q_REPLICATION, "high", spans_hosts, "spans_hosts", follows=Q_WORKER_HOSTS),
+    Question(Q_ALLOW_PUBLIC, "low", spans_hosts, "spans_hosts"),
+    # Needed only for media workers on a worker host: asked low here, and by the
+    # postinst (critical) when the worker hosts' answer has them.
+    Question(Q_SHARED_MEDIA, "low", spans_hosts, "spans_hosts"),
+    Question(Q_SOCKET_GROUP, "low", always),
+    Question(Q_WEB_USER, "medium", main_host, "main_host"),
+    Question(Q_REDIS, "medium", main_host, "main_host"),
+    Question(Q_REDIS_LOCATION, "high", existing_redis, "main_host && is redis existing", follows=Q_REDIS),
+    Question(Q_METRICS, "medium", main_host, "main_host"),
+)
+
+
+def followups(question: str, answers: Answers) -> list[str]:
+    """What to ask after ``question`` was answered again, so its new value is complete.
+
+    A replication address already given stands when worker hosts are named
+    again; a refused confirmation of a public address means the address itself
+    must change; a refused confirmation of a shared media store means the media
+    workers must move off the worker hosts.
+    """
+    found = [q.name for q in FLOW if q.follows == question and q.when(answers)
+             and not (q.name == Q_REPLICATION and answers.get(Q_REPLICATION, "").strip())]
+    if question == Q_ALLOW_PUBLIC and answers.get(Q_ALLOW_PUBLIC, "") != "true":
+        found.append(Q_REPLICATION)
+    if question == Q_SHARED_MEDIA and answers.get(Q_SHARED_MEDIA, "") != "true":
+        found.append(Q_WORKER_HOSTS)
+    return found

@@ -1,0 +1,112 @@
+"""One reading of a deployment: a root directory -> :class:`Deployment`, or one error.
+
+As postgresql-common's ``cluster_info`` is for a cluster: the host's Synapse
+configuration (:class:`.core.facts.HostFacts`), what this host is (its
+topology), the settings the files show and the plan, read once and used by
+the command (plan, render, apply), the trigger's re-render after a Synapse
+upgrade and status.  Reading is here; deciding stays in core/ (the plan) and
+render/ (the files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .core import paths
+from .core.cluster import plan_from_cluster
+from .core.facts import HostFacts, require_postgres
+from .core.plan import Plan, counts_from_workers, make_plan, remote_workers
+from .core.selection import Selection
+from .core.settings import RedisSettings, Settings, parse_redis
+from .core.topology import HostRole, Topology
+from .debconf.answers import deployed_socket_group
+from .render.files import RenderedFile, render
+from .system import statoverride
+from .system.clusterfile import deployed_topology, read_cluster
+from .system.hostfacts import metrics_deployed, read_host_facts
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What is (or, with a selection, would be) deployed on one host."""
+
+    facts: HostFacts
+    settings: Settings
+    #: The main host's workers; None on a worker host (cluster.yaml names them).
+    selection: Selection | None
+    plan: Plan
+
+    def files(self) -> tuple[RenderedFile, ...]:
+        return render(self.plan, self.facts, self.settings)
+
+
+def redis_config(root: Path) -> Mapping[str, Any]:
+    """The ``redis`` mapping of our conf.d/redis.yaml; empty when there is none."""
+    try:
+        data = yaml.safe_load((root / paths.REDIS_CONF_D).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    redis = data.get("redis") if isinstance(data, dict) else None
+    return redis if isinstance(redis, dict) else {}
+
+
+def redis_settings_of(config: Mapping[str, Any]) -> RedisSettings:
+    """The Redis choice that renders this conf.d/redis.yaml ``redis`` mapping."""
+    path = config.get("path")
+    if path == str(paths.REDIS_INSTANCE_SOCKET):
+        return parse_redis("dedicated")
+    if path == str(paths.REDIS_GUIDE_SOCKET):
+        return parse_redis("guide")
+    if path:
+        return parse_redis(f"unix:{path}")
+    return parse_redis(f"{config.get('host', 'localhost')}:{config.get('port', 6379)}")
+
+
+def socket_group(root: Path) -> str:
+    """The socket directory's group: an admin's statoverride wins over our tmpfiles file."""
+    override = statoverride.read(str(paths.SOCKET_DIR), root)
+    return override.group if override else deployed_socket_group(root)
+
+
+def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
+    """The settings the files under ``root`` show (the web user is not among them: debconf holds it)."""
+    config = redis_config(root)
+    return Settings(socket_group=socket_group(root),
+                    redis=redis_settings_of(config) if config else Settings().redis,
+                    topology=topology if topology is not None else deployed_topology(root),
+                    metrics=metrics_deployed(root))
+
+
+def deployed_selection(facts: HostFacts) -> Selection:
+    """The main host's workers on disk, as a Selection (empty when there are none)."""
+    return Selection(counts_from_workers(facts.existing_workers))
+
+
+def read_deployment(root: Path, selection: Selection | None = None, settings: Settings | None = None,
+                    *, facts: HostFacts | None = None) -> Deployment:
+    """Read the host once and plan: the one way from a root to a Deployment.
+
+    ``selection`` and ``settings`` are what is asked for; without them, what is
+    deployed (the workers on disk, the settings the files show).  Raises one
+    :class:`.core.errors.WorkersError` when the host cannot take workers.
+    """
+    facts = facts if facts is not None else read_host_facts(root)
+    require_postgres(facts)
+    settings = settings if settings is not None else deployed_settings(root)
+    topology = settings.topology
+    if topology.role is HostRole.WORKER_HOST:
+        return Deployment(facts, settings, None, plan_from_cluster(read_cluster(root), topology.label or ""))
+    if selection is None:
+        selection = deployed_selection(facts)
+        if not selection.counts:
+            return Deployment(facts, settings, selection, Plan(remote_workers(topology), topology.replication,
+                                                               metrics=settings.metrics,
+                                                               shared_media=topology.shared_media))
+    return Deployment(facts, settings, selection, make_plan(selection, facts, topology,
+                                                            metrics=settings.metrics))
+
+

@@ -1,0 +1,71 @@
+"""The record of what the postinst last applied (``/var/lib/matrix-synapse-workers/applied``).
+
+``key=value`` lines: ``workers`` (the worker set, spelled as
+:func:`..answers.normalized_counts` spells it), ``socket_group``, ``metrics``
+(``true`` or ``false``) and ``synapse`` (the Synapse package and version the workers were last started
+with).  ``debian/config`` (sh) reads the same file with sed: the last line of
+a key wins, and so it does here.  The postinst, ``debian/config``, the
+answers and ``status`` use this one spelling.
+
+>>> record = AppliedRecord.parse("workers=sync:2\\nsocket_group=web\\nsynapse=matrix-synapse-py3 1.163.2\\n")
+>>> record.workers, record.socket_group, record.synapse
+('sync:2', 'web', 'matrix-synapse-py3 1.163.2')
+>>> AppliedRecord("sync:1", "clubmatrix").format()
+'workers=sync:1\\nsocket_group=clubmatrix\\n'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..core import paths
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    """What was applied; None: the key is not recorded."""
+
+    workers: str | None = None
+    socket_group: str | None = None
+    synapse: str | None = None
+    metrics: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AppliedRecord:
+        values: dict[str, str] = {}
+        names = {f.name for f in fields(cls)}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key in names:
+                values[key] = value
+        return cls(**values)
+
+    def format(self) -> str:
+        return "".join(f"{f.name}={getattr(self, f.name)}\n" for f in fields(self)
+                       if getattr(self, f.name) is not None)
+
+
+def read(root: Path) -> AppliedRecord | None:
+    """The record under ``root``; None when nothing was applied yet (or it is unreadable)."""
+    try:
+        return AppliedRecord.parse((root / paths.APPLIED_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write(root: Path, record: AppliedRecord) -> bool:
+    """Replace the record atomically, only when it changes (a rerun changes no file)."""
+    path = root / paths.APPLIED_RECORD
+    text = record.format()
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return True

@@ -1,0 +1,76 @@
+"""apply_host's decision phase (``dry_run=True``): everything is decided and every error
+raised before the first change, and nothing under the root is touched.
+
+The accounts and dpkg's statoverride are the system's: here they are given
+(matrix-synapse exists, no override), so the test runs on any machine.  The
+acting phase is tested for real in tests/chroot and tests/booted.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from hostroot import homeserver, make_root
+from matrix_synapse_workers import apply
+from matrix_synapse_workers.core import paths
+from matrix_synapse_workers.core.errors import HostConfigError, SelectionError
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.core.settings import Settings
+from matrix_synapse_workers.system import accounts, statoverride
+
+
+@pytest.fixture(autouse=True)
+def system_accounts(monkeypatch):
+    monkeypatch.setattr(accounts, "user_exists", lambda name: name in (paths.SYNAPSE_USER, "www-data"))
+    monkeypatch.setattr(statoverride, "get", lambda path: None)
+
+
+def tree(root: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime)
+            for p in root.rglob("*")}
+
+
+def test_dry_run_decides_the_workers_and_changes_nothing(tmp_path):
+    root = make_root(tmp_path)
+    before = tree(root)
+    out = io.StringIO()
+    report = apply.apply_host(root, select(workers="sync:2,typing"), Settings(), dry_run=True, out=out)
+    assert report.changes.start == ("sync-1", "sync-2", "typing-1")
+    written = {str(f.path) for f in report.changes.write}
+    assert {f"{paths.WORKERS_DIR}/sync-1.yaml", str(paths.SHARED_CONF), str(paths.REDIS_CONF_D)} <= written
+    assert report.changes.restart_main and not report.system_steps and not report.services
+    assert [w.name for w in report.plan.local_workers] == ["sync-1", "sync-2", "typing-1"]
+    assert "sync-1" in out.getvalue()
+    assert tree(root) == before
+
+
+def test_dry_run_refuses_sqlite_before_anything(tmp_path):
+    config = homeserver(tmp_path, database={"name": "sqlite3", "args": {"database": "x.db"}})
+    root = make_root(tmp_path, config)
+    before = tree(root)
+    with pytest.raises(HostConfigError, match="sqlite3"):
+        apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    assert tree(root) == before
+
+
+def test_dry_run_refuses_a_missing_web_user_and_a_missing_selection(tmp_path, monkeypatch):
+    root = make_root(tmp_path)
+    with pytest.raises(HostConfigError, match="'nobody-here'"):
+        apply.apply_host(root, select(workers="sync"), Settings(web_user="nobody-here"), dry_run=True,
+                         out=io.StringIO())
+    with pytest.raises(SelectionError, match="no workers chosen"):
+        apply.apply_host(root, None, Settings(), dry_run=True, out=io.StringIO())
+
+
+def test_dry_run_after_the_files_exist_has_nothing_to_do(tmp_path):
+    root = make_root(tmp_path)
+    report = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    for rendered in report.changes.write:
+        path = root / rendered.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered.content)
+        os.chmod(path, rendered.mode)
+    again = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    assert not again.changes.files_changed and not again.changes.restart_workers

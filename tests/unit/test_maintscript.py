@@ -1,0 +1,263 @@
+"""The postinst's logic (debconf/maintscript.py) with a fake debconf, and the one table of
+when each question is asked (debconf/questions.py) against debian/config.
+
+The real debconf, dpkg and apply engine run it in tests/chroot and tests/booted;
+here the engine is recorded, so each decision of the postinst is seen alone.
+"""
+
+import io
+import re
+import subprocess
+from itertools import product
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hostroot import make_root
+from matrix_synapse_workers.core.errors import HostConfigError, WorkersError
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.debconf import answers, maintscript
+from matrix_synapse_workers.debconf.questions import FLOW, followups
+from matrix_synapse_workers.system import applied
+
+REPO = Path(__file__).resolve().parents[2]
+P = answers.PACKAGE
+DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: "",
+            answers.Q_SOCKET_GROUP: "clubmatrix", answers.Q_WEB_USER: "www-data",
+            answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
+            answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
+            answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
+            answers.Q_SHARED_MEDIA: "false"}
+
+
+class FakeDebconf:
+    """debconf's confmodule as the postinst uses it: answers, and what the admin types
+    when a question is shown (``typed``); ``interactive=False`` shows nothing."""
+
+    def __init__(self, interactive=True, typed=None, **given):
+        self.values = dict(DEFAULTS, **{f"{P}/{k.replace('_', '-')}": v for k, v in given.items()})
+        self.interactive, self.typed = interactive, dict(typed or {})
+        self.shown, self.pending, self.flags, self.substs, self.stopped = [], [], {}, {}, False
+
+    def get(self, question):
+        return self.values[question]
+
+    def subst(self, template, key, value):
+        self.substs[(template, key)] = value
+
+    def fset(self, question, flag, value):
+        self.flags[(question, flag)] = value
+
+    def forceInput(self, priority, question):
+        if self.interactive:
+            self.pending.append(question)
+        return self.interactive
+
+    def go(self):
+        for question in self.pending:
+            self.shown.append(question)
+            if question in self.typed:
+                self.values[question] = self.typed.pop(question)
+        self.pending = []
+
+    def stop(self):
+        self.stopped = True
+
+
+class Engine:
+    """The apply engine, recorded; ``fail`` raises from the dry run or the real run."""
+
+    def __init__(self, fail=None, fail_real=None, users=("www-data",)):
+        self.calls, self.restarts, self.fail, self.fail_real, self.users = [], [], fail, fail_real, users
+
+    def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None):
+        self.calls.append((selection, settings, dry_run))
+        if dry_run and self.fail:
+            raise self.fail
+        if not dry_run and self.fail_real:
+            raise self.fail_real
+        plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
+        return SimpleNamespace(plan=plan, changed=True)
+
+    def restart(self, root, out=None):
+        self.restarts.append(root)
+
+    def __call__(self):
+        return self.apply_host, self.restart, lambda user: user in self.users
+
+
+def configure(root, db, engine, synapse="matrix-synapse-py3 1.163.2"):
+    out = io.StringIO()
+    result = maintscript.configure(db, root, out, engine=engine, synapse_version=lambda: synapse)
+    return result, out.getvalue()
+
+
+def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
+    root = make_root(tmp_path)
+    db, engine = FakeDebconf(), Engine()
+    result, said = configure(root, db, engine)
+    assert result is None and db.stopped
+    assert [dry for _, _, dry in engine.calls] == [True, False]
+    assert engine.calls[1][0].counts == {"sync": 1, "client": 1}
+    record = applied.read(root)
+    assert record.synapse == "matrix-synapse-py3 1.163.2" and record.socket_group == "clubmatrix"
+    assert "2 workers configured (sync-1, client-1); Redis:" in said
+    assert engine.restarts == []  # no record before: nothing was upgraded under the workers
+
+
+def test_an_invalid_answer_that_cannot_be_shown_fails_before_anything(tmp_path):
+    root = make_root(tmp_path)
+    db, engine = FakeDebconf(interactive=False, preset="huge"), Engine()
+    result, said = configure(root, db, engine)
+    assert result == 1 and engine.calls == [] and applied.read(root) is None
+    assert "Error: unknown preset 'huge'" in said and f"question {answers.Q_PRESET}" in said
+
+
+def test_an_invalid_answer_is_shown_asked_again_with_its_followups(tmp_path):
+    root = make_root(tmp_path)
+    db = FakeDebconf(preset="huge", typed={answers.Q_PRESET: "custom", answers.Q_TYPES: "sync",
+                                           answers.Q_COUNTS: "sync:3"})
+    engine = Engine()
+    result, _ = configure(root, db, engine)
+    assert result is None
+    assert db.shown == [maintscript.INVALID, answers.Q_PRESET, answers.Q_TYPES, answers.Q_COUNTS]
+    assert "unknown preset 'huge'" in db.substs[(maintscript.INVALID, "message")]
+    assert engine.calls[-1][0].counts == {"sync": 3}
+
+
+def test_media_on_a_worker_host_asks_for_the_shared_store_then_where_the_workers_go(tmp_path):
+    # Refused: the confirmation is asked, and when it is not given, the worker hosts again.
+    root = make_root(tmp_path)
+    db = FakeDebconf(worker_hosts="hostb 10.0.0.2 sync,media", replication_address="10.0.0.1",
+                     typed={answers.Q_SHARED_MEDIA: "false",
+                            answers.Q_WORKER_HOSTS: "hostb 10.0.0.2 sync"})
+    result, _ = configure(root, db, Engine())
+    assert result is None
+    assert db.shown == [maintscript.INVALID, answers.Q_SHARED_MEDIA, answers.Q_WORKER_HOSTS]
+    assert "media_store_path" in db.substs[(maintscript.INVALID, "message")]
+    # Confirmed: nothing else is asked.
+    db = FakeDebconf(worker_hosts="hostb 10.0.0.2 sync,media", replication_address="10.0.0.1",
+                     typed={answers.Q_SHARED_MEDIA: "true"})
+    engine = Engine()
+    assert configure(make_root(tmp_path / "b"), db, engine)[0] is None
+    assert db.shown == [maintscript.INVALID, answers.Q_SHARED_MEDIA]
+    assert engine.calls[-1][1].topology.shared_media
+
+
+def test_a_missing_web_user_is_an_invalid_answer(tmp_path):
+    db, engine = FakeDebconf(interactive=False, web_user="caddy"), Engine()
+    result, said = configure(make_root(tmp_path), db, engine)
+    assert result == 1 and "web server user 'caddy' does not exist" in said
+
+
+def test_a_host_that_cannot_take_workers_installs_unconfigured(tmp_path):
+    root = make_root(tmp_path)
+    db, engine = FakeDebconf(), Engine(fail=HostConfigError("Synapse uses the 'sqlite3' database engine"))
+    result, said = configure(root, db, engine)
+    assert result is None  # the debhelper snippets run: the package installs
+    assert db.shown == [maintscript.NOT_CONFIGURED] and len(engine.calls) == 1
+    assert "workers are NOT configured: Synapse uses the 'sqlite3'" in said and applied.read(root) is None
+
+
+def test_any_other_error_fails_the_postinst(tmp_path):
+    db, engine = FakeDebconf(), Engine(fail_real=WorkersError("nginx -t failed"))
+    result, said = configure(make_root(tmp_path), db, engine)
+    assert result == 1 and "Error: nginx -t failed" in said
+
+
+def test_a_synapse_upgrade_in_the_same_run_restarts_as_the_trigger_would(tmp_path):
+    root = make_root(tmp_path)
+    applied.write(root, applied.AppliedRecord("sync:1", "clubmatrix", "matrix-synapse-py3 1.162.0"))
+    engine = Engine()
+    configure(root, FakeDebconf(), engine, synapse="matrix-synapse-py3 1.163.2")
+    assert engine.restarts == [root]
+    configure(root, FakeDebconf(), engine, synapse="matrix-synapse-py3 1.163.2")
+    assert engine.restarts == [root]  # the same version again: nothing restarts
+
+
+def test_main_host_is_told_what_to_do_for_each_worker_host(tmp_path):
+    db = FakeDebconf(worker_hosts="hostb 10.0.0.2 sync", replication_address="10.0.0.1")
+    _, said = configure(make_root(tmp_path), db, Engine())
+    assert "worker host hostb (10.0.0.2): copy /etc/matrix-synapse/cluster/" in said
+    assert "host-name hostb" in said
+
+
+def test_triggered_records_the_new_synapse_and_a_failed_restart_only_warns(tmp_path):
+    root = make_root(tmp_path)
+    applied.write(root, applied.AppliedRecord("sync:1", "clubmatrix", "matrix-synapse-py3 1.162.0"))
+    out = io.StringIO()
+    assert maintscript.triggered(root, out, restart=lambda r, out: None,
+                                 synapse_version=lambda: "matrix-synapse-py3 1.163.2") is None
+    assert applied.read(root) == applied.AppliedRecord("sync:1", "clubmatrix", "matrix-synapse-py3 1.163.2")
+
+    def fails(root, out):
+        raise WorkersError("systemctl failed")
+    assert maintscript.triggered(root, out, restart=fails, synapse_version=lambda: "x") is None
+    assert "warning: restarting Synapse and its workers after the Synapse upgrade failed" in out.getvalue()
+    assert applied.read(root).synapse == "matrix-synapse-py3 1.163.2"
+
+
+# --- the one table of when a question is asked ------------------------------------
+
+
+def config_states() -> list[tuple[str, str, str]]:
+    """(priority, question, condition) of each state of debian/config, in order."""
+    text = (REPO / "debian/config").read_text()
+    states = []
+    for body in re.findall(r"^        (\d+)\)\n(.*?)^            ;;", text, re.M | re.S):
+        number, block = body
+        asked = re.search(r"db_input (\w+) matrix-synapse-workers/([\w-]+)", block)
+        condition = re.search(r"^            if (.+); then$", block, re.M)
+        states.append((int(number), asked[1], f"{P}/{asked[2]}", condition[1] if condition else ""))
+    assert [n for n, *_ in states] == list(range(1, len(states) + 1))
+    return [tuple(s[1:]) for s in states]
+
+
+def test_debian_config_follows_the_table():
+    assert config_states() == [(q.priority, q.name, q.sh) for q in FLOW]
+
+
+SH_HELPERS = r'''
+PKG=matrix-synapse-workers
+db_get() { eval "RET=\$(printf '%s' \"\$A_$(printf '%s' "${1#$PKG/}" | tr - _)\")"; }
+'''
+
+
+def sh_functions() -> str:
+    """debian/config's own is, main_host and spans_hosts."""
+    text = (REPO / "debian/config").read_text()
+    return "\n".join(re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.M | re.S)[0]
+                     for name in ("is", "main_host", "spans_hosts"))
+
+
+def test_the_table_s_conditions_mean_what_debian_config_s_do():
+    cases = list(product(["main", "worker-host"], ["small", "custom"], ["", " ; ", "hostb 10.0.0.2 sync"],
+                         ["dedicated", "existing"]))
+    script = SH_HELPERS + sh_functions()
+    for role, preset, hosts, redis in cases:
+        given = {answers.Q_HOST_ROLE: role, answers.Q_PRESET: preset, answers.Q_WORKER_HOSTS: hosts,
+                 answers.Q_REDIS: redis}
+        env = {f"A_{q.split('/')[1].replace('-', '_')}": v for q, v in given.items()}
+        for question in FLOW:
+            if not question.sh:
+                continue
+            done = subprocess.run(["sh", "-c", f"{script}\nif {question.sh}; then echo yes; fi"],
+                                  env=env, capture_output=True, text=True)
+            assert (done.stdout.strip() == "yes") == question.when(given), (question.name, given)
+
+
+def test_followups_of_a_new_answer():
+    main = dict(DEFAULTS)
+    assert followups(answers.Q_PRESET, dict(main, **{answers.Q_PRESET: "custom"})) == \
+        [answers.Q_TYPES, answers.Q_COUNTS]
+    assert followups(answers.Q_REDIS, dict(main, **{answers.Q_REDIS: "existing"})) == [answers.Q_REDIS_LOCATION]
+    assert followups(answers.Q_HOST_ROLE, dict(main, **{answers.Q_HOST_ROLE: "worker-host"})) == \
+        [answers.Q_HOST_NAME]
+    named = dict(main, **{answers.Q_WORKER_HOSTS: "hostb 10.0.0.2 sync"})
+    assert followups(answers.Q_WORKER_HOSTS, named) == [answers.Q_REPLICATION]
+    assert followups(answers.Q_WORKER_HOSTS, dict(named, **{answers.Q_REPLICATION: "10.0.0.1"})) == []
+    assert followups(answers.Q_ALLOW_PUBLIC, named) == [answers.Q_REPLICATION]
+    assert followups(answers.Q_ALLOW_PUBLIC, dict(named, **{answers.Q_ALLOW_PUBLIC: "true"})) == []
+    assert followups(answers.Q_SHARED_MEDIA, named) == [answers.Q_WORKER_HOSTS]
+    assert followups(answers.Q_SHARED_MEDIA, dict(named, **{answers.Q_SHARED_MEDIA: "true"})) == []

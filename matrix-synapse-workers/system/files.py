@@ -13,7 +13,9 @@ import grp
 import os
 import pwd
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ..render.files import RenderedFile
 
@@ -63,6 +65,30 @@ def sweep_temporaries(root: Path, directories: "set[Path] | list[Path]") -> list
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
     return removed
+
+
+@contextmanager
+def removing_new_empty_directories(candidates: Iterable[Path]) -> Iterator[None]:
+    """Around a check that makes directories as a side effect (``nginx -t``
+    makes nginx's temporary directories): afterwards, remove those of
+    ``candidates`` and their ancestors that did not exist before and are empty,
+    so a check leaves the host as it found it (nothing left for purge).
+    """
+    missing: list[Path] = []
+    for candidate in candidates:
+        for directory in (candidate, *candidate.parents):
+            if os.path.lexists(directory):
+                break
+            missing.append(directory)
+    try:
+        yield
+    finally:
+        # Deepest first, so a parent made only for its child goes too.
+        for directory in sorted(set(missing), key=lambda d: len(d.parts), reverse=True):
+            try:
+                directory.rmdir()
+            except OSError:  # never made, or something is in it now
+                pass
 
 
 def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:

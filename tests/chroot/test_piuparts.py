@@ -69,12 +69,6 @@ def piuparts_tool(chroot_tools) -> str:
     return tool
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 16, item 3): purge leaves directories our postinst made Synapse and nginx "
-    "create: /var/lib/matrix-synapse/media/ (Synapse's config loader, run by the check before "
-    "writing, makes the media store when it is missing) and /var/lib/nginx/{body,fastcgi,proxy,"
-    "scgi,uwsgi}/ (made by 'nginx -t' on a host where nginx never ran); strict: once fixed, "
-    "this marker must go"))
 def test_piuparts_install_purge_and_upgrade_from_the_previous_version(
         piuparts_tool, piuparts_layer, ours_deb, next_deb, tmp_path):
     version = run("dpkg-deb", "--field", next_deb, "Version").stdout.strip()

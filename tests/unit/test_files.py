@@ -51,3 +51,15 @@ def test_temporary_names_are_recognisably_ours(tmp_path):
         files.os.replace = real_replace
     assert len(seen) == 1 and is_temporary(seen[0]) and seen[0].startswith(".sync-1.yaml.msw-tmp.")
     assert not is_temporary("sync-1.yaml") and not is_temporary(".sync-1.yaml.swp")
+
+
+def test_a_check_s_new_empty_directories_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib/old").mkdir()
+    wanted = [tmp_path / "lib/old", tmp_path / "lib/new/body", tmp_path / "lib/kept"]
+    with files.removing_new_empty_directories(wanted):
+        for directory in wanted:
+            directory.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lib/kept/file").write_text("")
+    # Made and empty: gone, with the parent made for it; there before, or used: stays.
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["kept", "old"]

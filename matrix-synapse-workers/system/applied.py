@@ -7,6 +7,13 @@ with).  ``debian/config`` (sh) reads the same file with sed: the last line of
 a key wins, and so it does here.  The postinst, ``debian/config``, the
 answers and ``status`` use this one spelling.
 
+While the postinst applies, ``applying`` beside it holds the answers being
+applied (``question=value`` lines): a run killed half-way (power loss, the
+OOM killer, SIGKILL of dpkg) leaves it, and then the worker files on disk are
+what the killed run half-wrote, not an admin's edit.  ``debian/config`` takes
+the answers from it instead of reading the files back, so ``dpkg --configure
+-a`` finishes what the killed run began.  It goes once the record is written.
+
 >>> record = AppliedRecord.parse("workers=sync:2\\nsocket_group=web\\nsynapse=matrix-synapse-py3 1.163.2\\n")
 >>> record.workers, record.socket_group, record.synapse
 ('sync:2', 'web', 'matrix-synapse-py3 1.163.2')
@@ -19,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Mapping
 
 from ..core import paths
 
@@ -55,6 +63,22 @@ def read(root: Path) -> AppliedRecord | None:
         return None
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write beside, sync, rename, sync the directory: after a crash, the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write(root: Path, record: AppliedRecord) -> bool:
     """Replace the record atomically, only when it changes (a rerun changes no file)."""
     path = root / paths.APPLIED_RECORD
@@ -64,8 +88,31 @@ def write(root: Path, record: AppliedRecord) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _replace(path, text)
     return True
+
+
+def begin(root: Path, answers: Mapping[str, str]) -> None:
+    """Before the first change: the answers being applied, on disk (one line each)."""
+    _replace(root / paths.PENDING_ANSWERS,
+             "".join(f"{q}={' '.join(v.splitlines())}\n" for q, v in answers.items()))
+
+
+def pending(root: Path) -> dict[str, str] | None:
+    """The answers of an apply that did not finish; None when every apply finished."""
+    try:
+        text = (root / paths.PENDING_ANSWERS).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+
+
+def abandon(root: Path) -> None:
+    """The apply stopped with an error of its own (not killed): nothing is pending."""
+    (root / paths.PENDING_ANSWERS).unlink(missing_ok=True)
+
+
+def finish(root: Path, record: AppliedRecord) -> None:
+    """After the apply: the record, then the pending answers go (in that order)."""
+    write(root, record)
+    (root / paths.PENDING_ANSWERS).unlink(missing_ok=True)

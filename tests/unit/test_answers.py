@@ -505,6 +505,23 @@ def test_config_keeps_answers_when_files_are_what_was_applied(tmp_path):
         assert run_config(tmp_path, {Q_PRESET: "minimal"}) == {}
 
 
+@needs_sh
+def test_config_takes_a_killed_apply_s_answers_not_its_half_written_files(tmp_path):
+    """The issue's kill: two of fifteen worker files written, no record yet."""
+    from matrix_synapse_workers.system import applied
+    root = tmp_path / "root"
+    deploy(root, ["sync-1", "sync-2"])
+    given = {Q_PRESET: "custom", Q_TYPES: "sync, client, media", Q_COUNTS: "sync:2",
+             Q_SOCKET_GROUP: "clubmatrix", answers.Q_WORKER_HOSTS: "a b; with = signs"}
+    applied.begin(root, given)
+    # The answers debconf has now (say, an older preseed) give way to the pending ones.
+    assert run_config(tmp_path, {Q_PRESET: "small"}) == given
+    # Once recorded, the files are read back as usual again.
+    applied.finish(root, applied_record(root))
+    assert not (root / "var/lib/matrix-synapse-workers/applying").exists()
+    assert run_config(tmp_path, {Q_PRESET: "small"}) == {}
+
+
 def test_applied_record_spelling(tmp_path):
     root = tmp_path / "root"
     deploy(root, ["sync-2", "typing-1", "sync-1", "mine"], group="web")

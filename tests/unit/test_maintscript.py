@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from hostroot import make_root
-from matrix_synapse_workers.core.errors import HostConfigError, WorkersError
+from matrix_synapse_workers.core.errors import ApplyError, HostConfigError, WorkersError
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.debconf import answers, maintscript
 from matrix_synapse_workers.debconf.questions import FLOW, followups
@@ -104,6 +104,26 @@ def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
     assert record.synapse == "matrix-synapse-py3 1.163.2" and record.socket_group == "clubmatrix"
     assert "2 workers configured (sync-1, client-1); Redis:" in said
     assert engine.restarts == []  # no record before: nothing was upgraded under the workers
+
+
+def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
+    root = make_root(tmp_path)
+    seen = []
+
+    class Watching(Engine):
+        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None):
+            seen.append((dry_run, applied.pending(root)))
+            return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out)
+
+    db = FakeDebconf(interactive=False, preset="custom", worker_types="sync", worker_counts="sync:3")
+    assert configure(root, db, Watching())[0] is None
+    assert seen[0] == (True, None)  # nothing pending during the dry run
+    assert seen[1][0] is False and seen[1][1][answers.Q_COUNTS] == "sync:3"
+    assert set(seen[1][1]) == set(answers.QUESTIONS)
+    assert applied.pending(root) is None and applied.read(root) is not None
+    # An error of the engine's own (not a kill): nothing stays pending.
+    configure(root, FakeDebconf(interactive=False), Engine(fail_real=ApplyError("boom")))
+    assert applied.pending(root) is None
 
 
 def test_an_invalid_answer_that_cannot_be_shown_fails_before_anything(tmp_path):

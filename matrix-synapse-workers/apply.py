@@ -41,7 +41,7 @@ from .render.redisconf import edit_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, netprobe, nginx, secrets, statoverride
+from .system import accounts, crashpoint, netprobe, nginx, secrets, statoverride
 from .system.files import sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .core.topology import HostRole
@@ -189,13 +189,16 @@ def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> N
     gid = grp.getgrnam(settings.socket_group).gr_gid
     if not directory.is_dir():
         directory.mkdir(parents=True)
+        crashpoint.done(f"created {directory}")
         report.system_steps.append(f"created {paths.SOCKET_DIR}")
     status = directory.stat()
     if (status.st_uid, status.st_gid) != (uid, gid):
         os.chown(directory, uid, gid)
+        crashpoint.done(f"chown {directory}")
         report.system_steps.append(f"{paths.SOCKET_DIR} owned by {settings.socket_dir_owner}:{settings.socket_group}")
     if status.st_mode & 0o7777 != settings.socket_dir_mode:
         os.chmod(directory, settings.socket_dir_mode)
+        crashpoint.done(f"chmod {directory}")
         report.system_steps.append(f"{paths.SOCKET_DIR} mode {settings.socket_dir_mode:04o}")
 
 
@@ -212,12 +215,15 @@ def _accounts_and_overrides(root: Path, settings: Settings, override: statoverri
             steps.append(f"added {paths.SYNAPSE_USER} to redis")
     wanted = statoverride.Override(settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode)
     if override is None or (ours and override != wanted):
-        if override is not None:
-            statoverride.remove(str(paths.SOCKET_DIR))
-        statoverride.add(str(paths.SOCKET_DIR), wanted)
+        # The mark first: a run killed right after adding the statoverride must not
+        # leave it looking like the admin's (kept for good, even by purge).
         mark = root / STATOVERRIDE_MARK
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.write_text("matrix-synapse-workers added the statoverride of /run/matrix-synapse\n")
+        crashpoint.done(f"wrote {mark}")
+        if override is not None:
+            statoverride.remove(str(paths.SOCKET_DIR))
+        statoverride.add(str(paths.SOCKET_DIR), wanted)
         steps.append(f"dpkg-statoverride {wanted.owner} {wanted.group} {wanted.mode:04o} {paths.SOCKET_DIR}")
     _ensure_socket_dir(root, settings, report)
 
@@ -387,12 +393,14 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) ->
     for relative in changes.set_aside:
         if relative not in nginx.FILES:
             os.replace(root / relative, root / f"{relative}.dpkg-old")
+            crashpoint.done(f"set aside {relative}")
         out.write(f"kept your {relative} as {relative}.dpkg-old\n")
     for rendered in changes.write:
         if rendered.path not in nginx.FILES:
             write_atomically(root, rendered, chown=True)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
+        crashpoint.done(f"removed {relative}")
     return nginx_changed
 
 

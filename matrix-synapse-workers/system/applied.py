@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..core import paths
+from . import crashpoint
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def _replace(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    crashpoint.done(f"wrote {path}")
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
@@ -110,6 +112,7 @@ def pending(root: Path) -> dict[str, str] | None:
 def abandon(root: Path) -> None:
     """The apply stopped with an error of its own (not killed): nothing is pending."""
     (root / paths.PENDING_ANSWERS).unlink(missing_ok=True)
+    crashpoint.done("removed the pending answers")
 
 
 def finish(root: Path, record: AppliedRecord) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..render.files import RenderedFile
+from . import crashpoint
 
 #: In the name of every temporary file of ours, and of nothing else.
 TMP_TAG = ".msw-tmp."
@@ -44,6 +45,7 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    crashpoint.done(f"wrote {target}")
     return target
 
 
@@ -63,6 +65,7 @@ def sweep_temporaries(root: Path, directories: "set[Path] | list[Path]") -> list
         for entry in entries:
             if is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
                 Path(entry.path).unlink(missing_ok=True)
+                crashpoint.done(f"removed {entry.path}")
                 removed.append(Path(entry.path))
     return removed
 

@@ -16,6 +16,7 @@ from typing import Sequence
 from ..core import paths
 from ..core.errors import ApplyError
 from ..render.files import RenderedFile
+from . import crashpoint
 from .files import removing_new_empty_directories, write_atomically
 from .run import run
 
@@ -55,6 +56,7 @@ def _restore(root: Path, saved: _Saved) -> None:
     tmp.write_bytes(saved.content)
     os.chmod(tmp, saved.mode)
     os.replace(tmp, target)
+    crashpoint.done(f"restored {target}")
 
 
 def temp_paths(nginx: str) -> list[Path]:
@@ -93,6 +95,7 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
     saved = [_save(root, f.path) for f in files]
     for relative in set_aside:
         os.replace(root / relative, root / f"{relative}.dpkg-old")
+        crashpoint.done(f"set aside {relative}")
     for rendered in files:
         write_atomically(root, rendered, chown=chown)
     complaint = check(root)

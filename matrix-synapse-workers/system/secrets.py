@@ -17,7 +17,8 @@ from ..core import paths
 from ..core.cluster import COPY_HINT
 from ..core.errors import HostConfigError
 from ..render.files import GENERATED_MARKER, RenderedFile
-from .files import write_atomically
+from . import crashpoint
+from .files import TMP_TAG, write_atomically
 
 SECRET_MODE = 0o640
 CLUSTER_DIR_MODE = 0o750
@@ -40,7 +41,9 @@ def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
         os.chmod(directory, CLUSTER_DIR_MODE)
     if target.exists():
         return False
-    tmp = target.with_name(f".{target.name}.new")
+    # Ours alone (swept after a kill, see .files), and gone if a killed run left it.
+    tmp = target.with_name(f".{target.name}{TMP_TAG}new")
+    tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
     try:
         os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
@@ -50,6 +53,7 @@ def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
     finally:
         os.close(fd)
     os.replace(tmp, target)
+    crashpoint.done(f"wrote {target}")
     return True
 
 
@@ -107,4 +111,5 @@ def mark_worker_host(root: Path, label: str) -> bool:
     tmp = target.with_name(f".{target.name}.new")
     tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, target)
+    crashpoint.done(f"wrote {target}")
     return True

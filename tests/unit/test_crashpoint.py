@@ -10,6 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
+sys.path.insert(0, sys.argv[2])
+from support.tree import use_source_tree
+use_source_tree()
 from pathlib import Path, PurePosixPath
 from matrix_synapse_workers.render.files import RenderedFile
 from matrix_synapse_workers.system.files import write_atomically
@@ -20,9 +23,8 @@ for n in range(1, 4):
 
 
 def run(tmp_path, **env):
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], start_new_session=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "matrix-synapse-workers"),
-                               **env}, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(REPO / "tests")], start_new_session=True,
+                          env={**os.environ, **env}, capture_output=True, text=True)
 
 
 def test_actions_are_counted_and_the_group_is_killed_after_the_nth(tmp_path):

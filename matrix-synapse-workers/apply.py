@@ -42,7 +42,7 @@ from .render.files import RenderedFile, is_generated, render, render_single_proc
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
 from .system import accounts, crashpoint, netprobe, nginx, secrets, statoverride
-from .system.files import sweep_temporaries, write_atomically
+from .system.files import commit, discard, stage_all, sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .core.topology import HostRole
 
@@ -385,9 +385,16 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) ->
     """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
 
     Returns whether nginx's files changed."""
-    nginx_changed = nginx.write_checked(
-        root, [f for f in changes.write if f.path in nginx.FILES],
-        [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+    # Every other new file complete beside its target first: a full file system
+    # (ENOSPC) or any failure to write stops here, with every previous file in place.
+    staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
+    try:
+        nginx_changed = nginx.write_checked(
+            root, [f for f in changes.write if f.path in nginx.FILES],
+            [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+    except BaseException:
+        discard(staged)
+        raise
     # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
     for relative in changes.set_aside:
@@ -395,9 +402,8 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) ->
             os.replace(root / relative, root / f"{relative}.dpkg-old")
             crashpoint.done(f"set aside {relative}")
         out.write(f"kept your {relative} as {relative}.dpkg-old\n")
-    for rendered in changes.write:
-        if rendered.path not in nginx.FILES:
-            write_atomically(root, rendered, chown=True)
+    for item in staged:
+        commit(item)
     for relative in changes.remove:
         (root / relative).unlink(missing_ok=True)
         crashpoint.done(f"removed {relative}")

@@ -14,9 +14,11 @@ import os
 import pwd
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
+from ..core.errors import ApplyError
 from ..render.files import RenderedFile
 from . import crashpoint
 
@@ -28,8 +30,16 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
     return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
 
 
-def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path:
-    """Write ``rendered`` under ``root``; owner and group only when ``chown``."""
+@dataclass(frozen=True)
+class Staged:
+    """A file's new content, complete and synced beside it, not yet renamed into place."""
+
+    target: Path
+    temporary: Path
+
+
+def stage(root: Path, rendered: RenderedFile, *, chown: bool) -> Staged:
+    """Write ``rendered`` beside its target (owner and group only when ``chown``)."""
     target = root / rendered.path
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent)
@@ -41,12 +51,55 @@ def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path
             if chown:
                 os.fchown(handle.fileno(), *_ids(rendered.owner, rendered.group))
             os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    crashpoint.done(f"wrote {target}")
-    return target
+    return Staged(target, Path(tmp_name))
+
+
+def commit(staged: Staged) -> Path:
+    """Rename a staged file into place: a reader sees the old file or the new one."""
+    os.replace(staged.temporary, staged.target)
+    crashpoint.done(f"wrote {staged.target}")
+    return staged.target
+
+
+def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path:
+    """Write ``rendered`` under ``root``; owner and group only when ``chown``."""
+    staged = stage(root, rendered, chown=chown)
+    try:
+        return commit(staged)
+    except BaseException:
+        staged.temporary.unlink(missing_ok=True)
+        raise
+
+
+def stage_all(root: Path, files: Sequence[RenderedFile], *, chown: bool) -> list[Staged]:
+    """Every file's new content beside it, before any is renamed into place.
+
+    A file system that fills up (ENOSPC) or any other failure to write stops
+    here: the temporary files go, every previous file is still in place, and
+    one ApplyError names the file and the reason.
+    """
+    staged: list[Staged] = []
+    try:
+        for rendered in files:
+            staged.append(stage(root, rendered, chown=chown))
+    except OSError as exc:
+        discard(staged)
+        raise ApplyError(
+            f"cannot write /{rendered.path}: {exc.strerror or exc}; every previous file is still "
+            "in place and nothing was changed. Make room on that file system (or fix the "
+            "error), then run: dpkg-reconfigure matrix-synapse-workers") from None
+    except BaseException:
+        discard(staged)
+        raise
+    return staged
+
+
+def discard(staged: Sequence[Staged]) -> None:
+    for item in staged:
+        item.temporary.unlink(missing_ok=True)
 
 
 def is_temporary(name: str) -> bool:

@@ -17,7 +17,7 @@ from ..core import paths
 from ..core.errors import ApplyError
 from ..render.files import RenderedFile
 from . import crashpoint
-from .files import removing_new_empty_directories, write_atomically
+from .files import commit, removing_new_empty_directories, stage_all
 from .run import run
 
 UNIT = "nginx.service"
@@ -93,11 +93,12 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
     if not files:
         return False
     saved = [_save(root, f.path) for f in files]
+    staged = stage_all(root, files, chown=chown)  # a full disk: nothing changed
     for relative in set_aside:
         os.replace(root / relative, root / f"{relative}.dpkg-old")
         crashpoint.done(f"set aside {relative}")
-    for rendered in files:
-        write_atomically(root, rendered, chown=chown)
+    for item in staged:
+        commit(item)
     complaint = check(root)
     if complaint is None:
         return True

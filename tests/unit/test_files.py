@@ -63,3 +63,30 @@ def test_a_check_s_new_empty_directories_are_removed_and_nothing_else(tmp_path):
         (tmp_path / "lib/kept/file").write_text("")
     # Made and empty: gone, with the parent made for it; there before, or used: stays.
     assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["kept", "old"]
+
+
+def test_a_full_file_system_leaves_every_previous_file_and_one_error(tmp_path, monkeypatch):
+    import errno
+    from matrix_synapse_workers.core.errors import ApplyError
+    for n in (1, 2, 3):
+        (tmp_path / f"w{n}.yaml").write_text(f"old {n}\n")
+    calls = []
+    real_fsync = files.os.fsync
+
+    def filling(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", filling)
+    new = [RenderedFile(PurePosixPath(f"w{n}.yaml"), f"new {n}\n") for n in (1, 2, 3)]
+    with pytest.raises(ApplyError, match=r"cannot write /w3.yaml: No space left on device; every "
+                                         r"previous file is still in place"):
+        files.stage_all(tmp_path, new, chown=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w1.yaml", "w2.yaml", "w3.yaml"]
+    assert [(tmp_path / f"w{n}.yaml").read_text() for n in (1, 2, 3)] == ["old 1\n", "old 2\n", "old 3\n"]
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    for item in files.stage_all(tmp_path, new, chown=False):
+        files.commit(item)
+    assert (tmp_path / "w3.yaml").read_text() == "new 3\n"

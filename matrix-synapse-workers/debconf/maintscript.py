@@ -237,7 +237,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
-        apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
+        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
@@ -254,7 +254,9 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     stop_debconf(db)
 
     before = applied.read(root)
-    applied.begin(root, given)
+    # Only when files change (a rerun that changes nothing writes nothing, not even this).
+    if planned.changes.files_changed:
+        applied.begin(root, given)
     try:
         report = apply_host(root, selection, settings, out=out)
     except HostConfigError as exc:

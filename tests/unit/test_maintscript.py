@@ -78,7 +78,7 @@ class Engine:
         if not dry_run and self.fail_real:
             raise self.fail_real
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
-        return SimpleNamespace(plan=plan, changed=True)
+        return SimpleNamespace(plan=plan, changed=True, changes=SimpleNamespace(files_changed=True))
 
     def restart(self, root, out=None):
         self.restarts.append(root)

@@ -109,13 +109,18 @@ def pending(root: Path) -> dict[str, str] | None:
     return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
 
 
+def _clear(root: Path) -> None:
+    if (root / paths.PENDING_ANSWERS).exists():
+        (root / paths.PENDING_ANSWERS).unlink()
+        crashpoint.done("removed the pending answers")
+
+
 def abandon(root: Path) -> None:
     """The apply stopped with an error of its own (not killed): nothing is pending."""
-    (root / paths.PENDING_ANSWERS).unlink(missing_ok=True)
-    crashpoint.done("removed the pending answers")
+    _clear(root)
 
 
 def finish(root: Path, record: AppliedRecord) -> None:
     """After the apply: the record, then the pending answers go (in that order)."""
     write(root, record)
-    (root / paths.PENDING_ANSWERS).unlink(missing_ok=True)
+    _clear(root)

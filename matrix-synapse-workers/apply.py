@@ -30,7 +30,7 @@ from typing import TextIO
 
 from .core import dbconnections
 from .core import paths
-from .core.changes import Changes, OnDisk, compute_changes
+from .core.changes import Changes, OnDisk, compute_changes, services_owed, with_owed
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import existing_worker_names, read_host_facts, require_server_name
@@ -41,7 +41,7 @@ from .render.redisconf import edit_guide_conf
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, crashpoint, netprobe, nginx, secrets, statoverride
+from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride
 from .system.files import commit, discard, stage_all, sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .core.topology import HostRole
@@ -348,6 +348,17 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if dry_run:
         out.write(describe(decision.changes) + "\n")
         return report
+    # What a killed earlier run decided for the services and may not have done: its
+    # files are in place, so this run would see no change that needs them.
+    owed = applied.owed_services(root)
+    reload_owed = False
+    if owed is not None:
+        changes, reload_owed = with_owed(decision.changes, owed, decision.plan.names)
+        decision = replace(decision, changes=changes)
+        report = ApplyReport(decision.changes, decision.plan)
+    nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
+    if not decision.changes.nothing or decision.changes.restart_redis or reload_owed:
+        applied.owe_services(root, services_owed(decision.changes, nginx_writes or reload_owed))
     # What a killed earlier run left half-made: its temporary files (never an admin's).
     for left in sweep_temporaries(root, {f.path.parent for f in decision.desired}
                                   | {paths.WORKERS_DIR, paths.WORKER_LOGS_DIR, paths.CLUSTER_DIR,
@@ -363,7 +374,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     systemd = Systemd(out)
     nginx_changed = _write_files(root, decision.changes, systemd, out)
     _redis(root, decision, report, systemd)
-    _services(decision, systemd, nginx_changed)
+    _services(decision, systemd, nginx_changed or reload_owed)
+    applied.services_paid(root)
     report.services = systemd.done
     return report
 

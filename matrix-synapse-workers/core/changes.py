@@ -9,9 +9,9 @@ when shared config changed.  Who reads which shared key is catalog data
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -179,3 +179,35 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         restart_redis=paths.REDIS_INSTANCE_CONF in read_changed,
         reasons=tuple(reasons),
     )
+
+
+def services_owed(changes: Changes, reload_nginx: bool) -> dict[str, Any]:
+    """The service actions ``changes`` needs, as recorded before the first change
+    (see :func:`with_owed`)."""
+    return {"stop": list(changes.stop), "start": list(changes.start),
+            "restart_workers": list(changes.restart_workers), "restart_main": changes.restart_main,
+            "restart_redis": changes.restart_redis, "reload_nginx": reload_nginx}
+
+
+def with_owed(changes: Changes, owed: Mapping[str, Any], names: Sequence[str]) -> tuple[Changes, bool]:
+    """This run's changes plus the service actions a killed run decided and may not
+    have taken (its files are written, so this run sees no change that needs them);
+    and whether nginx is owed a reload.  ``names``: the workers planned now.
+
+    >>> owed = {"stop": ["sync-3"], "start": ["sync-2"], "restart_workers": ["client-1"],
+    ...         "restart_main": True, "reload_nginx": True}
+    >>> changes, reload = with_owed(Changes(), owed, ["sync-1", "sync-2", "client-1"])
+    >>> changes.stop, changes.start, changes.restart_workers, changes.restart_main, reload
+    (('sync-3',), ('sync-2',), ('client-1',), True, True)
+    """
+    planned = set(names)
+    start = set(changes.start) | (set(owed.get("start", ())) & planned)
+    # Stopped for a change this run no longer makes: it runs again.
+    start |= set(owed.get("stop", ())) & planned
+    stop = set(changes.stop) | (set(owed.get("stop", ())) - planned)
+    restart = (set(changes.restart_workers) | (set(owed.get("restart_workers", ())) & planned)) - start
+    return replace(changes, stop=tuple(sorted(stop)), start=tuple(n for n in names if n in start),
+                   restart_workers=tuple(n for n in names if n in restart),
+                   restart_main=changes.restart_main or bool(owed.get("restart_main")),
+                   restart_redis=changes.restart_redis or bool(owed.get("restart_redis"))), \
+        bool(owed.get("reload_nginx"))

@@ -23,6 +23,8 @@ STATE_DIR = PurePosixPath("var/lib/matrix-synapse-workers")
 APPLIED_RECORD = STATE_DIR / "applied"
 #: The answers an apply of the postinst is applying; there only until it is recorded.
 PENDING_ANSWERS = STATE_DIR / "applying"
+#: The service actions an apply owes (JSON); there only until it has taken them.
+SERVICES_OWED = STATE_DIR / "services-owed"
 # Prometheus file_sd targets, one per Synapse process, when metrics are on (main host only).
 PROMETHEUS_TARGETS = STATE_DIR / "prometheus-targets.yaml"
 # dpkg's database of statoverrides (the format of `dpkg-statoverride --list`).

@@ -23,10 +23,11 @@ the answers from it instead of reading the files back, so ``dpkg --configure
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..core import paths
 from . import crashpoint
@@ -124,3 +125,26 @@ def finish(root: Path, record: AppliedRecord) -> None:
     """After the apply: the record, then the pending answers go (in that order)."""
     write(root, record)
     _clear(root)
+
+
+# --- the service actions an apply owes -----------------------------------------
+
+
+def owed_services(root: Path) -> dict[str, Any] | None:
+    """What a killed apply decided to stop, start, restart or reload; None if nothing."""
+    try:
+        data = json.loads((root / paths.SERVICES_OWED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def owe_services(root: Path, owed: Mapping[str, Any]) -> None:
+    """Before the first change: the service actions this apply will take."""
+    _replace(root / paths.SERVICES_OWED, json.dumps(owed, sort_keys=True) + "\n")
+
+
+def services_paid(root: Path) -> None:
+    if (root / paths.SERVICES_OWED).exists():
+        (root / paths.SERVICES_OWED).unlink()
+        crashpoint.done("removed the services owed")

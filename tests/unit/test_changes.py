@@ -132,3 +132,19 @@ def test_an_older_version_in_the_headers_rewrites_the_files_and_restarts_nothing
     # A change beyond the header still counts.
     older[PurePosixPath("etc/redis/redis-matrix-synapse.conf")] = OnDisk("port 6379\n", 0o644)
     assert change_to(root, older, "sync:2,client,typing").restart_redis
+
+
+def test_services_owed_by_a_killed_run_are_added_to_the_next_one():
+    from matrix_synapse_workers.core.changes import Changes, services_owed, with_owed
+    # The killed run removed sync-3 (its file is gone) and wrote client-1's new file.
+    killed = Changes(stop=("sync-3",), restart_workers=("client-1",), restart_redis=True)
+    owed = services_owed(killed, reload_nginx=True)
+    # The next run sees nothing to do on disk; the debt is paid.
+    changes, reload = with_owed(Changes(), owed, ("sync-1", "sync-2", "client-1"))
+    assert (changes.stop, changes.restart_workers, changes.restart_redis, reload) == (
+        ("sync-3",), ("client-1",), True, True)
+    # Answered otherwise since: a worker the killed run stopped is planned again and starts;
+    # one it was to start is no longer planned and does not.
+    owed = services_owed(Changes(stop=("sync-2",), start=("typing-1",)), reload_nginx=False)
+    changes, reload = with_owed(Changes(), owed, ("sync-1", "sync-2"))
+    assert (changes.stop, changes.start, reload) == ((), ("sync-2",), False)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import Any, TextIO
 
 from .core import dbconnections
 from .core import paths
@@ -357,8 +357,9 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         decision = replace(decision, changes=changes)
         report = ApplyReport(decision.changes, decision.plan)
     nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
-    if not decision.changes.nothing or decision.changes.restart_redis or reload_owed:
-        applied.owe_services(root, services_owed(decision.changes, nginx_writes or reload_owed))
+    debt = (services_owed(decision.changes, nginx_writes or reload_owed)
+            if not decision.changes.nothing or decision.changes.restart_redis or reload_owed
+            else None)
     # What a killed earlier run left half-made: its temporary files (never an admin's).
     for left in sweep_temporaries(root, {f.path.parent for f in decision.desired}
                                   | {paths.WORKERS_DIR, paths.WORKER_LOGS_DIR, paths.CLUSTER_DIR,
@@ -372,7 +373,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
                                    f"{paths.MAIN_UNIT} does not start here")
     systemd = Systemd(out)
-    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed is not None)
     _redis(root, decision, report, systemd)
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
@@ -393,19 +394,25 @@ def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -
                               pool=decision.facts.database_pool)
 
 
-def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
+                 debt: dict[str, Any] | None, owed_before: bool) -> bool:
     """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
 
+    ``debt``: the service actions to record as owed before the first change.
     Returns whether nginx's files changed."""
     # Every other new file complete beside its target first: a full file system
     # (ENOSPC) or any failure to write stops here, with every previous file in place.
     staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
     try:
+        if debt is not None:
+            applied.owe_services(root, debt)
         nginx_changed = nginx.write_checked(
             root, [f for f in changes.write if f.path in nginx.FILES],
             [p for p in changes.set_aside if p in nginx.FILES], chown=True)
-    except BaseException:
+    except BaseException as exc:
         discard(staged)
+        if isinstance(exc, WorkersError) and not owed_before:
+            applied.services_paid(root)  # nginx put everything back: nothing is owed
         raise
     # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))

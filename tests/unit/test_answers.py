@@ -404,6 +404,8 @@ db_version() { :; }
 db_capb() { :; }
 db_settitle() { :; }
 db_set() {
+    # As debconf's confmodule: the reply to each command is read from stdin.
+    read -r _reply || :
     printf 'set %s=%s\n' "$1" "$2" >> "$MSW_LOG"
     printf '%s=%s\n' "$1" "$2" >> "$MSW_ANSWERS"
 }
@@ -446,7 +448,7 @@ def config_log(tmp_path: Path, answers_now: dict[str, str],
     state.write_text("".join(f"{k}={v}\n" for k, v in answers_now.items()))
     typed_file = tmp_path / "typed"
     typed_file.write_text("".join(f"{k}={v}\n" for k, v in (typed or {}).items()))
-    subprocess.run(["sh", str(config), "configure", ""], check=True,
+    subprocess.run(["sh", str(config), "configure", ""], check=True, stdin=subprocess.DEVNULL,
                    env={"PATH": os.environ["PATH"], "MSW_ROOT": str(tmp_path / "root"),
                         "MSW_LOG": str(log), "MSW_ANSWERS": str(state),
                         "MSW_TYPED": str(typed_file)})

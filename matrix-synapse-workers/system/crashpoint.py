@@ -6,10 +6,12 @@ or reloaded) calls :func:`done` right after it.  Nothing happens unless the
 environment asks:
 
 ``MSW_ACTION_LOG=FILE``
-    append one line per action to FILE (a first run counts the actions);
+    append one line per action to FILE, numbered from the lines already there,
+    so that the maintainer scripts of one dpkg run count together (debian/postrm
+    has the same hook in sh);
 ``MSW_KILL_AFTER_ACTION=N``
-    after the N-th action of this process, SIGKILL its whole process group,
-    as power loss or the OOM killer would end dpkg and its scripts.
+    (with the log) after action N, SIGKILL the whole process group, as power
+    loss or the OOM killer would end dpkg and its scripts.
 
 The tests of crash consistency (tests/chroot/test_crash_consistency.py) use
 them; an admin has no reason to.
@@ -20,18 +22,15 @@ from __future__ import annotations
 import os
 import signal
 
-_count = 0
-
 
 def done(action: str) -> None:
-    global _count
     log = os.environ.get("MSW_ACTION_LOG")
-    kill_at = os.environ.get("MSW_KILL_AFTER_ACTION")
-    if not log and not kill_at:
+    if not log:
         return
-    _count += 1
-    if log:
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"{_count} {' '.join(action.split())}\n")
-    if kill_at and _count >= int(kill_at):
+    with open(log, "a+", encoding="utf-8") as handle:
+        handle.seek(0)
+        count = sum(1 for _ in handle) + 1
+        handle.write(f"{count} {' '.join(action.split())}\n")
+    kill_at = os.environ.get("MSW_KILL_AFTER_ACTION")
+    if kill_at and count >= int(kill_at):
         os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -478,6 +478,9 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     """Package removal: workers stop; main goes back to a single process and keeps
     serving, directly and through nginx (everything routed to main.sock) until purge."""
     systemd = Systemd(out)
+    # What a killed apply or removal left half-made (never an admin's file).
+    sweep_temporaries(root, {paths.CONF_D, paths.WORKERS_DIR, paths.WORKER_LOGS_DIR,
+                             *(p.parent for p in nginx.FILES)})
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
     if (root / paths.WORKER_HOST_MARK).exists():

@@ -288,17 +288,23 @@ async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], m
                 rec.error(cls, str(e)[:200], time.monotonic())
                 await asyncio.sleep(0.05)
                 continue
-            now = time.monotonic()
-            if r.status == 200:
-                rec.ok(cls, now - t0, now)
-                if cls == "sync":
-                    m = NEXT_BATCH.search(r.body)
-                    if m:
-                        user["since"] = m.group(1).decode()
-            else:
-                rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
+            record(rec, cls, user, r, t0)
     finally:
         conn.close()
+
+
+def record(rec: Recorder, cls: str, user: dict[str, Any], r: Response, since: float) -> None:
+    """One answer, timed from ``since`` (sent, or scheduled in an open loop); a /sync answer
+    moves the user's since token on."""
+    now = time.monotonic()
+    if r.status == 200:
+        rec.ok(cls, now - since, now)
+        if cls == "sync":
+            m = NEXT_BATCH.search(r.body)
+            if m:
+                user["since"] = m.group(1).decode()
+    else:
+        rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
 
 
 class Pool:
@@ -339,15 +345,7 @@ async def open_request(pool: Pool, conn: Connection, cls: str, user: dict[str, A
         return
     finally:
         pool.give(conn)
-    now = time.monotonic()
-    if r.status == 200:
-        rec.ok(cls, now - scheduled, now)
-        if cls == "sync":
-            m = NEXT_BATCH.search(r.body)
-            if m:
-                user["since"] = m.group(1).decode()
-    else:
-        rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
+    record(rec, cls, user, r, scheduled)
 
 
 async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namespace,

@@ -19,24 +19,31 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
     return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
 
 
-def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path:
-    """Write ``rendered`` under ``root``; owner and group only when ``chown``."""
-    target = root / rendered.path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+def _write_beside(target: Path, content: str, mode: int, ids: tuple[int, int] | None = None,
+                  suffix: str = "") -> Path:
+    """The one way this package replaces a file: written and synced beside it, then renamed."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(rendered.content)
+            handle.write(content)
             handle.flush()
-            os.fchmod(handle.fileno(), rendered.mode)
-            if chown:
-                os.fchown(handle.fileno(), *_ids(rendered.owner, rendered.group))
+            os.fchmod(handle.fileno(), mode)
+            if ids is not None:
+                os.fchown(handle.fileno(), *ids)
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_atomically(root: Path, rendered: RenderedFile, *, chown: bool) -> Path:
+    """Write ``rendered`` under ``root``; owner and group only when ``chown``."""
+    target = root / rendered.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _write_beside(target, rendered.content, rendered.mode,
+                         _ids(rendered.owner, rendered.group) if chown else None)
 
 
 def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:
@@ -47,31 +54,4 @@ def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:
     name ends in ``.prom``: the temporary name starts with a dot and has no
     such suffix).
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def file_matches(root: Path, rendered: RenderedFile, *, chown: bool) -> bool:
-    """True when the file on disk already has this content, mode (and owner)."""
-    target = root / rendered.path
-    try:
-        status = target.stat()
-        if target.read_text(encoding="utf-8") != rendered.content:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        return False
-    if status.st_mode & 0o7777 != rendered.mode:
-        return False
-    if chown and (status.st_uid, status.st_gid) != _ids(rendered.owner, rendered.group):
-        return False
-    return True
+    return _write_beside(target, content, mode, suffix=".tmp")

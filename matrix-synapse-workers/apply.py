@@ -26,11 +26,11 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from .core import dbconnections
 from .core import paths
-from .core.changes import Changes, OnDisk, compute_changes, touches_units
+from .core.changes import Changes, OnDisk, compute_changes, services_owed, touches_units, with_owed
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres, require_writable_paths
 from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
@@ -43,8 +43,8 @@ from .render.redisconf import edit_guide_conf, effective_password, undo_guide_co
 from .render.files import RenderedFile, is_generated, render, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, netprobe, nginx, secrets, statoverride
-from .system.files import write_atomically
+from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride
+from .system.files import commit, discard, stage_all, sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .core.topology import HostRole
 
@@ -99,6 +99,7 @@ def _worker_dropins(root: Path) -> list[PurePosixPath]:
 def _remove_file(root: Path, relative: PurePosixPath) -> None:
     """Remove one of our files, and its drop-in directory once empty."""
     (root / relative).unlink(missing_ok=True)
+    crashpoint.done(f"removed {relative}")
     if relative.parent.name.endswith(".service.d"):
         try:
             (root / relative.parent).rmdir()
@@ -229,28 +230,38 @@ def guide_password(root: Path, settings: Settings, text: str) -> str | None:
     return effective_password(text, _read_include(root, settings.redis.server.guide_conf))
 
 
-def _write_guide_password(root: Path, password: str | None) -> bool:
-    """Synapse's copy of the guide-mode Redis password (root:matrix-synapse 0640), or none.
-
-    Our own path: written or removed as the admin's Redis configuration says; True if it changed.
-    """
+def _guide_password_stale(root: Path, password: str | None) -> bool:
+    """Whether Synapse's copy of the guide-mode Redis password must be written or removed."""
     target = root / paths.REDIS_GUIDE_PASSWORD
     if password is None:
-        if target.exists():
-            target.unlink()
-            return True
-        return False
-    content = password + "\n"
-    gid = grp.getgrnam(paths.SYNAPSE_USER).gr_gid
-    if target.is_file():
-        st = target.stat()
-        if (target.read_text(encoding="utf-8") == content and st.st_uid == 0 and st.st_gid == gid
-                and st.st_mode & 0o7777 == paths.REDIS_GUIDE_PASSWORD_MODE):
-            return False
-    write_atomically(root, RenderedFile(paths.REDIS_GUIDE_PASSWORD, content,
+        return target.exists()
+    if not target.is_file():
+        return True
+    st = target.stat()
+    return not (target.read_text(encoding="utf-8") == password + "\n" and st.st_uid == 0
+                and st.st_gid == grp.getgrnam(paths.SYNAPSE_USER).gr_gid
+                and st.st_mode & 0o7777 == paths.REDIS_GUIDE_PASSWORD_MODE)
+
+
+def _write_guide_password(root: Path, password: str | None) -> None:
+    """Synapse's copy of the guide-mode Redis password (root:matrix-synapse 0640), or none.
+
+    Our own path: written or removed as the admin's Redis configuration says.
+    """
+    if password is None:
+        _remove_file(root, paths.REDIS_GUIDE_PASSWORD)
+        return
+    write_atomically(root, RenderedFile(paths.REDIS_GUIDE_PASSWORD, password + "\n",
                                         mode=paths.REDIS_GUIDE_PASSWORD_MODE, owner="root",
                                         group=paths.SYNAPSE_USER), chown=True)
-    return True
+
+
+def _owe(root: Path, more: dict[str, Any]) -> None:
+    """Add service actions to what this apply owes, before the change that needs them."""
+    owed = applied.owed_services(root) or {}
+    merged = {key: (sorted(set(owed.get(key, [])) | set(value)) if isinstance(value, list)
+                    else bool(owed.get(key)) or value) for key, value in more.items()}
+    applied.owe_services(root, {**owed, **merged})
 
 
 def _with_host_server(root: Path, settings: Settings) -> Settings:
@@ -266,14 +277,45 @@ def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> N
     gid = grp.getgrnam(settings.socket_group).gr_gid
     if not directory.is_dir():
         directory.mkdir(parents=True)
+        crashpoint.done(f"created {directory}")
         report.system_steps.append(f"created {paths.SOCKET_DIR}")
     status = directory.stat()
     if (status.st_uid, status.st_gid) != (uid, gid):
         os.chown(directory, uid, gid)
+        crashpoint.done(f"chown {directory}")
         report.system_steps.append(f"{paths.SOCKET_DIR} owned by {settings.socket_dir_owner}:{settings.socket_group}")
     if status.st_mode & 0o7777 != settings.socket_dir_mode:
         os.chmod(directory, settings.socket_dir_mode)
+        crashpoint.done(f"chmod {directory}")
         report.system_steps.append(f"{paths.SOCKET_DIR} mode {settings.socket_dir_mode:04o}")
+
+
+def _ensure_writable_paths(root: Path, facts: HostFacts, report: ApplyReport) -> None:
+    """Make a missing media store, as Synapse would (matrix-synapse, 0750).
+
+    Synapse makes it at its first start, but the sandbox's ReadWritePaths= must
+    name an existing directory before that (or the unit fails with 226/NAMESPACE):
+    an image build, where Synapse has never run, has none.  Each one made is
+    recorded first, so that purge removes it while still empty.
+    """
+    uid, gid = pwd.getpwnam(paths.SYNAPSE_USER).pw_uid, grp.getgrnam(paths.SYNAPSE_USER).gr_gid
+    record = root / paths.MADE_DIRECTORIES
+    for writable in facts.writable_paths:
+        if writable.real is None:
+            continue
+        directory = root / writable.real.lstrip("/")
+        if directory.is_dir():
+            continue
+        made = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
+        if writable.real not in made:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(
+                f"{line}\n" for line in [*made, writable.real]), mode=0o644), chown=False)
+        directory.mkdir(mode=0o750)
+        os.chown(directory, uid, gid)
+        crashpoint.done(f"created {directory}")
+        report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
+                                   "opens it before Synapse's first start would make it)")
 
 
 def _accounts_and_overrides(root: Path, settings: Settings, override: statoverride.Override | None,
@@ -290,12 +332,15 @@ def _accounts_and_overrides(root: Path, settings: Settings, override: statoverri
             steps.append(f"added {paths.SYNAPSE_USER} to {server_group}")
     wanted = statoverride.Override(settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode)
     if override is None or (ours and override != wanted):
-        if override is not None:
-            statoverride.remove(str(paths.SOCKET_DIR))
-        statoverride.add(str(paths.SOCKET_DIR), wanted)
+        # The mark first: a run killed right after adding the statoverride must not
+        # leave it looking like the admin's (kept for good, even by purge).
         mark = root / STATOVERRIDE_MARK
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.write_text("matrix-synapse-workers added the statoverride of /run/matrix-synapse\n")
+        crashpoint.done(f"wrote {mark}")
+        if override is not None:
+            statoverride.remove(str(paths.SOCKET_DIR))
+        statoverride.add(str(paths.SOCKET_DIR), wanted)
         steps.append(f"dpkg-statoverride {wanted.owner} {wanted.group} {wanted.mode:04o} {paths.SOCKET_DIR}")
     _ensure_socket_dir(root, settings, report)
 
@@ -438,16 +483,37 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     if dry_run:
         out.write(describe(decision.changes) + "\n")
         return report
+    # What a killed earlier run decided for the services and may not have done: its
+    # files are in place, so this run would see no change that needs them.
+    owed = applied.owed_services(root)
+    reload_owed = False
+    if owed is not None:
+        changes, reload_owed = with_owed(decision.changes, owed, decision.plan.names)
+        decision = replace(decision, changes=changes)
+        report.changes = changes
+    # What a killed earlier run left half-made: its temporary files (never an admin's).
+    for left in sweep_temporaries(root, {f.path.parent for f in decision.desired}
+                                  | {paths.WORKERS_DIR, paths.WORKER_LOGS_DIR, paths.CLUSTER_DIR,
+                                     paths.REDIS_GUIDE_PASSWORD.parent}
+                                  | {p.parent for s in SERVERS for p in (s.instance_auth_conf, s.guide_conf)}):
+        report.system_steps.append(f"removed {left}, left by an interrupted run")
     decision = _prepare(root, decision, report, out)
+    nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
+    debt = (services_owed(decision.changes, nginx_writes or reload_owed)
+            if not decision.changes.nothing or decision.changes.restart_redis or reload_owed
+            else None)
+    owed_before = applied.owed_services(root) is not None  # a killed run's, or _prepare's
     # 2. Accounts, statoverride, socket directory.
     _accounts_and_overrides(root, decision.settings, decision.override, decision.ours, report)
+    _ensure_writable_paths(root, decision.facts, report)
     if decision.worker_host and secrets.mark_worker_host(root, decision.settings.topology.label or ""):
         report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
                                    f"{paths.MAIN_UNIT} does not start here")
     systemd = Systemd(out)
-    nginx_changed = _write_files(root, decision.changes, systemd, out)
+    nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed_before)
     _redis(root, decision, report, systemd)
-    _services(decision, systemd, nginx_changed)
+    _services(decision, systemd, nginx_changed or reload_owed)
+    applied.services_paid(root)
     report.services = systemd.done
     return report
 
@@ -462,16 +528,19 @@ def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -
         for secret_path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
             if secrets.ensure_generated(root, secret_path):
                 report.system_steps.append(f"generated /{secret_path}")
-    if not decision.worker_host and _write_guide_password(root, decision.guide_pass):
-        # Synapse reads it at start (redis.password_path): every process restarts.
+    if not decision.worker_host and _guide_password_stale(root, decision.guide_pass):
+        # Synapse reads it at start (redis.password_path): every process restarts, and
+        # that is owed before the file changes (a run killed in between still owes it).
+        changes = replace(changes, restart_main=True, restart_workers=tuple(
+            n for n in plan.names if n not in changes.start))
+        _owe(root, services_owed(changes, reload_nginx=False))
+        _write_guide_password(root, decision.guide_pass)
         step = (f"wrote /{paths.REDIS_GUIDE_PASSWORD} (the password "
                 f"/{decision.settings.redis.server.guide_conf} requires, readable by root and "
                 "matrix-synapse only)" if decision.guide_pass is not None
                 else f"removed /{paths.REDIS_GUIDE_PASSWORD} (Redis requires no password now)")
         report.system_steps.append(step)
         report.notices.append(step)
-        changes = replace(changes, restart_main=True, restart_workers=tuple(
-            n for n in plan.names if n not in changes.start))
         decision = replace(decision, changes=changes)
         report.changes = changes
     if changes.files_changed:
@@ -480,22 +549,35 @@ def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -
     return decision
 
 
-def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO) -> bool:
+def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
+                 debt: dict[str, Any] | None, owed_before: bool) -> bool:
     """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
 
+    ``debt``: the service actions to record as owed before the first change.
     Returns whether nginx's files changed."""
-    nginx_changed = nginx.write_checked(
-        root, [f for f in changes.write if f.path in nginx.FILES],
-        [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+    # Every other new file complete beside its target first: a full file system
+    # (ENOSPC) or any failure to write stops here, with every previous file in place.
+    staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
+    try:
+        if debt is not None:
+            applied.owe_services(root, debt)
+        nginx_changed = nginx.write_checked(
+            root, [f for f in changes.write if f.path in nginx.FILES],
+            [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+    except BaseException as exc:
+        discard(staged)
+        if isinstance(exc, WorkersError) and not owed_before:
+            applied.services_paid(root)  # nginx put everything back: nothing is owed
+        raise
     # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
     for relative in changes.set_aside:
         if relative not in nginx.FILES:
             os.replace(root / relative, root / f"{relative}.dpkg-old")
+            crashpoint.done(f"set aside {relative}")
         out.write(f"kept your {relative} as {relative}.dpkg-old\n")
-    for rendered in changes.write:
-        if rendered.path not in nginx.FILES:
-            write_atomically(root, rendered, chown=True)
+    for item in staged:
+        commit(item)
     for relative in changes.remove:
         _remove_file(root, relative)
     return nginx_changed
@@ -507,9 +589,11 @@ def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd
     changes, settings, guide = decision.changes, decision.settings, decision.guide
     worker_host = decision.worker_host
     server = settings.redis.server
-    redis_changed = any(f.path == server.instance_conf for f in changes.write)
+    redis_changed = changes.restart_redis
     if decision.plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
-        if secrets.write_redis_auth(root, server):
+        if not secrets.redis_auth_current(root, server):
+            _owe(root, {"restart_redis": True})  # before the change it pays for
+            secrets.write_redis_auth(root, server)
             report.system_steps.append(f"wrote /{server.instance_auth_conf}")
             redis_changed = True
     if guide is not None and guide[1] != guide[2]:
@@ -612,6 +696,9 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     """Package removal: workers stop; main goes back to a single process and keeps
     serving, directly and through nginx (everything routed to main.sock) until purge."""
     systemd = Systemd(out)
+    # What a killed apply or removal left half-made (never an admin's file).
+    sweep_temporaries(root, {paths.CONF_D, paths.WORKERS_DIR, paths.WORKER_LOGS_DIR,
+                             *(p.parent for p in nginx.FILES)})
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
     # The sandbox drop-ins go with the package; main runs on unconfined, as before.

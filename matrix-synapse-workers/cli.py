@@ -117,6 +117,9 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="main's private address for the worker hosts (port 9093 by default)")
     parser.add_argument("--allow-public-address", action="store_true",
                         help="accept a public or wildcard replication address")
+    parser.add_argument("--shared-media-store", action="store_true",
+                        help="confirm every host mounts one media store at media_store_path "
+                             "(needed for media workers on worker hosts)")
     parser.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
                         help="every process serves Prometheus metrics on loopback (a worker "
                              "host's on its private address), with scrape targets in "
@@ -181,7 +184,8 @@ def _topology(args: argparse.Namespace) -> Topology:
     if args.worker_hosts is None:
         current = deployed_topology(args.root)
         return current if current.role is HostRole.MAIN else Topology()
-    return main_topology(args.worker_hosts, args.replication_address, args.allow_public_address)
+    return main_topology(args.worker_hosts, args.replication_address, args.allow_public_address,
+                         args.shared_media_store)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

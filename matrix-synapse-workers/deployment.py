@@ -108,7 +108,8 @@ def read_deployment(root: Path, selection: Selection | None = None, settings: Se
         selection = deployed_selection(facts)
         if not selection.counts:
             return Deployment(facts, settings, selection, Plan(remote_workers(topology), topology.replication,
-                                                               metrics=settings.metrics))
+                                                               metrics=settings.metrics,
+                                                               shared_media=topology.shared_media))
     return Deployment(facts, settings, selection, make_plan(selection, facts, topology,
                                                             metrics=settings.metrics))
 

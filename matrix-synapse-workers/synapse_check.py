@@ -15,6 +15,12 @@ set once more with one more config file, last, that points ``signing_key_path``
 at a key made in DIR; the key Synapse would read is reported under
 ``__missing_key__``.  A key that exists is read as it is, so a broken one is
 still refused.
+
+Synapse's loader makes directories it finds missing (the media store, with
+``ensure_directory``).  The check lets it, so a path Synapse could not make is
+still refused, and then removes what it made, when empty: Synapse makes them
+again when it starts, and a check leaves nothing behind on the host (purge
+would not remove it).
 """
 
 import json
@@ -24,8 +30,37 @@ import sys
 import pg_limit  # beside this script, which Python puts first on sys.path
 from signedjson.key import generate_signing_key, write_signing_keys
 
-from synapse.config._base import ConfigError, find_config_files, read_config_files
+from synapse.config._base import Config, ConfigError, find_config_files, read_config_files
 from synapse.config.homeserver import HomeServerConfig
+
+#: Directories Synapse's loader made during the check, in the order made.
+MADE: list = []
+
+
+def _recording(ensure_directory):
+    def wrapper(cls, dir_path):
+        path = os.path.abspath(dir_path)
+        missing = []
+        while path and not os.path.lexists(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        try:
+            return ensure_directory.__func__(cls, dir_path)
+        finally:
+            MADE.extend(p for p in reversed(missing) if os.path.isdir(p))
+    return classmethod(wrapper)
+
+
+Config.ensure_directory = _recording(Config.ensure_directory)
+
+
+def remove_made() -> None:
+    """Remove what the loader made, deepest first, where nothing was put in it."""
+    for path in reversed(MADE):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def load(config_paths: list):
@@ -113,4 +148,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        remove_made()

@@ -9,16 +9,17 @@ when shared config changed.  Who reads which shared key is catalog data
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from . import paths
 from .catalog import ROLES, Role, Scope
 from .plan import Plan, parse_worker_name
-from ..render.files import RenderedFile, is_generated
+from .redisserver import SERVERS
+from ..render.files import RenderedFile, is_generated, meaning
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
@@ -49,6 +50,8 @@ class Changes:
     start: tuple[str, ...] = ()
     restart_workers: tuple[str, ...] = ()
     restart_main: bool = False
+    #: The dedicated Redis's own configuration changed beyond its header.
+    restart_redis: bool = False
     reasons: tuple[str, ...] = field(default=())
 
     @property
@@ -131,6 +134,8 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
 
     write = []
     set_aside = []
+    # Rewritten for more than a header (our version in it): what a process reads changed.
+    read_changed: set[PurePosixPath] = set()
     restart: set[str] = set()
     reasons = []
     main_sandbox = False
@@ -141,8 +146,10 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         write.append(rendered)
         if current is not None and not current.ours:
             set_aside.append(rendered.path)
+        if current is None or meaning(current.content) != meaning(rendered.content):
+            read_changed.add(rendered.path)
         worker = _worker_of(rendered.path)
-        if worker in kept:
+        if worker in kept and rendered.path in read_changed:
             restart.add(worker)
             reasons.append(f"{worker}: its own configuration changed")
         if rendered.path == paths.MAIN_SANDBOX_DROPIN:
@@ -152,7 +159,7 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     shared_keys = changed_shared_keys(
         _parse(on_disk[paths.SHARED_CONF].content) if paths.SHARED_CONF in on_disk else {},
         _parse(next((f.content for f in desired if f.path == paths.SHARED_CONF), None)))
-    redis_changed = any(f.path == paths.REDIS_CONF_D for f in write)
+    redis_changed = paths.REDIS_CONF_D in read_changed
     readers = workers_reading(shared_keys, kept)
     if redis_changed:
         readers = set(kept)
@@ -182,5 +189,38 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         start=tuple(n for n in plan.names if n in added),
         restart_workers=tuple(n for n in plan.names if n in restart),
         restart_main=bool(shared_keys) or redis_changed or main_sandbox,
+        restart_redis=any(server.instance_conf in read_changed for server in SERVERS),
         reasons=tuple(reasons),
     )
+
+
+def services_owed(changes: Changes, reload_nginx: bool) -> dict[str, Any]:
+    """The service actions ``changes`` needs, as recorded before the first change
+    (see :func:`with_owed`)."""
+    return {"stop": list(changes.stop), "start": list(changes.start),
+            "restart_workers": list(changes.restart_workers), "restart_main": changes.restart_main,
+            "restart_redis": changes.restart_redis, "reload_nginx": reload_nginx}
+
+
+def with_owed(changes: Changes, owed: Mapping[str, Any], names: Sequence[str]) -> tuple[Changes, bool]:
+    """This run's changes plus the service actions a killed run decided and may not
+    have taken (its files are written, so this run sees no change that needs them);
+    and whether nginx is owed a reload.  ``names``: the workers planned now.
+
+    >>> owed = {"stop": ["sync-3"], "start": ["sync-2"], "restart_workers": ["client-1"],
+    ...         "restart_main": True, "reload_nginx": True}
+    >>> changes, reload = with_owed(Changes(), owed, ["sync-1", "sync-2", "client-1"])
+    >>> changes.stop, changes.start, changes.restart_workers, changes.restart_main, reload
+    (('sync-3',), ('sync-2',), ('client-1',), True, True)
+    """
+    planned = set(names)
+    start = set(changes.start) | (set(owed.get("start", ())) & planned)
+    # Stopped for a change this run no longer makes: it runs again.
+    start |= set(owed.get("stop", ())) & planned
+    stop = set(changes.stop) | (set(owed.get("stop", ())) - planned)
+    restart = (set(changes.restart_workers) | (set(owed.get("restart_workers", ())) & planned)) - start
+    return replace(changes, stop=tuple(sorted(stop)), start=tuple(n for n in names if n in start),
+                   restart_workers=tuple(n for n in names if n in restart),
+                   restart_main=changes.restart_main or bool(owed.get("restart_main")),
+                   restart_redis=changes.restart_redis or bool(owed.get("restart_redis"))), \
+        bool(owed.get("reload_nginx"))

@@ -22,10 +22,13 @@ from typing import Any, Mapping
 
 from . import paths
 from .errors import HostConfigError
-from .plan import Plan, Worker, parse_worker_name
-from .topology import DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost
+from .plan import Plan, parse_worker_name
+from .topology import (DEFAULT_REDIS_PORT, MEDIA_ROLE, Address, HostRole, Topology, WorkerHost,
+                       media_store_refusal)
 
 MAIN = "main"
+#: Written only when true, so a deployment without it keeps its file unchanged.
+SHARED_MEDIA_KEY = "shared_media_store"
 COPY_HINT = (f"copy the directory /{paths.CLUSTER_DIR} from the main host, keeping owners and "
              "modes (for example: rsync -a mainhost:/etc/matrix-synapse/cluster/ "
              "/etc/matrix-synapse/cluster/)")
@@ -41,6 +44,8 @@ class Cluster:
     workers: Mapping[str, tuple[str, ...]]
     #: Every process serves metrics (the main host's answer holds for all hosts).
     metrics: bool = False
+    #: The main host's admin confirmed one media store shared by every host.
+    shared_media: bool = False
 
 
 def redis_address(plan: Plan) -> Address | None:
@@ -67,6 +72,8 @@ def cluster_data(plan: Plan) -> dict[str, Any]:
     }
     if plan.metrics:
         data["metrics"] = True
+    if plan.shared_media:
+        data[SHARED_MEDIA_KEY] = True
     return data
 
 
@@ -95,7 +102,11 @@ def parse_cluster(data: Any, shown: str) -> Cluster:
             if not isinstance(entry.get("address"), str):
                 raise HostConfigError(f"{shown}: worker host {label!r} has no address; {COPY_HINT}")
             addresses[str(label)] = entry["address"]
-    return Cluster(replication, redis, addresses, workers, data.get("metrics") is True)
+    shared = data.get(SHARED_MEDIA_KEY, False)
+    if not isinstance(shared, bool):
+        raise HostConfigError(f"{shown}: {SHARED_MEDIA_KEY} is {shared!r}, not true or false; "
+                              f"{COPY_HINT}")
+    return Cluster(replication, redis, addresses, workers, data.get("metrics") is True, shared)
 
 
 def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
@@ -115,7 +126,14 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
                 raise HostConfigError(f"/{paths.CLUSTER_FILE}: {name!r} is not a worker name this "
                                       f"package gives on host {label!r}; {COPY_HINT}")
             found.append(parsed.worker(host, cluster.addresses.get(label) if host else None))
-    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.metrics)
+    if not cluster.shared_media and any(w.host == here and w.role.name == MEDIA_ROLE
+                                        for w in found):
+        # Written by hand or by a main host that did not ask: refused here too.
+        raise HostConfigError(f"/{paths.CLUSTER_FILE}: {media_store_refusal([here])}; the "
+                              f"confirmation goes on the main host, which records it there as "
+                              f"{SHARED_MEDIA_KEY}: true")
+    return Plan(tuple(found), cluster.replication, here, cluster.redis, cluster.metrics,
+                cluster.shared_media)
 
 
 def main_topology_of(cluster: Cluster) -> Topology:
@@ -130,4 +148,5 @@ def main_topology_of(cluster: Cluster) -> Topology:
             if parsed is not None:
                 counts[parsed.role.name] = counts.get(parsed.role.name, 0) + 1
         hosts.append(WorkerHost(label, cluster.addresses.get(label, ""), counts))
-    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts))
+    return Topology(HostRole.MAIN, cluster.replication, tuple(hosts),
+                    shared_media=cluster.shared_media)

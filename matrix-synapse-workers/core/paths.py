@@ -21,6 +21,13 @@ REDIS_CONF_D = CONF_D / "redis.yaml"
 STATE_DIR = PurePosixPath("var/lib/matrix-synapse-workers")
 # What the postinst last applied (key=value lines, see system/applied.py); debian/config reads it too.
 APPLIED_RECORD = STATE_DIR / "applied"
+#: The answers an apply of the postinst is applying; there only until it is recorded.
+PENDING_ANSWERS = STATE_DIR / "applying"
+#: The service actions an apply owes (JSON); there only until it has taken them.
+SERVICES_OWED = STATE_DIR / "services-owed"
+#: Directories the apply made for Synapse before its first start (one path a line): purge
+#: removes those still empty.
+MADE_DIRECTORIES = STATE_DIR / "made-directories"
 # Prometheus file_sd targets, one per Synapse process, when metrics are on (main host only).
 PROMETHEUS_TARGETS = STATE_DIR / "prometheus-targets.yaml"
 # dpkg's database of statoverrides (the format of `dpkg-statoverride --list`).

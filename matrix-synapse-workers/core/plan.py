@@ -101,6 +101,8 @@ class Plan:
     redis: Address | None = None
     #: Every process serves Prometheus metrics (a listener of its own, never public).
     metrics: bool = False
+    #: Media workers run on worker hosts, the admin having confirmed one shared media store.
+    shared_media: bool = False
 
     @property
     def spans_hosts(self) -> bool:
@@ -305,7 +307,8 @@ def make_plan(selection: Selection, facts: HostFacts, topology: Topology = Topol
     if topology.worker_hosts or metrics:  # the port ranges hold MAX_INDEX workers of a type
         for worker in local:
             check_index(worker.role.name, worker.index)
-    plan = Plan(local + remote_workers(topology), topology.replication, metrics=metrics)
+    plan = Plan(local + remote_workers(topology), topology.replication, metrics=metrics,
+                shared_media=topology.shared_media)
     unique_writers = [r for r in ROLES.values() if not r.scales and len(plan.of_role(r.name)) > 1]
     if unique_writers:
         role = unique_writers[0]

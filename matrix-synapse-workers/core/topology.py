@@ -102,6 +102,8 @@ class Topology:
     label: str | None = None
     #: The admin confirmed a public or wildcard replication address.
     allow_public: bool = False
+    #: The admin confirmed every host mounts one media store (media workers elsewhere).
+    shared_media: bool = False
 
     @property
     def spans_hosts(self) -> bool:
@@ -206,6 +208,28 @@ def parse_worker_hosts(spec: str, allow_public: bool = False) -> tuple[WorkerHos
     return tuple(hosts)
 
 
+#: The role whose workers keep files on their own host (Synapse's media_store_path).
+MEDIA_ROLE = "media"
+
+
+def media_store_refusal(labels: list[str]) -> str:
+    """Why media workers on worker hosts ``labels`` are refused without the confirmation."""
+    return (f"media workers on worker host {', '.join(map(repr, labels))}: a media worker keeps "
+            "uploads, thumbnails and remote media in Synapse's media_store_path on its own disk, "
+            "and every other host serves and cleans up media from its own, so a file uploaded "
+            "through one host is missing (404) on the others; mount one shared media store (NFS, "
+            "CephFS...) at media_store_path on the main host and every worker host, then confirm "
+            "it (debconf question matrix-synapse-workers/shared-media-store, or "
+            "--shared-media-store), or keep the media workers on the main host")
+
+
+def check_media_hosts(hosts: tuple[WorkerHost, ...], shared_media: bool) -> None:
+    """Media workers on a worker host need the admin's word that the media store is shared."""
+    labels = [h.label for h in hosts if MEDIA_ROLE in h.counts]
+    if labels and not shared_media:
+        raise SelectionError(media_store_refusal(labels))
+
+
 def describe_worker_hosts(hosts: tuple[WorkerHost, ...]) -> str:
     """The spec :func:`parse_worker_hosts` reads, in one spelling."""
     return "; ".join(
@@ -214,11 +238,12 @@ def describe_worker_hosts(hosts: tuple[WorkerHost, ...]) -> str:
 
 
 def main_topology(worker_hosts: str, replication_address: str,
-                  allow_public: bool = False) -> Topology:
+                  allow_public: bool = False, shared_media: bool = False) -> Topology:
     """A main host's topology from the admin's answers; no worker hosts is one machine."""
     hosts = parse_worker_hosts(worker_hosts, allow_public)
     if not hosts:
         return Topology()
+    check_media_hosts(hosts, shared_media)
     if not replication_address.strip():
         raise SelectionError(
             "worker hosts are named, but no replication address: give main's address on the "
@@ -229,7 +254,8 @@ def main_topology(worker_hosts: str, replication_address: str,
     if clash:
         raise SelectionError(f"worker host {clash[0]!r} has main's own address "
                              f"{replication.host}; give each worker host its own address")
-    return Topology(HostRole.MAIN, replication, hosts, allow_public=allow_public)
+    return Topology(HostRole.MAIN, replication, hosts, allow_public=allow_public,
+                    shared_media=shared_media and any(MEDIA_ROLE in h.counts for h in hosts))
 
 
 def worker_host_topology(label: str) -> Topology:

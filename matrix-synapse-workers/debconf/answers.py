@@ -54,7 +54,7 @@ from ..system.applied import AppliedRecord
 from ..system.machine import this_machine
 from ..core.settings import RedisMode, Settings, check_system_name, parse_redis
 from ..core.topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
-                       check_index, main_topology, parse_address, parse_worker_hosts,
+                       check_index, check_media_hosts, main_topology, parse_address, parse_worker_hosts,
                        worker_host_topology)
 
 PACKAGE = paths.PACKAGE
@@ -73,9 +73,11 @@ Q_WORKER_HOSTS = f"{PACKAGE}/worker-hosts"
 Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
+Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
-             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS)
+             Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
+             Q_SHARED_MEDIA)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The choices of the redis question.
@@ -186,7 +188,8 @@ def _worker_host(label: str) -> Topology:
         raise InvalidAnswer(Q_HOST_NAME, str(exc)) from None
 
 
-def _main_host(worker_hosts: str, replication_address: str, allow_public: bool) -> Topology:
+def _main_host(worker_hosts: str, replication_address: str, allow_public: bool,
+               shared_media: bool = False) -> Topology:
     """:func:`.topology.main_topology`, each error traced to the question that caused it."""
     try:
         hosts = parse_worker_hosts(worker_hosts)
@@ -194,6 +197,10 @@ def _main_host(worker_hosts: str, replication_address: str, allow_public: bool) 
         raise InvalidAnswer(Q_WORKER_HOSTS, f"worker hosts: {exc}") from None
     if not hosts:
         return Topology()
+    try:
+        check_media_hosts(hosts, shared_media)
+    except SelectionError as exc:
+        raise InvalidAnswer(Q_SHARED_MEDIA, str(exc)) from None
     if not replication_address.strip():
         raise InvalidAnswer(Q_REPLICATION, "worker hosts are named, but no replication address: "
                                            "give this main host's address on the private "
@@ -208,7 +215,7 @@ def _main_host(worker_hosts: str, replication_address: str, allow_public: bool) 
         except SelectionError as exc:
             raise InvalidAnswer(question, str(exc)) from None
     try:
-        return main_topology(worker_hosts, replication_address, allow_public)
+        return main_topology(worker_hosts, replication_address, allow_public, shared_media)
     except SelectionError as exc:
         # What is left is a worker host at main's own address.
         raise InvalidAnswer(Q_WORKER_HOSTS, f"worker hosts: {exc}") from None
@@ -259,7 +266,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  redis: str, redis_location: str, host_role: str = HostRole.MAIN.value,
                  host_name: str = "", worker_hosts: str = "", replication_address: str = "",
                  allow_public_address: str = "false",
-                 metrics: str = "false") -> tuple[Selection | None, Settings]:
+                 metrics: str = "false",
+                 shared_media_store: str = "false") -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
     ``types`` and ``counts`` count only with the preset ``custom``, and
@@ -269,7 +277,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     ``worker_hosts``, ``replication_address`` and ``allow_public_address``;
     nor ``web_user``: the web server runs on the main host and reaches the
     workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
-    holds for every host.
+    holds for every host.  ``shared_media_store`` (the admin's word that every
+    host mounts one media store) counts only for media workers on worker hosts.
     """
     if _host_role(host_role) is HostRole.WORKER_HOST:
         topology = _worker_host(host_name)
@@ -279,7 +288,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     group, user = _names(socket_group, web_user)
     redis_settings = _redis(redis, redis_location)
     topology = _main_host(worker_hosts, replication_address,
-                          _boolean(Q_ALLOW_PUBLIC, allow_public_address))
+                          _boolean(Q_ALLOW_PUBLIC, allow_public_address),
+                          _boolean(Q_SHARED_MEDIA, shared_media_store))
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
                                topology=topology, metrics=_boolean(Q_METRICS, metrics))

@@ -239,7 +239,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
-        apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
+        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
@@ -249,29 +249,39 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         stop_debconf(db)
         say(f"Error: {exc}", out)
         return 1
+    # The answers this run applies, kept until the record is written: a run killed
+    # in between leaves them for debian/config, and its half-written files are
+    # not read back as an admin's edit.
+    given = {q: db.get(q) for q in answers.QUESTIONS}
     stop_debconf(db)
 
     before = applied.read(root)
+    # Only when files change (a rerun that changes nothing writes nothing, not even this).
+    if planned.changes.files_changed:
+        applied.begin(root, given)
     try:
         report = apply_host(root, selection, settings, out=out)
     except HostConfigError as exc:
+        applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
         not_configured(str(exc), out)
         return None
     except WorkersError as exc:
+        applied.abandon(root)
         say(f"Error: {exc}", out)
         return 1
     synapse_now = synapse_version()
-    applied.write(root, replace(answers.applied_record(root), synapse=synapse_now))
+    # Synapse upgraded in the same dpkg run: its trigger was folded into this
+    # configure, so do what the trigger would have done (before the record that
+    # says it was done).
+    if before is not None and before.synapse and before.synapse != synapse_now:
+        restart_after_upgrade(root, out=out)
+    applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now))
     say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
         out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse
         say(notice, out)
     for step in worker_host_steps(settings):
         say(step, out)
-    # Synapse upgraded in the same dpkg run: its trigger was folded into this
-    # configure, so do what the trigger would have done.
-    if before is not None and before.synapse and before.synapse != synapse_now:
-        restart_after_upgrade(root, out=out)
     return None
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_METRICS, Q_PRESET,
-                      Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER,
-                      Q_WORKER_HOSTS)
+                      Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES,
+                      Q_WEB_USER, Q_WORKER_HOSTS)
 
 Answers = Mapping[str, str]
 
@@ -72,6 +72,9 @@ FLOW: tuple[Question, ...] = (
     Question(Q_WORKER_HOSTS, "medium", main_host, "main_host"),
     Question(Q_REPLICATION, "high", spans_hosts, "spans_hosts", follows=Q_WORKER_HOSTS),
     Question(Q_ALLOW_PUBLIC, "low", spans_hosts, "spans_hosts"),
+    # Needed only for media workers on a worker host: asked low here, and by the
+    # postinst (critical) when the worker hosts' answer has them.
+    Question(Q_SHARED_MEDIA, "low", spans_hosts, "spans_hosts"),
     Question(Q_SOCKET_GROUP, "low", always),
     Question(Q_WEB_USER, "medium", main_host, "main_host"),
     Question(Q_REDIS, "medium", main_host, "main_host"),
@@ -85,10 +88,13 @@ def followups(question: str, answers: Answers) -> list[str]:
 
     A replication address already given stands when worker hosts are named
     again; a refused confirmation of a public address means the address itself
-    must change.
+    must change; a refused confirmation of a shared media store means the media
+    workers must move off the worker hosts.
     """
     found = [q.name for q in FLOW if q.follows == question and q.when(answers)
              and not (q.name == Q_REPLICATION and answers.get(Q_REPLICATION, "").strip())]
     if question == Q_ALLOW_PUBLIC and answers.get(Q_ALLOW_PUBLIC, "") != "true":
         found.append(Q_REPLICATION)
+    if question == Q_SHARED_MEDIA and answers.get(Q_SHARED_MEDIA, "") != "true":
+        found.append(Q_WORKER_HOSTS)
     return found

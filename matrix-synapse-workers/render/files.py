@@ -39,6 +39,22 @@ def is_generated(text: str | None) -> bool:
     return text is not None and text.startswith(GENERATED_MARKER)
 
 
+def meaning(text: str | None) -> str | None:
+    """A file's text without our marker lines: what a process reads from it.
+
+    The marker names the version that wrote the file, so an upgrade of this
+    package rewrites every header; only a change beyond them restarts anything.
+
+    >>> meaning(f"{GENERATED_MARKER} 0.1.0. Do not edit.\\nport 0\\n") == meaning(
+    ...     f"{GENERATED_MARKER} 0.2.0. Do not edit.\\nport 0\\n")
+    True
+    """
+    if text is None:
+        return None
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not line.startswith(GENERATED_MARKER))
+
+
 class FileMode(int):
     """An int written to YAML as a 0-prefixed octal literal."""
 

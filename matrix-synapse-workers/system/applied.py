@@ -7,6 +7,13 @@ with).  ``debian/config`` (sh) reads the same file with sed: the last line of
 a key wins, and so it does here.  The postinst, ``debian/config``, the
 answers and ``status`` use this one spelling.
 
+While the postinst applies, ``applying`` beside it holds the answers being
+applied (``question=value`` lines): a run killed half-way (power loss, the
+OOM killer, SIGKILL of dpkg) leaves it, and then the worker files on disk are
+what the killed run half-wrote, not an admin's edit.  ``debian/config`` takes
+the answers from it instead of reading the files back, so ``dpkg --configure
+-a`` finishes what the killed run began.  It goes once the record is written.
+
 >>> record = AppliedRecord.parse("workers=sync:2\\nsocket_group=web\\nsynapse=matrix-synapse-py3 1.163.2\\n")
 >>> record.workers, record.socket_group, record.synapse
 ('sync:2', 'web', 'matrix-synapse-py3 1.163.2')
@@ -16,11 +23,14 @@ answers and ``status`` use this one spelling.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Mapping
 
 from ..core import paths
+from . import crashpoint
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,23 @@ def read(root: Path) -> AppliedRecord | None:
         return None
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write beside, sync, rename, sync the directory: after a crash, the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    crashpoint.done(f"wrote {path}")
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write(root: Path, record: AppliedRecord) -> bool:
     """Replace the record atomically, only when it changes (a rerun changes no file)."""
     path = root / paths.APPLIED_RECORD
@@ -64,8 +91,60 @@ def write(root: Path, record: AppliedRecord) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _replace(path, text)
     return True
+
+
+def begin(root: Path, answers: Mapping[str, str]) -> None:
+    """Before the first change: the answers being applied, on disk (one line each)."""
+    _replace(root / paths.PENDING_ANSWERS,
+             "".join(f"{q}={' '.join(v.splitlines())}\n" for q, v in answers.items()))
+
+
+def pending(root: Path) -> dict[str, str] | None:
+    """The answers of an apply that did not finish; None when every apply finished."""
+    try:
+        text = (root / paths.PENDING_ANSWERS).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+
+
+def _clear(root: Path) -> None:
+    if (root / paths.PENDING_ANSWERS).exists():
+        (root / paths.PENDING_ANSWERS).unlink()
+        crashpoint.done("removed the pending answers")
+
+
+def abandon(root: Path) -> None:
+    """The apply stopped with an error of its own (not killed): nothing is pending."""
+    _clear(root)
+
+
+def finish(root: Path, record: AppliedRecord) -> None:
+    """After the apply: the record, then the pending answers go (in that order)."""
+    write(root, record)
+    _clear(root)
+
+
+# --- the service actions an apply owes -----------------------------------------
+
+
+def owed_services(root: Path) -> dict[str, Any] | None:
+    """What a killed apply decided to stop, start, restart or reload; None if nothing."""
+    try:
+        data = json.loads((root / paths.SERVICES_OWED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def owe_services(root: Path, owed: Mapping[str, Any]) -> None:
+    """Before the first change: the service actions this apply will take."""
+    _replace(root / paths.SERVICES_OWED, json.dumps(owed, sort_keys=True) + "\n")
+
+
+def services_paid(root: Path) -> None:
+    if (root / paths.SERVICES_OWED).exists():
+        (root / paths.SERVICES_OWED).unlink()
+        crashpoint.done("removed the services owed")

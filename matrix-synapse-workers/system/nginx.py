@@ -7,6 +7,7 @@ running nginx and its files stay as they were, and says why.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -15,7 +16,8 @@ from typing import Sequence
 from ..core import paths
 from ..core.errors import ApplyError
 from ..render.files import RenderedFile
-from .files import write_atomically
+from . import crashpoint
+from .files import commit, removing_new_empty_directories, stage_all
 from .run import run
 
 UNIT = "nginx.service"
@@ -54,15 +56,29 @@ def _restore(root: Path, saved: _Saved) -> None:
     tmp.write_bytes(saved.content)
     os.chmod(tmp, saved.mode)
     os.replace(tmp, target)
+    crashpoint.done(f"restored {target}")
+
+
+def temp_paths(nginx: str) -> list[Path]:
+    """The temporary directories nginx was built with (``nginx -V``: Debian's are
+    /var/lib/nginx/body, proxy...), which ``nginx -t`` makes when missing."""
+    result = run([nginx, "-V"], check=False, capture=True)
+    return [Path(p) for p in re.findall(r"--http-[a-z-]+-temp-path=(\S+)", result.stderr or "")]
 
 
 def check(root: Path) -> str | None:
     """nginx's complaint about its whole configuration, or None when it passes
-    (or cannot be asked: no nginx binary, or a root other than /)."""
+    (or cannot be asked: no nginx binary, or a root other than /).
+
+    On a host where nginx never ran, ``nginx -t`` makes its temporary
+    directories: those it made are removed again (nginx makes them when it
+    starts), so a check leaves nothing behind that purge would not remove.
+    """
     nginx = binary()
     if nginx is None or root != Path("/"):
         return None
-    result = run([nginx, "-t", "-q"], check=False, capture=True)
+    with removing_new_empty_directories(temp_paths(nginx)):
+        result = run([nginx, "-t", "-q"], check=False, capture=True)
     return None if result.returncode == 0 else (result.stderr or "").strip()[-1500:]
 
 
@@ -77,10 +93,12 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
     if not files:
         return False
     saved = [_save(root, f.path) for f in files]
+    staged = stage_all(root, files, chown=chown)  # a full disk: nothing changed
     for relative in set_aside:
         os.replace(root / relative, root / f"{relative}.dpkg-old")
-    for rendered in files:
-        write_atomically(root, rendered, chown=chown)
+        crashpoint.done(f"set aside {relative}")
+    for item in staged:
+        commit(item)
     complaint = check(root)
     if complaint is None:
         return True

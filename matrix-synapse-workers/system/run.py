@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from ..core.errors import ApplyError
+from . import crashpoint
 
 
 def run(argv: Sequence[str], *, check: bool = True, capture: bool = False,
@@ -21,6 +22,8 @@ def run(argv: Sequence[str], *, check: bool = True, capture: bool = False,
                                 stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:
         raise ApplyError(f"{argv[0]} is not installed; it is needed to run: {' '.join(argv)}") from None
+    if not capture:  # run for its effect, not to ask something
+        crashpoint.done(" ".join(argv))
     if check and result.returncode != 0:
         detail = (result.stderr or "").strip() if capture else ""
         raise ApplyError(f"'{' '.join(argv)}' failed with exit code {result.returncode}"

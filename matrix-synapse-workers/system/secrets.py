@@ -18,7 +18,8 @@ from ..core.cluster import COPY_HINT
 from ..core.errors import HostConfigError
 from ..core.redisserver import REDIS, RedisServer
 from ..render.files import GENERATED_MARKER, RenderedFile
-from .files import write_atomically
+from . import crashpoint
+from .files import TMP_TAG, write_atomically
 
 SECRET_MODE = 0o640
 CLUSTER_DIR_MODE = 0o750
@@ -41,7 +42,9 @@ def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
         os.chmod(directory, CLUSTER_DIR_MODE)
     if target.exists():
         return False
-    tmp = target.with_name(f".{target.name}.new")
+    # Ours alone (swept after a kill, see .files), and gone if a killed run left it.
+    tmp = target.with_name(f".{target.name}{TMP_TAG}new")
+    tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
     try:
         os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
@@ -51,6 +54,7 @@ def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
     finally:
         os.close(fd)
     os.replace(tmp, target)
+    crashpoint.done(f"wrote {target}")
     return True
 
 
@@ -79,20 +83,24 @@ def read_copied(root: Path, relative: PurePosixPath, user: str = paths.SYNAPSE_U
     return value
 
 
-def write_redis_auth(root: Path, server: RedisServer = REDIS) -> bool:
-    """The dedicated instance's ``requirepass`` from the password file; True if it changed."""
+def _redis_auth_text(root: Path) -> str:
     password = (root / paths.REDIS_PASSWORD).read_text(encoding="utf-8").strip()
-    content = (f"{GENERATED_MARKER}: the password of /{paths.REDIS_PASSWORD}.\n"
-               f"requirepass {password}\n")
-    target = root / server.instance_auth_conf
+    return (f"{GENERATED_MARKER}: the password of /{paths.REDIS_PASSWORD}.\n"
+            f"requirepass {password}\n")
+
+
+def redis_auth_current(root: Path, server: RedisServer = REDIS) -> bool:
+    """Whether the dedicated instance's ``requirepass`` file already says the password file's."""
     try:
-        if target.read_text(encoding="utf-8") == content:
-            return False
+        return (root / server.instance_auth_conf).read_text(encoding="utf-8") == _redis_auth_text(root)
     except FileNotFoundError:
-        pass
-    write_atomically(root, RenderedFile(server.instance_auth_conf, content, mode=0o640,
+        return False
+
+
+def write_redis_auth(root: Path, server: RedisServer = REDIS) -> None:
+    """The dedicated instance's ``requirepass`` from the password file."""
+    write_atomically(root, RenderedFile(server.instance_auth_conf, _redis_auth_text(root), mode=0o640,
                                         owner=server.user, group=server.user), chown=True)
-    return True
 
 
 def mark_worker_host(root: Path, label: str) -> bool:
@@ -108,4 +116,5 @@ def mark_worker_host(root: Path, label: str) -> bool:
     tmp = target.with_name(f".{target.name}.new")
     tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, target)
+    crashpoint.done(f"wrote {target}")
     return True

@@ -25,7 +25,9 @@ import fcntl
 import hashlib
 import os
 import re
+import select
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -285,6 +287,74 @@ class Entry:
     content: str  # sha256 of a file, target of a link, '' for a directory
 
 
+class RanAway(AssertionError):
+    """An interactive run went on past its bound (time, or questions shown)."""
+
+
+#: Typed answers that are still asked for after this many more screens than
+#: lines were typed, or after this long, are a loop: debconf's teletype
+#: frontend re-asks forever once its input runs out (at EOF it keeps the old,
+#: invalid value and the postinst asks again).
+INTERACTIVE_SLACK = 3
+INTERACTIVE_SECONDS = 240
+INTERACTIVE_MAX_OUTPUT = 1 << 20
+
+
+def interactive(argv: list[str], typed: str, *, marker: str, seconds: float = INTERACTIVE_SECONDS,
+                slack: int = INTERACTIVE_SLACK) -> str:
+    """Run ``argv`` with ``typed`` as its input; return its output.
+
+    Bounded twice: in time, and in how often ``marker`` (the screen a loop
+    repeats, e.g. debconf's "Invalid answer") may appear: at most once per
+    typed line plus ``slack``.  Past either bound the whole process group is
+    killed and the test fails saying which bound and with the output's end.
+    """
+    limit = typed.count("\n") + slack
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(typed.encode())
+    proc.stdin.close()
+    out = bytearray()
+    deadline = time.monotonic() + seconds
+    why = ""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f"still running after {seconds:.0f} s"
+                break
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+                shown = " ".join(out.decode(errors="replace").split()).count(marker)
+                if shown > limit:
+                    why = (f"{marker!r} shown {shown} times, more than the {typed.count(chr(10))} "
+                           f"typed lines can answer (+{slack})")
+                    break
+                if len(out) > INTERACTIVE_MAX_OUTPUT:
+                    why = f"more than {INTERACTIVE_MAX_OUTPUT} bytes of output"
+                    break
+    finally:
+        if why:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+        proc.wait()
+        if not why:
+            # The leader is gone; anything it left in its group goes too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = out.decode(errors="replace")
+    if why:
+        raise RanAway(f"{' '.join(argv)}: the scripted input ran out ({why}); it was killed. "
+                      f"Typed: {typed!r}. Output's end:\n{text[-3000:]}")
+    return text
+
+
 class Chroot:
     """A bookworm root directory and the commands the tests run in it."""
 
@@ -297,6 +367,15 @@ class Chroot:
     def run(self, *cmd: str, env: Mapping[str, str] | None = None, check: bool = True,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         return chroot_run(self.path, *cmd, env=env, check=check, input=input)
+
+    def interactive(self, command: str, typed: str, *, env: Mapping[str, str] | None = None,
+                    marker: str = "Invalid answer", seconds: float = INTERACTIVE_SECONDS) -> str:
+        """``command`` (a shell line) on a terminal (script(1)) with ``typed`` as
+        the keyboard; bounded in time and repeats (see ``interactive``)."""
+        variables = [f"{k}={v}" for k, v in {**CHROOT_ENV, **(env or {})}.items()]
+        return interactive(["chroot", str(self.path), "env", "-i", *variables,
+                            "script", "-qec", command, "/dev/null"],
+                           typed, marker=marker, seconds=seconds)
 
     def copy_in(self, deb: Path) -> str:
         inside = f"/tmp/{deb.name}"
@@ -313,7 +392,7 @@ class Chroot:
         """debconf-set-selections for our questions; values are typed by question."""
         types = {"preset": "select", "worker-types": "multiselect", "redis": "select",
                  "host-role": "select", "allow-public-address": "boolean",
-                 "metrics": "boolean"}
+                 "shared-media-store": "boolean", "metrics": "boolean"}
         lines = "".join(
             f"matrix-synapse-workers matrix-synapse-workers/{q} {types.get(q, 'string')} {v}\n"
             for q, v in answers.items())

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from chroot_helpers import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
-from support.debs import our_deb
+from support.debs import next_version_deb, our_deb
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_NEW, STANDIN_OLD = "1.163.2", "1.163.1"
@@ -47,6 +47,12 @@ def chroot_tools() -> None:
 @pytest.fixture(scope="session")
 def ours_deb(chroot_tools) -> Path:
     return our_deb()
+
+
+@pytest.fixture(scope="session")
+def next_deb(ours_deb) -> Path:
+    """This tree again, built as the next version (N+1): the upgrade tests' target."""
+    return next_version_deb(ours_deb)
 
 
 def _standin(version: str, out: Path, suite: str | None = None) -> Path:

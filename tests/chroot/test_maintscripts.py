@@ -318,10 +318,10 @@ def test_interactive_invalid_answer_is_shown_and_asked_again(release_synapse_hos
     install(c, ours_deb, {"preset": "small"})
     c.preseed({"worker-counts": "sync:x"})  # below priority high: config does not ask it
     answers = "6\n1 11\ntyping:2\nsync:2\n"  # custom; sync and typing; two bad counts, a good one
-    done = c.run("script", "-qec", f"dpkg-reconfigure -phigh {PACKAGE}", "/dev/null",
-                 input=answers, env={"DEBIAN_FRONTEND": "teletype"})
+    typed = c.interactive(f"dpkg-reconfigure -phigh {PACKAGE}", answers,
+                          env={"DEBIAN_FRONTEND": "teletype"})
 
-    out = " ".join(done.stdout.split())
+    out = " ".join(typed.split())
     first, second = out.split("Invalid answer")[1:3]
     assert "count 'x' for 'sync' is not a number" in first
     assert "'typing' can run only once" in second

@@ -115,14 +115,19 @@ def test_main_with_worker_hosts_reconfigure_changes_nothing_and_keeps_the_secret
     assert changed(before, c.snapshot(*WATCHED)) == {}
 
 
-def test_main_with_a_confirmed_public_address(synapse_host, ours_deb):
+def test_main_with_a_confirmed_public_address_and_shared_media_store(synapse_host, ours_deb):
+    """Both confirmations preseeded: taken, and the media one recorded for the worker host."""
     c = synapse_host
     c.preseed({**SPREAD_ANSWERS, "replication-address": "0.0.0.0:9094",
-               "allow-public-address": "true"})
+               "allow-public-address": "true",
+               "worker-hosts": "hostb 10.99.0.2 sync:2,events,media; hostc 10.99.0.3 federation_sender",
+               "shared-media-store": "true"})
     c.apt_install(ours_deb)
     assert c.status() == "ii"
     data = yaml.safe_load((c / CLUSTER_FILE).read_text())
     assert data["replication"] == {"host": "0.0.0.0", "port": 9094}
+    assert "media-1-hostb" in data["hosts"]["hostb"]["workers"]
+    assert data["shared_media_store"] is True
 
 
 # --- bad answers stop before any change -----------------------------------------
@@ -145,6 +150,10 @@ BAD_SPREAD_PRESEEDS = {
     "two hosts at one address": (
         {"worker-hosts": "hostb 10.99.0.2 sync; hostc 10.99.0.2 events"},
         "worker-hosts", ["two worker hosts have the address '10.99.0.2'"]),
+    "media on a worker host, no shared media store confirmed": (
+        {"worker-hosts": "hostb 10.99.0.2 sync,media"},
+        "shared-media-store", ["media workers on worker host 'hostb'", "media_store_path",
+                               "missing (404) on the others", "--shared-media-store"]),
     "no replication address": (
         {"replication-address": ""},
         "replication-address", ["no replication address"]),
@@ -227,11 +236,11 @@ def test_interactive_public_address_asks_for_the_confirmation_then_another_addre
     # At priority high config asks the preset (small) and the address (the public one);
     # the postinst then refuses it, asks the confirmation (declined), then the address.
     typed = "3\n1.2.3.4\nno\n10.99.0.5\n"
-    # timeout: teletype asks forever once the typed lines run out.
-    done = c.run("timeout", "300", "script", "-qec", f"dpkg-reconfigure -phigh {PACKAGE}",
-                 "/dev/null", input=typed, env={"DEBIAN_FRONTEND": "teletype"})
+    # Bounded: teletype asks forever once the typed lines run out.
+    shown = c.interactive(f"dpkg-reconfigure -phigh {PACKAGE}", typed,
+                          env={"DEBIAN_FRONTEND": "teletype"})
 
-    out = " ".join(done.stdout.split())
+    out = " ".join(shown.split())
     assert "Invalid answer" in out, out
     assert "replication address '1.2.3.4' is a public address" in out, out
     assert "Allow a public or wildcard replication address?" in out, out

@@ -32,3 +32,16 @@ def our_deb(copy_to: Path | None = None) -> Path:
     copy = copy_to / path.name
     shutil.copy2(path, copy)
     return copy
+
+
+def next_version_deb(deb: Path) -> Path:
+    """This tree built again as the version after ``deb``'s (``V+1``): the target of the tests of
+    our own upgrade N -> N+1 (``scripts/build-deb --version``; nothing but the version differs)."""
+    version = subprocess.run(["dpkg-deb", "--field", str(deb), "Version"], text=True,
+                             stdout=subprocess.PIPE, check=True).stdout.strip()
+    done = subprocess.run(["bash", str(BUILD_DEB), "--version", f"{version}+1"],
+                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)
+    assert done.returncode == 0, f"scripts/build-deb --version failed with exit code {done.returncode}"
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.is_file(), path
+    return path

@@ -110,3 +110,27 @@ def test_metrics_listeners_load(tmp_path, load_with_synapse):
     shared = yaml.safe_load((root / ETC / "conf.d/workers.yaml").read_text())
     assert shared["enable_metrics"] is True
     assert [l["type"] for l in shared["listeners"]].count("metrics") == 1
+
+
+def test_the_check_removes_the_media_store_it_made_and_still_refuses_one_it_cannot(
+        tmp_path, load_with_synapse):
+    """Synapse's loader makes a missing media store; the check (synapse_check.py, the
+    one apply runs before writing) removes what it made, so purge finds nothing of it."""
+    store = tmp_path / "lib/matrix-synapse/media"
+    root = make_root(tmp_path, homeserver(tmp_path, media_store_path=str(store)))
+    assert main(["render", "--root", str(root), "--workers", "media"]) == 0
+    (tmp_path / "lib/matrix-synapse").mkdir(parents=True)
+    results = load_with_synapse(file_sets(root), (str(tmp_path / "signing.key"),))
+    assert results["main"] == "OK master" and results["media-1"] == "OK media-1"
+    assert not store.exists() and (tmp_path / "lib/matrix-synapse").is_dir()
+    # A store that exists stays, with what is in it.
+    store.mkdir()
+    (store / "local_content").mkdir()
+    load_with_synapse(file_sets(root), (str(tmp_path / "signing.key"),))
+    assert (store / "local_content").is_dir()
+    # One that cannot be made is still refused: a file where its directory would be.
+    (store / "local_content").rmdir()
+    store.rmdir()
+    store.write_text("")
+    results = load_with_synapse(file_sets(root), (str(tmp_path / "signing.key"),))
+    assert "File exists" in results["media-1"], results

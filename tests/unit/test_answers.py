@@ -12,7 +12,7 @@ from debian import deb822
 from matrix_synapse_workers.debconf import answers
 from matrix_synapse_workers.debconf.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
-    Q_REPLICATION, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
+    Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
     InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.core.catalog import PRESETS, ROLES
 from matrix_synapse_workers.core.errors import SelectionError
@@ -31,7 +31,8 @@ CONFIG = REPO / "debian" / "config"
 
 DEFAULTS = dict(preset="small", types="sync, client", counts="", socket_group="clubmatrix",
                 web_user="www-data", redis="dedicated", redis_location="", host_role="main",
-                host_name="", worker_hosts="", replication_address="", allow_public_address="false")
+                host_name="", worker_hosts="", replication_address="", allow_public_address="false",
+                shared_media_store="false")
 # A main host with two worker hosts, as its admin would answer.
 SPREAD = dict(worker_hosts="hostb 10.99.0.2 sync:2,events; hostc 10.99.0.3 federation_sender",
               replication_address="10.99.0.1")
@@ -320,6 +321,11 @@ def test_empty_host_role_is_a_main_host():
      ["'1.2.3.4'", "public address", "private address", "allow-public-address"]),
     (dict(replication_address="0.0.0.0:9093"), Q_ALLOW_PUBLIC, ["'0.0.0.0'", "wildcard"]),
     (dict(allow_public_address="yes"), Q_ALLOW_PUBLIC, ["'yes'", "true, false"]),
+    # Media workers on a worker host without the word that the media store is shared.
+    (dict(worker_hosts="hostb 10.99.0.2 sync,media"), Q_SHARED_MEDIA,
+     ["worker host 'hostb'", "media_store_path", "shared-media-store"]),
+    (dict(worker_hosts="hostb 10.99.0.2 media", shared_media_store="yes"), Q_SHARED_MEDIA,
+     ["'yes'", "true, false"]),
 ])
 def test_bad_spread_answers_name_the_question_the_value_and_what_is_accepted(changes, question,
                                                                              fragments):
@@ -398,6 +404,8 @@ db_version() { :; }
 db_capb() { :; }
 db_settitle() { :; }
 db_set() {
+    # As debconf's confmodule: the reply to each command is read from stdin.
+    read -r _reply || :
     printf 'set %s=%s\n' "$1" "$2" >> "$MSW_LOG"
     printf '%s=%s\n' "$1" "$2" >> "$MSW_ANSWERS"
 }
@@ -440,7 +448,7 @@ def config_log(tmp_path: Path, answers_now: dict[str, str],
     state.write_text("".join(f"{k}={v}\n" for k, v in answers_now.items()))
     typed_file = tmp_path / "typed"
     typed_file.write_text("".join(f"{k}={v}\n" for k, v in (typed or {}).items()))
-    subprocess.run(["sh", str(config), "configure", ""], check=True,
+    subprocess.run(["sh", str(config), "configure", ""], check=True, stdin=subprocess.DEVNULL,
                    env={"PATH": os.environ["PATH"], "MSW_ROOT": str(tmp_path / "root"),
                         "MSW_LOG": str(log), "MSW_ANSWERS": str(state),
                         "MSW_TYPED": str(typed_file)})
@@ -497,6 +505,23 @@ def test_config_keeps_answers_when_files_are_what_was_applied(tmp_path):
         deploy(root, names, group=group)
         deploy(root, [], applied=applied_record(root).format())
         assert run_config(tmp_path, {Q_PRESET: "minimal"}) == {}
+
+
+@needs_sh
+def test_config_takes_a_killed_apply_s_answers_not_its_half_written_files(tmp_path):
+    """The issue's kill: two of fifteen worker files written, no record yet."""
+    from matrix_synapse_workers.system import applied
+    root = tmp_path / "root"
+    deploy(root, ["sync-1", "sync-2"])
+    given = {Q_PRESET: "custom", Q_TYPES: "sync, client, media", Q_COUNTS: "sync:2",
+             Q_SOCKET_GROUP: "clubmatrix", answers.Q_WORKER_HOSTS: "a b; with = signs"}
+    applied.begin(root, given)
+    # The answers debconf has now (say, an older preseed) give way to the pending ones.
+    assert run_config(tmp_path, {Q_PRESET: "small"}) == given
+    # Once recorded, the files are read back as usual again.
+    applied.finish(root, applied_record(root))
+    assert not (root / "var/lib/matrix-synapse-workers/applying").exists()
+    assert run_config(tmp_path, {Q_PRESET: "small"}) == {}
 
 
 def test_applied_record_spelling(tmp_path):
@@ -569,7 +594,7 @@ def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_pat
     assert flow == [("medium", "host-role"), ("high", "preset"), ("high", "worker-types"),
                     ("medium", "worker-counts"), ("medium", "worker-hosts"),
                     ("high", "replication-address"), ("low", "allow-public-address"),
-                    ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
+                    ("low", "shared-media-store"), ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
                     ("high", "redis-location"), ("medium", "metrics")]
     # Blanks and separators alone name no host.
     assert asked(tmp_path, {Q_WORKER_HOSTS: " ; "}) == MAIN_FLOW
@@ -602,3 +627,12 @@ def test_config_asks_again_for_the_confirmation_when_the_address_changes(tmp_pat
     # Another address: the confirmation was for the old one.
     assert run_config(tmp_path, confirmed, typed={Q_REPLICATION: "5.6.7.8"}) == {
         Q_ALLOW_PUBLIC: "false"}
+
+
+def test_media_workers_on_a_worker_host_with_the_shared_store_confirmed():
+    selection, settings = answer(**{**SPREAD, "worker_hosts": "hostb 10.99.0.2 sync,media",
+                                    "shared_media_store": "true"})
+    assert settings.topology.shared_media
+    # Media on main alone: the answer is not needed and not recorded.
+    selection, settings = answer(**SPREAD, shared_media_store="true")
+    assert not settings.topology.shared_media

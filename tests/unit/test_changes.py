@@ -118,3 +118,37 @@ def test_a_log_config_left_by_a_deleted_worker_file_is_removed(tmp_path):
     assert changes.remove == (PurePosixPath("etc/matrix-synapse/worker-logs/sync-2.yaml"), PurePosixPath(
         "etc/systemd/system/matrix-synapse-worker@sync-2.service.d/matrix-synapse-workers.conf"))
     assert changes.stop == ()
+
+
+def test_an_older_version_in_the_headers_rewrites_the_files_and_restarts_nothing(tmp_path):
+    """Our own upgrade: every header names the new version, nothing else changed."""
+    from matrix_synapse_workers import __version__
+    root, on_disk = deployed(tmp_path, "sync:2,client,typing", Settings())
+    older = {p: OnDisk(f.content.replace(f" {__version__}", " 0.0.1", 1), f.mode)
+             for p, f in on_disk.items()}
+    rewritten = {p for p in on_disk if older[p].content != on_disk[p].content}
+    assert PurePosixPath("etc/redis/redis-matrix-synapse.conf") in rewritten
+    assert PurePosixPath("etc/matrix-synapse/workers/sync-1.yaml") in rewritten
+    changes = change_to(root, older, "sync:2,client,typing")
+    assert {f.path for f in changes.write} == rewritten
+    assert not changes.restart_main and not changes.restart_redis
+    assert changes.restart_workers == () and changes.start == () and changes.stop == ()
+    # A change beyond the header still counts.
+    older[PurePosixPath("etc/redis/redis-matrix-synapse.conf")] = OnDisk("port 6379\n", 0o644)
+    assert change_to(root, older, "sync:2,client,typing").restart_redis
+
+
+def test_services_owed_by_a_killed_run_are_added_to_the_next_one():
+    from matrix_synapse_workers.core.changes import Changes, services_owed, with_owed
+    # The killed run removed sync-3 (its file is gone) and wrote client-1's new file.
+    killed = Changes(stop=("sync-3",), restart_workers=("client-1",), restart_redis=True)
+    owed = services_owed(killed, reload_nginx=True)
+    # The next run sees nothing to do on disk; the debt is paid.
+    changes, reload = with_owed(Changes(), owed, ("sync-1", "sync-2", "client-1"))
+    assert (changes.stop, changes.restart_workers, changes.restart_redis, reload) == (
+        ("sync-3",), ("client-1",), True, True)
+    # Answered otherwise since: a worker the killed run stopped is planned again and starts;
+    # one it was to start is no longer planned and does not.
+    owed = services_owed(Changes(stop=("sync-2",), start=("typing-1",)), reload_nginx=False)
+    changes, reload = with_owed(Changes(), owed, ("sync-1", "sync-2"))
+    assert (changes.stop, changes.start, reload) == ((), ("sync-2",), False)

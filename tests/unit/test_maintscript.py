@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from hostroot import make_root
-from matrix_synapse_workers.core.errors import HostConfigError, WorkersError
+from matrix_synapse_workers.core.errors import ApplyError, HostConfigError, WorkersError
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.debconf import answers, maintscript
 from matrix_synapse_workers.debconf.questions import FLOW, followups
@@ -27,7 +27,8 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_SOCKET_GROUP: "clubmatrix", answers.Q_WEB_USER: "www-data",
             answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
-            answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false"}
+            answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
+            answers.Q_SHARED_MEDIA: "false"}
 
 
 class FakeDebconf:
@@ -77,7 +78,8 @@ class Engine:
         if not dry_run and self.fail_real:
             raise self.fail_real
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
-        return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[])
+        return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[],
+                               changes=SimpleNamespace(files_changed=True))
 
     def restart(self, root, out=None):
         self.restarts.append(root)
@@ -105,6 +107,26 @@ def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
     assert engine.restarts == []  # no record before: nothing was upgraded under the workers
 
 
+def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
+    root = make_root(tmp_path)
+    seen = []
+
+    class Watching(Engine):
+        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None):
+            seen.append((dry_run, applied.pending(root)))
+            return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out)
+
+    db = FakeDebconf(interactive=False, preset="custom", worker_types="sync", worker_counts="sync:3")
+    assert configure(root, db, Watching())[0] is None
+    assert seen[0] == (True, None)  # nothing pending during the dry run
+    assert seen[1][0] is False and seen[1][1][answers.Q_COUNTS] == "sync:3"
+    assert set(seen[1][1]) == set(answers.QUESTIONS)
+    assert applied.pending(root) is None and applied.read(root) is not None
+    # An error of the engine's own (not a kill): nothing stays pending.
+    configure(root, FakeDebconf(interactive=False), Engine(fail_real=ApplyError("boom")))
+    assert applied.pending(root) is None
+
+
 def test_an_invalid_answer_that_cannot_be_shown_fails_before_anything(tmp_path):
     root = make_root(tmp_path)
     db, engine = FakeDebconf(interactive=False, preset="huge"), Engine()
@@ -123,6 +145,25 @@ def test_an_invalid_answer_is_shown_asked_again_with_its_followups(tmp_path):
     assert db.shown == [maintscript.INVALID, answers.Q_PRESET, answers.Q_TYPES, answers.Q_COUNTS]
     assert "unknown preset 'huge'" in db.substs[(maintscript.INVALID, "message")]
     assert engine.calls[-1][0].counts == {"sync": 3}
+
+
+def test_media_on_a_worker_host_asks_for_the_shared_store_then_where_the_workers_go(tmp_path):
+    # Refused: the confirmation is asked, and when it is not given, the worker hosts again.
+    root = make_root(tmp_path)
+    db = FakeDebconf(worker_hosts="hostb 10.0.0.2 sync,media", replication_address="10.0.0.1",
+                     typed={answers.Q_SHARED_MEDIA: "false",
+                            answers.Q_WORKER_HOSTS: "hostb 10.0.0.2 sync"})
+    result, _ = configure(root, db, Engine())
+    assert result is None
+    assert db.shown == [maintscript.INVALID, answers.Q_SHARED_MEDIA, answers.Q_WORKER_HOSTS]
+    assert "media_store_path" in db.substs[(maintscript.INVALID, "message")]
+    # Confirmed: nothing else is asked.
+    db = FakeDebconf(worker_hosts="hostb 10.0.0.2 sync,media", replication_address="10.0.0.1",
+                     typed={answers.Q_SHARED_MEDIA: "true"})
+    engine = Engine()
+    assert configure(make_root(tmp_path / "b"), db, engine)[0] is None
+    assert db.shown == [maintscript.INVALID, answers.Q_SHARED_MEDIA]
+    assert engine.calls[-1][1].topology.shared_media
 
 
 def test_a_missing_web_user_is_an_invalid_answer(tmp_path):
@@ -239,3 +280,5 @@ def test_followups_of_a_new_answer():
     assert followups(answers.Q_WORKER_HOSTS, dict(named, **{answers.Q_REPLICATION: "10.0.0.1"})) == []
     assert followups(answers.Q_ALLOW_PUBLIC, named) == [answers.Q_REPLICATION]
     assert followups(answers.Q_ALLOW_PUBLIC, dict(named, **{answers.Q_ALLOW_PUBLIC: "true"})) == []
+    assert followups(answers.Q_SHARED_MEDIA, named) == [answers.Q_WORKER_HOSTS]
+    assert followups(answers.Q_SHARED_MEDIA, dict(named, **{answers.Q_SHARED_MEDIA: "true"})) == []

@@ -313,3 +313,63 @@ def test_nginx_keeps_no_idle_connections_to_worker_hosts(main_side):
     assert remote and local
     assert all("keepalive" not in b.split("#")[0] for b in remote)
     assert all("keepalive 16;" in b for b in local)
+
+
+# --- media workers on worker hosts: only with one shared media store ----------------
+
+MEDIA_HOSTS = "hostb 10.99.0.2 sync,media"
+
+
+def test_media_workers_on_a_worker_host_are_refused_saying_why_and_what_to_do():
+    with pytest.raises(SelectionError) as caught:
+        main_topology(MEDIA_HOSTS, "10.99.0.1")
+    message = str(caught.value)
+    for fragment in ("worker host 'hostb'", "media_store_path", "missing (404) on the others",
+                     "shared media store", "matrix-synapse-workers/shared-media-store",
+                     "--shared-media-store", "keep the media workers on the main host"):
+        assert fragment in message, (fragment, message)
+
+
+def test_media_workers_on_main_need_no_confirmation(tmp_path):
+    topology = main_topology(HOSTS, "10.99.0.1")
+    plan = make_plan(select(workers="media,sync"), read_host_facts(make_root(tmp_path)), topology)
+    assert not plan.shared_media and "shared_media_store" not in cluster_data(plan)
+
+
+def test_confirmed_shared_store_is_recorded_for_the_worker_host_and_read_back(tmp_path):
+    topology = main_topology(MEDIA_HOSTS, "10.99.0.1", shared_media=True)
+    plan = make_plan(select(workers="sync"), read_host_facts(make_root(tmp_path)), topology)
+    data = cluster_data(plan)
+    assert data["shared_media_store"] is True
+    cluster = parse_cluster(data, "cluster.yaml")
+    plan_b = plan_from_cluster(cluster, "hostb")
+    assert [w.name for w in plan_b.local_workers] == ["sync-1-hostb", "media-1-hostb"]
+    from matrix_synapse_workers.core.cluster import main_topology_of
+    assert main_topology_of(cluster).shared_media
+    # Without media on any worker host the confirmation records nothing.
+    assert not main_topology(HOSTS, "10.99.0.1", shared_media=True).shared_media
+
+
+def test_a_worker_host_refuses_media_from_a_cluster_yaml_without_the_confirmation(tmp_path):
+    topology = main_topology(MEDIA_HOSTS, "10.99.0.1", shared_media=True)
+    plan = make_plan(select(workers="sync"), read_host_facts(make_root(tmp_path)), topology)
+    data = cluster_data(plan)
+    del data["shared_media_store"]  # an older or hand-written file
+    with pytest.raises(HostConfigError, match="media workers on worker host 'hostb'.*shared_media_store: true"):
+        plan_from_cluster(parse_cluster(data, "cluster.yaml"), "hostb")
+    # Another worker host without media is not concerned.
+    data["hosts"]["hostc"] = {"address": "10.99.0.3", "workers": ["sync-1-hostc"]}
+    assert plan_from_cluster(parse_cluster(data, "cluster.yaml"), "hostc").local_workers
+    data["shared_media_store"] = "yes"
+    with pytest.raises(HostConfigError, match="shared_media_store is 'yes', not true or false"):
+        parse_cluster(data, "cluster.yaml")
+
+
+def test_command_takes_the_shared_media_flag(tmp_path, capsys):
+    root = make_root(tmp_path / "a")
+    base = ["render", "--root", str(root), "--workers", "sync", "--worker-hosts", MEDIA_HOSTS,
+            "--replication-address", "10.99.0.1"]
+    assert main(base) == 1
+    assert "--shared-media-store" in capsys.readouterr().err
+    assert main([*base, "--shared-media-store"]) == 0
+    assert _yaml((root / paths.CLUSTER_FILE).read_text())["shared_media_store"] is True

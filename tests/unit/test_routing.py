@@ -244,3 +244,9 @@ def test_an_admin_file_in_the_way_is_kept_or_restored(tmp_path, monkeypatch):
     assert nginx_edge.write_checked(tmp_path, [http], [http.path], chown=False)
     assert target.read_text() == http.content
     assert (tmp_path / f"{http.path}.dpkg-old").read_text() == "upstream mine {}\n"
+
+
+@pytest.mark.skipif(nginx_edge.binary() is None, reason="nginx is not installed")
+def test_the_check_knows_the_temporary_directories_nginx_t_makes():
+    # Debian's nginx: the ones 'nginx -t' makes where nginx never ran, removed after the check.
+    assert Path("/var/lib/nginx/body") in nginx_edge.temp_paths(nginx_edge.binary())

@@ -1,0 +1,286 @@
+"""Crash-consistent apply: dpkg killed with SIGKILL after each action of the postinst.
+
+The issue's case: a bookworm chroot with the stand-in Synapse on PostgreSQL,
+15 workers preseeded (custom), the package unpacked, then ``dpkg --configure``
+killed (its whole process group, as power loss or the OOM killer would) and
+``dpkg --configure -a`` run.  The postinst's system edge calls
+``system/crashpoint.py`` after every change it makes; a first, uninterrupted
+run counts them (``MSW_ACTION_LOG``) and gives the reference state.  Then for
+every action N: a fresh copy (an overlay over the unpacked layer: no copying),
+``dpkg --configure`` killed after action N (``MSW_KILL_AFTER_ACTION=N``),
+``dpkg --configure -a``, and the state compared with the reference: every file
+under the watched directories byte-identical with the same mode and owner
+(only mtimes may differ), the admin's redis.conf and homeserver.yaml untouched,
+no temporary file, the same groups, statoverrides and debconf answers, and
+the package installed.
+
+The same for a ``dpkg-reconfigure`` that removes three worker types and adds
+four workers (recovered by running it again: dpkg's status is not touched by
+it), and for ``dpkg --purge`` (the prerm's Python and the postrm's sh steps,
+counted together; recovered by purging again).  And a file system that fills
+during the apply: every previous file stays, one error.
+
+In a chroot systemd does not run: the unit actions are skipped there (and
+said so) and are not kill points of this test.  Each kill point costs two
+configure runs (about 6 s each, mostly Synapse's own check of 16 file sets).
+
+``MSW_CRASH_POINTS``: how many kill points per scenario, spread evenly over
+the run (first and last included); 8 by default, which keeps the suite's
+budget; ``all`` kills after every single action (see README for its time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from chroot_helpers import CHROOT_ENV, WORK, Chroot, mounted, run
+
+PACKAGE = "matrix-synapse-workers"
+# The issue's custom preset: 15 workers.
+ANSWERS = {
+    "preset": "custom",
+    "worker-types": "sync, client, federation_reader, federation_sender, pusher, background, "
+                    "media, typing, to_device, receipts, events",
+    "worker-counts": "sync:2,federation_sender:2,receipts:2,events:2",
+}
+WATCHED = ("/etc/matrix-synapse", "/etc/nginx", "/etc/redis", "/etc/tmpfiles.d",
+           "/etc/systemd/system", "/var/lib/matrix-synapse-workers", "/run/matrix-synapse",
+           "/var/lib/matrix-synapse", "/var/lib/nginx")
+ADMIN_FILES = ("/etc/redis/redis.conf", "/etc/matrix-synapse/homeserver.yaml")
+KILLED = -9
+
+
+def overlay(lower: list[Path], top: Path) -> contextlib.AbstractContextManager[Chroot]:
+    """A writable chroot over read-only ``lower`` layers; its changes in ``top/upper``."""
+
+    @contextlib.contextmanager
+    def make() -> Iterator[Chroot]:
+        upper, work, merged = top / "upper", top / "work", top / "merged"
+        for directory in (upper, work, merged):
+            directory.mkdir(parents=True)
+        run("mount", "-t", "overlay", "msw-crash", "-o",
+            f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}", merged)
+        try:
+            with mounted(merged):
+                yield Chroot(merged)
+        finally:
+            if subprocess.run(["umount", str(merged)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(merged)])
+
+    return make()
+
+
+def state(chroot: Chroot) -> dict[str, object]:
+    """What must be equal after a recovery: files (content, mode, owner), accounts, answers."""
+    found: dict[str, object] = {
+        path: (entry.kind, entry.mode, entry.owner, entry.content)
+        for path, entry in chroot.snapshot(*WATCHED).items()}
+    for name in ("/etc/group", "/etc/gshadow", "/var/lib/dpkg/statoverride"):
+        found[name] = (chroot / name).read_text()
+    found["answers"] = chroot.answers()
+    found["status"] = chroot.status()
+    return found
+
+
+def temporaries(chroot: Chroot) -> list[str]:
+    return [path for path in chroot.snapshot(*WATCHED)
+            if ".msw-tmp." in path or path.endswith((".new", ".restore"))]
+
+
+def differences(want: dict, got: dict) -> dict:
+    return {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got))
+            if want.get(k) != got.get(k)}
+
+
+def points(total: int) -> list[int]:
+    wanted = os.environ.get("MSW_CRASH_POINTS", "8")
+    if wanted == "all":
+        return list(range(1, total + 1))
+    count = max(1, min(total, int(wanted)))
+    return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+
+
+@pytest.fixture(scope="module")
+def unpacked(standin_layer, ours_deb) -> Iterator[tuple[Path, list[Path]]]:
+    """The stand-in layer with our answers preseeded and the package unpacked (not
+    configured), as read-only layers for the overlays; the scratch directory."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    scratch = WORK / f"crash-{os.getpid()}"
+    scratch.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=3g,mode=0755", "msw-crash", scratch)
+    try:
+        with overlay([standin_layer], scratch / "prepare") as chroot:
+            chroot.preseed(ANSWERS)
+            assert tool(chroot, ["dpkg", "--unpack", chroot.copy_in(ours_deb)]).returncode == 0
+            (chroot / f"/tmp/{ours_deb.name}").unlink()
+            assert chroot.status() == "iU"
+        yield scratch, [scratch / "prepare/upper", standin_layer]
+    finally:
+        if subprocess.run(["umount", str(scratch)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(scratch)])
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
+
+
+@contextlib.contextmanager
+def fresh(scratch: Path, lower: list[Path], name: str) -> Iterator[Chroot]:
+    top = scratch / name
+    try:
+        with overlay(lower, top) as chroot:
+            yield chroot
+    finally:
+        run("rm", "-rf", "--one-file-system", top)
+
+
+class Reference:
+    """An uninterrupted run: its actions, the state it leaves, and its layers."""
+
+    def __init__(self, actions: list[str], state: dict[str, object], admin: dict[str, bytes]):
+        self.actions, self.state, self.admin = actions, state, admin
+
+
+def reference_run(chroot: Chroot, command: list[str], expect: str) -> Reference:
+    admin = {name: (chroot / name).read_bytes() for name in ADMIN_FILES}
+    done = tool(chroot, command, MSW_ACTION_LOG="/tmp/actions")
+    assert done.returncode == 0, done.stdout
+    assert expect in done.stdout, done.stdout
+    log = chroot / "/tmp/actions"
+    actions = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return Reference(actions, state(chroot), admin)
+
+
+def tool(chroot: Chroot, command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """A command in the chroot in its own session: killing its process group spares the test."""
+    variables = [f"{k}={v}" for k, v in {**CHROOT_ENV, **env}.items()]
+    return subprocess.run(["chroot", str(chroot.path), "env", "-i", *variables, *command],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          timeout=600)
+
+
+def kill_each_point(scratch: Path, lower: list[Path], reference: Reference, command: list[str],
+                    recover: list[str], prepare=lambda chroot: None) -> list[tuple[int, str, dict]]:
+    """For each kill point: a fresh copy, ``command`` killed there, ``recover``, compared."""
+    failures = []
+    chosen = points(len(reference.actions))
+    print(f"{len(reference.actions)} actions; killed after {len(chosen)} of them")
+    for point in chosen:
+        with fresh(scratch, lower, f"kill-{point}") as chroot:
+            prepare(chroot)
+            killed = tool(chroot, command, MSW_ACTION_LOG="/tmp/actions",
+                          MSW_KILL_AFTER_ACTION=str(point))
+            assert killed.returncode == KILLED, (point, killed.stdout[-2000:])
+            recovered = tool(chroot, recover)
+            got = state(chroot)
+            problems = differences(reference.state, got)
+            if recovered.returncode != 0:
+                problems[" ".join(recover)] = recovered.stdout[-1500:]
+            if temporaries(chroot):
+                problems["temporary files"] = temporaries(chroot)
+            for name, content in reference.admin.items():
+                if (chroot / name).read_bytes() != content:
+                    problems[name] = "changed"
+            if problems:
+                failures.append((point, reference.actions[point - 1], problems))
+    return failures
+
+
+def report(failures: list[tuple[int, str, dict]]) -> str:
+    return "\n".join(f"killed after {action!r}: {problems}" for _, action, problems in failures[:3])
+
+
+CONFIGURE = ["dpkg", "--configure", PACKAGE]
+RECONFIGURE = ["dpkg-reconfigure", "--frontend", "noninteractive", PACKAGE]
+# Three types go, three come, sync gets a third.
+NEW_ANSWERS = {
+    "worker-types": "sync, client, federation_reader, federation_sender, user_dir, typing, "
+                    "to_device, receipts, events, account_data, presence",
+    "worker-counts": "sync:3,federation_sender:2,receipts:2,events:2",
+}
+
+
+@pytest.fixture(scope="module")
+def configured(unpacked) -> tuple[Reference, list[Path]]:
+    """The uninterrupted configure (the reference), kept as one more layer."""
+    scratch, lower = unpacked
+    with overlay(lower, scratch / "configured") as chroot:
+        reference = reference_run(chroot, CONFIGURE, f"{PACKAGE}: 15 workers configured")
+    return reference, [scratch / "configured/upper", *lower]
+
+
+def test_dpkg_killed_after_any_action_of_the_postinst_converges(unpacked, configured):
+    scratch, lower = unpacked
+    reference, _ = configured
+    assert len(reference.actions) > 30, reference.actions  # 15 workers' files and more
+    failures = kill_each_point(scratch, lower, reference, CONFIGURE, ["dpkg", "--configure", "-a"])
+    assert not failures, report(failures)
+
+
+def test_a_killed_reconfigure_that_adds_and_removes_workers_converges(unpacked, configured):
+    """dpkg-reconfigure leaves dpkg's status alone: the admin runs it again (the killed
+    run's answers, which debconf had not saved yet, come back from the pending file)."""
+    scratch, _ = unpacked
+    _, lower = configured
+    with fresh(scratch, lower, "reconfigured") as chroot:
+        chroot.preseed(NEW_ANSWERS)
+        reference = reference_run(chroot, RECONFIGURE, f"{PACKAGE}: 16 workers configured")
+    assert any("removed" in action and "pusher-1" in action for action in reference.actions)
+    # debconf had saved the preseed before; answers typed in the killed run would come back
+    # from the pending file (tests/unit: test_config_takes_a_killed_apply_s_answers...).
+    failures = kill_each_point(scratch, lower, reference, RECONFIGURE, RECONFIGURE,
+                               prepare=lambda chroot: chroot.preseed(NEW_ANSWERS))
+    assert not failures, report(failures)
+
+
+def test_a_file_system_that_fills_during_apply_keeps_the_previous_files(unpacked, configured):
+    """A small tmpfs on /etc/matrix-synapse/workers, full before the third new worker file:
+    every previous file stays, no temporary file is left, and there is one clear error."""
+    scratch, _ = unpacked
+    _, lower = configured
+    with fresh(scratch, lower, "full") as chroot:
+        workers = chroot / "/etc/matrix-synapse/workers"
+        saved = scratch / "full-saved"
+        run("cp", "-a", workers, saved)
+        # 15 files of one page each are there; room for two more.
+        pages = len(list(workers.iterdir())) + 2
+        run("mount", "-t", "tmpfs", "-o", f"size={pages * 4}k,nr_inodes=64,mode=0755",
+            "msw-full", workers)
+        try:
+            run("cp", "-a", f"{saved}/.", workers)
+            before = state(chroot)
+            chroot.preseed(NEW_ANSWERS)
+            done = tool(chroot, RECONFIGURE)
+            after = state(chroot)
+            left = temporaries(chroot)
+        finally:
+            run("umount", workers)
+    assert done.returncode != 0, done.stdout
+    errors = [line for line in done.stdout.splitlines() if line.startswith(f"{PACKAGE}: Error:")]
+    assert len(errors) == 1, done.stdout
+    assert "No space left on device" in errors[0] and "every previous file is still in place" \
+        in errors[0], errors
+    assert not left, left
+    changed = differences(before, after)
+    changed.pop("answers")  # the new preseed
+    assert not changed, changed
+
+
+def test_a_killed_purge_converges(unpacked, configured):
+    """Killed after any step of the removal (prerm's return to one process, postrm's
+    purge), ``dpkg --purge`` again leaves what an uninterrupted purge leaves."""
+    scratch, _ = unpacked
+    _, lower = configured
+    purge = ["dpkg", "--purge", PACKAGE]
+    with fresh(scratch, lower, "purged") as chroot:
+        reference = reference_run(chroot, purge, f"Purging configuration files for {PACKAGE}")
+    assert reference.state["status"] == "not-installed"
+    assert any("postrm" in action for action in reference.actions), reference.actions
+    failures = kill_each_point(scratch, lower, reference, purge, purge)
+    assert not failures, report(failures)

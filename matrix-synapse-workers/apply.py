@@ -26,7 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 from .core import dbconnections
 from .core import paths
@@ -511,7 +511,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                    f"{paths.MAIN_UNIT} does not start here")
     systemd = Systemd(out)
     nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed_before)
-    _redis(root, decision, report, systemd)
+    _redis(root, decision, report, systemd, owed or {})
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
     report.services = systemd.done
@@ -560,7 +560,7 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
     staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
     try:
         if debt is not None:
-            applied.owe_services(root, debt)
+            _owe(root, debt)  # added to what a killed run still owes (not all is in ``changes``)
         nginx_changed = nginx.write_checked(
             root, [f for f in changes.write if f.path in nginx.FILES],
             [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -583,9 +583,12 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
     return nginx_changed
 
 
-def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd) -> None:
+def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd,
+           owed: Mapping[str, Any]) -> None:
     """4. Redis (or Valkey): the password file, the guide's conf, the dedicated instance,
-    and leaving the other server after a switch."""
+    and leaving the other server after a switch.  Then systemd's reload for new units.
+
+    ``owed``: what a killed earlier run still owed (its changes are on disk already)."""
     changes, settings, guide = decision.changes, decision.settings, decision.guide
     worker_host = decision.worker_host
     server = settings.redis.server
@@ -597,11 +600,14 @@ def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd
             report.system_steps.append(f"wrote /{server.instance_auth_conf}")
             redis_changed = True
     if guide is not None and guide[1] != guide[2]:
+        _owe(root, {"restart_guide_server": True})  # before the edit it pays for
         st = guide[0].stat()
         write_atomically(root, RenderedFile(server.guide_conf, guide[2], mode=st.st_mode & 0o7777,
                                             owner=_user_name(st.st_uid), group=_group_name(st.st_gid)),
                          chown=True)
         report.system_steps.append(f"edited /{server.guide_conf} (port 0, unixsocket)")
+        systemd.restart(server.stock_unit)
+    elif owed.get("restart_guide_server") and guide is not None:
         systemd.restart(server.stock_unit)
     if not worker_host:
         _leave_other_servers(root, settings, decision.previous_server, systemd, report)
@@ -611,7 +617,8 @@ def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd
             systemd.restart(server.instance_unit)
         elif not systemd.is_active(server.instance_unit):
             systemd.start(server.instance_unit)
-    if changes.start or changes.stop or touches_units(changes):
+    # After a kill, a unit or drop-in may have been written without the reload.
+    if changes.start or changes.stop or touches_units(changes) or owed:
         systemd.daemon_reload()
 
 

@@ -152,7 +152,7 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         if worker in kept and rendered.path in read_changed:
             restart.add(worker)
             reasons.append(f"{worker}: its own configuration changed")
-        if rendered.path == paths.MAIN_SANDBOX_DROPIN:
+        if rendered.path == paths.MAIN_SANDBOX_DROPIN and rendered.path in read_changed:
             main_sandbox = True
             reasons.append("main: its sandbox changed")
 

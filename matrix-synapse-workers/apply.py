@@ -96,6 +96,25 @@ def _worker_dropins(root: Path) -> list[PurePosixPath]:
         if units.is_dir() else []
 
 
+def _sweep_empty_dropin_dirs(root: Path, desired: tuple[RenderedFile, ...]) -> list[PurePosixPath]:
+    """Remove the empty drop-in directories of our units that no desired file is in:
+    a run killed between removing a drop-in and its directory leaves one."""
+    units = root / paths.SYSTEMD_ETC
+    wanted = {f.path.parent for f in desired}
+    found = [*units.glob("matrix-synapse-worker@*.service.d"),
+             units / paths.MAIN_SANDBOX_DROPIN.parent.name] if units.is_dir() else []
+    removed = []
+    for directory in found:
+        relative = paths.SYSTEMD_ETC / directory.name
+        if relative in wanted or directory.is_symlink() or not directory.is_dir() \
+                or any(directory.iterdir()):
+            continue
+        directory.rmdir()
+        crashpoint.done(f"removed {relative}")
+        removed.append(relative)
+    return removed
+
+
 def _remove_file(root: Path, relative: PurePosixPath) -> None:
     """Remove one of our files, and its drop-in directory once empty."""
     (root / relative).unlink(missing_ok=True)
@@ -497,6 +516,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                      paths.REDIS_GUIDE_PASSWORD.parent}
                                   | {p.parent for s in SERVERS for p in (s.instance_auth_conf, s.guide_conf)}):
         report.system_steps.append(f"removed {left}, left by an interrupted run")
+    for left in _sweep_empty_dropin_dirs(root, decision.desired):
+        report.system_steps.append(f"removed the empty /{left}, left by an interrupted run")
     decision = _prepare(root, decision, report, out)
     nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)

@@ -24,11 +24,10 @@ from .core.redisserver import server_of_socket
 from .core.selection import Selection
 from .core.settings import RedisSettings, Settings, parse_redis
 from .core.topology import HostRole, Topology
-from .debconf.answers import deployed_socket_group
 from .render.files import RenderedFile, render
 from .system import statoverride
 from .system.clusterfile import deployed_topology, read_cluster
-from .system.hostfacts import metrics_deployed, read_host_facts
+from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
 
 
 @dataclass(frozen=True)

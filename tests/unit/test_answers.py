@@ -13,8 +13,9 @@ from matrix_synapse_workers.debconf import answers
 from matrix_synapse_workers.debconf.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
     Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
-    InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
+    InvalidAnswer, answers_from_workers, applied_record, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.core.catalog import PRESETS, ROLES
+from matrix_synapse_workers.system.hostfacts import deployed_socket_group
 from matrix_synapse_workers.core.errors import SelectionError
 from matrix_synapse_workers.core.facts import HostFacts
 from matrix_synapse_workers.core.plan import make_plan, plan_workers, worker_name

@@ -62,6 +62,8 @@ class ApplyReport:
     notices: list[str] = field(default_factory=list)
     #: The server package behind the dedicated instance or the guide edit ("" for an existing Redis).
     redis_server: str = ""
+    #: The host facts the decision read: a caller that applies after a dry run passes them back.
+    facts: HostFacts | None = None
 
     @property
     def changed(self) -> bool:
@@ -479,7 +481,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     decision = decide(root, selection, settings, facts, out)
     redis = decision.settings.redis
     report = ApplyReport(decision.changes, decision.plan, redis_server=redis.server.package if (
-        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "")
+        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "",
+                         facts=decision.facts)
     if dry_run:
         out.write(describe(decision.changes) + "\n")
         return report

@@ -74,3 +74,19 @@ def test_dry_run_after_the_files_exist_has_nothing_to_do(tmp_path):
         os.chmod(path, rendered.mode)
     again = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
     assert not again.changes.files_changed and not again.changes.restart_workers
+
+
+def test_the_dry_run_hands_back_the_facts_it_read_and_a_later_run_reads_none(tmp_path, monkeypatch):
+    """The postinst reads the host facts once: the dry run's go to the real apply (facts=)."""
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    root = make_root(tmp_path)
+    report = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    assert report.facts == read_host_facts(root)
+
+    def no_second_reading(root_):
+        raise AssertionError("the host facts were read again")
+
+    monkeypatch.setattr(apply, "read_host_facts", no_second_reading)
+    again = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO(),
+                             facts=report.facts)
+    assert again.facts is report.facts and again.changes == report.changes

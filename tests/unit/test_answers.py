@@ -525,6 +525,36 @@ def test_config_takes_a_killed_apply_s_answers_not_its_half_written_files(tmp_pa
     assert run_config(tmp_path, {Q_PRESET: "small"}) == {}
 
 
+@needs_sh
+def test_config_reads_the_applied_record_as_system_applied_parses_it(tmp_path):
+    """system/applied.py's AppliedRecord is the one definition of the record's format.
+    debian/config reads it with sed (sh: at preconfigure it runs before python3 may be
+    unpacked); for records AppliedRecord.format writes, and lines appended by hand, its
+    ``applied KEY`` gives what AppliedRecord.parse gives ('' for a key not recorded)."""
+    from dataclasses import fields
+    from matrix_synapse_workers.system.applied import AppliedRecord
+    function = re.search(r"(?ms)^applied\(\) \{\n.*?^\}\n", CONFIG.read_text())
+    assert function, "debian/config has no applied() function"
+    records = [
+        AppliedRecord("sync:2,client:1", "clubmatrix", "matrix-synapse-py3 1.163.2+standin", "true"),
+        AppliedRecord("media:1", "web.sockets-1", None, "false"),
+        AppliedRecord(None, "a=b/c&d\\1 .*[", "x y", None),
+        AppliedRecord(),
+    ]
+    texts = [r.format() for r in records] + [
+        records[0].format() + "workers=sync:3\nmetrics=false\n",  # the last line of a key wins
+        "# a comment\nworkersX=1\n workers=2\nsocket_group=\n",  # only key= at a line's start
+    ]
+    path = tmp_path / "applied"
+    for text in texts:
+        path.write_text(text)
+        parsed = AppliedRecord.parse(text)
+        for key in (f.name for f in fields(AppliedRecord)):
+            script = f'{function.group(0)}APPLIED={path}\nprintf "[%s]" "$(applied {key})"\n'
+            got = subprocess.run(["sh", "-c", script], check=True, capture_output=True, text=True).stdout
+            assert got == f"[{getattr(parsed, key) or ''}]", (text, key)
+
+
 def test_applied_record_spelling(tmp_path):
     root = tmp_path / "root"
     deploy(root, ["sync-2", "typing-1", "sync-1", "mine"], group="web")

@@ -39,7 +39,7 @@ from typing import Iterator
 
 import pytest
 
-from chroot_helpers import CHROOT_ENV, WORK, Chroot, mounted, run
+from support.chroot import CHROOT_ENV, WORK, Chroot, mounted, run
 
 PACKAGE = "matrix-synapse-workers"
 # The custom preset: 15 workers.

@@ -35,12 +35,11 @@ from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersErr
 from .core.facts import HostFacts, require_postgres, require_writable_paths
 from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
                                read_host_facts, require_server_name)
-from .core.cluster import plan_from_cluster
-from .system.clusterfile import read_cluster
-from .core.plan import Plan, make_plan
+from .core.plan import Plan
+from .deployment import Deployment, read_deployment
 from .core.redisserver import SERVERS, RedisServer
 from .render.redisconf import edit_guide_conf, effective_password, undo_guide_conf
-from .render.files import RenderedFile, is_generated, render, render_single_process
+from .render.files import RenderedFile, is_generated, render_single_process
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
 from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride
@@ -62,6 +61,8 @@ class ApplyReport:
     notices: list[str] = field(default_factory=list)
     #: The server package behind the dedicated instance or the guide edit ("" for an existing Redis).
     redis_server: str = ""
+    #: The host facts the decision read: a caller that applies after a dry run passes them back.
+    facts: HostFacts | None = None
 
     @property
     def changed(self) -> bool:
@@ -386,12 +387,12 @@ def check_spanning_settings(settings: Settings) -> None:
             "choose the dedicated Redis (debconf matrix-synapse-workers/redis, or --redis dedicated)")
 
 
-def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: TextIO) -> Plan:
-    """A worker host's plan from the copied cluster files, refused unless they work."""
-    label = settings.topology.label
-    assert label is not None
-    cluster = read_cluster(root)
-    plan = plan_from_cluster(cluster, label)
+def _check_worker_host(root: Path, deployment: Deployment, out: TextIO) -> None:
+    """A worker host's step at the network edge: its planned deployment is refused unless
+    this machine is the address cluster.yaml gives it and (on a running system) main's
+    replication, Redis and the database answer with the copied secrets."""
+    label, cluster, facts = deployment.settings.topology.label, deployment.cluster, deployment.facts
+    assert label is not None and cluster is not None
     secret = secrets.read_copied(root, paths.REPLICATION_SECRET)
     password = secrets.read_copied(root, paths.REDIS_PASSWORD)
     address = cluster.addresses[label]
@@ -404,7 +405,7 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     if not systemd_running():
         out.write("no running system (an image build?): main, Redis and the database are "
                   "not checked from here\n")
-        return plan
+        return
     secret_probe = netprobe.replication_secret(cluster.replication, secret)
     if secret_probe.outcome is netprobe.Outcome.REFUSED:
         secret_probe = netprobe.Probe(secret_probe.outcome, f"{secret_probe.detail}: copy "
@@ -417,7 +418,6 @@ def _worker_host_plan(root: Path, settings: Settings, facts: HostFacts, out: Tex
     if failed:
         raise HostConfigError("this worker host cannot work yet, nothing was changed: "
                               + "; ".join(failed))
-    return plan
 
 
 @dataclass(frozen=True)
@@ -467,13 +467,13 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     override = statoverride.get(str(paths.SOCKET_DIR))
     ours = (root / STATOVERRIDE_MARK).exists()
     settings = _socket_dir_settings(settings, override, ours)
+    if selection is None and not worker_host:
+        raise SelectionError("no workers chosen for the main host")
+    deployment = read_deployment(root, selection, settings, facts=facts)
     if worker_host:
-        plan = _worker_host_plan(root, settings, facts, out)
-    else:
-        if selection is None:
-            raise SelectionError("no workers chosen for the main host")
-        plan = make_plan(selection, facts, settings.topology, metrics=settings.metrics)
-    desired = render(plan, facts, settings)
+        _check_worker_host(root, deployment, out)
+    plan = deployment.plan
+    desired = deployment.files()
     if not nginx.installed(root):
         desired = tuple(f for f in desired if f.path not in nginx.FILES)
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
@@ -498,7 +498,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     decision = decide(root, selection, settings, facts, out)
     redis = decision.settings.redis
     report = ApplyReport(decision.changes, decision.plan, redis_server=redis.server.package if (
-        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "")
+        redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "",
+                         facts=decision.facts)
     if dry_run:
         out.write(describe(decision.changes) + "\n")
         return report
@@ -789,7 +790,6 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
     """
     if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
         return
-    from .deployment import read_deployment
     try:
         deployment = read_deployment(root)
     except WorkersError as exc:

@@ -17,18 +17,17 @@ from typing import Any, Mapping
 import yaml
 
 from .core import paths
-from .core.cluster import plan_from_cluster
+from .core.cluster import Cluster, plan_from_cluster
 from .core.facts import HostFacts, require_postgres
 from .core.plan import Plan, counts_from_workers, make_plan, remote_workers
 from .core.redisserver import server_of_socket
 from .core.selection import Selection
 from .core.settings import RedisSettings, Settings, parse_redis
 from .core.topology import HostRole, Topology
-from .debconf.answers import deployed_socket_group
 from .render.files import RenderedFile, render
 from .system import statoverride
 from .system.clusterfile import deployed_topology, read_cluster
-from .system.hostfacts import metrics_deployed, read_host_facts
+from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ class Deployment:
     #: The main host's workers; None on a worker host (cluster.yaml names them).
     selection: Selection | None
     plan: Plan
+    #: A worker host's cluster.yaml as read (its plan's source); None on the main host.
+    cluster: Cluster | None = None
 
     def files(self) -> tuple[RenderedFile, ...]:
         return render(self.plan, self.facts, self.settings)
@@ -95,15 +96,19 @@ def read_deployment(root: Path, selection: Selection | None = None, settings: Se
     """Read the host once and plan: the one way from a root to a Deployment.
 
     ``selection`` and ``settings`` are what is asked for; without them, what is
-    deployed (the workers on disk, the settings the files show).  Raises one
-    :class:`.core.errors.WorkersError` when the host cannot take workers.
+    deployed (the workers on disk, the settings the files show).  A worker host
+    plans from its copy of cluster.yaml; whether main, Redis and the database
+    answer from here is not read here (``apply`` probes that as a step of its
+    own).  Raises one :class:`.core.errors.WorkersError` when the host cannot
+    take workers.
     """
     facts = facts if facts is not None else read_host_facts(root)
     require_postgres(facts)
     settings = settings if settings is not None else deployed_settings(root)
     topology = settings.topology
     if topology.role is HostRole.WORKER_HOST:
-        return Deployment(facts, settings, None, plan_from_cluster(read_cluster(root), topology.label or ""))
+        cluster = read_cluster(root)
+        return Deployment(facts, settings, None, plan_from_cluster(cluster, topology.label or ""), cluster)
     if selection is None:
         selection = deployed_selection(facts)
         if not selection.counts:

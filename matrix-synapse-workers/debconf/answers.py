@@ -47,7 +47,7 @@ from typing import Iterable, Mapping
 from ..core import paths
 from ..core.catalog import PRESETS, ROLES, resolve_role
 from ..core.errors import SelectionError
-from ..system.hostfacts import existing_worker_names, metrics_deployed
+from ..system.hostfacts import deployed_socket_group, existing_worker_names, metrics_deployed
 from ..core.plan import counts_from_workers
 from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
@@ -312,20 +312,6 @@ def answers_from_workers(names: Iterable[str]) -> Answers:
         worker_types=", ".join(counts),
         worker_counts=",".join(f"{role}:{n}" for role, n in counts.items() if n > 1),
     )
-
-
-def deployed_socket_group(root: Path) -> str:
-    """The group of the socket directory as the files say (what ``debian/config`` reads)."""
-    group = paths.DEFAULT_SOCKET_GROUP
-    try:
-        text = (root / paths.TMPFILES_OVERRIDE).read_text(encoding="utf-8")
-    except (FileNotFoundError, UnicodeDecodeError):
-        return group
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 5 and fields[0] == "d" and fields[1] == str(paths.SOCKET_DIR):
-            group = fields[4]
-    return group
 
 
 def applied_record(root: Path) -> AppliedRecord:

@@ -11,7 +11,7 @@ configure
     nothing is configured and the install succeeds, because matrix-synapse-py3
     installs SQLite by default and a package that fails to configure would
     block every later apt run.  Then debconf is stopped and the apply engine
-    does the work; what was applied is recorded (:mod:`..system.applied`) for
+    does the work, with the host facts the dry run read; what was applied is recorded (:mod:`..system.applied`) for
     debian/config.
 triggered
     Synapse was upgraded (interest-noawait on its venv): restart main, then
@@ -260,7 +260,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     if planned.changes.files_changed:
         applied.begin(root, given)
     try:
-        report = apply_host(root, selection, settings, out=out)
+        report = apply_host(root, selection, settings, out=out, facts=planned.facts)  # read once
     except HostConfigError as exc:
         applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
         not_configured(str(exc), out)

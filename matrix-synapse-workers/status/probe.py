@@ -32,14 +32,13 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from ..core import paths
-from ..debconf.answers import QUESTIONS, counts_from_workers, deployed_socket_group, from_answers, \
-    normalized_counts
+from ..debconf.answers import QUESTIONS, counts_from_workers, from_answers, normalized_counts
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
 from ..system.clusterfile import read_cluster
 from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, merged_admin_config, metrics_deployed, \
-    read_host_facts
+from ..system.hostfacts import deployed_socket_group, existing_worker_names, merged_admin_config, \
+    metrics_deployed, read_host_facts
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
 from ..core.settings import RedisMode, Settings

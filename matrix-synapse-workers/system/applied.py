@@ -3,9 +3,12 @@
 ``key=value`` lines: ``workers`` (the worker set, spelled as
 :func:`..answers.normalized_counts` spells it), ``socket_group``, ``metrics``
 (``true`` or ``false``) and ``synapse`` (the Synapse package and version the workers were last started
-with).  ``debian/config`` (sh) reads the same file with sed: the last line of
-a key wins, and so it does here.  The postinst, ``debian/config``, the
-answers and ``status`` use this one spelling.
+with).  This module is the format's one definition.  ``debian/config`` (sh:
+at preconfigure it may run before python3 is unpacked) reads the same file
+with sed, the last line of a key winning as it does here;
+tests/unit/test_answers.py holds that reading to :class:`AppliedRecord`.
+The postinst, ``debian/config``, the answers and ``status`` use this one
+spelling.
 
 While the postinst applies, ``applying`` beside it holds the answers being
 applied (``question=value`` lines): a run killed half-way (power loss, the

@@ -213,6 +213,20 @@ def metrics_deployed(root: Path) -> bool:
     return isinstance(data, dict) and data.get("enable_metrics") is True
 
 
+def deployed_socket_group(root: Path) -> str:
+    """The group of the socket directory as the files say (what ``debian/config`` reads)."""
+    group = paths.DEFAULT_SOCKET_GROUP
+    try:
+        text = (root / paths.TMPFILES_OVERRIDE).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return group
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] == "d" and fields[1] == str(paths.SOCKET_DIR):
+            group = fields[4]
+    return group
+
+
 def read_host_facts(root: Path) -> HostFacts:
     """Read the Synapse configuration under ``root``; raise HostConfigError if unusable."""
     config, sources = merged_admin_config(root)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from chroot_helpers import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
+from support.chroot import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
 from support.debs import next_version_deb, our_deb
 
 REPO = Path(__file__).resolve().parents[2]

@@ -39,7 +39,7 @@ from typing import Iterator
 
 import pytest
 
-from chroot_helpers import CHROOT_ENV, WORK, Chroot, mounted, run
+from support.chroot import CHROOT_ENV, WORK, Chroot, overlay, run
 
 PACKAGE = "matrix-synapse-workers"
 # The issue's custom preset: 15 workers.
@@ -54,26 +54,6 @@ WATCHED = ("/etc/matrix-synapse", "/etc/nginx", "/etc/redis", "/etc/tmpfiles.d",
            "/var/lib/matrix-synapse", "/var/lib/nginx")
 ADMIN_FILES = ("/etc/redis/redis.conf", "/etc/matrix-synapse/homeserver.yaml")
 KILLED = -9
-
-
-def overlay(lower: list[Path], top: Path) -> contextlib.AbstractContextManager[Chroot]:
-    """A writable chroot over read-only ``lower`` layers; its changes in ``top/upper``."""
-
-    @contextlib.contextmanager
-    def make() -> Iterator[Chroot]:
-        upper, work, merged = top / "upper", top / "work", top / "merged"
-        for directory in (upper, work, merged):
-            directory.mkdir(parents=True)
-        run("mount", "-t", "overlay", "msw-crash", "-o",
-            f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}", merged)
-        try:
-            with mounted(merged):
-                yield Chroot(merged)
-        finally:
-            if subprocess.run(["umount", str(merged)]).returncode != 0:
-                subprocess.run(["umount", "-l", str(merged)])
-
-    return make()
 
 
 def state(chroot: Chroot) -> dict[str, object]:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from chroot_helpers import RanAway, interactive
+from support.chroot import RanAway, interactive
 
 # Answers one line per screen, then repeats the screen forever, as a re-asking
 # postinst does at end of input.

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from chroot_helpers import Chroot, Installed, chroot_copy, file_list, use_postgres
+from support.chroot import Chroot, Installed, chroot_copy, file_list, use_postgres
 from matrix_synapse_workers.core.catalog import ROLES
 from matrix_synapse_workers.core.plan import worker_name
 from matrix_synapse_workers.core.sizing import sized_counts

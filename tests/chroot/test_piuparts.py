@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from chroot_helpers import (CACHE, POSTGRES_DATABASE, SUITE, WORK, _build_layer, _key, debian_mirror,
+from support.chroot import (CACHE, POSTGRES_DATABASE, SUITE, WORK, _build_layer, _key, debian_mirror,
                             deb_identity, run)
 
 LOGS = CACHE.parent / "piuparts"

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from chroot_helpers import Chroot, Installed, chroot_copy, run
+from support.chroot import Chroot, Installed, chroot_copy, run
 
 PACKAGE = "matrix-synapse-workers"
 ETC = "/etc/matrix-synapse"

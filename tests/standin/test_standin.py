@@ -17,7 +17,6 @@ environment a skip is a failure instead.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -31,6 +30,13 @@ from typing import Iterator
 import pytest
 import yaml
 from debian import deb822, debfile
+
+# The chroot toolkit the chroot tests use too.  CHROOT_ENV: what maintainer scripts and
+# apt in the chroot see (nothing of the host's environment leaks in); POLICY_RC_D refuses
+# every start and notes what was asked, so the tests see what the scripts wanted to do.
+from support.chroot import (CHROOT_ENV, POLICY_RC_D, Chroot, chroot_run, debian_mirror,
+                            debootstrap_minbase, locked, mounted, overlay, remove_tree, run,
+                            unmount_below)
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build-standin"
@@ -47,21 +53,6 @@ CACHE = Path(os.environ.get("MSW_TEST_CACHE", "/var/cache/matrix-synapse-workers
 SUITE = "bookworm"
 # Refresh the chroot's package lists when they are older than this.
 APT_LISTS_MAX_AGE = 12 * 3600
-# What maintainer scripts and apt in the chroot see: nothing of the host's
-# environment (pyenv, pip settings) leaks in.
-CHROOT_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "LANG": "C.UTF-8",
-    "DEBIAN_FRONTEND": "noninteractive",
-}
-# policy-rc.d for the chroot: refuse every start, and note what was asked, so
-# tests can see what the maintainer scripts wanted to do.
-POLICY_RC_D = """#!/bin/sh
-echo "$*" >> /var/log/policy-rc.d.log
-exit 101
-"""
-POLICY_LOG = "/var/log/policy-rc.d.log"
 
 
 def need(condition: bool, reason: str) -> None:
@@ -71,25 +62,6 @@ def need(condition: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"required for this test: {reason}")
     pytest.skip(reason)
-
-
-def run(*cmd: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
-    kwargs.setdefault("check", True)
-    kwargs.setdefault("text", True)
-    kwargs.setdefault("stdout", subprocess.PIPE)
-    kwargs.setdefault("stderr", subprocess.STDOUT)
-    try:
-        return subprocess.run([str(c) for c in cmd], **kwargs)
-    except subprocess.CalledProcessError as e:
-        raise AssertionError(f"{cmd} exited {e.returncode}:\n{e.stdout}") from None
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 # --- the .debs ------------------------------------------------------------
@@ -327,28 +299,7 @@ def test_config_files_as_the_real_build_makes_them(data: dict[str, DebData]) -> 
     assert log["root"]["handlers"] == ["buffer"]
 
 
-# --- the chroot ------------------------------------------------------------
-
-
-def debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses for SUITE."""
-    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        with open(sources) as f:
-            for para in deb822.Deb822.iter_paragraphs(f):
-                if (
-                    "deb" in para.get("Types", "").split()
-                    and SUITE in para.get("Suites", "").split()
-                    and para.get("Enabled", "yes") != "no"
-                ):
-                    return para["URIs"].split()[0]
-    for sources in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
-        if not sources.exists():
-            continue
-        for line in sources.read_text().splitlines():
-            words = re.sub(r"\[[^]]*\]", "", line).split()
-            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
-                return words[1]
-    raise AssertionError(f"no apt source for {SUITE} on this machine")
+# --- the chroot (tests/support/chroot.py, the chroot tests' toolkit) ---------
 
 
 def ensure_tools() -> None:
@@ -359,43 +310,11 @@ def ensure_tools() -> None:
     need(shutil.which("unshare") is not None and shutil.which("ip") is not None, "unshare and ip")
 
 
-@contextlib.contextmanager
-def mounted_basics(root: Path) -> Iterator[None]:
-    """/proc and /dev inside root, while the context lasts."""
-    mounts = []
-    try:
-        for source, target, args in (
-            ("proc", root / "proc", ["-t", "proc"]),
-            ("/dev", root / "dev", ["--bind"]),
-        ):
-            run("mount", *args, source, target)
-            mounts.append(target)
-        yield
-    finally:
-        for target in reversed(mounts):
-            if subprocess.run(["umount", str(target)]).returncode != 0:
-                subprocess.run(["umount", "-l", str(target)])
-
-
-def unmount_below(path: Path) -> None:
-    """Unmount whatever is mounted at or below path, deepest first."""
-    with open("/proc/self/mounts") as f:
-        targets = [line.split()[1].encode().decode("unicode_escape") for line in f]
-    prefix = str(path)
-    for target in sorted((t for t in targets if t == prefix or t.startswith(prefix + "/")), reverse=True):
-        subprocess.run(["umount", "-l", target])
-
-
-def chroot_run(root: Path, *cmd: str, env: dict[str, str] | None = None, check: bool = True):
-    return run("chroot", root, "env", "-i", *[f"{k}={v}" for k, v in {**CHROOT_ENV, **(env or {})}.items()],
-               *cmd, check=check)
-
-
 @pytest.fixture(scope="session")
 def bookworm_root() -> Path:
     """A minimal bookworm root, bootstrapped once and cached."""
     ensure_tools()
-    mirror = debian_mirror()
+    mirror = debian_mirror(SUITE)
     key = hashlib.sha256(f"{SUITE} minbase {mirror} {POLICY_RC_D} unsafe-io".encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-minbase-{key}"
     stamp = CACHE / f"{SUITE}-minbase-{key}.apt-updated"
@@ -409,40 +328,25 @@ def bookworm_root() -> Path:
             tmp = CACHE / f"{SUITE}-minbase.tmp"
             unmount_below(tmp)  # a failed debootstrap may leave its /proc
             shutil.rmtree(tmp, ignore_errors=True)
-            run("debootstrap", "--variant=minbase", SUITE, tmp, mirror)
-            policy = tmp / "usr/sbin/policy-rc.d"
-            policy.write_text(POLICY_RC_D)
-            policy.chmod(0o755)
+            debootstrap_minbase(tmp, SUITE, mirror)
             # A throwaway root: dpkg need not fsync every file it unpacks.
             (tmp / "etc/dpkg/dpkg.cfg.d/unsafe-io").write_text("force-unsafe-io\n")
             tmp.rename(root)
         if not stamp.exists() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE:
             shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-            with mounted_basics(root):
+            with mounted(root):
                 chroot_run(root, "apt-get", "update")
             stamp.touch()
     return root
 
 
-class Chroot:
-    """A throwaway bookworm root: an overlay on the cached one."""
+class Standin(Chroot):
+    """A throwaway bookworm root (an overlay on the cached one), and what these tests ask of
+    matrix-synapse-py3 there."""
 
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __truediv__(self, path: str) -> Path:
-        return self.path / path.lstrip("/")
-
-    def run(self, *cmd: str, env: dict[str, str] | None = None, check: bool = True):
-        return chroot_run(self.path, *cmd, env=env, check=check)
-
-    def apt_install(self, deb: Path, env: dict[str, str] | None = None) -> str:
-        shutil.copyfile(deb, self / f"/tmp/{deb.name}")
-        return self.run("apt-get", "install", "-y", "--no-install-recommends", f"/tmp/{deb.name}", env=env).stdout
-
-    def preseed(self, *answers: str) -> None:
-        lines = "".join(f"{PACKAGE} {a}\n" for a in answers)
-        run("chroot", self.path, "debconf-set-selections", input=lines)
+    def preseed_synapse(self, *answers: str) -> None:
+        """debconf-set-selections of the stand-in's questions ("QUESTION TYPE VALUE")."""
+        self.run("debconf-set-selections", input="".join(f"{PACKAGE} {a}\n" for a in answers))
 
     def debconf(self, question: str) -> str:
         out = self.run("debconf-show", PACKAGE).stdout
@@ -456,61 +360,51 @@ class Chroot:
     def passwd(self, name: str) -> list[str]:
         return self.run("getent", "passwd", name).stdout.strip().split(":")
 
-    def owner(self, path: str) -> tuple[str, str]:
-        return tuple(self.run("stat", "-c", "%U %G", path).stdout.split())  # type: ignore[return-value]
-
-    def policy_log(self) -> list[str]:
-        log = self / POLICY_LOG
-        return log.read_text().splitlines() if log.exists() else []
+    def user_group(self, path: str) -> tuple[str, str]:
+        return self.owner(path)[:2]
 
     def version(self) -> str:
         return self.run("dpkg-query", "-W", "-f=${Status} ${Version}", PACKAGE).stdout
 
 
 @contextlib.contextmanager
-def overlay_chroot(base: Path, work: Path) -> Iterator[Chroot]:
-    upper, workdir, merged = work / "upper", work / "work", work / "root"
-    for d in (upper, workdir, merged):
-        d.mkdir(parents=True)
+def overlay_chroot(base: Path, work: Path) -> Iterator[Standin]:
+    """An overlay on ``base`` whose apt downloads land in one cache shared by every test;
+    its upper layer (a whole installed Synapse) is removed afterwards."""
     archives = CACHE / "apt-archives"
     (archives / "partial").mkdir(parents=True, exist_ok=True)
-    run("mount", "-t", "overlay", "overlay", "-o",
-        f"lowerdir={base},upperdir={upper},workdir={workdir}", merged)
     try:
-        shutil.copyfile("/etc/resolv.conf", merged / "etc/resolv.conf")
-        with mounted_basics(merged):
-            run("mount", "--bind", archives, merged / "var/cache/apt/archives")
+        with overlay([base], work) as root:
+            shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+            target = root / "var/cache/apt/archives"
+            run("mount", "--bind", archives, target)
             try:
-                yield Chroot(merged)
+                yield Standin(root.path)
             finally:
-                if subprocess.run(["umount", str(merged / "var/cache/apt/archives")]).returncode:
-                    subprocess.run(["umount", "-l", str(merged / "var/cache/apt/archives")])
+                if subprocess.run(["umount", str(target)]).returncode:
+                    subprocess.run(["umount", "-l", str(target)])
     finally:
-        if subprocess.run(["umount", str(merged)]).returncode:
-            subprocess.run(["umount", "-l", str(merged)])
-        else:
-            # The upper layer holds a whole installed Synapse: do not leave it
-            # to pytest's retained temporary directories.
-            shutil.rmtree(upper, ignore_errors=True)
+        # Not left to pytest's retained temporary directories.
+        remove_tree(work / "upper")
 
 
 @pytest.fixture
-def chroot(bookworm_root: Path, tmp_path: Path) -> Iterator[Chroot]:
+def chroot(bookworm_root: Path, tmp_path: Path) -> Iterator[Standin]:
     with overlay_chroot(bookworm_root, tmp_path / "chroot") as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def installed(bookworm_root: Path, debs: dict[str, Path], tmp_path_factory) -> Iterator[Chroot]:
+def installed(bookworm_root: Path, debs: dict[str, Path], tmp_path_factory) -> Iterator[Standin]:
     """A chroot with the new stand-in freshly installed (no systemd running,
     no server name given: the host's name is the default)."""
     with overlay_chroot(bookworm_root, tmp_path_factory.mktemp("installed")) as c:
-        c.preseed("matrix-synapse/server-name string standin.test")
+        c.preseed_synapse("matrix-synapse/server-name string standin.test")
         c.apt_install(debs[NEW])
         yield c
 
 
-def test_install_runs_synapse_of_that_version(installed: Chroot) -> None:
+def test_install_runs_synapse_of_that_version(installed: Standin) -> None:
     assert installed.version() == f"install ok installed {NEW}+standin"
     # With the extras: psycopg2 (postgres), txredisapi and hiredis (redis).
     # The byte code names the installed paths, not the build's staging one.
@@ -525,7 +419,7 @@ def test_install_runs_synapse_of_that_version(installed: Chroot) -> None:
     assert installed.run("synctl", "--help", check=False).returncode == 0
 
 
-def test_install_creates_system_user(installed: Chroot) -> None:
+def test_install_creates_system_user(installed: Standin) -> None:
     name, _, uid, gid, _, home, shell = installed.passwd(SYNAPSE_USER)
     assert int(uid) < 1000
     assert home == "/var/lib/matrix-synapse"
@@ -534,30 +428,30 @@ def test_install_creates_system_user(installed: Chroot) -> None:
     assert group == SYNAPSE_USER
 
 
-def test_install_gives_synapse_its_directories(installed: Chroot) -> None:
+def test_install_gives_synapse_its_directories(installed: Standin) -> None:
     overrides = installed.run("dpkg-statoverride", "--list").stdout.splitlines()
     for path in ("/etc/matrix-synapse", "/var/lib/matrix-synapse", "/var/log/matrix-synapse"):
-        assert installed.owner(path) == (SYNAPSE_USER, SYNAPSE_USER), path
+        assert installed.user_group(path) == (SYNAPSE_USER, SYNAPSE_USER), path
         assert (installed / path).stat().st_mode & 0o7777 == 0o755, path
         assert f"{SYNAPSE_USER} {SYNAPSE_USER} 755 {path}" in overrides
-    assert installed.owner("/etc/matrix-synapse/homeserver.yaml") == ("root", "root")
+    assert installed.user_group("/etc/matrix-synapse/homeserver.yaml") == ("root", "root")
 
 
-def test_install_writes_the_preseeded_answers_to_conf_d(installed: Chroot) -> None:
+def test_install_writes_the_preseeded_answers_to_conf_d(installed: Standin) -> None:
     conf_d = installed / "/etc/matrix-synapse/conf.d"
     assert sorted(p.name for p in conf_d.iterdir()) == ["report_stats.yaml", "server_name.yaml"]
     assert yaml.safe_load((conf_d / "server_name.yaml").read_text()) == {"server_name": "standin.test"}
     assert "server_name: standin.test\n" in (conf_d / "server_name.yaml").read_text()
     assert yaml.safe_load((conf_d / "report_stats.yaml").read_text()) == {"report_stats": False}
-    assert installed.owner("/etc/matrix-synapse/conf.d/server_name.yaml") == ("root", "root")
+    assert installed.user_group("/etc/matrix-synapse/conf.d/server_name.yaml") == ("root", "root")
 
 
-def test_install_makes_no_signing_key(installed: Chroot) -> None:
+def test_install_makes_no_signing_key(installed: Standin) -> None:
     """The real postinst makes none: the unit's ExecStartPre does, at the first start."""
     assert not (installed / "/etc/matrix-synapse/homeserver.signing.key").exists()
 
 
-def test_install_without_an_answer_leaves_server_name_empty(chroot: Chroot, debs: dict[str, Path]) -> None:
+def test_install_without_an_answer_leaves_server_name_empty(chroot: Standin, debs: dict[str, Path]) -> None:
     """Nothing preseeded, noninteractive: the real package writes "server_name: " (null)."""
     chroot.apt_install(debs[NEW])
     text = (chroot / "/etc/matrix-synapse/conf.d/server_name.yaml").read_text()
@@ -577,17 +471,17 @@ def test_install_without_an_answer_leaves_server_name_empty(chroot: Chroot, debs
     # The files win over a later preseed (config reads them back into debconf
     # first): only an edit of the file, or answering the question, names the server.
     server_name = chroot / "/etc/matrix-synapse/conf.d/server_name.yaml"
-    chroot.preseed("matrix-synapse/server-name string later.test")
+    chroot.preseed_synapse("matrix-synapse/server-name string later.test")
     chroot.run("dpkg-reconfigure", "-fnoninteractive", PACKAGE)
     assert yaml.safe_load(server_name.read_text()) == {"server_name": None}
     server_name.write_text(server_name.read_text().replace("server_name: \n", "server_name: later.test\n"))
     chroot.run("dpkg-reconfigure", "-fnoninteractive", PACKAGE)
     assert yaml.safe_load(server_name.read_text()) == {"server_name": "later.test"}
     assert chroot.debconf("matrix-synapse/server-name") == "later.test"
-    assert chroot.owner("/var/log/matrix-synapse") == ("root", "root")
+    assert chroot.user_group("/var/log/matrix-synapse") == ("root", "root")
 
 
-def test_install_enables_unit_but_starts_nothing_without_systemd(installed: Chroot) -> None:
+def test_install_enables_unit_but_starts_nothing_without_systemd(installed: Standin) -> None:
     wants = installed / "/etc/systemd/system/multi-user.target.wants/matrix-synapse.service"
     assert os.readlink(wants) == UNIT_PATH
     # No systemd: the postinst did not even ask policy-rc.d, and Synapse never
@@ -596,7 +490,7 @@ def test_install_enables_unit_but_starts_nothing_without_systemd(installed: Chro
     assert not (installed / "/var/lib/matrix-synapse/homeserver.db").exists()
 
 
-def test_unit_commands_work(installed: Chroot) -> None:
+def test_unit_commands_work(installed: Standin) -> None:
     """The unit's ExecStartPre validates the config; its ExecStart serves /health."""
     unit = unit_settings((installed / UNIT_PATH).read_text())
     workdir = unit["Service.WorkingDirectory"][0]
@@ -606,7 +500,7 @@ def test_unit_commands_work(installed: Chroot) -> None:
     # That is where the signing key comes from: Synapse's format, the user's own.
     key = installed / "/etc/matrix-synapse/homeserver.signing.key"
     assert re.fullmatch(r"ed25519 a_\w+ [A-Za-z0-9+/]+=*\n?", key.read_text())
-    assert installed.owner("/etc/matrix-synapse/homeserver.signing.key") == (SYNAPSE_USER, SYNAPSE_USER)
+    assert installed.user_group("/etc/matrix-synapse/homeserver.signing.key") == (SYNAPSE_USER, SYNAPSE_USER)
     assert key.stat().st_mode & 0o022 == 0, oct(key.stat().st_mode)  # the rest: the umask
 
     [start] = unit["Service.ExecStart"]
@@ -638,11 +532,11 @@ exit 1
     # The buffered log handler writes this at the latest on exit.
     log = (installed / "/var/log/matrix-synapse/homeserver.log").read_text()
     assert "Synapse now listening on TCP port 8008" in log
-    assert installed.owner("/var/lib/matrix-synapse/homeserver.db") == (SYNAPSE_USER, SYNAPSE_USER)
+    assert installed.user_group("/var/lib/matrix-synapse/homeserver.db") == (SYNAPSE_USER, SYNAPSE_USER)
 
 
-def test_upgrade_keeps_admin_config_then_purge_leaves_what_the_real_one_leaves(chroot: Chroot, debs: dict[str, Path]) -> None:
-    chroot.preseed("matrix-synapse/server-name string first.test")
+def test_upgrade_keeps_admin_config_then_purge_leaves_what_the_real_one_leaves(chroot: Standin, debs: dict[str, Path]) -> None:
+    chroot.preseed_synapse("matrix-synapse/server-name string first.test")
     chroot.apt_install(debs[OLD])
     assert chroot.python("import synapse; print(synapse.__version__)") == OLD
     conf_d = chroot / "/etc/matrix-synapse/conf.d"
@@ -660,7 +554,7 @@ def test_upgrade_keeps_admin_config_then_purge_leaves_what_the_real_one_leaves(c
     (chroot / "/run/systemd/system").mkdir(parents=True)
 
     # A new answer loses against the files: the config script reads them back first.
-    chroot.preseed("matrix-synapse/server-name string second.test")
+    chroot.preseed_synapse("matrix-synapse/server-name string second.test")
     chroot.apt_install(debs[NEW])
 
     assert chroot.version() == f"install ok installed {NEW}+standin"

@@ -13,8 +13,9 @@ from matrix_synapse_workers.debconf import answers
 from matrix_synapse_workers.debconf.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
     Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
-    InvalidAnswer, answers_from_workers, applied_record, deployed_socket_group, counts_from_workers, from_answers, normalized_counts)
+    InvalidAnswer, answers_from_workers, applied_record, counts_from_workers, from_answers, normalized_counts)
 from matrix_synapse_workers.core.catalog import PRESETS, ROLES
+from matrix_synapse_workers.system.hostfacts import deployed_socket_group
 from matrix_synapse_workers.core.errors import SelectionError
 from matrix_synapse_workers.core.facts import HostFacts
 from matrix_synapse_workers.core.plan import make_plan, plan_workers, worker_name
@@ -522,6 +523,36 @@ def test_config_takes_a_killed_apply_s_answers_not_its_half_written_files(tmp_pa
     applied.finish(root, applied_record(root))
     assert not (root / "var/lib/matrix-synapse-workers/applying").exists()
     assert run_config(tmp_path, {Q_PRESET: "small"}) == {}
+
+
+@needs_sh
+def test_config_reads_the_applied_record_as_system_applied_parses_it(tmp_path):
+    """system/applied.py's AppliedRecord is the one definition of the record's format.
+    debian/config reads it with sed (sh: at preconfigure it runs before python3 may be
+    unpacked); for records AppliedRecord.format writes, and lines appended by hand, its
+    ``applied KEY`` gives what AppliedRecord.parse gives ('' for a key not recorded)."""
+    from dataclasses import fields
+    from matrix_synapse_workers.system.applied import AppliedRecord
+    function = re.search(r"(?ms)^applied\(\) \{\n.*?^\}\n", CONFIG.read_text())
+    assert function, "debian/config has no applied() function"
+    records = [
+        AppliedRecord("sync:2,client:1", "clubmatrix", "matrix-synapse-py3 1.163.2+standin", "true"),
+        AppliedRecord("media:1", "web.sockets-1", None, "false"),
+        AppliedRecord(None, "a=b/c&d\\1 .*[", "x y", None),
+        AppliedRecord(),
+    ]
+    texts = [r.format() for r in records] + [
+        records[0].format() + "workers=sync:3\nmetrics=false\n",  # the last line of a key wins
+        "# a comment\nworkersX=1\n workers=2\nsocket_group=\n",  # only key= at a line's start
+    ]
+    path = tmp_path / "applied"
+    for text in texts:
+        path.write_text(text)
+        parsed = AppliedRecord.parse(text)
+        for key in (f.name for f in fields(AppliedRecord)):
+            script = f'{function.group(0)}APPLIED={path}\nprintf "[%s]" "$(applied {key})"\n'
+            got = subprocess.run(["sh", "-c", script], check=True, capture_output=True, text=True).stdout
+            assert got == f"[{getattr(parsed, key) or ''}]", (text, key)
 
 
 def test_applied_record_spelling(tmp_path):

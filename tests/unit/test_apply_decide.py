@@ -74,3 +74,53 @@ def test_dry_run_after_the_files_exist_has_nothing_to_do(tmp_path):
         os.chmod(path, rendered.mode)
     again = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
     assert not again.changes.files_changed and not again.changes.restart_workers
+
+
+def test_the_dry_run_hands_back_the_facts_it_read_and_a_later_run_reads_none(tmp_path, monkeypatch):
+    """The postinst reads the host facts once: the dry run's go to the real apply (facts=)."""
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    root = make_root(tmp_path)
+    report = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    assert report.facts == read_host_facts(root)
+
+    def no_second_reading(root_):
+        raise AssertionError("the host facts were read again")
+
+    monkeypatch.setattr(apply, "read_host_facts", no_second_reading)
+    again = apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO(),
+                             facts=report.facts)
+    assert again.facts is report.facts and again.changes == report.changes
+
+
+def test_a_worker_host_plans_through_read_deployment_and_probes_in_a_step_of_its_own(tmp_path, monkeypatch):
+    """A worker host's plan is read_deployment's (from its copy of cluster.yaml); whether this
+    machine is the address cluster.yaml names, and whether main answers, is one step after it."""
+    from matrix_synapse_workers.core.plan import make_plan
+    from matrix_synapse_workers.core.topology import main_topology, worker_host_topology
+    from matrix_synapse_workers.deployment import read_deployment
+    from matrix_synapse_workers.render.files import render
+    from matrix_synapse_workers.system import netprobe, secrets
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    main = make_root(tmp_path / "main")
+    topology = main_topology("hostb 10.99.0.2 sync:2", "10.99.0.1")
+    main_files = render(make_plan(select(workers="typing"), read_host_facts(main), topology),
+                        read_host_facts(main), Settings(topology=topology))
+    root = make_root(tmp_path / "hostb")
+    [cluster] = [f for f in main_files if f.path == paths.CLUSTER_FILE]
+    (root / cluster.path).parent.mkdir(parents=True, exist_ok=True)
+    (root / cluster.path).write_text(cluster.content)
+    settings = Settings(web_user="", topology=worker_host_topology("hostb"))
+    monkeypatch.setattr(secrets, "read_copied", lambda root_, relative: "copied")
+    looked: list[str] = []
+    monkeypatch.setattr(netprobe, "is_local_address", lambda address: looked.append(str(address)) or True)
+    monkeypatch.setattr(apply, "systemd_running", lambda: False)  # an image build: nothing to probe
+    before = tree(root)
+    out = io.StringIO()
+    report = apply.apply_host(root, None, settings, dry_run=True, out=out)
+    assert report.plan == read_deployment(root, None, settings).plan
+    assert [w.name for w in report.plan.local_workers] == ["sync-1-hostb", "sync-2-hostb"]
+    assert looked == ["10.99.0.2"] and "not checked from here" in out.getvalue()
+    monkeypatch.setattr(netprobe, "is_local_address", lambda address: False)
+    with pytest.raises(HostConfigError, match="10.99.0.2, which is not an address of this machine"):
+        apply.apply_host(root, None, settings, dry_run=True, out=io.StringIO())
+    assert tree(root) == before

@@ -70,16 +70,20 @@ class Engine:
 
     def __init__(self, fail=None, fail_real=None, users=("www-data",)):
         self.calls, self.restarts, self.fail, self.fail_real, self.users = [], [], fail, fail_real, users
+        self.facts_given = []
 
     def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None):
         self.calls.append((selection, settings, dry_run))
+        self.facts_given.append(facts)
         if dry_run and self.fail:
             raise self.fail
         if not dry_run and self.fail_real:
             raise self.fail_real
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
+        # The facts the engine read (its own when none were given).
         return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[],
-                               changes=SimpleNamespace(files_changed=True))
+                               changes=SimpleNamespace(files_changed=True),
+                               facts=facts if facts is not None else object())
 
     def restart(self, root, out=None):
         self.restarts.append(root)
@@ -101,6 +105,9 @@ def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
     assert result is None and db.stopped
     assert [dry for _, _, dry in engine.calls] == [True, False]
     assert engine.calls[1][0].counts == {"sync": 1, "client": 1}
+    # The host facts are read once, by the dry run, and handed to the real run.
+    dry_facts, real_facts = engine.facts_given
+    assert dry_facts is None and real_facts is not None
     record = applied.read(root)
     assert record.synapse == "matrix-synapse-py3 1.163.2" and record.socket_group == "clubmatrix"
     assert "2 workers configured (sync-1, client-1); Redis:" in said
@@ -114,7 +121,7 @@ def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
     class Watching(Engine):
         def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None):
             seen.append((dry_run, applied.pending(root)))
-            return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out)
+            return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out, facts=facts)
 
     db = FakeDebconf(interactive=False, preset="custom", worker_types="sync", worker_counts="sync:3")
     assert configure(root, db, Watching())[0] is None

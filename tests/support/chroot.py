@@ -1,6 +1,15 @@
-"""Throwaway bookworm (or trixie) chroots with real dpkg and debconf, for the maintainer-script tests.
+"""The one chroot toolkit: throwaway bookworm (or trixie) roots with real dpkg and debconf.
 
-Two cached layers under ``$MSW_TEST_CACHE/chroot/`` (default
+Used by the maintainer-script tests (tests/chroot) and the stand-in's tests
+(tests/standin/test_standin.py).  The pieces: ``run`` and ``chroot_run`` (a
+clean environment inside), the Debian mirror this machine's apt uses
+(``debian_mirror``, read at run time), ``debootstrap_minbase`` (with a
+policy-rc.d that refuses every start and logs what was asked), ``mounted``
+(/proc and /dev while a root is used), ``overlay`` (a writable root over
+read-only layers), ``chroot_copy`` (a private copy on a tmpfs) and
+:class:`Chroot`, the commands the tests run in a root.
+
+The maintainer-script tests use two cached layers under ``$MSW_TEST_CACHE/chroot/`` (default
 /var/cache/matrix-synapse-workers-tests), each keyed on everything that makes it:
 
 ``deps-KEY``
@@ -83,10 +92,12 @@ class CommandFailed(AssertionError):
 
 
 def run(*cmd: str | Path, check: bool = True, input: str | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a host command; stdout and stderr together in ``.stdout``."""
-    done = subprocess.run([str(c) for c in cmd], input=input, text=True, cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd: Path | None = None, timeout: float | None = None,
+        stderr: int | None = subprocess.STDOUT) -> subprocess.CompletedProcess[str]:
+    """Run a host command; stdout and stderr together in ``.stdout`` (``stderr=None``:
+    stderr to the terminal, ``.stdout`` only stdout)."""
+    done = subprocess.run([str(c) for c in cmd], input=input, text=True, cwd=cwd, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=stderr,
                           stdin=None if input is not None else subprocess.DEVNULL)
     if check and done.returncode != 0:
         raise CommandFailed(f"{[str(c) for c in cmd]} exited {done.returncode}:\n{done.stdout}")
@@ -158,6 +169,30 @@ def mounted(root: Path) -> Iterator[None]:
                 subprocess.run(["umount", "-l", str(target)])
 
 
+def unmount_below(path: Path) -> None:
+    """Unmount whatever is mounted at or below ``path``, deepest first (lazily: a failed
+    debootstrap may leave its /proc busy)."""
+    for target in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target])
+
+
+@contextlib.contextmanager
+def overlay(lower: list[Path], top: Path) -> Iterator["Chroot"]:
+    """A writable root over read-only ``lower`` layers (first on top), with /proc and /dev;
+    its changes in ``top/upper``, kept for the caller to look at or remove."""
+    upper, work, merged = top / "upper", top / "work", top / "merged"
+    for directory in (upper, work, merged):
+        directory.mkdir(parents=True)
+    run("mount", "-t", "overlay", "msw-overlay", "-o",
+        f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}", merged)
+    try:
+        with mounted(merged):
+            yield Chroot(merged)
+    finally:
+        if subprocess.run(["umount", str(merged)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(merged)])
+
+
 def remove_tree(root: Path) -> None:
     """rm -rf, but never through a mount (a bound /dev would take the host's with it)."""
     left = mounts_under(root)
@@ -227,6 +262,16 @@ def _drop_stale(final: Path) -> None:
             old.with_name(old.name + ".lock").unlink(missing_ok=True)
 
 
+def debootstrap_minbase(target: Path, suite: str, mirror: str) -> None:
+    """``debootstrap --variant=minbase`` of suite into target, with our policy-rc.d (every
+    start refused and logged) and this machine's resolv.conf for apt."""
+    run("debootstrap", "--variant=minbase", suite, target, mirror)
+    policy = target / "usr/sbin/policy-rc.d"
+    policy.write_text(POLICY_RC_D)
+    policy.chmod(0o755)
+    shutil.copyfile("/etc/resolv.conf", target / "etc/resolv.conf")
+
+
 def deps_root(standin_deb: Path, suite: str = SUITE) -> Path:
     """minbase of suite with the runtime dependencies of both packages (standin_deb
     built for that suite)."""
@@ -235,11 +280,7 @@ def deps_root(standin_deb: Path, suite: str = SUITE) -> Path:
     final = CACHE / f"deps-{_key(RECIPE, suite, mirror, BASE_PACKAGES, extra, POLICY_RC_D)}"
 
     def make(tmp: Path) -> None:
-        run("debootstrap", "--variant=minbase", suite, tmp, mirror)
-        policy = tmp / "usr/sbin/policy-rc.d"
-        policy.write_text(POLICY_RC_D)
-        policy.chmod(0o755)
-        shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
+        debootstrap_minbase(tmp, suite, mirror)
         with mounted(tmp):
             chroot_run(tmp, "apt-get", "update")
             chroot_run(tmp, "apt-get", "install", "-y", "--no-install-recommends",

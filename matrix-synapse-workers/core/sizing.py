@@ -5,8 +5,8 @@ the same machine, quiet runs): every Synapse process holds 117-150 MiB; each
 split costs CPU per request (about 20 ms single, 18 with one sync worker, 24
 with a sync worker and a client reader, 28 with one worker of every type), so
 on 2 cores the bigger presets lose.  The split that measured best there is one
-sync worker (1.51x and 1.37x the single process in two runs; a sync worker
-plus a client reader 1.24x).  With more cores the split grows where the load
+sync worker (1.34x the single process, median of three interleaved rounds on an
+idle machine; a sync worker plus a client reader 1.24x in the survey).  With more cores the split grows where the load
 is: the sync pool, and from 4 cores a client pool.  Above 2 cores that growth
 is reasoning, not yet measurement: ``scripts/bench --cores N`` checks it.
 

@@ -37,7 +37,7 @@ from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan
 from ..system.clusterfile import read_cluster
 from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import deployed_socket_group, existing_worker_names, merged_admin_config, \
+from ..system.hostfacts import existing_worker_names, merged_admin_config, \
     metrics_deployed, read_host_facts
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
@@ -49,7 +49,7 @@ from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseF
 from ..system.synapseversion import installed_release
 from ..system import applied, netprobe, statoverride
 from ..core.topology import Address, Topology
-from ..deployment import read_deployment, redis_config, redis_settings_of
+from ..deployment import read_deployment, redis_config, redis_settings_of, socket_group
 
 TIMEOUT = 1.0
 
@@ -643,8 +643,8 @@ def look(root: Path) -> Look:
     redis_unit = None if worker_host or not redis_config else {
         RedisMode.DEDICATED: server.instance_unit, RedisMode.GUIDE: server.stock_unit}.get(redis_settings.mode)
     password, password_error = _redis_password(root, redis_config)
-    override = statoverride.read(str(paths.SOCKET_DIR))
-    group = override.group if override else deployed_socket_group(root)
+    override = statoverride.read(str(paths.SOCKET_DIR), root)
+    group = socket_group(root)  # the one rule: an admin's statoverride wins
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
     # nginx files do not depend on the answers: known before anything is asked.
     settings = Settings(socket_group=group, redis=redis_settings, topology=topology,

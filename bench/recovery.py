@@ -1,0 +1,146 @@
+"""What a restart under load cost: failed requests and seconds until every class answers again.
+
+Pure functions over the generator's trace (``loadgen.py run --trace``): one
+row per request, ``[class, due, answered, status]`` in seconds since the
+load started (status 0: no HTTP answer, -1: shed by the generator).
+bench/restarts.py makes the restarts and calls these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from bench.stats import CLASSES
+
+#: One traced request: class, due (s), answered (s), status.
+Row = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One restart made during the load: when it began, on the load's clock, and how long
+    ``systemctl restart`` took to return."""
+
+    name: str
+    unit: str
+    at: float
+    took_s: float
+
+
+@dataclass
+class Window:
+    """The load from one restart until the next (or the end): what failed, how it recovered."""
+
+    restart: Restart
+    end: float
+    requests: int = 0
+    failed: int = 0
+    #: "class status" -> count, e.g. "sync 502".
+    failures: dict[str, int] = field(default_factory=dict)
+    #: Seconds from the restart until each class answered 200 again (None: not within the window).
+    recovered_by_class: dict[str, float | None] = field(default_factory=dict)
+    #: The first and last answer of a failed request, seconds after the restart.
+    failing_from_s: float | None = None
+    failing_until_s: float | None = None
+    #: Sends answered 200 after this class had recovered: the ones that prove no loss after it.
+    sends_ok_after: int = 0
+
+    @property
+    def recovered_s(self) -> float | None:
+        """Seconds until every class answered 200 again; None if one never did in the window."""
+        values = list(self.recovered_by_class.values())
+        if not values or any(v is None for v in values):
+            return None
+        return max(v for v in values if v is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.restart.name, "unit": self.restart.unit, "at_s": self.restart.at,
+                "restart_took_s": self.restart.took_s, "window_end_s": self.end,
+                "requests": self.requests, "failed": self.failed, "failures": self.failures,
+                "recovered_s": self.recovered_s, "recovered_by_class": self.recovered_by_class,
+                "failing_from_s": self.failing_from_s, "failing_until_s": self.failing_until_s,
+                "sends_ok_after": self.sends_ok_after}
+
+
+def status_text(status: int) -> str:
+    return {0: "no answer", -1: "shed"}.get(status, str(status))
+
+
+def class_recovery(rows: Sequence[Row], at: float, end: float) -> float | None:
+    """Seconds from `at` until this class answered 200 again, from rows of one class.
+
+    The answer that counts is the first 200 to a request due after the last
+    request that failed within [at, end) (by when it was answered), or, when
+    none failed, the first 200 to a request due at or after `at`: a class
+    whose requests hang without failing recovers when they are answered, not
+    when they are sent.  None when no such answer came before `end`.
+    """
+    failed_due = [r[1] for r in rows if r[3] != 200 and at <= r[2] < end]
+    after = max(failed_due) if failed_due else None
+    oks = [r[2] for r in rows if r[3] == 200 and r[2] < end
+           and (r[1] > after if after is not None else r[1] >= at)]
+    return min(oks) - at if oks else None
+
+
+def windows(trace: Sequence[Row], restarts: Sequence[Restart], end: float,
+            classes: Sequence[str] = CLASSES) -> list[Window]:
+    """One Window per restart, each up to the next restart (the last one up to `end`).
+
+    A request belongs to the window in which it was answered, so a request
+    cut off by a restart counts against that restart.  Only the classes that
+    appear in the trace are judged.
+    """
+    present = [c for c in classes if any(r[0] == c for r in trace)]
+    out = []
+    ordered = sorted(restarts, key=lambda r: r.at)
+    for k, restart in enumerate(ordered):
+        stop = ordered[k + 1].at if k + 1 < len(ordered) else end
+        w = Window(restart, stop)
+        mine = [r for r in trace if restart.at <= r[2] < stop]
+        w.requests = len(mine)
+        bad = [r for r in mine if r[3] != 200]
+        w.failed = len(bad)
+        for r in bad:
+            key = f"{r[0]} {status_text(r[3])}"
+            w.failures[key] = w.failures.get(key, 0) + 1
+        if bad:
+            w.failing_from_s = min(r[2] for r in bad) - restart.at
+            w.failing_until_s = max(r[2] for r in bad) - restart.at
+        for c in present:
+            w.recovered_by_class[c] = class_recovery([r for r in trace if r[0] == c], restart.at, stop)
+        back = w.recovered_s
+        if back is not None:
+            w.sends_ok_after = sum(1 for r in mine if r[0] == "send" and r[3] == 200
+                                   and r[1] >= restart.at + back)
+        out.append(w)
+    return out
+
+
+def before(trace: Sequence[Row], restarts: Sequence[Restart]) -> dict[str, int]:
+    """Requests and failures answered before the first restart (the quiet baseline)."""
+    first = min((r.at for r in restarts), default=math.inf)
+    mine = [r for r in trace if r[2] < first]
+    return {"requests": len(mine), "failed": sum(1 for r in mine if r[3] != 200)}
+
+
+def _seconds(value: float | None) -> str:
+    return "not recovered" if value is None else f"{value:.1f}"
+
+
+def table(ws: Sequence[Window]) -> str:
+    """The restarts as a Markdown table."""
+    lines = ["| restarted | `systemctl restart` took s | requests | failed | failed by class and status "
+             "| failing from–until s | recovered after s | slowest class |",
+             "|---|---:|---:|---:|---|---|---:|---|"]
+    for w in ws:
+        by = ", ".join(f"{k} ×{v}" for k, v in sorted(w.failures.items(), key=lambda kv: -kv[1])) or "none"
+        span = ("–" if w.failing_from_s is None
+                else f"{w.failing_from_s:.1f}–{w.failing_until_s:.1f}")
+        slow = [c for c, v in w.recovered_by_class.items() if v is None]
+        if not slow and w.recovered_by_class:
+            slow = [max(w.recovered_by_class, key=lambda c: w.recovered_by_class[c] or 0.0)]
+        lines.append(f"| {w.restart.name} (`{w.restart.unit}`) | {w.restart.took_s:.1f} | {w.requests} "
+                     f"| {w.failed} | {by} | {span} | {_seconds(w.recovered_s)} | {', '.join(slow)} |")
+    return "\n".join(lines)

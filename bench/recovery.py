@@ -125,6 +125,38 @@ def before(trace: Sequence[Row], restarts: Sequence[Restart]) -> dict[str, int]:
     return {"requests": len(mine), "failed": sum(1 for r in mine if r[3] != 200)}
 
 
+def unit_changes(snapshots: list[dict[str, Any]], end: dict[str, dict[str, str]]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per unit: across which of our restarts its process changed, and systemd's NRestarts
+    (restarts of its own, after a crash: Restart=always) at the end."""
+    out: dict[str, dict[str, Any]] = {}
+    for unit, state in end.items():
+        changed = [s["restart"] for s in snapshots
+                   if s["before"].get(unit, {}).get("MainPID") != s["after"].get(unit, {}).get("MainPID")]
+        out[unit] = {"active": state.get("ActiveState") == "active", "state": state.get("SubState"),
+                     "pid_changed_with": changed, "systemd_restarts": int(state.get("NRestarts") or 0)}
+    return out
+
+
+def problems(report: dict[str, Any], bound_s: float) -> list[str]:
+    """What breaks the promise: a restart not recovered within bound_s, a unit not active,
+    a process not back on Redis, a send answered 200 that a member never saw."""
+    out = []
+    for w in report["windows"]:
+        if w["recovered_s"] is None or w["recovered_s"] > bound_s:
+            out.append(f"{w['name']}: not every class answered 200 within {bound_s:.0f} s "
+                       f"({w['recovered_by_class']})")
+    if not report["settled"]["healthy"]:
+        out.append(f"not every process healthy and on Redis afterwards: {report['settled']['detail']}")
+    inactive = [u for u, s in report["units"].items() if not s["active"]]
+    if inactive or report["settled"]["failed_units"]:
+        out.append(f"units not active: {inactive or report['settled']['failed_units']}")
+    missing = report["verify"]["missing"]
+    if missing:
+        out.append(f"{len(missing)} (member, event) pairs never seen in /sync, e.g. {missing[:5]}")
+    return out
+
+
 def _seconds(value: float | None) -> str:
     return "not recovered" if value is None else f"{value:.1f}"
 

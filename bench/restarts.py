@@ -51,9 +51,11 @@ VERIFY_JSON = "/var/tmp/msw-restarts-verify.json"
 @dataclass(frozen=True)
 class Plan:
     rate: float
-    #: Load before the first restart (the baseline), then this long after each restart.
+    #: Load before the first restart (the baseline), then this long after each restart, and
+    #: this much more after the last (main's restart takes every process down).
     lead_s: float = 20.0
     quiet_s: float = 45.0
+    tail_s: float = 15.0
     mix: str = "sync:60,send:20,messages:10,profile:10"
     #: After the load: how long every process may take to answer /health and hold Redis again.
     settle_s: float = 120.0
@@ -62,7 +64,7 @@ class Plan:
 
     @property
     def duration_s(self) -> float:
-        return self.lead_s + self.quiet_s * len(RESTARTS)
+        return self.lead_s + self.quiet_s * len(RESTARTS) + self.tail_s
 
 
 def prepare(c: Container, deb: Path) -> list[str]:
@@ -126,8 +128,10 @@ def load_under_restarts(c: Container, plan: Plan, setup_json: str,
             took = time.monotonic() - t0
             made.append((name, unit, t0, took))
             log(f"{name}: systemctl restart returned after {took:.1f} s")
+            last = k == len(RESTARTS) - 1
             # The last snapshot is taken shortly before the load ends.
-            time.sleep(max(0.0, t0 + plan.quiet_s - 3.0 - time.monotonic()))
+            time.sleep(max(0.0, t0 + plan.quiet_s + (plan.tail_s if last else 0.0) - 3.0
+                           - time.monotonic()))
             snapshots.append({"restart": name, "before": before, "after": unit_states(c, watched)})
     finally:
         t.join()
@@ -162,19 +166,6 @@ def verify(c: Container, setup_json: str, timeout: float) -> dict[str, Any]:
     return json.loads(c.read_file(VERIFY_JSON))
 
 
-def worker_restarts(snapshots: list[dict[str, Any]], end: dict[str, dict[str, str]]
-                    ) -> dict[str, dict[str, Any]]:
-    """Per unit: across which of our restarts its process changed, and systemd's NRestarts
-    (restarts of its own, after a crash: Restart=always) at the end."""
-    out: dict[str, dict[str, Any]] = {}
-    for unit, state in end.items():
-        changed = [s["restart"] for s in snapshots
-                   if s["before"].get(unit, {}).get("MainPID") != s["after"].get(unit, {}).get("MainPID")]
-        out[unit] = {"active": state.get("ActiveState") == "active", "state": state.get("SubState"),
-                     "pid_changed_with": changed, "systemd_restarts": int(state.get("NRestarts") or 0)}
-    return out
-
-
 def run(c: Container, workers: list[str], plan: Plan, setup_json: str,
         log: Callable[[str], None]) -> dict[str, Any]:
     """The load with the restarts, then the checks; returns everything for the report."""
@@ -191,29 +182,10 @@ def run(c: Container, workers: list[str], plan: Plan, setup_json: str,
     return {"plan": asdict(plan), "workers": workers,
             "baseline": recovery.before(result["trace"], restarts),
             "windows": [w.to_json() for w in ws], "table": recovery.table(ws),
-            "units": worker_restarts(snapshots, end), "settled": settled, "verify": checked,
+            "units": recovery.unit_changes(snapshots, end), "settled": settled, "verify": checked,
             "load": {k: result[k] for k in ("elapsed_s", "requests_ok", "errors", "requests_per_s",
                                             "open_loop")},
             "error_samples": result["error_samples"][:40]}
-
-
-def problems(report: dict[str, Any], bound_s: float) -> list[str]:
-    """What breaks the promise: a restart not recovered within bound_s, a unit not active,
-    a process not back on Redis, a send answered 200 that a member never saw."""
-    out = []
-    for w in report["windows"]:
-        if w["recovered_s"] is None or w["recovered_s"] > bound_s:
-            out.append(f"{w['name']}: not every class answered 200 within {bound_s:.0f} s "
-                       f"({w['recovered_by_class']})")
-    if not report["settled"]["healthy"]:
-        out.append(f"not every process healthy and on Redis afterwards: {report['settled']['detail']}")
-    inactive = [u for u, s in report["units"].items() if not s["active"]]
-    if inactive or report["settled"]["failed_units"]:
-        out.append(f"units not active: {inactive or report['settled']['failed_units']}")
-    missing = report["verify"]["missing"]
-    if missing:
-        out.append(f"{len(missing)} (member, event) pairs never seen in /sync, e.g. {missing[:5]}")
-    return out
 
 
 def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -226,7 +198,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
              + (f" ({meta['share']:.0%} of {meta['capacity']:.1f} measured by a closed loop)"
                 if meta.get("capacity") else "")
              + f", mix {plan['mix']}; {plan['lead_s']:.0f} s before the first restart, "
-             f"{plan['quiet_s']:.0f} s after each.", "",
+             f"{plan['quiet_s']:.0f} s after each ({plan['quiet_s'] + plan['tail_s']:.0f} s after "
+             "the last).", "",
              f"Before the first restart: {report['baseline']['failed']} of "
              f"{report['baseline']['requests']} requests failed.", "",
              report["table"], "",

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.recovery import Restart, before, class_recovery, table, windows  # noqa: E402
+from bench.recovery import (Restart, before, class_recovery, problems, table, unit_changes,  # noqa: E402
+                            windows)
 
 
 def steady(cls: str, start: float, stop: float, step: float = 1.0, latency: float = 0.125,
@@ -81,3 +82,30 @@ def test_a_window_that_never_recovers_says_so_and_names_the_class():
     assert w.recovered_s is None and w.recovered_by_class["send"] is None
     assert w.sends_ok_after == 0
     assert "| not recovered | send |" in table([w])
+
+
+def test_unit_changes_name_the_restarts_a_process_was_replaced_in():
+    def st(pid: str, n: str = "0", active: str = "active") -> dict[str, str]:
+        return {"ActiveState": active, "SubState": "running", "MainPID": pid, "NRestarts": n}
+    w = "matrix-synapse-worker@sync-1.service"
+    snaps = [{"restart": "Redis", "before": {w: st("10")}, "after": {w: st("10")}},
+             {"restart": "main", "before": {w: st("10")}, "after": {w: st("11")}}]
+    assert unit_changes(snaps, {w: st("11", "2")}) == {
+        w: {"active": True, "state": "running", "pid_changed_with": ["main"], "systemd_restarts": 2}}
+    assert unit_changes(snaps, {w: st("0", active="failed")})[w]["active"] is False
+
+
+def test_problems_name_what_broke_the_promise():
+    good = {"windows": [{"name": "Redis", "recovered_s": 2.0, "recovered_by_class": {}}],
+            "settled": {"healthy": True, "failed_units": [], "detail": ""},
+            "units": {"a.service": {"active": True}}, "verify": {"missing": []}}
+    assert problems(good, bound_s=120) == []
+    bad = {**good, "windows": [{"name": "main", "recovered_s": None, "recovered_by_class": {"sync": None}}],
+           "units": {"a.service": {"active": False}},
+           "verify": {"missing": [["@u:x", "!r:x", "$e"]]}}
+    found = problems(bad, bound_s=120)
+    assert len(found) == 3
+    assert found[0].startswith("main: not every class answered 200 within 120 s")
+    assert "a.service" in found[1] and "$e" in found[2]
+    assert problems({**good, "windows": [{"name": "PostgreSQL", "recovered_s": 130.0,
+                                          "recovered_by_class": {}}]}, bound_s=120)

@@ -46,6 +46,8 @@ class Window:
     failing_until_s: float | None = None
     #: Sends answered 200 after this class had recovered: the ones that prove no loss after it.
     sends_ok_after: int = 0
+    #: The longest wait for a 200 answered in the window (a request held up, not failed).
+    slowest_ok_s: float | None = None
 
     @property
     def recovered_s(self) -> float | None:
@@ -61,7 +63,7 @@ class Window:
                 "requests": self.requests, "failed": self.failed, "failures": self.failures,
                 "recovered_s": self.recovered_s, "recovered_by_class": self.recovered_by_class,
                 "failing_from_s": self.failing_from_s, "failing_until_s": self.failing_until_s,
-                "sends_ok_after": self.sends_ok_after}
+                "sends_ok_after": self.sends_ok_after, "slowest_ok_s": self.slowest_ok_s}
 
 
 def status_text(status: int) -> str:
@@ -108,6 +110,8 @@ def windows(trace: Sequence[Row], restarts: Sequence[Restart], end: float,
         if bad:
             w.failing_from_s = min(r[2] for r in bad) - restart.at
             w.failing_until_s = max(r[2] for r in bad) - restart.at
+        waits = [r[2] - r[1] for r in mine if r[3] == 200]
+        w.slowest_ok_s = max(waits) if waits else None
         for c in present:
             w.recovered_by_class[c] = class_recovery([r for r in trace if r[0] == c], restart.at, stop)
         back = w.recovered_s
@@ -164,8 +168,8 @@ def _seconds(value: float | None) -> str:
 def table(ws: Sequence[Window]) -> str:
     """The restarts as a Markdown table."""
     lines = ["| restarted | `systemctl restart` took s | requests | failed | failed by class and status "
-             "| failing from–until s | recovered after s | slowest class |",
-             "|---|---:|---:|---:|---|---|---:|---|"]
+             "| failing from–until s | longest 200 s | recovered after s | slowest class |",
+             "|---|---:|---:|---:|---|---|---:|---:|---|"]
     for w in ws:
         by = ", ".join(f"{k} ×{v}" for k, v in sorted(w.failures.items(), key=lambda kv: -kv[1])) or "none"
         span = ("–" if w.failing_from_s is None
@@ -174,5 +178,6 @@ def table(ws: Sequence[Window]) -> str:
         if not slow and w.recovered_by_class:
             slow = [max(w.recovered_by_class, key=lambda c: w.recovered_by_class[c] or 0.0)]
         lines.append(f"| {w.restart.name} (`{w.restart.unit}`) | {w.restart.took_s:.1f} | {w.requests} "
-                     f"| {w.failed} | {by} | {span} | {_seconds(w.recovered_s)} | {', '.join(slow)} |")
+                     f"| {w.failed} | {by} | {span} | {_seconds(w.slowest_ok_s)} | {_seconds(w.recovered_s)} "
+                     f"| {', '.join(slow)} |")
     return "\n".join(lines)

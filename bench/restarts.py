@@ -185,7 +185,10 @@ def run(c: Container, workers: list[str], plan: Plan, setup_json: str,
             "units": recovery.unit_changes(snapshots, end), "settled": settled, "verify": checked,
             "load": {k: result[k] for k in ("elapsed_s", "requests_ok", "errors", "requests_per_s",
                                             "open_loop")},
-            "error_samples": result["error_samples"][:40]}
+            "error_samples": result["error_samples"][:40],
+            # Every request ([class, due s, answered s, status]) and the restarts on the same clock,
+            # for a closer look (restarts.json).
+            "restarts": [asdict(r) for r in restarts], "trace": result["trace"]}
 
 
 def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:

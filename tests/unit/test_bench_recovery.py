@@ -70,9 +70,10 @@ def test_windows_split_at_each_restart_and_count_failures_by_class_and_status():
     assert (main.failing_from_s, main.failing_until_s) == (0.125, 4.875)
     # Sends due after the recovery and answered 200 within the window: due 35.75 .. 59.75.
     assert main.sends_ok_after == 49
+    assert main.slowest_ok_s == 0.125
     assert before(trace, [Restart("Redis", "r.service", 10.0, 0.2)]) == {"requests": 41, "failed": 1}
     text = table(ws)
-    assert "| Redis (`r.service`) | 0.2 | 80 | 2 | send 500 ×2 | 0.4–0.9 | 1.4 | send |" in text
+    assert "| Redis (`r.service`) | 0.2 | 80 | 2 | send 500 ×2 | 0.4–0.9 | 0.1 | 1.4 | send |" in text
     assert "| main (`m.service`) | 8.0 | 121 | 21 | " in text and "sync 502 ×10" in text
 
 

@@ -9,6 +9,8 @@ bench/restarts.py makes the restarts and calls these.
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -159,6 +161,24 @@ def problems(report: dict[str, Any], bound_s: float) -> list[str]:
     if missing:
         out.append(f"{len(missing)} (member, event) pairs never seen in /sync, e.g. {missing[:5]}")
     return out
+
+
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def log_summary(text: str, keep: int = 6) -> list[list[Any]]:
+    """[count, level, logger, message] of the WARNING and ERROR lines of a Synapse log, the most
+    frequent first; numbers in messages become N so that repeats count together.
+
+    Lines are in the format of Synapse's packaged log config:
+    ``time - logger - line - LEVEL - request - message``.
+    """
+    seen: Counter[tuple[str, str, str]] = Counter()
+    for line in text.splitlines():
+        parts = line.split(" - ", 5)
+        if len(parts) == 6 and parts[3] in ("WARNING", "ERROR", "CRITICAL"):
+            seen[(parts[3], parts[1], _NUMBER.sub("N", parts[5])[:160])] += 1
+    return [[n, level, name, msg] for (level, name, msg), n in seen.most_common(keep)]
 
 
 def _seconds(value: float | None) -> str:

@@ -44,6 +44,7 @@ RESTARTS: tuple[tuple[str, str], ...] = (
 TYPES = "sync, client, events"
 COUNTS = "sync:2"
 
+LOG_DIR = "/var/log/matrix-synapse"
 TRACE_JSON = "/var/tmp/msw-restarts-load.json"
 VERIFY_JSON = "/var/tmp/msw-restarts-verify.json"
 
@@ -160,6 +161,23 @@ def settle(c: Container, workers: list[str], timeout: float) -> dict[str, Any]:
             "failed_units": failed.splitlines()}
 
 
+def log_sizes(c: Container) -> dict[str, int]:
+    out = c.run(f"stat -c '%s %n' {LOG_DIR}/*.log", check=False).stdout
+    return {path: int(size) for size, path in (line.split(" ", 1) for line in out.splitlines())}
+
+
+def log_notes(c: Container, sizes: dict[str, int]) -> dict[str, list[list[Any]]]:
+    """Each process's most frequent warnings and errors logged since `sizes` were taken."""
+    time.sleep(6)  # the packaged log config buffers lines for up to 5 s
+    notes = {}
+    for path in sorted(log_sizes(c)):
+        text = c.run(["tail", "-c", f"+{sizes.get(path, 0) + 1}", path], check=False).stdout
+        found = recovery.log_summary(text)
+        if found:
+            notes[Path(path).stem] = found
+    return notes
+
+
 def verify(c: Container, setup_json: str, timeout: float) -> dict[str, Any]:
     c.run(["python3", f"{BENCH_DIR}/loadgen.py", "verify", "--setup", setup_json, "--sent", TRACE_JSON,
            "--timeout", str(timeout), "--out", VERIFY_JSON], timeout=timeout + 600)
@@ -169,6 +187,7 @@ def verify(c: Container, setup_json: str, timeout: float) -> dict[str, Any]:
 def run(c: Container, workers: list[str], plan: Plan, setup_json: str,
         log: Callable[[str], None]) -> dict[str, Any]:
     """The load with the restarts, then the checks; returns everything for the report."""
+    sizes = log_sizes(c)
     result, restarts, snapshots = load_under_restarts(c, plan, setup_json, log)
     ws = recovery.windows(result["trace"], restarts, result["elapsed_s"])
     for w in ws:
@@ -179,13 +198,14 @@ def run(c: Container, workers: list[str], plan: Plan, setup_json: str,
     checked = verify(c, setup_json, plan.verify_s)
     log(f"verify: {checked['sends']} sends, {checked['checks']} (send, member) pairs, "
         f"{len(checked['missing'])} missing")
+    notes = log_notes(c, sizes)
     return {"plan": asdict(plan), "workers": workers,
             "baseline": recovery.before(result["trace"], restarts),
             "windows": [w.to_json() for w in ws], "table": recovery.table(ws),
             "units": recovery.unit_changes(snapshots, end), "settled": settled, "verify": checked,
             "load": {k: result[k] for k in ("elapsed_s", "requests_ok", "errors", "requests_per_s",
                                             "open_loop")},
-            "error_samples": result["error_samples"][:40],
+            "error_samples": result["error_samples"][:40], "log_notes": notes,
             # Every request ([class, due s, answered s, status]) and the restarts on the same clock,
             # for a closer look (restarts.json).
             "restarts": [asdict(r) for r in restarts], "trace": result["trace"]}
@@ -220,6 +240,10 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
               "", f"Messages: {v['sends']} sends answered 200, checked in the /sync of each member of "
               f"their room ({v['checks']} checks, {v['members']} members): "
               f"{len(v['missing'])} missing" + (f", e.g. {v['missing'][:5]}" if v["missing"] else "") + "."]
+    if report.get("log_notes"):
+        lines += ["", "What the processes logged (WARNING and above, most frequent first; numbers as N):", ""]
+        for proc, found in report["log_notes"].items():
+            lines += [f"- {proc}: " + "; ".join(f"{n}× {level} {name}: {msg}" for n, level, name, msg in found)]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ beyond a generous bound.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def report(synapse_root: Path, package_deb: Path) -> dict[str, Any]:
         workers = restarts.prepare(c, package_deb)
         runner.setup_users(c, LOAD)
         got = restarts.run(c, workers, PLAN, runner.SETUP_JSON, lines.append)
-    print("\n".join(lines), got["table"], sep="\n")
+    print("\n".join(lines), got["table"], json.dumps(got["log_notes"], indent=1), sep="\n")
     return got
 
 

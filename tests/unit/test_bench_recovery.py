@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.recovery import (Restart, before, class_recovery, problems, table, unit_changes,  # noqa: E402
-                            windows)
+from bench.recovery import (Restart, before, class_recovery, log_summary, problems, table,  # noqa: E402
+                            unit_changes, windows)
 
 
 def steady(cls: str, start: float, stop: float, step: float = 1.0, latency: float = 0.125,
@@ -110,3 +110,19 @@ def test_problems_name_what_broke_the_promise():
     assert "a.service" in found[1] and "$e" in found[2]
     assert problems({**good, "windows": [{"name": "PostgreSQL", "recovered_s": 130.0,
                                           "recovered_by_class": {}}]}, bound_s=120)
+
+
+def test_log_summary_counts_warnings_and_errors_with_numbers_folded():
+    text = "\n".join([
+        "2026-12-06 04:24:01,001 - synapse.replication.http._base - 330 - WARNING - PUT-12 - "
+        "send_events request connection failed; retrying in 1s: ConnectError",
+        "2026-12-06 04:24:02,001 - synapse.replication.http._base - 330 - WARNING - PUT-13 - "
+        "send_events request connection failed; retrying in 2s: ConnectError",
+        "2026-12-06 04:24:02,500 - synapse.storage.txn - 120 - INFO - sync-1 - [TXN START] {x}",
+        "2026-12-06 04:24:03,000 - synapse.http.server - 130 - ERROR - GET-7 - Failed handle request",
+        "  Traceback (most recent call last):",
+    ])
+    assert log_summary(text) == [
+        [2, "WARNING", "synapse.replication.http._base",
+         "send_events request connection failed; retrying in Ns: ConnectError"],
+        [1, "ERROR", "synapse.http.server", "Failed handle request"]]

@@ -164,11 +164,14 @@ def problems(report: dict[str, Any], bound_s: float) -> list[str]:
 
 
 _NUMBER = re.compile(r"\d+(\.\d+)?")
+#: The request a "Failed handle request" line names, with its URI: one entry for them all.
+_REQUEST = re.compile(r"<\w*Request at .*")
 
 
 def log_summary(text: str, keep: int = 6) -> list[list[Any]]:
     """[count, level, logger, message] of the WARNING and ERROR lines of a Synapse log, the most
-    frequent first; numbers in messages become N so that repeats count together.
+    frequent first; numbers in messages become N and a request's description <request>, so
+    that repeats count together.
 
     Lines are in the format of Synapse's packaged log config:
     ``time - logger - line - LEVEL - request - message``.
@@ -177,7 +180,8 @@ def log_summary(text: str, keep: int = 6) -> list[list[Any]]:
     for line in text.splitlines():
         parts = line.split(" - ", 5)
         if len(parts) == 6 and parts[3] in ("WARNING", "ERROR", "CRITICAL"):
-            seen[(parts[3], parts[1], _NUMBER.sub("N", parts[5])[:160])] += 1
+            msg = _NUMBER.sub("N", _REQUEST.sub("<request>", parts[5]))
+            seen[(parts[3], parts[1], msg[:160])] += 1
     return [[n, level, name, msg] for (level, name, msg), n in seen.most_common(keep)]
 
 

@@ -119,10 +119,11 @@ def test_log_summary_counts_warnings_and_errors_with_numbers_folded():
         "2026-12-06 04:24:02,001 - synapse.replication.http._base - 330 - WARNING - PUT-13 - "
         "send_events request connection failed; retrying in 2s: ConnectError",
         "2026-12-06 04:24:02,500 - synapse.storage.txn - 120 - INFO - sync-1 - [TXN START] {x}",
-        "2026-12-06 04:24:03,000 - synapse.http.server - 130 - ERROR - GET-7 - Failed handle request",
+        "2026-12-06 04:24:03,000 - synapse.http.server - 130 - ERROR - GET-7 - Failed handle request "
+        "via 'SyncRestServlet': <XForwardedForRequest at 0x7f method='GET' uri='/sync?since=s1_2'",
         "  Traceback (most recent call last):",
     ])
     assert log_summary(text) == [
         [2, "WARNING", "synapse.replication.http._base",
          "send_events request connection failed; retrying in Ns: ConnectError"],
-        [1, "ERROR", "synapse.http.server", "Failed handle request"]]
+        [1, "ERROR", "synapse.http.server", "Failed handle request via 'SyncRestServlet': <request>"]]

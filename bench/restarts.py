@@ -222,7 +222,7 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
                 if meta.get("capacity") else "")
              + f", mix {plan['mix']}; {plan['lead_s']:.0f} s before the first restart, "
              f"{plan['quiet_s']:.0f} s after each ({plan['quiet_s'] + plan['tail_s']:.0f} s after "
-             "the last).", "",
+             "the last)." + (f" Outside this run: {meta['outside']}." if meta.get("outside") else ""), "",
              f"Before the first restart: {report['baseline']['failed']} of "
              f"{report['baseline']['requests']} requests failed.", "",
              report["table"], "",

@@ -227,7 +227,8 @@ def markdown(report: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{report['baseline']['requests']} requests failed.", "",
              report["table"], "",
              "Recovered after: seconds from `systemctl restart` until every endpoint class had "
-             "answered 200 to a request due after its last failure.", ""]
+             "answered 200 to a request due after its last failure (after the restart, for a class "
+             "with none). Longest 200: the longest wait for an answer that came (held, not failed).", ""]
     lines.append("| unit | active afterwards | process replaced during | restarted by systemd (crash) |")
     lines.append("|---|---|---|---:|")
     for u, s in report["units"].items():

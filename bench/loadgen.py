@@ -19,6 +19,13 @@ whether or not earlier ones were answered; a request's latency counts from
 its scheduled time, so a generator running late cannot hide the wait.  Each user sends its own
 X-Forwarded-For (the benchmark's vhost trusts it from loopback), since
 Synapse rate-limits per client address.
+
+run --trace keeps every request (class, when it was due, when it was
+answered, status) and the event id of every send that got 200, for the
+restart measurements (bench/restarts.py); verify then checks that each of
+those events reaches every member of its room through /sync:
+
+    loadgen.py verify --setup /var/tmp/bench-setup.json --sent result.json --out verify.json
 """
 
 from __future__ import annotations
@@ -241,6 +248,15 @@ class Recorder:
     error_samples: list[tuple[float, str, str]] = field(default_factory=list)
     #: per whole second since start: [ok, errors]
     timeline: dict[int, list[int]] = field(default_factory=dict)
+    #: With --trace: [class, due s, answered s, status] of every request (status 0: no HTTP
+    #: answer, -1: shed), times since start.
+    trace: list[list[Any]] | None = None
+    #: With --trace: [user index, room, event id] of every send answered 200.
+    sent: list[list[Any]] | None = None
+
+    def note(self, cls: str, due: float, now: float, status: int) -> None:
+        if self.trace is not None:
+            self.trace.append([cls, round(due - self.started, 4), round(now - self.started, 4), status])
 
     def ok(self, cls: str, latency: float, now: float) -> None:
         self.latencies[cls].append(latency)
@@ -254,23 +270,25 @@ class Recorder:
 
 
 def request_for(cls: str, user: dict[str, Any], users: list[dict[str, Any]], rng: random.Random,
-                txn: int) -> tuple[str, str, bytes | None]:
+                txn: str) -> tuple[str, str, bytes | None, str]:
+    """(method, path, body, room) of one request; txn must be unique per user and run (Synapse
+    answers a repeated transaction id with the first send's event, persisting nothing)."""
     room = rng.choice(user["rooms"])
     if cls == "sync":
-        return "GET", f"{CS}/sync?timeout=0&since={q(user['since'])}", None
+        return "GET", f"{CS}/sync?timeout=0&since={q(user['since'])}", None, room
     if cls == "send":
         body = json.dumps({"msgtype": "m.text", "body": f"load {txn}"}).encode()
-        return "PUT", f"{CS}/rooms/{q(room)}/send/m.room.message/b{txn}", body
+        return "PUT", f"{CS}/rooms/{q(room)}/send/m.room.message/b{txn}", body, room
     if cls == "messages":
-        return "GET", f"{CS}/rooms/{q(room)}/messages?dir=b&limit=20", None
+        return "GET", f"{CS}/rooms/{q(room)}/messages?dir=b&limit=20", None, room
     if cls == "profile":
-        return "GET", f"{CS}/profile/{q(rng.choice(users)['user_id'])}", None
+        return "GET", f"{CS}/profile/{q(rng.choice(users)['user_id'])}", None, room
     raise ValueError(cls)
 
 
 async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], mix: Mix,
                     target: str, deadline: float, budget: list[int], rec: Recorder,
-                    seed: int) -> None:
+                    seed: int, tag: str) -> None:
     rng = random.Random(seed * 7919 + i)
     conn = Connection(target, timeout=30.0)
     headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
@@ -280,29 +298,35 @@ async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], m
             budget[0] -= 1
             cls = mix.choose(rng)
             txn += 1
-            method, path, body = request_for(cls, user, users, rng, txn)
+            method, path, body, room = request_for(cls, user, users, rng, f"{tag}{txn}")
             t0 = time.monotonic()
             try:
                 r = await conn.request(method, path, headers, body)
             except HttpFailure as e:
-                rec.error(cls, str(e)[:200], time.monotonic())
+                now = time.monotonic()
+                rec.error(cls, str(e)[:200], now)
+                rec.note(cls, t0, now, 0)
                 await asyncio.sleep(0.05)
                 continue
-            record(rec, cls, user, r, t0)
+            record(rec, cls, i, user, room, r, t0)
     finally:
         conn.close()
 
 
-def record(rec: Recorder, cls: str, user: dict[str, Any], r: Response, since: float) -> None:
-    """One answer, timed from ``since`` (sent, or scheduled in an open loop); a /sync answer
-    moves the user's since token on."""
+def record(rec: Recorder, cls: str, i: int, user: dict[str, Any], room: str, r: Response,
+           since: float) -> None:
+    """One answer of user i, timed from ``since`` (sent, or scheduled in an open loop); a /sync
+    answer moves the user's since token on, a send's is kept (with --trace) for verify."""
     now = time.monotonic()
+    rec.note(cls, since, now, r.status)
     if r.status == 200:
         rec.ok(cls, now - since, now)
         if cls == "sync":
             m = NEXT_BATCH.search(r.body)
             if m:
                 user["since"] = m.group(1).decode()
+        elif cls == "send" and rec.sent is not None:
+            rec.sent.append([i, room, r.json()["event_id"]])
     else:
         rec.error(cls, f"{r.status} {r.body[:120]!r}", now)
 
@@ -333,19 +357,21 @@ class Pool:
             c.close()
 
 
-async def open_request(pool: Pool, conn: Connection, cls: str, user: dict[str, Any],
-                       users: list[dict[str, Any]], rng: random.Random, txn: int,
+async def open_request(pool: Pool, conn: Connection, cls: str, i: int, user: dict[str, Any],
+                       users: list[dict[str, Any]], rng: random.Random, txn: str,
                        scheduled: float, rec: Recorder) -> None:
-    method, path, body = request_for(cls, user, users, rng, txn)
+    method, path, body, room = request_for(cls, user, users, rng, txn)
     headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
     try:
         r = await conn.request(method, path, headers, body)
     except HttpFailure as e:
-        rec.error(cls, str(e)[:200], time.monotonic())
+        now = time.monotonic()
+        rec.error(cls, str(e)[:200], now)
+        rec.note(cls, scheduled, now, 0)
         return
     finally:
         pool.give(conn)
-    record(rec, cls, user, r, scheduled)
+    record(rec, cls, i, user, room, r, scheduled)
 
 
 async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namespace,
@@ -365,12 +391,14 @@ async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namesp
         conn = pool.take()
         if conn is None:  # the server is this far behind: count it as failed, keep the schedule
             shed += 1
-            rec.error(cls, f"shed: {args.max_outstanding} requests outstanding", time.monotonic())
+            now = time.monotonic()
+            rec.error(cls, f"shed: {args.max_outstanding} requests outstanding", now)
+            rec.note(cls, at, now, -1)
             continue
         scheduled.append(at)
         sent.append(time.monotonic())
-        task = asyncio.create_task(open_request(pool, conn, cls, users[i % len(users)], users, rng,
-                                                i, at, rec))
+        task = asyncio.create_task(open_request(pool, conn, cls, i % len(users), users[i % len(users)],
+                                                users, rng, f"{args.txn_tag}{i}", at, rec))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -389,12 +417,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = started + args.duration
     budget = [args.max_requests]
     rec = Recorder(started)
+    if args.trace:
+        rec.trace, rec.sent = [], []
     cpu0 = os.times()
     open_info = None
     if args.rate:
         open_info = await open_loop(users, mix, args, rec)
     else:
-        await asyncio.gather(*(user_loop(i, u, users, mix, args.target, deadline, budget, rec, args.seed)
+        await asyncio.gather(*(user_loop(i, u, users, mix, args.target, deadline, budget, rec,
+                                         args.seed, args.txn_tag)
                                for i, u in enumerate(users)))
     elapsed = time.monotonic() - started
     cpu1 = os.times()
@@ -411,7 +442,76 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "timeline": {str(k): v for k, v in sorted(rec.timeline.items())},
         "generator_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
         "open_loop": open_info,
+        # CLOCK_MONOTONIC, which the host and the container share: places the trace on the
+        # host's clock (when the restarts were made).
+        "started_monotonic": started,
+        "trace": rec.trace, "sent": rec.sent,
     }
+
+
+# --------------------------------------------------------------------------
+# verify: every send answered 200 reaches every member of its room
+
+
+async def events_seen(conn: Connection, user: dict[str, Any], wanted: dict[str, set[str]]) -> set[str]:
+    """The wanted event ids this user's /sync shows, from its setup-time since token.
+
+    One incremental /sync with a timeline limit above what each room can
+    hold; a room whose timeline still comes back limited is paged back with
+    /messages from its prev_batch until every wanted event is found or the
+    room's start is reached.
+    """
+    limit = max([len(v) for v in wanted.values()] + [0]) + 200
+    filt = json.dumps({"room": {"timeline": {"limit": limit}, "state": {"lazy_load_members": True}},
+                       "presence": {"not_types": ["*"]}}, separators=(",", ":"))
+    r = await call(conn, "GET", f"{CS}/sync?timeout=0&since={q(user['since'])}&filter={q(filt)}",
+                   user["ip"], user["token"])
+    seen: set[str] = set()
+    rooms = r.json().get("rooms", {}).get("join", {})
+    for room, want in wanted.items():
+        timeline = rooms.get(room, {}).get("timeline", {})
+        seen.update(e.get("event_id", "") for e in timeline.get("events", []))
+        token = timeline.get("prev_batch") if timeline.get("limited") else None
+        while token and not want <= seen:
+            page = (await call(conn, "GET", f"{CS}/rooms/{q(room)}/messages?dir=b&limit=500"
+                               f"&from={q(token)}", user["ip"], user["token"])).json()
+            seen.update(e.get("event_id", "") for e in page.get("chunk", []))
+            token = page.get("end") if page.get("chunk") else None
+    return seen
+
+
+async def verify(args: argparse.Namespace) -> dict[str, Any]:
+    """Check each send answered 200 (from the --sent results) against each member's /sync,
+    again every 2 s until all are seen or --timeout passes."""
+    with open(args.setup) as f:
+        users = json.load(f)["users"]
+    by_room: dict[str, set[str]] = {}
+    for path in args.sent:
+        with open(path) as f:
+            for _, room, event_id in json.load(f)["sent"] or []:
+                by_room.setdefault(room, set()).add(event_id)
+    deadline = time.monotonic() + args.timeout
+    conn = Connection(args.target, timeout=60.0)
+    started = time.monotonic()
+    tries = 0
+    try:
+        while True:
+            tries += 1
+            missing: list[list[str]] = []
+            for user in users:
+                wanted = {room: by_room.get(room, set()) for room in user["rooms"]}
+                seen = await events_seen(conn, user, wanted)
+                missing += [[user["user_id"], room, e] for room, want in wanted.items()
+                            for e in sorted(want - seen)]
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2.0)
+    finally:
+        conn.close()
+    return {"sends": sum(len(v) for v in by_room.values()),
+            "checks": sum(len(by_room.get(room, ())) for u in users for room in u["rooms"]),
+            "members": len(users), "missing": missing, "tries": tries,
+            "seconds": time.monotonic() - started}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,13 +538,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="open loop: requests per second at fixed intervals (0: closed loop)")
     r.add_argument("--max-outstanding", type=int, default=1000,
                    help="open loop: requests in flight at most; beyond that a request fails as shed")
+    r.add_argument("--trace", action="store_true",
+                   help="keep every request's times and status, and the event id of every send answered 200")
+    r.add_argument("--txn-tag", default=os.urandom(4).hex(),
+                   help="prefix of the sends' transaction ids (default: new for each run)")
     r.add_argument("--out", required=True)
+    v = sub.add_parser("verify")
+    v.add_argument("--setup", required=True)
+    v.add_argument("--sent", action="append", required=True, help="a run --trace result (repeatable)")
+    v.add_argument("--target", default="127.0.0.1:8080")
+    v.add_argument("--timeout", type=float, default=60.0, help="seconds to keep looking for missing events")
+    v.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.step == "run" and not 0 < args.duration <= 3600:
         p.error("--duration must be within (0, 3600] seconds")
     if args.step == "run" and not 0 <= args.rate <= 10_000:
         p.error(f"--rate must be within 0..10000 requests per second (0: closed loop), not {args.rate}")
-    result = asyncio.run(setup(args) if args.step == "setup" else run(args))
+    step = {"setup": setup, "run": run, "verify": verify}[args.step]
+    result = asyncio.run(step(args))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)

@@ -163,8 +163,11 @@ def mapped(c: Container, unit: str, library: str) -> bool:
 
 
 def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None = None,
-            env: tuple[str, ...] = (), worker_extra: str = "", shared_extra: str = "") -> list[str]:
+            env: tuple[str, ...] = (), worker_extra: str = "", shared_extra: str = "",
+            types: str = "", counts: str = "") -> list[str]:
     """Install the package with preset (None: leave it out), nginx in front, the generator copied in.
+
+    types and counts: the custom preset's answers (say "sync, events" and "sync:2").
 
     jemalloc True: every Synapse process runs with libjemalloc.so.2 preloaded;
     False or None: glibc's malloc.  env: KEY=VALUE for every Synapse process;
@@ -177,7 +180,7 @@ def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None =
         lib = c.run("ls /usr/lib/*-linux-gnu/libjemalloc.so.2").stdout.split()[0]
         env += (f"LD_PRELOAD={lib}",)
     if preset:
-        c.install_debs([deb], preseed=preseed(preset))
+        c.install_debs([deb], preseed=preseed(preset, types, counts))
         names = workers_on_disk(c)
         vhost = VHOST_WORKERS
     else:

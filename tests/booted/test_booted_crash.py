@@ -13,28 +13,31 @@ with BEFORE (sync-1, client-1, typing-1), a user registered.  The change is a
 events, federation_reader; typing goes): a worker stops and its files go,
 three start, main and the kept workers restart, nginx reloads.
 
-1. The change uninterrupted, with ``MSW_ACTION_LOG``: its actions, and the
+1. Forward uninterrupted, with ``MSW_ACTION_LOG``: its actions, and the
    reference state (files under WATCHED with mode and owner, the generator's
    links, groups, statoverrides, answers, ``is-active``/``is-enabled`` of every
-   unit we manage, which worker units run); back to BEFORE (uninterrupted), which
-   must give the state after the install again.
-2. For each kill point N: the change with ``MSW_KILL_AFTER_ACTION=N`` (SIGKILL
-   of its process group), then ``dpkg --configure -a`` and ``dpkg-reconfigure``
-   again (a killed dpkg-reconfigure leaves dpkg's status alone: running it again
-   is the recovery, as README's "Interrupted" says).  Then: the reference state,
-   no temporary file, no ``applying`` or ``services-owed``, every worker that
-   runs answering /health, ``/_matrix/client/versions`` and a ``/sync`` with
-   the user's token answering through nginx, the admin's files byte-identical.
-   Then back to BEFORE.
+   unit we manage, which worker units run); then back (AFTER to BEFORE, the
+   same kind of change) uninterrupted: its actions, and its state, which must
+   be the install's.
+2. Then the two directions alternate, each killed after an action N
+   (``MSW_KILL_AFTER_ACTION=N``: SIGKILL of its process group) and recovered
+   by ``dpkg --configure -a`` and ``dpkg-reconfigure`` again (a killed
+   dpkg-reconfigure leaves dpkg's status alone: running it again is the
+   recovery, as README's "Interrupted" says).  Each recovery must give its
+   direction's reference state (and so is the start of the next kill), with no
+   temporary file, no ``applying`` or ``services-owed``, every worker that runs
+   answering /health, ``/_matrix/client/versions`` and a ``/sync`` with the
+   user's token answering through nginx, the admin's files byte-identical.
+   Alternating, rather than resetting with an uninterrupted run after each
+   kill, gives twice the kill points in the same time.
 
-While the change and its recovery run, a poller in the container asks
+While a change and its recovery run, a poller in the container asks
 ``/_matrix/client/versions`` through nginx every 0.2 s: the time Synapse did
-not answer is printed for the uninterrupted change and for each killed and
+not answer is printed for each uninterrupted change and for each killed and
 recovered one.
 
-``MSW_CRASH_POINTS``: unset, a sample (the first and last action, the first
-stop, daemon-reload, restart of main, start and nginx reload); ``all``, every
-action; a number, that many spread evenly.
+``MSW_CRASH_POINTS``: unset, a sample of six (see :func:`kill_plan`); ``all``,
+every action of each direction; a number, that many spread evenly over each.
 """
 
 from __future__ import annotations
@@ -225,21 +228,35 @@ class Poller:
 
 
 @dataclass
-class Deployment:
-    c: Container
-    token: str
-    start: dict[str, object]
-    admin: dict[str, str]
+class Change:
+    """One direction of the reconfigure, and what its uninterrupted run did and left."""
+
+    name: str
+    answers: str
+    workers: list[str]
     actions: list[str]
     reference: dict[str, object]
     outage: Outage
 
-    def back_to_before(self) -> None:
-        self.c.exec(["debconf-set-selections"], input=BEFORE)
-        self.c.run(RECONFIGURE, timeout=600)
-        serving(self.c, self.token, BEFORE_WORKERS)
-        changed = differences(self.start, state(self.c))
-        assert not changed, f"back to BEFORE, the state differs from the install's: {changed}"
+
+@dataclass
+class Deployment:
+    c: Container
+    token: str
+    admin: dict[str, str]
+    forward: Change  # BEFORE to AFTER: typing-1 goes, sync-2, events-1 and federation_reader-1 come
+    back: Change  # AFTER to BEFORE
+
+
+def reconfigure(c: Container, token: str, answers: str, workers: list[str]) -> tuple[list[str], Outage]:
+    """The change uninterrupted, counted and timed."""
+    c.exec(["debconf-set-selections"], input=answers)
+    with Poller(c) as poller:
+        done = c.run(RECONFIGURE, env={"MSW_ACTION_LOG": ACTION_LOG}, timeout=600)
+        serving(c, token, workers)
+        outage = poller.outage()
+    assert f"{len(workers)} workers configured" in done.stdout + done.stderr, done.stderr
+    return actions(c), outage
 
 
 @pytest.fixture(scope="module")
@@ -251,97 +268,122 @@ def deployment(synapse_root: Path, package_deb: Path) -> Iterator[Deployment]:
         c.run(["systemctl", "reload-or-restart", "nginx.service"])
         token = register_user(c, f"{SOCKETS}/main.sock", "alice", "alice-password-1")["access_token"]
         serving(c, token, BEFORE_WORKERS)
-        start = state(c)
+        installed = state(c)
         admin = {name: c.run(["sha256sum", name]).stdout for name in ADMIN_FILES}
-
-        c.exec(["debconf-set-selections"], input=AFTER)
-        with Poller(c) as poller:
-            done = c.run(RECONFIGURE, env={"MSW_ACTION_LOG": ACTION_LOG}, timeout=600)
-            serving(c, token, AFTER_WORKERS)
-            outage = poller.outage()
-        assert f"{len(AFTER_WORKERS)} workers configured" in done.stdout + done.stderr, done.stderr
-        reference = state(c)
-        assert reference["worker units running"] == list(map(unit_of, AFTER_WORKERS)), reference
-        logged = actions(c)
-        print(f"uninterrupted: {len(logged)} actions, {outage}")
-        for number, action in enumerate(logged, 1):
-            print(f"  {number} {action}")
-        found = Deployment(c, token, start, admin, logged, reference, outage)
-        found.back_to_before()
-        yield found
+        changes = []
+        for name, answers, workers in (("forward", AFTER, AFTER_WORKERS),
+                                       ("back", BEFORE, BEFORE_WORKERS)):
+            logged, outage = reconfigure(c, token, answers, workers)
+            reference = state(c)
+            assert reference["worker units running"] == list(map(unit_of, workers)), reference
+            print(f"{name}, uninterrupted: {len(logged)} actions, {outage}")
+            for number, action in enumerate(logged, 1):
+                print(f"  {number} {action}")
+            changes.append(Change(name, answers, workers, logged, reference, outage))
+        changed = differences(installed, changes[1].reference)
+        assert not changed, f"back to BEFORE, the state differs from the install's: {changed}"
+        yield Deployment(c, token, admin, *changes)
 
 
-def kill_points(logged: list[str]) -> list[int]:
-    total = len(logged)
+def first(logged: list[str], prefix: str) -> int:
+    return next(n for n, action in enumerate(logged, 1) if action.startswith(prefix))
+
+
+def kill_plan(forward: list[str], back: list[str]) -> list[tuple[str, int | None]]:
+    """Which direction is killed after which action, in order; the directions alternate,
+    so each recovery is the start of the next (None: that direction runs uninterrupted).
+
+    The suite's sample: forward after the removed worker's stop, main's restart and
+    nginx's reload; back after its first action, the returning worker's start and its
+    last action.  ``MSW_CRASH_POINTS=all``: every action of each direction."""
     wanted = os.environ.get("MSW_CRASH_POINTS", "")
     if wanted == "all":
-        return list(range(1, total + 1))
-    if wanted:
-        count = max(1, min(total, int(wanted)))
-        return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
-    chosen = {1, total}
-    for prefix in SAMPLED:
-        chosen |= {next(n for n, action in enumerate(logged, 1) if action.startswith(prefix))}
-    return sorted(chosen)
+        ahead, behind = list(range(1, len(forward) + 1)), list(range(1, len(back) + 1))
+    elif wanted:  # a number: that many spread over each direction
+        def spread(total: int) -> list[int]:
+            count = max(1, min(total, int(wanted)))
+            return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+        ahead, behind = spread(len(forward)), spread(len(back))
+    else:
+        ahead = [first(forward, "systemctl stop "),
+                 first(forward, "systemctl restart matrix-synapse.service"),
+                 first(forward, "systemctl reload nginx.service")]
+        behind = [1, first(back, "systemctl start "), len(back)]
+    plan: list[tuple[str, int | None]] = []
+    for step in range(max(len(ahead), len(behind))):
+        plan.append(("forward", ahead[step] if step < len(ahead) else None))
+        plan.append(("back", behind[step] if step < len(behind) else None))
+    return plan
 
 
 def test_the_change_takes_the_unit_actions_a_booted_system_needs(deployment):
-    logged = deployment.actions
+    logged = deployment.forward.actions
     for needed in ("systemctl stop matrix-synapse-worker@typing-1.service",
                    "systemctl daemon-reload", "systemctl restart matrix-synapse.service",
                    "systemctl reload nginx.service"):
         assert needed in logged, logged
     assert any(a.startswith("systemctl start ") and unit_of("sync-2") in a for a in logged), logged
     assert any(a.startswith("removed ") and "typing-1" in a for a in logged), logged
+    assert any(a.startswith("systemctl start ") and unit_of("typing-1") in a
+               for a in deployment.back.actions), deployment.back.actions
+
+
+def killed_and_recovered(deployment: Deployment, change: Change, point: int) -> tuple[Outage, dict]:
+    """``change`` killed after action ``point``, then recovered; what differs from its reference."""
+    c = deployment.c
+    c.exec(["debconf-set-selections"], input=change.answers)
+    problems: dict[str, object] = {}
+    with Poller(c) as poller:
+        killed = c.run(RECONFIGURE, check=False, timeout=600,
+                       env={"MSW_ACTION_LOG": ACTION_LOG, "MSW_KILL_AFTER_ACTION": str(point)})
+        taken = actions(c)
+        configured = c.run(["dpkg", "--configure", "-a"], check=False, timeout=600)
+        recovered = c.run(RECONFIGURE, check=False, timeout=600)
+        try:
+            serving(c, deployment.token, change.workers)
+        except (AssertionError, harness.HarnessError) as exc:
+            problems["serving"] = str(exc)[-800:]
+        outage = poller.outage()
+    if killed.returncode not in KILLED:
+        problems["killed run"] = (killed.returncode, killed.stderr[-1500:])
+    if taken != change.actions[:point]:
+        problems["actions of the killed run"] = taken[-3:]
+    if configured.returncode != 0:
+        problems["dpkg --configure -a"] = configured.stderr[-1500:]
+    if recovered.returncode != 0:
+        problems["dpkg-reconfigure"] = recovered.stderr[-1500:]
+    got = state(c)
+    problems.update(differences(change.reference, got))
+    if temporaries(got):
+        problems["temporary files"] = temporaries(got)
+    for name in ("applying", "services-owed"):
+        if c.exists(f"/var/lib/matrix-synapse-workers/{name}"):
+            problems[name] = "left"
+    for name, digest in deployment.admin.items():
+        if c.run(["sha256sum", name]).stdout != digest:
+            problems[name] = "changed"
+    return outage, problems
 
 
 def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(deployment):
     c = deployment.c
     failures = []
-    timings = []
-    for point in kill_points(deployment.actions):
-        action = deployment.actions[point - 1]
+    for direction, point in kill_plan(deployment.forward.actions, deployment.back.actions):
+        change = getattr(deployment, direction)
         started = time.monotonic()
-        c.exec(["debconf-set-selections"], input=AFTER)
-        with Poller(c) as poller:
-            killed = c.run(RECONFIGURE, check=False, timeout=600,
-                           env={"MSW_ACTION_LOG": ACTION_LOG, "MSW_KILL_AFTER_ACTION": str(point)})
-            taken = actions(c)
-            configured = c.run(["dpkg", "--configure", "-a"], check=False, timeout=600)
-            recovered = c.run(RECONFIGURE, check=False, timeout=600)
-            problems: dict[str, object] = {}
-            try:
-                serving(c, deployment.token, AFTER_WORKERS)
-            except (AssertionError, harness.HarnessError) as exc:
-                problems["serving"] = str(exc)[-800:]
-            outage = poller.outage()
-        if killed.returncode not in KILLED:
-            problems["killed run"] = (killed.returncode, killed.stderr[-1500:])
-        if taken != deployment.actions[:point]:
-            problems["actions of the killed run"] = taken[-3:]
-        if configured.returncode != 0:
-            problems["dpkg --configure -a"] = configured.stderr[-1500:]
-        if recovered.returncode != 0:
-            problems["dpkg-reconfigure"] = recovered.stderr[-1500:]
-        got = state(c)
-        problems.update(differences(deployment.reference, got))
-        if temporaries(got):
-            problems["temporary files"] = temporaries(got)
-        for name in ("applying", "services-owed"):
-            if c.exists(f"/var/lib/matrix-synapse-workers/{name}"):
-                problems[name] = "left"
-        for name, digest in deployment.admin.items():
-            if c.run(["sha256sum", name]).stdout != digest:
-                problems[name] = "changed"
-        timings.append(f"killed after {point} ({action}): {outage}; "
-                       f"cycle {time.monotonic() - started:.0f} s")
-        print(timings[-1])
+        if point is None:
+            reconfigure(c, deployment.token, change.answers, change.workers)
+            continue
+        action = change.actions[point - 1]
+        outage, problems = killed_and_recovered(deployment, change, point)
+        print(f"{direction} killed after {point} ({action}), recovered: {outage}; "
+              f"{time.monotonic() - started:.0f} s")
         if problems:
-            failures.append(f"killed after {point} ({action}): {problems}")
-        try:
-            deployment.back_to_before()
-        except (AssertionError, harness.HarnessError) as exc:
-            failures.append(f"after the kill at {point}, back to BEFORE failed: {str(exc)[-1500:]}")
-            break  # the next cycles would start from a broken state
-    print(f"uninterrupted: {deployment.outage}")
+            failures.append(f"{direction} killed after {point} ({action}): {problems}")
+            # Once more: when that converges, the next kill starts from the reference.
+            reconfigure(c, deployment.token, change.answers, change.workers)
+            if differences(change.reference, state(c)):
+                break
+    for change in (deployment.forward, deployment.back):
+        print(f"{change.name} uninterrupted: {change.outage}")
     assert not failures, "\n".join(failures)

@@ -96,6 +96,30 @@ def _worker_dropins(root: Path) -> list[PurePosixPath]:
         if units.is_dir() else []
 
 
+def sweep_empty_dropin_dirs(root: Path, planned: "set[str] | frozenset[str]") -> list[PurePosixPath]:
+    """Remove the empty drop-in directories of workers not in ``planned``.
+
+    :func:`_remove_file` removes a worker's drop-in, then its directory: a run
+    killed between the two leaves the directory, and the next run, finding no
+    drop-in of ours in it, would never remove it.  Only empty ones go (an
+    admin's drop-in keeps its directory)."""
+    units = root / paths.SYSTEMD_ETC
+    if not units.is_dir():
+        return []
+    keep = {f"{paths.WORKER_UNIT_TEMPLATE.format(name=name)}.d" for name in planned}
+    removed = []
+    for directory in sorted(units.glob("matrix-synapse-worker@*.service.d")):
+        if directory.name in keep or directory.is_symlink() or not directory.is_dir():
+            continue
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: an admin's drop-in is there
+            continue
+        crashpoint.done(f"removed {directory}")
+        removed.append(paths.SYSTEMD_ETC / directory.name)
+    return removed
+
+
 def _remove_file(root: Path, relative: PurePosixPath) -> None:
     """Remove one of our files, and its drop-in directory once empty."""
     (root / relative).unlink(missing_ok=True)
@@ -497,6 +521,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                      paths.REDIS_GUIDE_PASSWORD.parent}
                                   | {p.parent for s in SERVERS for p in (s.instance_auth_conf, s.guide_conf)}):
         report.system_steps.append(f"removed {left}, left by an interrupted run")
+    for left_dir in sweep_empty_dropin_dirs(root, set(decision.plan.names)):
+        report.system_steps.append(f"removed the empty /{left_dir}, left by an interrupted run")
     decision = _prepare(root, decision, report, out)
     nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)
@@ -712,6 +738,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     dropins = [d for d in (*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN) if _ours(root / d)]
     for dropin in dropins:
         _remove_file(root, dropin)
+    sweep_empty_dropin_dirs(root, set())  # emptied by a killed removal
     if dropins:
         systemd.daemon_reload()
     changed = paths.MAIN_SANDBOX_DROPIN in dropins  # main restarts without it

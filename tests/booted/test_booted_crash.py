@@ -60,7 +60,7 @@ PACKAGE = "matrix-synapse-workers"
 BEFORE = preseed("custom", "sync, client, typing", "")
 AFTER = preseed("custom", "sync, client, events, federation_reader", "sync:2")
 BEFORE_WORKERS = ["client-1", "sync-1", "typing-1"]
-AFTER_WORKERS = ["client-1", "events-1", "federation_reader-1", "sync-1", "sync-2"]
+AFTER_WORKERS = ["client-1", "events-1", "federation-reader-1", "sync-1", "sync-2"]
 UNITS = ["matrix-synapse.service", "matrix-synapse.target", "nginx.service",
          "redis-server.service", "redis-server@matrix-synapse.service",
          *map(unit_of, sorted(set(BEFORE_WORKERS) | set(AFTER_WORKERS)))]
@@ -362,6 +362,10 @@ def killed_and_recovered(deployment: Deployment, change: Change, point: int) -> 
     for name, digest in deployment.admin.items():
         if c.run(["sha256sum", name]).stdout != digest:
             problems[name] = "changed"
+    if problems:
+        problems["main's journal"] = c.journal("matrix-synapse.service", lines=40)
+        problems["main's log"] = c.run("grep -E -A8 'ERROR|CRITICAL' /var/log/matrix-synapse/homeserver.log "
+                                       "| tail -60", check=False).stdout
     return outage, problems
 
 
@@ -378,6 +382,8 @@ def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(
         outage, problems = killed_and_recovered(deployment, change, point)
         print(f"{direction} killed after {point} ({action}), recovered: {outage}; "
               f"{time.monotonic() - started:.0f} s")
+        if outage.longest > 10:
+            print(c.journal(lines=120))
         if problems:
             failures.append(f"{direction} killed after {point} ({action}): {problems}")
             # Once more: when that converges, the next kill starts from the reference.

@@ -97,22 +97,27 @@ def _worker_dropins(root: Path) -> list[PurePosixPath]:
         if units.is_dir() else []
 
 
-def _sweep_empty_dropin_dirs(root: Path, desired: tuple[RenderedFile, ...]) -> list[PurePosixPath]:
-    """Remove the empty drop-in directories of our units that no desired file is in:
-    a run killed between removing a drop-in and its directory leaves one."""
+def sweep_empty_dropin_dirs(root: Path, planned: "set[str] | frozenset[str]") -> list[PurePosixPath]:
+    """Remove the empty drop-in directories of workers not in ``planned``.
+
+    :func:`_remove_file` removes a worker's drop-in, then its directory: a run
+    killed between the two leaves the directory, and the next run, finding no
+    drop-in of ours in it, would never remove it.  Only empty ones go (an
+    admin's drop-in keeps its directory)."""
     units = root / paths.SYSTEMD_ETC
-    wanted = {f.path.parent for f in desired}
-    found = [*units.glob("matrix-synapse-worker@*.service.d"),
-             units / paths.MAIN_SANDBOX_DROPIN.parent.name] if units.is_dir() else []
+    if not units.is_dir():
+        return []
+    keep = {f"{paths.WORKER_UNIT_TEMPLATE.format(name=name)}.d" for name in planned}
     removed = []
-    for directory in found:
-        relative = paths.SYSTEMD_ETC / directory.name
-        if relative in wanted or directory.is_symlink() or not directory.is_dir() \
-                or any(directory.iterdir()):
+    for directory in sorted(units.glob("matrix-synapse-worker@*.service.d")):
+        if directory.name in keep or directory.is_symlink() or not directory.is_dir():
             continue
-        directory.rmdir()
-        crashpoint.done(f"removed {relative}")
-        removed.append(relative)
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: an admin's drop-in is there
+            continue
+        crashpoint.done(f"removed {directory}")
+        removed.append(paths.SYSTEMD_ETC / directory.name)
     return removed
 
 
@@ -517,8 +522,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                                      paths.REDIS_GUIDE_PASSWORD.parent}
                                   | {p.parent for s in SERVERS for p in (s.instance_auth_conf, s.guide_conf)}):
         report.system_steps.append(f"removed {left}, left by an interrupted run")
-    for left in _sweep_empty_dropin_dirs(root, decision.desired):
-        report.system_steps.append(f"removed the empty /{left}, left by an interrupted run")
+    for left_dir in sweep_empty_dropin_dirs(root, set(decision.plan.names)):
+        report.system_steps.append(f"removed the empty /{left_dir}, left by an interrupted run")
     decision = _prepare(root, decision, report, out)
     nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)
@@ -734,6 +739,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     dropins = [d for d in (*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN) if _ours(root / d)]
     for dropin in dropins:
         _remove_file(root, dropin)
+    sweep_empty_dropin_dirs(root, set())  # emptied by a killed removal
     if dropins:
         systemd.daemon_reload()
     changed = paths.MAIN_SANDBOX_DROPIN in dropins  # main restarts without it

@@ -91,20 +91,3 @@ def test_a_full_file_system_leaves_every_previous_file_and_one_error(tmp_path, m
         files.commit(item)
     assert (tmp_path / "w3.yaml").read_text() == "new 3\n"
 
-
-def test_an_empty_drop_in_directory_a_killed_run_left_is_swept(tmp_path):
-    """Killed between removing a worker's drop-in and its directory: the next run removes the
-    directory; a wanted one, one with an admin's file, and other units' stay."""
-    from matrix_synapse_workers.apply import _sweep_empty_dropin_dirs
-    from matrix_synapse_workers.core import paths
-    units = tmp_path / paths.SYSTEMD_ETC
-    for name in ("matrix-synapse-worker@media-1.service.d", "matrix-synapse-worker@sync-1.service.d",
-                 "matrix-synapse-worker@client-1.service.d", "nginx.service.d"):
-        (units / name).mkdir(parents=True)
-    (units / "matrix-synapse-worker@client-1.service.d" / "admin.conf").write_text("[Service]\n")
-    wanted = RenderedFile(paths.worker_sandbox_dropin("sync-1"), "x\n")
-    removed = _sweep_empty_dropin_dirs(tmp_path, (wanted,))
-    assert removed == [paths.SYSTEMD_ETC / "matrix-synapse-worker@media-1.service.d"]
-    assert sorted(p.name for p in units.iterdir()) == [
-        "matrix-synapse-worker@client-1.service.d", "matrix-synapse-worker@sync-1.service.d",
-        "nginx.service.d"]

@@ -653,12 +653,20 @@ def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None
     """5. Main before workers; 6. nginx, after the workers are up (until then their pools
     fall back to main)."""
     changes = decision.changes
+    main_restarted = False
     if decision.worker_host:
         if systemd.is_active(paths.MAIN_UNIT):
             systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
     elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
         systemd.restart(paths.MAIN_UNIT)
-    systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.restart_workers))
+        main_restarted = True
+    workers = [paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.restart_workers]
+    if main_restarted and systemd.running:
+        # PartOf=matrix-synapse.service: main's restart restarted the running workers already
+        # (a second restart would only lengthen the outage); start the others.
+        systemd.start(*workers)
+    else:
+        systemd.restart(*workers)
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)

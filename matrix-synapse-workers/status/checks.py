@@ -676,6 +676,16 @@ def check_sandbox(facts: Facts) -> list[Row]:
     return rows
 
 
+def check_unfinished(facts: Facts) -> list[Row]:
+    """An apply killed half-way (power loss, a killed dpkg) leaves the host half-changed until
+    it is finished; ``dpkg --configure -a`` does not rerun a killed dpkg-reconfigure."""
+    if not facts.unfinished:
+        return []
+    return [Row("apply", "unfinished", WARN,
+                f"an apply is running or was interrupted ({', '.join(facts.unfinished)} present)",
+                f"unless one is running now: dpkg --configure -a, then {RECONFIGURE}")]
+
+
 def check_database(db: DatabaseFacts) -> Row:
     """The check an image build cannot make: do the pools fit in max_connections?"""
     subject = "connections"
@@ -700,7 +710,8 @@ def evaluate(facts: Facts) -> list[Row]:
     cluster = facts.cluster
     if cluster is not None and cluster.role == WORKER_HOST:
         return evaluate_worker_host(facts, cluster)
-    rows = [*check_redis(facts), *check_groups(facts), *check_sockets(facts), check_target(facts)]
+    rows = [*check_unfinished(facts), *check_redis(facts), *check_groups(facts), *check_sockets(facts),
+            check_target(facts)]
     if cluster is not None:
         rows += check_cluster(facts, cluster)
     rows += [check_process(facts, p) for p in facts.expected.processes]
@@ -721,7 +732,7 @@ def evaluate(facts: Facts) -> list[Row]:
 
 def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     """A host that runs only workers: the way to main and Redis, and its own workers."""
-    rows = check_cluster(facts, cluster)
+    rows = [*check_unfinished(facts), *check_cluster(facts, cluster)]
     rows += [check_main_unit_absent(facts), check_target(facts)]
     rows += [check_process(facts, p) for p in facts.expected.processes]
     rows += check_writers(facts, cluster)

@@ -317,6 +317,9 @@ class Facts:
     exposure: Mapping[str, Exposure] = field(default_factory=dict)
     #: None: not checked here (a worker host, or no PostgreSQL configuration read).
     database: DatabaseFacts | None = None
+    #: What an apply keeps only while it runs (the answers it applies, the service actions it
+    #: owes), found on disk: one running now, or one killed half-way.
+    unfinished: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -812,7 +812,9 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         installed_version=results["installed"], config=config,
         nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
-        database=results.get("database"), exposure=results.get("exposure", {}))
+        database=results.get("database"), exposure=results.get("exposure", {}),
+        unfinished=tuple(f"/{p}" for p in (paths.PENDING_ANSWERS, paths.SERVICES_OWED)
+                         if (root / p).exists()))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

@@ -66,6 +66,17 @@ def test_one_worker_stopped_is_degraded_and_names_it():
     assert exit_code(rows) == 1
 
 
+def test_an_unfinished_apply_is_a_warning_that_says_how_to_finish_it():
+    """A killed dpkg-reconfigure leaves its pending answers: dpkg --configure -a alone
+    does not rerun it, so status says what does."""
+    owed = "/var/lib/matrix-synapse-workers/services-owed"
+    rows = evaluate(replace(healthy(), unfinished=(owed,)))
+    assert [(r.check, r.status) for r in problems(rows)] == [("apply", WARN)]
+    found = row(rows, "apply", "unfinished")
+    assert owed in found.detail and "dpkg-reconfigure matrix-synapse-workers" in found.advice
+    assert exit_code(rows) == 1
+
+
 def test_a_stopped_stream_writer_or_main_is_broken():
     facts = healthy()
     for unit, name in (("matrix-synapse-worker@typing-1.service", "typing-1"),

@@ -323,7 +323,6 @@ def _ensure_writable_paths(root: Path, facts: HostFacts, report: ApplyReport) ->
     an image build, where Synapse has never run, has none.  Each one made is
     recorded first, so that purge removes it while still empty.
     """
-    uid, gid = pwd.getpwnam(paths.SYNAPSE_USER).pw_uid, grp.getgrnam(paths.SYNAPSE_USER).gr_gid
     record = root / paths.MADE_DIRECTORIES
     for writable in facts.writable_paths:
         if writable.real is None:
@@ -337,7 +336,8 @@ def _ensure_writable_paths(root: Path, facts: HostFacts, report: ApplyReport) ->
             write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(
                 f"{line}\n" for line in [*made, writable.real]), mode=0o644), chown=False)
         directory.mkdir(mode=0o750)
-        os.chown(directory, uid, gid)
+        os.chown(directory, pwd.getpwnam(paths.SYNAPSE_USER).pw_uid,
+                 grp.getgrnam(paths.SYNAPSE_USER).gr_gid)
         crashpoint.done(f"created {directory}")
         report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
                                    "opens it before Synapse's first start would make it)")

@@ -281,14 +281,6 @@ def _write_guide_password(root: Path, password: str | None) -> None:
                                         group=paths.SYNAPSE_USER), chown=True)
 
 
-def _owe(root: Path, more: dict[str, Any]) -> None:
-    """Add service actions to what this apply owes, before the change that needs them."""
-    owed = applied.owed_services(root) or {}
-    merged = {key: (sorted(set(owed.get(key, [])) | set(value)) if isinstance(value, list)
-                    else bool(owed.get(key)) or value) for key, value in more.items()}
-    applied.owe_services(root, {**owed, **merged})
-
-
 def _with_host_server(root: Path, settings: Settings) -> Settings:
     """The dedicated or guide choice on the server this host has (redisserver.choose_server)."""
     if settings.redis.mode not in (RedisMode.DEDICATED, RedisMode.GUIDE):
@@ -560,7 +552,7 @@ def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -
         # that is owed before the file changes (a run killed in between still owes it).
         changes = replace(changes, restart_main=True, restart_workers=tuple(
             n for n in plan.names if n not in changes.start))
-        _owe(root, services_owed(changes, reload_nginx=False))
+        applied.owe_services(root, services_owed(changes, reload_nginx=False))
         _write_guide_password(root, decision.guide_pass)
         step = (f"wrote /{paths.REDIS_GUIDE_PASSWORD} (the password "
                 f"/{decision.settings.redis.server.guide_conf} requires, readable by root and "
@@ -587,7 +579,7 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
     staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
     try:
         if debt is not None:
-            _owe(root, debt)  # added to what a killed run still owes (not all is in ``changes``)
+            applied.owe_services(root, debt)  # added to what a killed run still owes (not all is in ``changes``)
         nginx_changed = nginx.write_checked(
             root, [f for f in changes.write if f.path in nginx.FILES],
             [p for p in changes.set_aside if p in nginx.FILES], chown=True)
@@ -622,16 +614,16 @@ def _redis(root: Path, decision: Decision, report: ApplyReport, systemd: Systemd
     redis_changed = changes.restart_redis
     if decision.plan.spans_hosts and not worker_host and settings.redis.mode is RedisMode.DEDICATED:
         if not secrets.redis_auth_current(root, server):
-            _owe(root, {"restart_redis": True})  # before the change it pays for
+            applied.owe_services(root, {"restart_redis": True})  # before the change it pays for
             secrets.write_redis_auth(root, server)
             report.system_steps.append(f"wrote /{server.instance_auth_conf}")
             redis_changed = True
     if guide is not None and guide[1] != guide[2]:
-        _owe(root, {"restart_guide_server": True})  # before the edit it pays for
+        applied.owe_services(root, {"restart_guide_server": True})  # before the edit it pays for
         st = guide[0].stat()
         write_atomically(root, RenderedFile(server.guide_conf, guide[2], mode=st.st_mode & 0o7777,
-                                            owner=_user_name(st.st_uid), group=_group_name(st.st_gid)),
-                         chown=True)
+                                            owner=accounts.user_name(st.st_uid),
+                                            group=accounts.group_name(st.st_gid)), chown=True)
         report.system_steps.append(f"edited /{server.guide_conf} (port 0, unixsocket)")
         systemd.restart(server.stock_unit)
     elif owed.get("restart_guide_server") and guide is not None:
@@ -674,20 +666,6 @@ def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None
         systemd.reload(nginx.UNIT)
 
 
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer | None,
                          systemd: Systemd, report: ApplyReport) -> None:
     """After a switch (Redis to Valkey or back, or away from the dedicated instance):
@@ -711,8 +689,8 @@ def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer |
         if conf.is_file() and "# matrix-synapse-workers: was" in conf.read_text(encoding="utf-8"):
             st = conf.stat()
             write_atomically(root, RenderedFile(other.guide_conf, undo_guide_conf(conf.read_text(encoding="utf-8")),
-                                                mode=st.st_mode & 0o7777, owner=_user_name(st.st_uid),
-                                                group=_group_name(st.st_gid)), chown=True)
+                                                mode=st.st_mode & 0o7777, owner=accounts.user_name(st.st_uid),
+                                                group=accounts.group_name(st.st_gid)), chown=True)
             report.system_steps.append(f"restored /{other.guide_conf} (the guide's edit undone)")
             report.notices.append(report.system_steps[-1])
             systemd.try_restart(other.stock_unit)

@@ -48,6 +48,7 @@ from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseF
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
 from ..system import applied, netprobe, statoverride
+from ..system.accounts import group_name, user_name
 from ..core.topology import Address, Topology
 from ..deployment import read_deployment, redis_config, redis_settings_of, socket_group
 
@@ -212,22 +213,8 @@ def path_stat(path: str) -> PathStat:
         st = os.lstat(path)
     except OSError:
         return PathStat(False)
-    return PathStat(True, statmod.S_ISSOCK(st.st_mode), _user(st.st_uid), _group(st.st_gid),
+    return PathStat(True, statmod.S_ISSOCK(st.st_mode), user_name(st.st_uid), group_name(st.st_gid),
                     st.st_mode & 0o7777)
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def group_members(groups: Sequence[str], users: Sequence[str]) -> dict[str, frozenset[str]]:
@@ -482,7 +469,7 @@ def read_secret(root: Path, relative: Any) -> tuple[SecretFile, str | None]:
         return SecretFile(shown, None, "its directory is closed to this user (run as root)"), None
     except OSError as exc:
         return SecretFile(shown, None, exc.strerror or str(exc)), None
-    stat = PathStat(True, False, _user(st.st_uid), _group(st.st_gid), st.st_mode & 0o7777)
+    stat = PathStat(True, False, user_name(st.st_uid), group_name(st.st_gid), st.st_mode & 0o7777)
     try:
         content = path.read_text(encoding="utf-8").strip()
     except PermissionError:
@@ -825,7 +812,7 @@ def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],
     cluster = side.cluster
     try:
         st = os.stat(root / paths.CLUSTER_DIR)
-        directory: PathStat | None = PathStat(True, False, _user(st.st_uid), _group(st.st_gid),
+        directory: PathStat | None = PathStat(True, False, user_name(st.st_uid), group_name(st.st_gid),
                                               st.st_mode & 0o7777)
     except FileNotFoundError:
         directory = PathStat(False)

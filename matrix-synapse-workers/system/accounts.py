@@ -42,3 +42,19 @@ def ensure_member(user: str, group: str) -> bool:
         return False
     run(["adduser", "--quiet", user, group])
     return True
+
+
+def user_name(uid: int) -> str:
+    """The user's name, or the number when no account has it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    """The group's name, or the number when no group has it."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -142,9 +142,13 @@ def owed_services(root: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def owe_services(root: Path, owed: Mapping[str, Any]) -> None:
-    """Before the first change: the service actions this apply will take."""
-    _replace(root / paths.SERVICES_OWED, json.dumps(owed, sort_keys=True) + "\n")
+def owe_services(root: Path, more: Mapping[str, Any]) -> None:
+    """Before the change that needs them: service actions added to what is owed (a killed
+    run's too: lists are joined, a flag stays set once set)."""
+    owed = owed_services(root) or {}
+    merged = {key: (sorted(set(owed.get(key, [])) | set(value)) if isinstance(value, list)
+                    else bool(owed.get(key)) or value) for key, value in more.items()}
+    _replace(root / paths.SERVICES_OWED, json.dumps({**owed, **merged}, sort_keys=True) + "\n")
 
 
 def services_paid(root: Path) -> None:

@@ -60,15 +60,19 @@ def trixie_standins(booted_host: None, tmp_path_factory: pytest.TempPathFactory)
     return {v: build_standin(v, out / v) for v in (OLD_SYNAPSE, NEW_SYNAPSE)}
 
 
+def _standin_layer(name: str, root: Path, deb: Path) -> Path:
+    """``root`` plus the stand-in ``deb`` on PostgreSQL, cached as the layer ``name``."""
+    setup = functools.partial(harness.install_standin_synapse, deb=deb, server_name=SERVER_NAME)
+    return harness.ensure_derived_root(
+        name, root, setup,
+        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
+                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
+
+
 @pytest.fixture(scope="module")
 def trixie_synapse_root(trixie_root: Path, trixie_standins: dict[str, Path]) -> Path:
     """trixie + the older stand-in Synapse on PostgreSQL 17, cached as a layer."""
-    setup = functools.partial(harness.install_standin_synapse, deb=trixie_standins[OLD_SYNAPSE],
-                              server_name=SERVER_NAME)
-    return harness.ensure_derived_root(
-        "trixie-standin-synapse", trixie_root, setup,
-        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
-                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
+    return _standin_layer("trixie-standin-synapse", trixie_root, trixie_standins[OLD_SYNAPSE])
 
 
 @pytest.fixture(scope="module")
@@ -295,12 +299,7 @@ def valkey_synapse_root(booted_host: None, trixie_standins: dict[str, Path]) -> 
     127.0.0.1:6379: Valkey's fails at boot, as on a host where an admin added it), and the
     stand-in Synapse on PostgreSQL; cached."""
     root = harness.ensure_base_root(suite=SUITE, extra=("valkey-server",))
-    setup = functools.partial(harness.install_standin_synapse, deb=trixie_standins[NEW_SYNAPSE],
-                              server_name=SERVER_NAME)
-    return harness.ensure_derived_root(
-        "trixie-valkey-standin-synapse", root, setup,
-        inputs=[inspect.getsource(harness.synapse_setup), repr(harness.synapse_settings()),
-                harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
+    return _standin_layer("trixie-valkey-standin-synapse", root, trixie_standins[NEW_SYNAPSE])
 
 
 def test_switching_from_redis_to_valkey_then_valkey_the_guides_way(valkey_synapse_root: Path,

@@ -25,7 +25,7 @@ import harness
 SUITE = "sid"
 # Debian's matrix-synapse, and every other dependency of our package, so the
 # only thing apt can miss is the Synapse package itself.
-PACKAGES = ("matrix-synapse", "redis-server", "python3-yaml", "python3-jinja2", "python3-debian",
+PACKAGES = ("matrix-synapse", "redis-server", "python3-yaml", "python3-jinja2", "python3-debian", "python3-redis",
             "python3-debconf", "adduser", "curl")
 SERVER_NAME = "sid.example.test"
 # The admin's answer to Debian's own question (its unit does not start without it).

@@ -5,4 +5,4 @@ The package is split into a pure core that decides what should exist
 and an edge that touches the system (:mod:`system`, :mod:`apply`).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

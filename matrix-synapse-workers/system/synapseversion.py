@@ -29,7 +29,7 @@ from ..core.catalog import Version
 DIST_INFO_GLOBS = (
     "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
 )
-#: The Debian package that installs Synapse: the only one Depends accepts (see README).
+#: The Debian package that installs Synapse: the only one Depends accepts (see docs/design.md, "Which Synapse").
 SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,

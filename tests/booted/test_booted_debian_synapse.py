@@ -4,7 +4,7 @@ Workers need Synapse's Redis support, and Debian's archive cannot give it to
 Debian's matrix-synapse: txredisapi is not packaged at all (python3-hiredis
 is, but nothing pulls it in), so Synapse refuses `redis: enabled: true` with
 DependencyException.  Our package therefore depends on Matrix.org's
-matrix-synapse-py3 only (see README, "Which Synapse").  This proves the
+matrix-synapse-py3 only (see docs/design.md, "Which Synapse").  This proves the
 decision with the real package: a booted sid system running Debian's
 matrix-synapse, then `apt-get install ./matrix-synapse-workers_*.deb`.
 

@@ -324,6 +324,8 @@ class Endpoints:
     #: them: the class gets no location, so the admin's MAS location wins wherever
     #: it stands (or main answers, through the catch-all).
     left_to_mas: bool = False
+    #: Synapse registers these only with MAS on: no location without it.
+    mas_only: bool = False
 
     def applies_to(self, version: Version | None) -> bool:
         """Whether the class describes this Synapse; None (unknown) is the newest."""
@@ -481,6 +483,12 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                    "RoomCreationHandler (events via replication), DirectoryHandler, E2eKeysHandler "
                    "(query/claim), E2eRoomKeysHandler, SearchHandler, RoomMemberWorkerHandler for "
                    "joins and knocks.")),
+    # With MAS: where clients find MAS (MSC2965), answered from MAS's metadata.
+    Endpoints("auth_metadata", "the authorization server's metadata (with MAS only)", "client",
+              (f"{_CS}(v1|unstable|unstable/org\\.matrix\\.msc2965)/auth_metadata$",),
+              roles=("client",), since=(1, 136, 0), mas_only=True,
+              why=("AuthMetadataServlet asks the MasDelegatedAuth of its own process, which "
+                   "fetches (and caches) MAS's openid-configuration: any worker.")),
     # Before 1.153 only with an experimental flag; main serves it then.
     Endpoints("room_summary", "room summaries (workers serve them from 1.153)", "client",
               (f"{_CS}unstable/im\\.nheko\\.summary/(summary/[^/]+|rooms/[^/]+/summary)$",

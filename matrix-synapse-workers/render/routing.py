@@ -210,13 +210,14 @@ def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
 def table_for(version: Version | None, mas: bool = False) -> tuple[Endpoints, ...]:
     """The catalog's classes that describe this Synapse, in matching order.
 
-    With MAS (``mas``) the classes left to it are not matched at all: an
+    Classes Synapse registers only with MAS are left out without it.  With
+    MAS (``mas``) the classes left to it are not matched at all: an
     admin's MAS location then wins whether it comes before or after our
     include (nginx takes the first regex location that matches), and without
     one the request reaches main.
     """
-    return tuple(e for e in ENDPOINTS.values()
-                 if e.applies_to(version) and not (mas and e.left_to_mas))
+    return tuple(e for e in ENDPOINTS.values() if e.applies_to(version)
+                 and not (e.left_to_mas if mas else e.mas_only))
 
 
 def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False) -> NginxModel:

@@ -112,7 +112,16 @@ def test_only_login_classes_are_left_to_mas_and_the_rest_routes_as_before():
     plan = plan_of("sync:2,client")
     for version in (None, (1, 140, 0)):
         without = [r for r in routing.route_table(plan, version) if r["endpoints"] not in left]
-        assert routing.route_table(plan, version, mas=True) == without
+        with_mas = routing.route_table(plan, version, mas=True)
+        assert [r for r in with_mas if r["endpoints"] != "auth_metadata"] == without
+
+
+def test_auth_metadata_goes_to_a_client_worker_with_mas_only():
+    plan = plan_of("client")
+    path = "/_matrix/client/v1/auth_metadata"
+    assert routing.destination(plan, path, "GET", mas=True)[0] == "client"
+    assert routing.destination(plan, path, "GET")[0] == "main"
+    assert routing.destination(plan, path, "GET", (1, 135, 0), mas=True)[0] == "main"
 
 
 def test_no_worker_type_is_refused_with_mas(tmp_path):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Mapping
@@ -40,12 +41,21 @@ class AuthService:
     """The Matrix Authentication Service Synapse hands logins to.
 
     ``setting`` is the key that turns it on (for messages); ``endpoint`` is
-    where Synapse reaches MAS (the stable key) or MAS's issuer (the
-    experimental one), as configured.
+    where Synapse reaches MAS (the stable key), or MAS's introspection endpoint
+    or else its issuer (the experimental one), as configured.
     """
 
     setting: str
     endpoint: str | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The host every Synapse process connects to when it checks a token.
+
+        >>> AuthService(MAS_KEY, "http://[::1]:8080/").host
+        '::1'
+        """
+        return urllib.parse.urlsplit(self.endpoint).hostname if self.endpoint else None
 
 
 @dataclass(frozen=True)
@@ -145,5 +155,5 @@ def auth_service(config: Mapping[str, Any],
             "dpkg-reconfigure matrix-synapse-workers")
     if msc3861.get("enabled") is not True:
         return None
-    issuer = msc3861.get("issuer")
-    return AuthService(MSC3861_KEY, str(issuer) if issuer else None)
+    where = msc3861.get("introspection_endpoint") or msc3861.get("issuer")
+    return AuthService(MSC3861_KEY, str(where) if where else None)

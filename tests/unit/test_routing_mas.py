@@ -214,3 +214,21 @@ def test_login_reaches_mas_and_sync_sticks_per_token(tmp_path, mas_first):
                 assert len(workers) > 1
     finally:
         stop(mas)
+
+
+# --- the sandbox: every process asks MAS about client tokens ---------------------------------
+
+def test_confined_workers_may_reach_mas_and_nothing_more(tmp_path):
+    from test_sandbox import _dropins, _socket_root, _values
+    workers, _ = _dropins(_socket_root(tmp_path, **STABLE), "sync")
+    assert _values(workers["sync-1"], "IPAddressAllow") == ["localhost"]
+    assert _values(workers["sync-1"], "RestrictAddressFamilies")[-1] == "AF_UNIX AF_INET AF_INET6"
+    elsewhere = {MAS_KEY: {**STABLE[MAS_KEY], "endpoint": "http://10.0.0.7:8080/"}}
+    workers, _ = _dropins(_socket_root(tmp_path / "b", **elsewhere), "sync")
+    assert _values(workers["sync-1"], "IPAddressAllow") == ["localhost 10.0.0.7"]
+    by_name = {MAS_KEY: {**STABLE[MAS_KEY], "endpoint": "https://auth.example.org/"}}
+    workers, _ = _dropins(_socket_root(tmp_path / "c", **by_name), "sync")
+    assert not _values(workers["sync-1"], "IPAddressDeny")
+    assert "auth.example.org is a host name" in workers["sync-1"]
+    plain, _ = _dropins(_socket_root(tmp_path / "d"), "sync")
+    assert _values(plain["sync-1"], "RestrictAddressFamilies")[-1] == "AF_UNIX"

@@ -310,6 +310,8 @@ def check_table(table: Iterable[Endpoints] | None = None) -> list[str]:
                 or endpoints.read_roles or endpoints.initial_roles):
             problems.append(f"{endpoints.name}: only its stream's writer can serve it, "
                             f"so its one role must be that writer (main takes it otherwise)")
+        if endpoints.left_to_mas and endpoints.mas_only:
+            problems.append(f"{endpoints.name}: left to MAS and only with MAS: never matched")
         if endpoints.initial_roles and endpoints.read_roles:
             problems.append(f"{endpoints.name}: initial_roles and read_roles cannot be combined")
         for role in endpoints.roles + endpoints.read_roles + endpoints.initial_roles:

@@ -501,7 +501,8 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
               "client", (f"{_CS}{_R}/account/deactivate$",), roles=("client",),
               since=(1, 135, 0),
               why=("From 1.135 DeactivateAccountHandler runs on workers and hands the parts that "
-                   "need main to it over replication.")),
+                   "need main to it over replication. With MAS, MAS deactivates accounts and "
+                   "Synapse registers no such servlet."), left_to_mas=True),
     Endpoints("delayed_events_restart", "restarting a delayed event's timer (workers: from 1.144)",
               "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events/[^/]+/restart$",),

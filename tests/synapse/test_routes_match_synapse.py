@@ -324,6 +324,13 @@ LEFT_ON_MAIN_WITH_MAS = {
 }
 
 
+#: Patterns of shared classes whose servlet Synapse drops with MAS (main and workers
+#: alike answer 404, so where they go does not matter), by class.
+DROPPED_WITH_MAS = {
+    "device_lists": "^/_matrix/client/(r0|v3|unstable)/delete_devices$",
+}
+
+
 def _mas_config(version: tuple[int, int, int]) -> dict[str, object]:
     """Synapse's setting that hands logins to MAS, in the spelling this version reads
     (password login off: Synapse refuses both at once)."""
@@ -370,5 +377,8 @@ def test_with_mas_every_endpoint_a_worker_serves_is_routed_and_none_misrouted(ma
              in unrouted(table, mas_servlets, synapse_version).items()
              if servlet not in LEFT_ON_MAIN_WITH_MAS}
     assert not found, json.dumps(found, indent=1)
-    assert not stale(table, mas_servlets)
+    found_stale = [f for f in stale(table, mas_servlets)
+                   if not any(f.startswith(f"{name}: {pattern}")
+                              for name, pattern in DROPPED_WITH_MAS.items())]
+    assert not found_stale, found_stale
     assert not misrouted(table, mas_servlets)

@@ -90,7 +90,8 @@ MAS_OWNS = [("GET", LOGIN), ("POST", LOGIN), ("POST", "/_matrix/client/r0/login"
             ("POST", "/_matrix/client/v3/logout"), ("POST", "/_matrix/client/v3/logout/all"),
             ("POST", "/_matrix/client/v3/refresh"), ("GET", "/_matrix/client/v3/login/sso/redirect"),
             ("POST", "/_matrix/client/v3/register"), ("GET", "/_matrix/client/v3/register/available"),
-            ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity")]
+            ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"),
+            ("POST", "/_matrix/client/v3/account/deactivate")]
 
 
 @pytest.mark.parametrize("method, path", MAS_OWNS)
@@ -107,7 +108,7 @@ def test_without_mas_login_and_registration_stay_on_client_workers():
 
 
 def test_only_login_classes_are_left_to_mas_and_the_rest_routes_as_before():
-    left = ["sso", "password_auth"]
+    left = ["sso", "password_auth", "account_deactivate"]
     assert [e.name for e in ENDPOINTS.values() if e.left_to_mas] == left
     plan = plan_of("sync:2,client")
     for version in (None, (1, 140, 0)):

@@ -22,7 +22,7 @@ from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker, admin_metrics_listeners
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
 from .logconfig import worker_log_config
-from .routing import MAX_BODY_SIZE, READ_METHODS, nginx_model
+from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, nginx_model
 from ..core.settings import RedisMode, Settings
 from ..core.topology import LOOPBACK, MAIN_METRICS_PORT, Address
 
@@ -222,13 +222,14 @@ def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
 
 
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
-                ) -> tuple[RenderedFile, RenderedFile]:
+                mas: bool = False) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
     Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
-    None, when it is not known, gives the newest.
+    None, when it is not known, gives the newest.  ``mas``: Synapse hands logins to
+    the Matrix Authentication Service (HostFacts.auth_service).
     """
-    model = nginx_model(plan, synapse_version)
+    model = nginx_model(plan, synapse_version, mas)
     checked = ".".join(map(str, ENDPOINTS_CHECKED_AGAINST))
     return (
         RenderedFile(paths.NGINX_HTTP_CONF, render_template(
@@ -236,7 +237,7 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
             snippet="/" + str(paths.NGINX_SNIPPET))),
         RenderedFile(paths.NGINX_SNIPPET, render_template(
             "nginx-locations.conf.j2", model=model, max_body=MAX_BODY_SIZE,
-            http_conf="/" + str(paths.NGINX_HTTP_CONF))),
+            http_conf="/" + str(paths.NGINX_HTTP_CONF), mas_to_synapse=MAS_TO_SYNAPSE)),
     )
 
 
@@ -247,7 +248,7 @@ def render_single_process(facts: HostFacts) -> tuple[RenderedFile, ...]:
     keeps Synapse answering through nginx until purge removes the files.
     """
     return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
-            *nginx_files(Plan(()), facts.synapse_version))
+            *nginx_files(Plan(()), facts.synapse_version, facts.auth_service is not None))
 
 
 def redis_config(plan: Plan, settings: Settings) -> dict[str, Any]:
@@ -334,5 +335,5 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
             paths.TMPFILES_OVERRIDE,
             render_template("tmpfiles.conf.j2", line=tmpfiles_line(
                 settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode))))
-    files.extend(nginx_files(plan, facts.synapse_version))
+    files.extend(nginx_files(plan, facts.synapse_version, facts.auth_service is not None))
     return tuple(files)

@@ -275,7 +275,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # says it was done).
     if before is not None and before.synapse and before.synapse != synapse_now:
         restart_after_upgrade(root, out=out)
-    applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now))
+    applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
+                                 web_user=settings.web_user))
     say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
         out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol, TextIO
 from ..core import paths
 from ..core.errors import HostConfigError, WorkersError
 from ..core.plan import Plan
-from ..core.selection import Selection
+from ..core.selection import AUTO, Selection
 from ..core.settings import Settings
 from ..core.topology import HostRole
 from ..system import applied
@@ -236,6 +236,14 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
             f"and run: dpkg-reconfigure {PACKAGE}, or dpkg --configure {PACKAGE}", out)
         return 1
 
+    preset = db.get(answers.Q_PRESET)
+    kept = answers.decided_auto(preset, applied.read(root), applied.pending(root),
+                                reconfiguring=os.environ.get("DEBCONF_RECONFIGURE") == "1")
+    if kept is not None and selection is not None:
+        selection = kept
+    auto = (answers.normalized_counts(selection.counts)
+            if selection is not None and preset.strip().lower() == AUTO else None)
+
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
@@ -253,6 +261,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # in between leaves them for debian/config, and its half-written files are
     # not read back as an admin's edit.
     given = {q: db.get(q) for q in answers.QUESTIONS}
+    if auto is not None:  # what auto was decided as: a recovery keeps it
+        given[answers.AUTO_KEY] = auto
     stop_debconf(db)
 
     before = applied.read(root)
@@ -276,7 +286,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     if before is not None and before.synapse and before.synapse != synapse_now:
         restart_after_upgrade(root, out=out)
     applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
-                                 web_user=settings.web_user))
+                                 web_user=settings.web_user, auto=auto))
     say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
         out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse

@@ -195,8 +195,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         found = dbconnections.verdict(processes, cp_min=pool[0], cp_max=pool[1],
                                       max_connections=limits["max_connections"],
                                       reserved=limits["reserved"])
-        if found.error:
-            raise ApplyError(f"{found.error}; nothing was changed")
+        if found.error:  # the host, not the answers: refused like SQLite (exit 0 at install)
+            raise HostConfigError(f"{found.error}; nothing was changed")
         if found.warning:
             out.write(f"warning: {found.warning}\n")
     else:
@@ -417,6 +417,25 @@ def _check_worker_host(root: Path, deployment: Deployment, out: TextIO) -> None:
                               + "; ".join(failed))
 
 
+def adoption_blockers(root: Path, facts: HostFacts) -> list[str]:
+    """What a hand-made worker setup on this host has that the package cannot map (each
+    with its fix); the adoption of such setups adds its findings here."""
+    return []
+
+
+def refusals(root: Path, facts: HostFacts) -> list[str]:
+    """Every reason this host cannot be configured as it is, each with its fix, all at once
+    (the postinst then changes nothing, exits 0 and says them in one message)."""
+    found = []
+    for require in (lambda: require_server_name(root),  # without it Synapse does not even start
+                    lambda: require_postgres(facts), lambda: require_writable_paths(facts)):
+        try:
+            require()
+        except HostConfigError as exc:
+            found.append(str(exc))
+    return found + adoption_blockers(root, facts)
+
+
 @dataclass(frozen=True)
 class Decision:
     """Everything phase 1 of :func:`apply_host` decides, before its first change."""
@@ -445,9 +464,11 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
            out: TextIO) -> Decision:
     """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
-    require_server_name(root)  # first: without it Synapse does not even start
-    require_postgres(facts)
-    require_writable_paths(facts)
+    blockers = refusals(root, facts)
+    if blockers:
+        raise HostConfigError(blockers[0] if len(blockers) == 1 else f"{len(blockers)} things "
+                              "stand in the way: " + " ".join(f"({i}) {b}" for i, b in
+                                                              enumerate(blockers, 1)))
     worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:
         settings = replace(settings, web_user="")  # no web server here: main's host routes
@@ -533,6 +554,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     _redis(root, decision, report, systemd, owed or {})
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
+    applied.clear_refusal(root)
     report.services = systemd.done
     return report
 

@@ -6,11 +6,14 @@ configure
     preseeded), the message is printed and the postinst fails before anything
     is changed.  On a worker host the workers come from the cluster file the
     main host wrote, not from the answers, and its name must be one that file
-    gives.  Then a dry run of the apply engine, still with debconf up: a host
-    that cannot take workers (a SQLite homeserver) is told why and what to do,
-    nothing is configured and the install succeeds, because matrix-synapse-py3
-    installs SQLite by default and a package that fails to configure would
-    block every later apt run.  Then debconf is stopped and the apply engine
+    gives.  Then a dry run of the apply engine, still with debconf up.  One rule
+    for a host that cannot take workers (SQLite, no server name, PostgreSQL's
+    max_connections too small for the workers, which Synapse's check in the
+    real run finds): every blocker and its fix said in one message, nothing
+    configured, the reason kept for ``status`` (:func:`..system.applied.refuse`)
+    and the install succeeds, because matrix-synapse-py3 installs SQLite by
+    default and a package that fails to configure would block every later apt
+    run (and dpkg-reconfigure refuses a half-configured package).  Then debconf is stopped and the apply engine
     does the work, with the host facts the dry run read; what was applied is recorded (:mod:`..system.applied`) for
     debian/config.
 triggered
@@ -194,7 +197,10 @@ def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
     return text
 
 
-def not_configured(message: str, out: TextIO) -> None:
+def not_configured(root: Path, message: str, out: TextIO) -> None:
+    """The one way an install or reconfigure ends on a host it cannot configure: exit 0,
+    nothing changed, every blocker and its fix said, and the reason kept for ``status``."""
+    applied.refuse(root, message)
     say(f"workers are NOT configured: {message}", out)
     say("nothing was changed; the package is installed. Once this is solved, run: "
         f"dpkg-reconfigure {PACKAGE}", out)
@@ -251,7 +257,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
-        not_configured(str(exc), out)
+        not_configured(root, str(exc), out)
         return None
     except WorkersError as exc:
         stop_debconf(db)
@@ -273,7 +279,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         report = apply_host(root, selection, settings, out=out, facts=planned.facts)  # read once
     except HostConfigError as exc:
         applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
-        not_configured(str(exc), out)
+        not_configured(root, str(exc), out)
         return None
     except WorkersError as exc:
         applied.abandon(root)

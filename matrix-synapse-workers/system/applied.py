@@ -135,6 +135,29 @@ def finish(root: Path, record: AppliedRecord) -> None:
     _clear(root)
 
 
+# --- a refusal: why the host was left as it was ----------------------------------
+
+
+def refuse(root: Path, why: str) -> None:
+    """An install or reconfigure found a host it cannot configure: why, for ``status``."""
+    _replace(root / paths.NOT_CONFIGURED, " ".join(why.split()) + "\n")
+
+
+def refusal(root: Path) -> str | None:
+    """Why the last install or reconfigure configured nothing; None when it did not refuse."""
+    try:
+        return (root / paths.NOT_CONFIGURED).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def clear_refusal(root: Path) -> None:
+    """A successful apply: the host is configured."""
+    if (root / paths.NOT_CONFIGURED).exists():
+        (root / paths.NOT_CONFIGURED).unlink()
+        crashpoint.done("removed the refusal")
+
+
 # --- the service actions an apply owes -----------------------------------------
 
 

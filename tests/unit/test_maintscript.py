@@ -342,3 +342,20 @@ def test_other_presets_record_no_auto(tmp_path):
     root = make_root(tmp_path)
     assert configure(root, FakeDebconf(interactive=False, preset="small"), Engine())[0] is None
     assert applied.read(root).auto is None
+
+
+# --- one rule for refusals (issue 22, deliver 3) -------------------------------------
+
+
+@pytest.mark.parametrize("fail", ["fail", "fail_real"])
+def test_a_refusal_exits_0_and_is_kept_for_status(tmp_path, fail):
+    """Found by the dry run (SQLite, no server name) or by Synapse's check in the real run
+    (PostgreSQL's max_connections too small): the same end, and the reason on disk."""
+    root = make_root(tmp_path)
+    why = HostConfigError("5 Synapse processes open at least 25 database connections")
+    result, said = configure(root, FakeDebconf(interactive=False), Engine(**{fail: why}))
+    assert result is None and "workers are NOT configured: 5 Synapse processes" in said
+    assert "nothing was changed" in said and applied.pending(root) is None
+    assert applied.refusal(root) == "5 Synapse processes open at least 25 database connections"
+    applied.clear_refusal(root)
+    assert applied.refusal(root) is None

@@ -307,32 +307,75 @@ def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> N
         report.system_steps.append(f"{paths.SOCKET_DIR} mode {settings.socket_dir_mode:04o}")
 
 
+def _made_record(root: Path) -> list[str]:
+    record = root / paths.MADE_DIRECTORIES
+    return record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
+
+
+def _write_made_record(root: Path, made: list[str]) -> None:
+    if not made:
+        _remove_file(root, paths.MADE_DIRECTORIES)
+        return
+    (root / paths.STATE_DIR).mkdir(parents=True, exist_ok=True)
+    write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(f"{line}\n" for line in made),
+                                        mode=0o644), chown=False)
+
+
+def record_directories_to_make(root: Path, facts: HostFacts) -> list[str]:
+    """Before anything can make them: the missing writable directories, added to the record
+    of what the package made (returns those added).
+
+    Synapse's loader, in the check that runs next, makes a missing media store and
+    removes it when done; a run killed during the check leaves it behind, and the
+    next run would take it for Synapse's own and never record it (purge would then
+    leave it).  Recorded first, it is ours whoever made it."""
+    made = _made_record(root)
+    added = [w.real for w in facts.writable_paths if w.real is not None
+             and not (root / w.real.lstrip("/")).is_dir() and w.real not in made]
+    added = list(dict.fromkeys(added))
+    if added:
+        _write_made_record(root, [*made, *added])
+    return added
+
+
+def forget_unmade_directories(root: Path, added: list[str]) -> None:
+    """A run that stopped before making them (a refusal, an error): the record as it was."""
+    gone = {d for d in added if not (root / d.lstrip("/")).is_dir()}
+    if gone:
+        _write_made_record(root, [d for d in _made_record(root) if d not in gone])
+
+
 def _ensure_writable_paths(root: Path, facts: HostFacts, report: ApplyReport) -> None:
     """Make a missing media store, as Synapse would (matrix-synapse, 0750).
 
     Synapse makes it at its first start, but the sandbox's ReadWritePaths= must
     name an existing directory before that (or the unit fails with 226/NAMESPACE):
     an image build, where Synapse has never run, has none.  Each one made is
-    recorded first, so that purge removes it while still empty.
+    recorded first (:func:`record_directories_to_make`), so that purge removes it
+    while still empty.  One in the record that a killed check's loader made
+    (empty, with Synapse's own mode) is given ours.
     """
-    record = root / paths.MADE_DIRECTORIES
+    record_directories_to_make(root, facts)
+    made = _made_record(root)
     for writable in facts.writable_paths:
-        if writable.real is None:
+        if writable.real is None or writable.real not in made:
             continue
         directory = root / writable.real.lstrip("/")
-        if directory.is_dir():
+        ids = (pwd.getpwnam(paths.SYNAPSE_USER).pw_uid, grp.getgrnam(paths.SYNAPSE_USER).gr_gid)
+        if not directory.is_dir():
+            directory.mkdir(mode=0o750)
+            os.chown(directory, *ids)
+            crashpoint.done(f"created {directory}")
+            report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
+                                       "opens it before Synapse's first start would make it)")
             continue
-        made = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
-        if writable.real not in made:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(
-                f"{line}\n" for line in [*made, writable.real]), mode=0o644), chown=False)
-        directory.mkdir(mode=0o750)
-        os.chown(directory, pwd.getpwnam(paths.SYNAPSE_USER).pw_uid,
-                 grp.getgrnam(paths.SYNAPSE_USER).gr_gid)
-        crashpoint.done(f"created {directory}")
-        report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
-                                   "opens it before Synapse's first start would make it)")
+        st = directory.stat()
+        if not any(directory.iterdir()) and ((st.st_uid, st.st_gid), st.st_mode & 0o7777) != (ids, 0o750):
+            os.chown(directory, *ids)
+            os.chmod(directory, 0o750)
+            crashpoint.done(f"chmod {directory}")
+            report.system_steps.append(f"{writable.real} owned by {paths.SYNAPSE_USER}, mode 0750 "
+                                       "(made by an interrupted run)")
 
 
 def _accounts_and_overrides(root: Path, settings: Settings, override: statoverride.Override | None,
@@ -537,7 +580,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"removed {left}, left by an interrupted run")
     for left_dir in sweep_empty_dropin_dirs(root, set(decision.plan.names)):
         report.system_steps.append(f"removed the empty /{left_dir}, left by an interrupted run")
-    decision = _prepare(root, decision, report, out)
+    to_make = record_directories_to_make(root, decision.facts)  # before the check can make them
+    try:
+        decision = _prepare(root, decision, report, out)
+    except WorkersError:
+        forget_unmade_directories(root, to_make)
+        raise
     nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)
             if not decision.changes.nothing or decision.changes.restart_redis or reload_owed

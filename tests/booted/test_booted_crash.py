@@ -23,7 +23,7 @@ three start, main and the kept workers restart, nginx reloads.
    (``MSW_KILL_AFTER_ACTION=N``: SIGKILL of its process group) and recovered
    by ``dpkg --configure -a`` and ``dpkg-reconfigure`` again (a killed
    dpkg-reconfigure leaves dpkg's status alone: running it again is the
-   recovery, as README's "Interrupted" says).  Each recovery must give its
+   recovery, as docs/crash-safety.md says).  Each recovery must give its
    direction's reference state (and so is the start of the next kill), with no
    temporary file, no ``applying`` or ``services-owed``, every worker that runs
    answering /health, ``/_matrix/client/versions`` and a ``/sync`` with the

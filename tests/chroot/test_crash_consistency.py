@@ -26,7 +26,7 @@ configure runs (about 6 s each, mostly Synapse's own check of 16 file sets).
 
 ``MSW_CRASH_POINTS``: how many kill points per scenario, spread evenly over
 the run (first and last included); 8 by default, which keeps the suite's
-budget; ``all`` kills after every single action (see README for its time).
+budget; ``all`` kills after every single action (see docs/crash-safety.md for its time).
 """
 
 from __future__ import annotations

@@ -242,7 +242,8 @@ def _record_web_user(root: Path, web_user: str) -> None:
 def run_apply(args: argparse.Namespace) -> int:
     from . import apply  # the edge: imported only by commands that change the system
     if args.command == "deconfigure":
-        apply.deconfigure_host(args.root, sys.stdout, dry_run=args.dry_run,
+        from .deconfigure import deconfigure_host
+        deconfigure_host(args.root, sys.stdout, dry_run=args.dry_run,
                          package_removal=args.package_removal)
         return 0
     if args.command == "restart-after-upgrade":

@@ -174,8 +174,8 @@ def test_deconfigure_dry_run_says_each_step_and_changes_nothing(guide_deployment
 
 def test_deconfigure_leaves_no_worker_file_the_generator_would_start(guide_deployment, capsys,
                                                                      monkeypatch):
-    from matrix_synapse_workers import apply
-    monkeypatch.setattr(apply, "write_atomically",
+    from matrix_synapse_workers import deconfigure
+    monkeypatch.setattr(deconfigure, "write_atomically",
                         lambda root, rendered, chown: (root / rendered.path).write_text(rendered.content))
     assert main(["deconfigure", "--root", str(guide_deployment)]) == 0
     out = capsys.readouterr().out

@@ -30,6 +30,7 @@ from typing import Iterator
 import pytest
 
 from nginx_standins import running_nginx
+from test_routing_remote import spread_plan, worker_host  # noqa: F401 (a fixture)
 from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.core.selection import select
@@ -173,11 +174,12 @@ def standin(path: str, behaviour: str, log: Log) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deployment(tmp_path: Path, workers: str, main: str, **behaviours: str,
-               ) -> Iterator[tuple[int, Log]]:
-    """nginx on the rendered files; main and each named worker behaving as told
-    (others answer).  Yields nginx's port and the log of every stand-in."""
-    http, snippet = files(workers)
+def deployment(tmp_path: Path, workers: str, main: str, rendered: tuple[str, str] | None = None,
+               **behaviours: str) -> Iterator[tuple[int, Log]]:
+    """nginx on the rendered files (of ``workers``, or ``rendered``); main and each
+    named worker behaving as told (others answer).  Yields nginx's port and the log
+    of every stand-in."""
+    http, snippet = rendered or files(workers)
     sockets = tmp_path / "run"
     sockets.mkdir()
     http = http.replace(str(paths.SOCKET_DIR), str(sockets))
@@ -302,3 +304,17 @@ def test_main_that_read_a_post_a_worker_refused_gives_502_not_a_retry(tmp_path):
         assert status == 502, (tmp_path / "error.log").read_text()
         assert_retry(ask(listen, "GET", MESSAGES))
     assert log.seen == [("main", "POST", CREATE_ROOM), ("main", "GET", MESSAGES)]
+
+
+@needs_nginx
+@pytest.mark.parametrize("state, answer", [("refusing", "main"), ("cut", "main")])
+def test_a_post_to_a_worker_host_never_reached_goes_to_main(tmp_path, worker_host, state, answer):
+    """Over TCP nginx counts the connect time even of a refused connection, but sends
+    nothing: refused, and no connection within the connect timeout, both go to main."""
+    http_file, snippet = nginx_files(spread_plan(tmp_path, "sync", "hostb 10.99.0.2 client"))
+    assert "server unix:/run/matrix-synapse/client" not in http_file.content
+    moved = re.sub(r"10\.99\.0\.2:\d+", f"127.0.0.1:{worker_host[state]}", http_file.content)
+    with deployment(tmp_path, "", "answers", (moved, snippet.content)) as (listen, log):
+        status, _, body = ask(listen, "POST", CREATE_ROOM)
+    assert (status, body.decode()) == (200, answer), (tmp_path / "error.log").read_text()
+    assert log.seen == [("main", "POST", CREATE_ROOM)]

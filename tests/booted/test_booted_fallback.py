@@ -1,12 +1,14 @@
 """A worker that fails in the middle of a request: each request runs once.
 
 Real Synapse behind the package's nginx files, in a booted container.  The
-client worker is frozen (SIGSTOP) with requests on their way to it: nginx has
-sent each one and gives up after the vhost's read timeout (504), as it would
-for a worker that hangs or dies while handling it.  The worker is then thawed
-and handles what it read.  Before the fix nginx also sent each request to main:
-two rooms.  Now the client gets the worker's 504, main never sees the request,
-and the worker's one run is the only one: one room, one join, one key upload.
+client worker reads each request and starts on it, then waits on a table of the
+database another session holds locked, until nginx gives up on it (the vhost's
+5 s read timeout: 504), as it does for a worker that hangs or dies while handling
+a request.  (Freezing the worker with SIGSTOP instead does not do: Synapse then
+reads the request only after nginx closed the connection, and drops it.)  The
+lock ends and the worker finishes.  Before the fix nginx also sent each request
+to main: two rooms.  Now the client gets the worker's 504, main never sees the
+request, and the worker's run is the only one: one room, one join, one key upload.
 
 Then main is stopped: what nobody read is answered with a Matrix 429 the
 client retries by itself.  One deployment serves the module (about a minute).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +27,7 @@ import pytest
 import harness
 from harness import Container, http, psql, register_user
 from booted_config import NGINX, container_name
-from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, poll, preseed
+from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed
 
 from matrix_synapse_workers.render import routing
 
@@ -71,9 +74,18 @@ def count(c: Container, sql: str) -> int:
     return int(psql(c, sql).stdout.strip())
 
 
-def worker_pid(c: Container) -> str:
-    return c.run(["systemctl", "show", "-P", "MainPID",
-                  "matrix-synapse-worker@client-1.service"]).stdout.strip()
+def hold_table(c: Container, table: str, seconds: int) -> None:
+    """Lock a table of Synapse's database for ``seconds`` (in the background): a request
+    that writes it is held after the worker has read it, until nginx gives up."""
+    sql = f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({seconds}); COMMIT;"
+    c.run(["sh", "-c", f"PGPASSWORD={harness.DB_PASSWORD} psql -X -q -h {harness.PG_SOCKET_DIR} "
+                       f"-U {harness.DB_USER} -d {harness.DB_NAME} -c '{sql}' >/dev/null 2>&1 &"])
+    held = (f"SELECT count(*) FROM pg_locks l JOIN pg_class r ON r.oid = l.relation "
+            f"WHERE r.relname = '{table}' AND l.mode = 'AccessExclusiveLock' AND l.granted")
+    deadline = time.monotonic() + 30
+    while count(c, held) != 1:
+        assert time.monotonic() < deadline, f"no lock on {table}"
+        time.sleep(0.2)
 
 
 def test_a_worker_that_fails_mid_request_runs_each_request_once(deployed):
@@ -84,35 +96,37 @@ def test_a_worker_that_fails_mid_request_runs_each_request_once(deployed):
                 alice["access_token"])
     assert r.status == 200, r.text
     lobby = r.json()["room_id"]
-
-    pid = worker_pid(c)
-    c.run(["kill", "-STOP", pid])
-    try:
-        asked = {
-            "room": send(c, "POST", "/_matrix/client/v3/createRoom", {"name": "once"},
-                         alice["access_token"]),
-            "join": send(c, "POST", f"/_matrix/client/v3/rooms/{lobby}/join", {},
-                         bob["access_token"]),
-            "keys": send(c, "POST", "/_matrix/client/v3/keys/upload",
-                         {"one_time_keys": {"curve25519:AAAAAQ": "b25jZW9ubHlvbmNlb25seQ"}},
-                         alice["access_token"]),
-        }
-    finally:
-        c.run(["kill", "-CONT", pid])
-    for what, (_, r) in asked.items():
-        assert r.status == 504, (what, r.status, r.text)
-
     rooms = f"SELECT count(*) FROM rooms WHERE creator = '{alice['user_id']}'"
     joins = (f"SELECT count(*) FROM room_memberships WHERE room_id = '{lobby}' "
              f"AND user_id = '{bob['user_id']}' AND membership = 'join'")
     keys = f"SELECT count(*) FROM e2e_one_time_keys_json WHERE user_id = '{alice['user_id']}'"
-    poll(lambda: (count(c, rooms), count(c, joins), count(c, keys)) >= (2, 1, 1), 60,
-         "the thawed worker's room, join and key upload")
+    asked = {  # what: (table the request writes, request, its count once run)
+        "room": ("rooms", ("POST", "/_matrix/client/v3/createRoom", {"name": "once"},
+                           alice["access_token"]), rooms, 2),
+        "join": ("room_memberships", ("POST", f"/_matrix/client/v3/rooms/{lobby}/join", {},
+                                      bob["access_token"]), joins, 1),
+        "keys": ("e2e_one_time_keys_json", (
+            "POST", "/_matrix/client/v3/keys/upload",
+            {"one_time_keys": {"curve25519:AAAAAQ": "b25jZW9ubHlvbmNlb25seQ"}},
+            alice["access_token"]), keys, 1),
+    }
+    markers = {}
+    for what, (table, request, counted, once) in asked.items():
+        # The worker reads the request and works on it; nginx gives up after the
+        # vhost's 5 s read timeout (504), while the worker still holds it.
+        hold_table(c, table, 8)
+        markers[what], r = send(c, *request)
+        assert r.status == 504, (what, r.status, r.text)
+        deadline = time.monotonic() + 60
+        while count(c, counted) < once and time.monotonic() < deadline:
+            time.sleep(0.5)
     c.run(["sleep", "2"])  # anything run twice would be there by now
-    # The thawed worker ran each once (the lobby and the room "once"), main never.
-    assert (count(c, rooms), count(c, joins), count(c, keys)) == (2, 1, 1)
-    for what, (marker, _) in asked.items():
-        assert logged_by(c, marker) == ["client-1"], what
+    log = c.run(["grep", "-h", "-E", "|".join(markers.values()), *LOGS.values()],
+                check=False).stdout[-3000:]
+    # The worker ran each once (the lobby and the room "once"), main never.
+    assert (count(c, rooms), count(c, joins), count(c, keys)) == (2, 1, 1), log
+    for what, marker in markers.items():
+        assert logged_by(c, marker) == ["client-1"], (what, log)
     assert_all_healthy(c, WORKERS)
 
 

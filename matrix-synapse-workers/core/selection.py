@@ -17,11 +17,9 @@ from typing import Mapping
 
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
-from .sizing import sized_counts
+from .sizing import MAX_COUNT, sized_counts
 
 _COUNT = re.compile(r"[0-9]+")
-#: Workers of one role on one host: its metrics ports are 100 wide (topology.metrics_port).
-MAX_COUNT = 99
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .selection import Selection
 from .topology import (LOOPBACK, MAIN_METRICS_PORT, Address, Topology, check_index, http_port,
                        metrics_port, replication_port)
 
-_NAME = re.compile(r"^(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]*)(?:-(?P<host>[a-z][a-z0-9]*))?$")
+_NAME = re.compile(r"(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]{0,3})(?:-(?P<host>[a-z][a-z0-9]{0,15}))?")
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ class WorkerName:
 
 def parse_worker_name(name: str) -> WorkerName | None:
     """The parts of a name this package made (on any host), else None."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     if not match:
         return None
     role = ROLES.get(match["role"].replace("-", "_"))

@@ -17,9 +17,9 @@ from typing import Mapping
 
 from .catalog import PRESETS, ROLES, resolve_role
 from .errors import SelectionError
-from .sizing import sized_counts
+from .sizing import MAX_COUNT, sized_counts
 
-_COUNT = re.compile(r"^[0-9]+$")
+_COUNT = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ def _check_count(role: str, count: int) -> None:
         raise SelectionError(
             f"count {count} for {role!r} is not allowed; a count is a whole number >= 1 "
             "(leave a type out to have none of it)")
+    if count > MAX_COUNT:
+        raise SelectionError(
+            f"count for {role!r} is above {MAX_COUNT}, the most of one type a host can run "
+            f"(each type has {MAX_COUNT + 1} metrics ports); use fewer")
     if count > 1 and not ROLES[role].scales:
         raise SelectionError(
             f"{role!r} can run only once (Synapse allows a single instance), but {count} were "
@@ -79,11 +83,14 @@ def parse_workers(spec: str) -> dict[str, int]:
             raise SelectionError(f"worker type {role!r} is given twice in {spec!r}; give it once with a count")
         if not sep:
             count = 1
-        elif _COUNT.match(count_text.strip()):
-            count = int(count_text.strip())
+        elif _COUNT.fullmatch(count_text.strip()):
+            # int() refuses more than 4300 digits: a long count is too large whatever it says.
+            digits = count_text.strip().lstrip("0") or "0"
+            count = int(digits) if len(digits) <= len(str(MAX_COUNT)) else MAX_COUNT + 1
         else:
             raise SelectionError(
-                f"count {count_text!r} for {role!r} is not a number; write {role}:N with N >= 1")
+                f"count {count_text!r} for {role!r} is not a number; write {role}:N with "
+                f"N from 1 to {MAX_COUNT}")
         _check_count(role, count)
         counts[role] = count
     return counts

@@ -27,8 +27,12 @@ from .redisserver import REDIS, RedisServer
 from .topology import Topology
 
 # adduser's default NAME_REGEX for system names, which is what addgroup accepts.
-_SYSTEM_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
-_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+_SYSTEM_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
+#: A host name is at most 253 characters (RFC 1035); a port at most 5 digits.
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9a-fA-F:]{2,45}\]|[A-Za-z0-9.-]{1,253}):(?P<port>[0-9]{1,5})")
+#: An absolute path with no control character, within sun_path (108 bytes with its NUL).
+_SOCKET_PATH = re.compile(r"/[^\x00-\x1f\x7f]*")
+SOCKET_PATH_MAX_BYTES = 107
 
 
 class RedisMode(Enum):
@@ -78,24 +82,27 @@ class RedisSettings:
 
 
 def parse_redis(text: str, server: RedisServer = REDIS) -> RedisSettings:
-    value = text.strip()
+    """Spaces around are ignored; a newline or other control character is refused."""
+    value = text.strip(" ")
     if value == RedisMode.DEDICATED.value:
         return RedisSettings().with_server(server)
     if value == RedisMode.GUIDE.value:
         return RedisSettings(RedisMode.GUIDE).with_server(server)
     if value.startswith("unix:"):
         socket = value[len("unix:"):]
-        if not socket.startswith("/"):
-            raise SelectionError(f"Redis socket {socket!r} must be an absolute path; accepted: {REDIS_CHOICES}")
+        if not _SOCKET_PATH.fullmatch(socket) or len(socket.encode()) > SOCKET_PATH_MAX_BYTES:
+            raise SelectionError(f"Redis socket {socket!r} must be an absolute path without control "
+                                 f"characters, at most {SOCKET_PATH_MAX_BYTES} bytes; accepted: "
+                                 f"{REDIS_CHOICES}")
         return RedisSettings(RedisMode.EXISTING, PurePosixPath(socket))
-    match = _HOST_PORT.match(value)
+    match = _HOST_PORT.fullmatch(value)
     if match and 0 < int(match["port"]) < 65536:
         return RedisSettings(RedisMode.EXISTING, None, match["host"].strip("[]"), int(match["port"]))
     raise SelectionError(f"Redis location {text!r} is not understood; accepted: {REDIS_CHOICES}")
 
 
 def check_system_name(kind: str, name: str) -> str:
-    if not _SYSTEM_NAME.match(name) or len(name) > 32:
+    if not _SYSTEM_NAME.fullmatch(name) or len(name) > 32:
         raise SelectionError(
             f"{kind} {name!r} is not a valid user or group name; use lower-case letters, digits, "
             "'_' and '-', starting with a letter or '_', at most 32 characters")

@@ -18,6 +18,8 @@ is reasoning, not yet measurement: ``scripts/bench --cores N`` checks it.
 {'sync': 1, 'client': 1}
 >>> sized_counts(1, 2048)
 {'sync': 1}
+>>> sized_counts(512, 2**24)
+{'sync': 99, 'client': 99}
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ PROCESS_MIB = 150
 #: Share of the memory Synapse's processes may take; PostgreSQL, Redis, nginx
 #: and the page cache get the rest.
 SYNAPSE_SHARE = 0.5
+#: The most workers of one type a host runs: each type has 100 metrics ports
+#: (topology.metrics_port), and no machine needs more.
+MAX_COUNT = 99
 
 
 def sized_counts(cores: int, memory_mib: int) -> dict[str, int]:
     """Worker counts for a machine with ``cores`` CPUs and ``memory_mib`` of RAM."""
     if cores < 4:
         return {"sync": 1}  # the best measured on 2 cores; on 1 core no split pays
-    sync, client = cores // 2, cores // 4
+    sync, client = min(cores // 2, MAX_COUNT), min(cores // 4, MAX_COUNT)
     budget = int(memory_mib * SYNAPSE_SHARE) // PROCESS_MIB - 1  # main takes one
     while sync + client > max(budget, 2):
         if sync > client:

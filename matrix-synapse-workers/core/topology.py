@@ -58,7 +58,7 @@ METRICS_PORT_BASE = 20000
 MAIN_METRICS_PORT = METRICS_PORT_BASE
 #: Where the main host's processes serve metrics: only this machine reaches them.
 LOOPBACK = "127.0.0.1"
-_LABEL = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+_LABEL = re.compile(r"[a-z][a-z0-9]{0,15}")
 _ROLE_ORDER = {name: i for i, name in enumerate(ROLES)}
 LABEL_RULE = "1 to 16 lower-case letters and digits, starting with a letter"
 
@@ -111,7 +111,7 @@ class Topology:
 
 
 def check_label(label: str) -> str:
-    if not _LABEL.match(label) or label == "main":
+    if not _LABEL.fullmatch(label) or label == "main":
         raise SelectionError(f"host name {label!r} is not allowed; use {LABEL_RULE} (not 'main')")
     return label
 
@@ -162,12 +162,12 @@ def parse_address(text: str, *, default_port: int, what: str, allow_public: bool
     """``10.0.0.1``, ``10.0.0.1:9093``, ``fd00::1`` or ``[fd00::1]:9093``."""
     value = text.strip()
     host, port = value, default_port
-    bracketed = re.match(r"^\[(?P<host>[^\]]+)\](?::(?P<port>[0-9]+))?$", value)
+    bracketed = re.fullmatch(r"\[(?P<host>[^\]]+)\](?::(?P<port>[0-9]{1,5}))?", value)
     if bracketed:
         host, port = bracketed["host"], int(bracketed["port"] or default_port)
     elif value.count(":") == 1:
         host, _, port_text = value.partition(":")
-        if not port_text.isdigit():
+        if not re.fullmatch(r"[0-9]{1,5}", port_text):
             raise SelectionError(f"{what} {text!r} has a port that is not a number; "
                                  "write ADDRESS or ADDRESS:PORT")
         port = int(port_text)

@@ -72,6 +72,22 @@ REMOTE_SERVER_PARAMETERS = "max_fails=1 fail_timeout=10s"
 #: How long nginx waits to connect to a worker before trying the next one, and
 #: at last main: short, so a worker host whose link is cut costs seconds.
 CONNECT_TIMEOUT = "3s"
+#: Methods that are sent again (to main after a worker, as a 429 the client
+#: retries after main) even when a process may have acted on them.  GET, HEAD and
+#: OPTIONS only read.  The Matrix APIs use PUT and DELETE only where a repeat is
+#: harmless: a PUT sends with a transaction id that Synapse looks up in its
+#: database, or sets a value (state, profile, account data, tags, push rules,
+#: typing, presence, backup keys), and an identical state event is not sent
+#: twice; nginx itself resends PUT and DELETE to the next server of a pool.
+#: POST (createRoom, join, invite, keys/upload, register, login...) and PATCH are
+#: never resent once a byte of them reached a process.
+REPEATABLE_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+#: The retry_after_ms of the 429 answered while main cannot be reached.  Element
+#: (matrix-js-sdk) retries a rate-limited request 4 times after waiting this long
+#: each, so 4 x 3 s covers a main restart (about 8 s measured); matrix-nio retries
+#: without a limit.  Shorter would have every client poll a starting Synapse more
+#: often for little gain (main takes seconds to start).
+RETRY_AFTER_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,8 @@ class NginxModel:
     upstreams: tuple[Upstream, ...]
     locations: tuple[Location, ...]
     connect_timeout: str = CONNECT_TIMEOUT
+    repeatable_methods: tuple[str, ...] = REPEATABLE_METHODS
+    retry_after_ms: int = RETRY_AFTER_MS
     #: The Synapse version the routes were chosen for; None: unknown (the newest).
     synapse_version: Version | None = None
     #: The Matrix Authentication Service handles logins (Synapse's own setting).

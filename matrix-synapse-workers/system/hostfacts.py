@@ -31,7 +31,7 @@ MANAGED_KEYS = frozenset({
     "update_user_directory_from_worker", "run_background_tasks_on", "enable_media_repo",
     "media_instance_running_background_jobs",
 })
-_WORKER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_WORKER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def _load_yaml(path: Path, shown: str) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def existing_worker_names(root: Path) -> tuple[str, ...]:
     if not workers_dir.is_dir():
         return ()
     return tuple(sorted(p.stem for p in workers_dir.glob("*.yaml")
-                        if p.is_file() and _WORKER_NAME.match(p.stem)))
+                        if p.is_file() and _WORKER_NAME.fullmatch(p.stem)))
 
 
 def metrics_deployed(root: Path) -> bool:

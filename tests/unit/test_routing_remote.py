@@ -85,10 +85,11 @@ def test_worker_locations_fail_fast_and_fall_back_on_502_and_504(tmp_path):
     assert workers
     for where, body in workers.items():
         assert f"proxy_connect_timeout {routing.CONNECT_TIMEOUT};" in body, where
-        assert "error_page 502 504 = @msw_main;" in body, where
+        assert "error_page 502 = $msw_after_worker_502;" in body, where
+        assert "error_page 504 = $msw_after_worker_504;" in body, where
     # main's own locations do not bounce to themselves
     for where in ("@msw_main ", "/_matrix/ "):
-        assert "error_page" not in blocks[where]
+        assert "@msw_main" not in blocks[where]
 
 
 # --- real nginx ------------------------------------------------------------------

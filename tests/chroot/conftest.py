@@ -19,6 +19,7 @@ from typing import Iterator
 import pytest
 
 from support.chroot import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
+from support import require
 from support.debs import next_version_deb, our_deb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,12 +28,7 @@ BOOKWORM, TRIXIE = "bookworm", "trixie"
 
 
 def need(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    for flag in ("MSW_REQUIRE_CHROOT", "CI"):
-        if os.environ.get(flag):
-            pytest.fail(f"{reason} ({flag} is set: the chroot tests must run)")
-    pytest.skip(reason)
+    require.need(condition, reason, "MSW_REQUIRE_CHROOT")
 
 
 @pytest.fixture(scope="session")

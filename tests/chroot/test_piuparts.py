@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from support.require import need
 from support.chroot import (CACHE, POSTGRES_DATABASE, SUITE, WORK, _build_layer, _key, debian_mirror,
                             deb_identity, run)
 
@@ -62,10 +63,9 @@ def piuparts_layer(standin_layer: Path, standin_deb: Path) -> Path:
 @pytest.fixture(scope="module")
 def piuparts_tool(chroot_tools) -> str:
     tool = shutil.which("piuparts")
-    if tool is None:
-        pytest.skip("piuparts is not installed (apt-get install piuparts)")
-    if shutil.which("dpkg-scanpackages") is None:
-        pytest.skip("dpkg-scanpackages is not installed (dpkg-dev)")
+    need(tool is not None, "piuparts is not installed (apt-get install piuparts)", "MSW_REQUIRE_CHROOT")
+    need(shutil.which("dpkg-scanpackages") is not None, "dpkg-scanpackages is not installed (dpkg-dev)",
+         "MSW_REQUIRE_CHROOT")
     return tool
 
 

@@ -130,6 +130,8 @@ def _remove_file(root: Path, relative: PurePosixPath) -> None:
             (root / relative.parent).rmdir()
         except OSError:
             pass  # an admin's drop-in is still there
+        else:
+            crashpoint.done(f"removed {relative.parent}")
 
 
 def synapse_python(root: Path) -> Path | None:
@@ -681,6 +683,7 @@ def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer |
             systemd.disable(other.instance_unit)
             for link in _enabled_links(root, other.instance_unit):  # its package is gone
                 link.unlink()
+                crashpoint.done(f"removed {link}")
             report.system_steps.append(f"stopped and disabled {other.instance_unit}")
             report.notices.append(report.system_steps[-1])
         if settings.redis.mode is RedisMode.GUIDE and other == settings.redis.server:
@@ -734,8 +737,10 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
         return
     if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
         (root / paths.PROMETHEUS_TARGETS).unlink()
+        crashpoint.done(f"removed {paths.PROMETHEUS_TARGETS}")
     if _ours(root / paths.REDIS_CONF_D):
         (root / paths.REDIS_CONF_D).unlink()
+        crashpoint.done(f"removed {paths.REDIS_CONF_D}")
         changed = True
     if not _ours(root / paths.SHARED_CONF):
         if changed and systemd.is_active(paths.MAIN_UNIT):
@@ -746,6 +751,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     except WorkersError as exc:  # the admin's config broke since: main alone, no routing
         out.write(f"{exc}; removing /{paths.SHARED_CONF}\n")
         (root / paths.SHARED_CONF).unlink()
+        crashpoint.done(f"removed {paths.SHARED_CONF}")
         single = ()
     for rendered in single:
         if rendered.path in nginx.FILES:
@@ -770,6 +776,7 @@ def _deconfigure_worker_host(root: Path, systemd: Systemd, out: TextIO) -> None:
     for rendered_path in (paths.SHARED_CONF, paths.REDIS_CONF_D):
         if _ours(root / rendered_path):
             (root / rendered_path).unlink()
+            crashpoint.done(f"removed {rendered_path}")
     systemd.disable(paths.MAIN_UNIT)
     out.write(f"{paths.MAIN_UNIT} is disabled on this worker host: its database belongs to the "
               "main host. Enable it only once this host has its own database.\n")

@@ -55,6 +55,8 @@ import harness
 from booted_config import NGINX, VHOST, container_name
 from harness import Container, http, register_user, wait_for_http
 from test_scenarios import SOCKETS, install_workers, preseed, unit_of
+from support import crashpoints
+from support.crashpoints import differences, temporaries
 
 PACKAGE = "matrix-synapse-workers"
 BEFORE = preseed("custom", "sync, client, typing", "")
@@ -154,16 +156,6 @@ def running_workers(c: Container) -> list[str]:
     out = c.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active",
                  "matrix-synapse-worker@*"]).stdout
     return sorted(line.split()[0] for line in out.splitlines() if line.strip())
-
-
-def temporaries(found: dict[str, object]) -> list[str]:
-    return [path for path in found if path.startswith("/")
-            and (".msw-tmp." in path or path.endswith((".new", ".restore")))]
-
-
-def differences(want: dict, got: dict) -> dict:
-    return {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got))
-            if want.get(k) != got.get(k)}
 
 
 def serving(c: Container, token: str, workers: list[str]) -> None:
@@ -299,11 +291,8 @@ def kill_plan(forward: list[str], back: list[str]) -> list[tuple[str, int | None
     wanted = os.environ.get("MSW_CRASH_POINTS", "")
     if wanted == "all":
         ahead, behind = list(range(1, len(forward) + 1)), list(range(1, len(back) + 1))
-    elif wanted:  # a number: that many spread over each direction
-        def spread(total: int) -> list[int]:
-            count = max(1, min(total, int(wanted)))
-            return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
-        ahead, behind = spread(len(forward)), spread(len(back))
+    elif wanted:  # a number: a sample of that many of each direction, rotating daily
+        ahead, behind = crashpoints.sample(len(forward), int(wanted)), crashpoints.sample(len(back), int(wanted))
     else:
         ahead = [first(forward, "systemctl stop "),
                  first(forward, "systemctl restart matrix-synapse.service"),

@@ -177,3 +177,12 @@ def test_programs_that_change_the_system_run_through_the_kill_point():
                                        "execv", "execvp", "spawnv"):
                 direct.add(name)
     assert direct == set(DIRECT_PROGRAMS)
+
+
+@pytest.mark.parametrize("total, count", [(68, 8), (57, 8), (29, 8), (5, 8), (52, 6)])
+def test_the_rotating_sample_kills_after_every_action_within_a_few_runs(total, count):
+    from support.crashpoints import sample
+    stride = -(-total // min(total, count))
+    turns = [sample(total, count, turn=t) for t in range(stride)]
+    assert sorted(p for chosen in turns for p in chosen) == list(range(1, total + 1))
+    assert all(len(chosen) <= count + 1 for chosen in turns)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from typing import Any, Iterator
 import pytest
 
 import harness
+from matrix_synapse_workers.core.catalog import ROLES
+from matrix_synapse_workers.core.plan import worker_name
+from matrix_synapse_workers.core.sizing import sized_counts
 from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST
 from harness import Container
 from test_scenarios import (SOCKETS, active_since, assert_all_healthy, install_workers, poll, preseed,
@@ -132,9 +136,15 @@ def test_trixie_boots_with_its_own_releases(deployed: Container) -> None:
 def test_install_with_the_default_answers(deployed: Container, package_deb: Path) -> None:
     c = deployed
     install_workers(c, package_deb, "")
-    # The default preset (auto) sizes the workers for this machine: at least a sync worker.
+    # The default preset is auto, which sizes the workers for the machine as the package
+    # sees it from inside the container: exactly those workers.
+    shown = c.run(["debconf-show", "matrix-synapse-workers"]).stdout
+    assert re.search(r"^\*? *matrix-synapse-workers/preset: auto$", shown, re.M), shown
+    cores, memory = map(int, c.run(["python3", "-c", "from matrix_synapse_workers.system.machine import "
+                                    "this_machine; print(*this_machine())"]).stdout.split())
     names = workers_on_disk(c)
-    assert "sync-1" in names, names
+    assert names == sorted(worker_name(ROLES[role], i) for role, count in sized_counts(cores, memory).items()
+                           for i in range(1, count + 1)), (cores, memory, names)
     assert_all_healthy(c, names)
     # Redis 8 runs the instance config this package renders, unchanged.
     assert c.run(["systemctl", "is-active", REDIS_UNIT]).stdout.strip() == "active"

@@ -22,7 +22,6 @@ import functools
 import inspect
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,10 +29,11 @@ from typing import Any, Iterator
 import pytest
 
 import harness
+from support import standin
 from matrix_synapse_workers.core.catalog import ROLES
 from matrix_synapse_workers.core.plan import worker_name
 from matrix_synapse_workers.core.sizing import sized_counts
-from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST
+from booted_config import SERVER_NAME, STANDIN_MAIN_URL, VHOST
 from harness import Container
 from test_scenarios import (SOCKETS, active_since, assert_all_healthy, install_workers, poll, preseed,
                             reconfigure, round_trip_through_nginx, unit_of, workers_on_disk)
@@ -45,12 +45,7 @@ REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
 
 
 def build_standin(version: str, out: Path) -> Path:
-    r = subprocess.run([str(BUILD_STANDIN), version, str(out), SUITE], cwd=REPO, capture_output=True,
-                       text=True, timeout=1800)
-    if r.returncode != 0:
-        pytest.fail(f"build-standin {version} {SUITE} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}",
-                    pytrace=False)
-    return Path(r.stdout.strip().splitlines()[-1])
+    return standin.build_standin(version, out, SUITE)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,8 @@ import pytest
 
 from support.chroot import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
 from support import require
-from support.debs import next_version_deb, our_deb
+from support.debs import our_deb, upgrade_target
+from support.standin import build_standin
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_NEW, STANDIN_OLD = "1.163.2", "1.163.1"
@@ -46,17 +46,14 @@ def ours_deb(chroot_tools) -> Path:
 
 
 @pytest.fixture(scope="session")
-def next_deb(ours_deb) -> Path:
-    """This tree again, built as the next version (N+1): the upgrade tests' target."""
-    return next_version_deb(ours_deb)
+def upgrade_deb(ours_deb) -> Path:
+    """What each kept release (tests/releases/) upgrades to: this tree, as a version newer
+    than every release."""
+    return upgrade_target(ours_deb)
 
 
 def _standin(version: str, out: Path, suite: str | None = None) -> Path:
-    done = subprocess.run([str(REPO / "tests/standin/build-standin"), version, str(out),
-                           *([suite] if suite else [])],
-                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)
-    assert done.returncode == 0, f"build-standin {version} failed with exit code {done.returncode}"
-    return Path(done.stdout.strip().splitlines()[-1])
+    return build_standin(version, out, suite)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from packaging_facts import UPSTREAM, standin_facts, upstream_facts  # noqa: F401
+from packaging_facts import UPSTREAM, standin_facts
 
 # (fact path): reason the stand-in differs.  Empty: every compared fact agrees.  The
 # differences that are not among these facts (the venv's extras, the Perl helper, comments

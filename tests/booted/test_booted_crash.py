@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,14 @@ from typing import Iterator
 import pytest
 
 import harness
-from booted_config import NGINX, VHOST, container_name
+from booted_config import NGINX, REPO, VHOST, container_name
 from harness import Container, http, register_user, wait_for_http
 from test_scenarios import SOCKETS, install_workers, preseed, unit_of
 from support import crashpoints
 from support.crashpoints import differences, temporaries
+
+sys.path.insert(0, str(REPO))
+from bench import outage as outage_figures  # noqa: E402
 
 PACKAGE = "matrix-synapse-workers"
 BEFORE = preseed("custom", "sync, client, typing", "")
@@ -361,6 +365,7 @@ def killed_and_recovered(deployment: Deployment, change: Change, point: int) -> 
 def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(deployment):
     c = deployment.c
     failures = []
+    killed_outages = []
     for direction, point in kill_plan(deployment.forward.actions, deployment.back.actions):
         change = getattr(deployment, direction)
         started = time.monotonic()
@@ -369,6 +374,7 @@ def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(
             continue
         action = change.actions[point - 1]
         outage, problems = killed_and_recovered(deployment, change, point)
+        killed_outages.append(outage.unanswered)
         print(f"{direction} killed after {point} ({action}), recovered: {outage}; "
               f"{time.monotonic() - started:.0f} s")
         if outage.longest > 10:
@@ -381,4 +387,10 @@ def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(
                 break
     for change in (deployment.forward, deployment.back):
         print(f"{change.name} uninterrupted: {change.outage}")
+    # The figures the README states are held to by scripts/bench-outage, not here.
+    measured = {"uninterrupted": [ch.outage.unanswered for ch in (deployment.forward, deployment.back)],
+                "killed": killed_outages}
+    print("\n".join(outage_figures.judge(measured)[1]))
+    if os.environ.get("MSW_OUTAGE_OUT"):
+        Path(os.environ["MSW_OUTAGE_OUT"]).write_text(json.dumps(measured) + "\n", encoding="utf-8")
     assert not failures, "\n".join(failures)

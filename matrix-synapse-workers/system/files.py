@@ -170,8 +170,6 @@ def removing_new_empty_directories(candidates: Iterable[Path]) -> Iterator[None]
                 directory.rmdir()
             except OSError:  # never made, or something is in it now
                 pass
-            else:
-                crashpoint.done(f"removed {directory}")
 
 
 def replace_file(target: Path, content: str, mode: int = 0o644) -> Path:

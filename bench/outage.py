@@ -1,11 +1,11 @@
-"""The README's outage figures for a reconfigure, held against a measurement.
+"""The outage figures docs/crash-safety.md states for a reconfigure, held against a measurement.
 
 tests/booted/test_booted_crash.py measures, with a poller asking
 ``/_matrix/client/versions`` through nginx every 0.2 s, how long nothing answered during
 each uninterrupted change and each killed-and-recovered one; with ``MSW_OUTAGE_OUT=FILE``
 it writes them there as JSON (``{"uninterrupted": [s, ...], "killed": [s, ...]}``, the
 unanswered seconds of each change).  ``scripts/bench-outage`` runs that test and calls
-:func:`judge`: it prints each figure the README states beside the measured one and fails
+the figures docs/crash-safety.md states: :func:`judge` prints each beside the measured one and fails
 when one is not met.  A test asserts no time (a loaded machine is slow); this benchmark does.
 """
 
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-#: What the README states ("Crash consistency"), in seconds: an uninterrupted change leaves
+#: What docs/crash-safety.md states, in seconds: an uninterrupted change leaves
 #: /versions unanswered for at most this long, and a killed one, recovered, for at most this.
 STATED = {
     "uninterrupted": 4.4,
@@ -31,20 +31,20 @@ def judge(measured: dict[str, list[float]]) -> tuple[bool, list[str]]:
     True
     >>> ok, lines = judge({"uninterrupted": [2.6, 4.8], "killed": []})
     >>> ok, lines[0]
-    (False, 'uninterrupted: README states at most 4.4 s; measured 2.6-4.8 s (median 3.7 s, 2 changes): NOT MET')
+    (False, 'uninterrupted: stated: at most 4.4 s; measured 2.6-4.8 s (median 3.7 s, 2 changes): NOT MET')
     >>> lines[1]
-    'killed: README states at most 6.4 s; nothing measured: NOT MET'
+    'killed: stated: at most 6.4 s; nothing measured: NOT MET'
     """
     ok, lines = True, []
     for name, bound in STATED.items():
         values = measured.get(name) or []
         if not values:
             ok = False
-            lines.append(f"{name}: README states at most {bound} s; nothing measured: NOT MET")
+            lines.append(f"{name}: stated: at most {bound} s; nothing measured: NOT MET")
             continue
         met = max(values) <= bound
         ok = ok and met
-        lines.append(f"{name}: README states at most {bound} s; measured {min(values):.1f}-{max(values):.1f} s "
+        lines.append(f"{name}: stated: at most {bound} s; measured {min(values):.1f}-{max(values):.1f} s "
                      f"(median {statistics.median(values):.1f} s, {len(values)} changes): "
                      f"{'met' if met else 'NOT MET'}")
     return ok, lines

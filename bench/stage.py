@@ -31,7 +31,7 @@ NGINX_PORT = 8080
 _REALIP = """    set_real_ip_from 127.0.0.1;
     real_ip_header X-Forwarded-For;
 """
-# The package's routing: its snippet in a vhost, as the README tells an admin.
+# The package's routing: its snippet in a vhost, as README.Debian tells an admin.
 VHOST_WORKERS = f"""server {{
     listen 127.0.0.1:{NGINX_PORT};
     server_name {SERVER_NAME};

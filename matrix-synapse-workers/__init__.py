@@ -1,8 +1,19 @@
 """Turn a Debian-installed Synapse into a multi-process worker deployment.
 
-The package is split into a pure core that decides what should exist
-(:mod:`catalog`, :mod:`selection`, :mod:`plan`, :mod:`render`, :mod:`changes`)
-and an edge that touches the system (:mod:`system`, :mod:`apply`).
+Its floors, each a folder:
+
+- ``core/``: pure decisions from data: the table of worker types and routes
+  (:mod:`core.catalog`), the admin's choices (:mod:`core.selection`,
+  :mod:`core.settings`), the plan (:mod:`core.plan`, :mod:`core.cluster` for
+  worker hosts) and what changes between two plans (:mod:`core.changes`);
+- ``render/``: pure, a plan into files (YAML, nginx, Redis, log and sandbox
+  drop-ins);
+- ``system/``: the edge that reads and touches the host (files, accounts,
+  systemd, nginx, Redis and HTTP probes, Synapse's version);
+- ``debconf/`` (the maintainer scripts' questions and answers), ``status/``
+  (probes into rows) and :mod:`apply` (does a plan), with :mod:`cli` on top.
+
+tests/unit/test_layers.py keeps ``core`` and ``render`` from importing the edge.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -93,7 +93,7 @@ class Role:
     #: gateways, mail, appservices): its unit keeps outbound network.  Otherwise
     #: it reaches only PostgreSQL, Redis and replication (render/sandbox.py).
     outbound: bool = False
-    #: Why, from Synapse's source: shown in the sandbox drop-in and the README.
+    #: Why, from Synapse's source: shown in the sandbox drop-in and docs/design.md.
     network_why: str = ""
 
     @property

@@ -40,6 +40,9 @@ REPLICATION_SECRET = CLUSTER_DIR / "replication-secret"
 REDIS_PASSWORD = CLUSTER_DIR / "redis-password"
 # Present on a worker host: the drop-in's ConditionPathExists keeps main from starting.
 WORKER_HOST_MARK = STATE_DIR / "worker-host"
+# The admin's guide as installed (dh_compress compresses it: it is over 4 kB);
+# advice points here, never at the source tree's README.
+README_DEBIAN = PurePosixPath("usr/share/doc/matrix-synapse-workers/README.Debian.gz")
 TMPFILES_OVERRIDE = PurePosixPath("etc/tmpfiles.d/matrix-synapse-workers.conf")
 NGINX_DIR = PurePosixPath("etc/nginx")
 # http context: Debian's nginx.conf includes conf.d/*.conf inside http {}.

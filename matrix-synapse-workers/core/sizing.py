@@ -1,6 +1,6 @@
 """Pure: how many workers this machine should run, from its cores and memory.
 
-The measured basis (README, Benchmarks; 2 cores, Synapse 1.163, PostgreSQL on
+The measured basis (docs/benchmarks.md; 2 cores, Synapse 1.163, PostgreSQL on
 the same machine, quiet runs): every Synapse process holds 117-150 MiB; each
 split costs CPU per request (about 20 ms single, 18 with one sync worker, 24
 with a sync worker and a client reader, 28 with one worker of every type), so

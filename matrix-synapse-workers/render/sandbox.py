@@ -149,9 +149,28 @@ def _rw_lines(facts: HostFacts, *, media: bool) -> list[str]:
     return lines
 
 
+def start_after(worker: Worker, plan: Plan) -> tuple[str, ...]:
+    """The units this worker starts after, besides main: every stream writer on this host
+    when it is not one itself.
+
+    Once main is up, a process that writes events (or another stream) is what the
+    others wait on: main and every worker retry a call to a writer that is not
+    listening yet after 1, 2, then 4 s, so a send could wait 8-10 s after a
+    restart of everything.  Writers first, then the rest, gets them up sooner
+    while nginx sends the others' requests to main meanwhile.  Ordering only:
+    a writer that fails to start holds nothing up.
+    """
+    if worker.role.stream is not None:
+        return ()
+    return tuple(w.unit for w in plan.local_workers if w.role.stream is not None)
+
+
 def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settings) -> RenderedFile:
     policy = network_policy(worker.role, tcp_hosts(plan, facts, settings))
-    lines = ["[Service]", *_rw_lines(facts, media=worker.role.name == "media"),
+    after = start_after(worker, plan)
+    unit = (["[Unit]", "# Stream writers start first (they are what the other processes wait on).",
+             f"After={' '.join(after)}", ""] if after else [])
+    lines = [*unit, "[Service]", *_rw_lines(facts, media=worker.role.name == "media"),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]

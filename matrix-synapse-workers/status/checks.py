@@ -642,7 +642,8 @@ def check_nginx(facts: Facts) -> list[Row]:
         rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
     if nginx.not_included:
         rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(nginx.not_included)}",
-                        f"include {nginx.not_included[0]} as the README shows, then nginx -t && "
+                        f"include {nginx.not_included[0]} in the server block that serves Matrix, in place "
+                        f"of your /_matrix location (/{paths.README_DEBIAN}, section 3), then nginx -t && "
                         "systemctl reload nginx"))
     if nginx.test_ok is False:
         first = next((line for line in nginx.test_output.splitlines() if "emerg" in line or "error" in line),

@@ -96,26 +96,23 @@ def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT,
 
     ``password``: read from its ``password_path`` by the caller; else its ``password``.
     """
+    where: str | Address = (str(config["path"]) if config.get("path") else
+                            Address(str(config.get("host", "localhost")), int(config.get("port", 6379))))
     try:
-        if config.get("path"):
-            sock = netprobe.connect(str(config["path"]), timeout)
-        else:
-            sock = socket.create_connection((str(config.get("host", "localhost")),
-                                             int(config.get("port", 6379))), timeout)
+        session = netprobe.RedisSession(where, timeout)
     except OSError as exc:
         return exc.strerror or str(exc), None, ()
-    with sock:
-        resp = netprobe.Resp(sock)
+    with session:
         try:
             password = password if password is not None else config.get("password")
             if password:
-                resp.call("AUTH", str(password))
-            resp.call("PING")
-            clients = parse_client_list(resp.call("CLIENT", "LIST") or "")
+                session.call("AUTH", str(password))
+            session.call("PING")
+            clients = parse_client_list(session.call("CLIENT", "LIST") or "")
         except (netprobe.RespError, OSError) as exc:
             return _one_line(str(exc)), None, ()
         try:
-            reply = resp.call("CONFIG", "GET", "port")
+            reply = session.call("CONFIG", "GET", "port")
             port = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
         except (netprobe.RespError, OSError, ValueError):
             port = None

@@ -30,7 +30,7 @@ def exit_code(rows: Iterable[Row]) -> int:
 _COLOURS = {OK: "32", INFO: "36", WARN: "33", FAIL: "31"}
 _VERDICT = {0: "healthy", 1: "degraded", 2: "broken"}
 
-#: The version of the ``status --json`` document (README: "status for monitoring").
+#: The version of the ``status --json`` document (matrix-synapse-workers(8); its keys: docs/design.md).
 #: Adding a key keeps it; renaming or removing a key, or changing a value's
 #: meaning, raises it.
 JSON_SCHEMA_VERSION = 1

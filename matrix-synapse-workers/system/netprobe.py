@@ -2,14 +2,16 @@
 
 Each probe returns a :class:`Probe`: an :class:`Outcome` and, when not OK, one
 line saying what was seen, for an error message or a status row.  The one
-HTTP client (:func:`http_get`) and the one Redis client (:class:`Resp`) of the
-package live here too; status asks local sockets with them.  Used before a worker
+HTTP client (:func:`http_get`, Python's http.client) and the one Redis client
+(:class:`RedisSession`, python3-redis) of the package live here too; status asks
+local sockets with them.  Used before a worker
 host is configured (nothing is written unless they pass) and by ``status``.
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
 import re
 import socket
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ def tcp(address: Address, timeout: float = TIMEOUT) -> Probe:
         return Probe(Outcome.UNREACHABLE, f"{address} is unreachable: {exc.strerror or exc}")
 
 
-# --- HTTP -------------------------------------------------------------------------
+# --- HTTP ---------------------------------------------------------------------------
 
 
 class NotHttp(Exception):
@@ -86,114 +88,115 @@ class HttpAnswer:
     body: str
 
 
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection, opened on a UNIX socket (a path) or over TCP."""
+
+    def __init__(self, where: str | Address, timeout: float) -> None:
+        host = where.host if isinstance(where, Address) else "localhost"
+        port = where.port if isinstance(where, Address) else None
+        super().__init__(host, port, timeout=timeout)
+        self.where = where
+
+    def connect(self) -> None:
+        self.sock = connect(self.where, self.timeout)
+
+
 def http_get(where: str | Address, path: str, headers: Mapping[str, str] | None = None,
              timeout: float = TIMEOUT, limit: int = 65536) -> HttpAnswer:
-    """GET ``path`` over HTTP/1.1 (``Connection: close``) on a UNIX socket or TCP.
+    """GET ``path`` (``Connection: close``) on a UNIX socket or TCP, with http.client.
 
     Raises OSError when nothing answers, :class:`NotHttp` when what answered is
-    not HTTP.  The one HTTP client of the package (status and the probes).
+    not HTTP (or closed without an answer).  The one HTTP client of the package
+    (status and the probes); at most ``limit`` bytes of the body are read.
     """
-    host = "localhost" if not isinstance(where, Address) else str(where)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    lines.append("Connection: close")
-    with connect(where, timeout) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        data = b""
-        while len(data) < limit:
-            chunk = sock.recv(8192)
-            if not chunk:
-                break
-            data += chunk
-            if _complete(data):
-                break
-    head, _, body = data.partition(b"\r\n\r\n")
-    head_lines = head.decode("latin-1").split("\r\n")
-    match = re.match(r"HTTP/1\.[01] (\d{3})", head_lines[0] if head_lines else "")
-    if not match:
-        raise NotHttp(data[:20])
-    answer_headers = {k.strip().lower(): v.strip()
-                      for k, _, v in (line.partition(":") for line in head_lines[1:])}
-    if "chunked" in answer_headers.get("transfer-encoding", ""):
-        body = _unchunk(body)
-    return HttpAnswer(int(match[1]), answer_headers, body.decode("utf-8", "replace"))
-
-
-def _complete(data: bytes) -> bool:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return found is not None and len(body) >= int(found[1])
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out, body = out + rest[:size], rest[size + 2:]
-    return out
+    connection = _Connection(where, timeout)
+    try:
+        connection.request("GET", path, headers={**(headers or {}), "Connection": "close"})
+        response = connection.getresponse()
+        body = response.read(limit)
+    except http.client.HTTPException as exc:
+        # RemoteDisconnected is also an OSError: what answered, answered wrongly.
+        raise NotHttp(str(exc)[:40]) from exc
+    finally:
+        connection.close()
+    return HttpAnswer(response.status, {k.lower(): v for k, v in response.getheaders()},
+                      body.decode("utf-8", "replace"))
 
 
 # --- Redis ------------------------------------------------------------------------
 
 
 class RespError(Exception):
-    pass
+    """Redis answered with an error, or not as Redis does; the text is one line."""
+
+    def __init__(self, text: str, from_redis: bool = True) -> None:
+        super().__init__(text)
+        #: An error reply of Redis itself; False: what answered does not speak RESP.
+        self.from_redis = from_redis
 
 
-def encode(*words: str) -> bytes:
-    """One Redis command in RESP (an array of bulk strings)."""
-    parts = [f"*{len(words)}\r\n".encode()]
-    for word in words:
-        raw = word.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(parts)
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind one of redis-py's connection errors, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
-class Resp:
-    """Just enough of the Redis protocol to ask a few questions: the one Redis client."""
+class RedisSession:
+    """One connection to Redis with python3-redis, asked a few raw commands.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-        self.sock = sock
+    No connection pool, no retries and no reply parsing: each :meth:`call`
+    sends one command and returns Redis's reply (strings decoded).  Nothing
+    can be sent before the connection is open, so opening it raises the
+    OSError seen (``FileNotFoundError`` for a missing socket...), as
+    :func:`connect` does; a Redis error reply raises :class:`RespError`.
+    """
+
+    def __init__(self, where: str | Address, timeout: float) -> None:
+        import redis  # status and the probes alone need it: other commands start faster
+
+        self._errors = redis.exceptions
+        if isinstance(where, Address):
+            self.connection = redis.Connection(host=where.host, port=where.port,
+                                               socket_timeout=timeout,
+                                               socket_connect_timeout=timeout,
+                                               decode_responses=True)
+        else:
+            self.connection = redis.UnixDomainSocketConnection(path=where, socket_timeout=timeout,
+                                                               decode_responses=True)
+        try:
+            self.connection.connect()
+        except self._errors.RedisError as exc:
+            raise (_os_error(exc) or OSError(str(exc))) from exc
 
     def call(self, *words: str) -> Any:
-        self.sock.sendall(encode(*words))
-        return self._read()
+        errors = self._errors
+        try:
+            self.connection.send_command(*words)
+            return self.connection.read_response()
+        except errors.InvalidResponse as exc:
+            raise RespError(_quoted_answer(str(exc)), from_redis=False) from exc
+        except (errors.TimeoutError, errors.ConnectionError) as exc:
+            found = _os_error(exc)
+            if found is not None:
+                raise found from exc
+            if isinstance(exc, errors.TimeoutError):
+                raise TimeoutError(str(exc)) from exc
+            raise RespError(str(exc)) from exc  # an error reply ("max number of clients")
+        except errors.RedisError as exc:
+            raise RespError(str(exc)) from exc
 
-    def _read(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise RespError("connection closed")
-        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.file.read(size + 2)[:-2].decode("utf-8", "replace")
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
-        raise RespError(f"unexpected reply {line[:20]!r}")
+    def close(self) -> None:
+        self.connection.disconnect()
 
+    def __enter__(self) -> "RedisSession":
+        return self
 
-def _recv_line(sock: socket.socket) -> bytes:
-    """The first line of the answer (a Redis status reply is one line)."""
-    data = b""
-    while b"\r\n" not in data and len(data) < 4096:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.split(b"\r\n", 1)[0].strip()
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 #: Redis's own errors for a wrong password (6.x, 7.x; older: "invalid password").
@@ -201,30 +204,44 @@ _WRONG_PASSWORD = ("WRONGPASS", "invalid password", "invalid username-password")
 
 
 def redis_auth(address: Address, password: str, timeout: float = TIMEOUT) -> Probe:
-    """AUTH with the password, then PING: what Synapse's own connection does first.
-
-    Reads raw lines rather than through :class:`Resp` so that a server that is
-    not Redis is quoted as it answered.
-    """
+    """AUTH with the password, then PING: what Synapse's own connection does first."""
     try:
-        with connect(address, timeout) as sock:
-            sock.sendall(encode("AUTH", password))
-            answer = _recv_line(sock)
-            if answer != b"+OK":
-                text = answer.decode(errors="replace")[:120] or "no answer"
-                if answer.startswith(b"-"):
+        with RedisSession(address, timeout) as session:
+            try:
+                session.call("AUTH", password)
+            except RespError as exc:
+                text = _one_line(exc) or "no answer"
+                if exc.from_redis:
                     wrong = any(word in text for word in _WRONG_PASSWORD)
                     return Probe(Outcome.REFUSED if wrong else Outcome.UNEXPECTED,
                                  f"Redis at {address} refuses the password: {text}")
                 return Probe(Outcome.UNEXPECTED, f"{address} did not answer as Redis does: {text}")
-            sock.sendall(encode("PING"))
-            answer = _recv_line(sock)
-            if answer != b"+PONG":
+            try:
+                answer = session.call("PING")
+            except RespError as exc:
+                answer = _one_line(exc)
+            if answer != "PONG":
                 return Probe(Outcome.UNEXPECTED, f"Redis at {address} answered PING with "
-                                                 f"{answer.decode(errors='replace')[:120] or 'nothing'}")
+                                                 f"{str(answer)[:120] or 'nothing'}")
             return Probe(Outcome.OK)
     except OSError as exc:
         return Probe(Outcome.UNREACHABLE, f"Redis at {address} is unreachable: {exc.strerror or exc}")
+
+
+def _quoted_answer(text: str) -> str:
+    """What a server that is not Redis answered, from redis-py's words for it.
+
+    >>> _quoted_answer("Protocol Error: b'HTTP/1.1 400 Bad Request'")
+    'HTTP/1.1 400 Bad Request'
+    >>> _quoted_answer('Protocol error, got "H" as reply type byte')
+    'Protocol error, got "H" as reply type byte'
+    """
+    found = re.fullmatch(r"Protocol Error: b?(['\"])(.*)\1", text, re.DOTALL)
+    return found[2] if found else text
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120]
 
 
 def replication_secret(address: Address, secret: str, timeout: float = TIMEOUT) -> Probe:

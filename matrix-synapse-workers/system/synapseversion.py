@@ -12,14 +12,13 @@ routing reads as "the newest".
 ((1, 144, 0), (1, 135, 0), (1, 93, 0))
 >>> parse_version("unknown") is None
 True
->>> version_from_metadata("Metadata-Version: 2.1\\nName: matrix-synapse\\nVersion: 1.130.1\\n")
-(1, 130, 1)
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from importlib.metadata import PathDistribution
 from pathlib import Path
 from typing import Iterable
 
@@ -30,8 +29,7 @@ from ..core.catalog import Version
 DIST_INFO_GLOBS = (
     "opt/venvs/matrix-synapse/lib/python3*/site-packages/matrix_synapse-*.dist-info",
 )
-METADATA_GLOBS = tuple(f"{pattern}/METADATA" for pattern in DIST_INFO_GLOBS)
-#: The Debian package that installs Synapse: the only one Depends accepts (see README).
+#: The Debian package that installs Synapse: the only one Depends accepts (see docs/design.md, "Which Synapse").
 SYNAPSE_PACKAGE = "matrix-synapse-py3"
 
 # An optional Debian epoch, then major.minor[.patch]; what follows (rc, ~rc,
@@ -46,26 +44,20 @@ def parse_version(text: str) -> Version | None:
     return int(match["major"]), int(match["minor"]), int(match["patch"] or 0)
 
 
-def version_from_metadata(text: str) -> Version | None:
-    """The ``Version:`` header of a METADATA file (headers end at the first blank line)."""
-    for line in text.splitlines():
-        if not line.strip():
-            break
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == "version":
-            return parse_version(value)
-    return None
+def installed_version(root: Path = Path("/"), globs: Iterable[str] = DIST_INFO_GLOBS) -> Version | None:
+    """The installed Synapse's version; the newest when leftovers of several exist.
 
-
-def installed_version(root: Path = Path("/"), globs: Iterable[str] = METADATA_GLOBS) -> Version | None:
-    """The installed Synapse's version; the newest when leftovers of several exist."""
+    Each dist-info directory is read by importlib.metadata (its METADATA file's
+    ``Version``), never by importing Synapse.
+    """
     found = []
     for pattern in globs:
         for path in root.glob(pattern):
             try:
-                version = version_from_metadata(path.read_text(encoding="utf-8", errors="replace"))
-            except OSError:
+                text = PathDistribution(path).version
+            except (OSError, KeyError, TypeError):
                 continue
+            version = parse_version(text) if text else None
             if version is not None:
                 found.append(version)
     return max(found, default=None)

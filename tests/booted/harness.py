@@ -62,6 +62,7 @@ ROOT_PACKAGES: tuple[str, ...] = (
     "python3-jinja2",
     "python3-debian",
     "python3-debconf",
+    "python3-redis",
     "adduser",
     "iproute2",
     "procps",

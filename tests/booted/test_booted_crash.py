@@ -23,7 +23,7 @@ three start, main and the kept workers restart, nginx reloads.
    (``MSW_KILL_AFTER_ACTION=N``: SIGKILL of its process group) and recovered
    by ``dpkg --configure -a`` and ``dpkg-reconfigure`` again (a killed
    dpkg-reconfigure leaves dpkg's status alone: running it again is the
-   recovery, as README's "Interrupted" says).  Each recovery must give its
+   recovery, as docs/crash-safety.md says).  Each recovery must give its
    direction's reference state (and so is the start of the next kill), with no
    temporary file, no ``applying`` or ``services-owed``, every worker that runs
    answering /health, ``/_matrix/client/versions`` and a ``/sync`` with the
@@ -387,7 +387,7 @@ def test_a_reconfigure_killed_after_any_action_converges_with_synapse_answering(
                 break
     for change in (deployment.forward, deployment.back):
         print(f"{change.name} uninterrupted: {change.outage}")
-    # The figures the README states are held to by scripts/bench-outage, not here.
+    # The figures docs/crash-safety.md states are held to by scripts/bench-outage, not here.
     measured = {"uninterrupted": [ch.outage.unanswered for ch in (deployment.forward, deployment.back)],
                 "killed": killed_outages}
     print("\n".join(outage_figures.judge(measured)[1]))

@@ -4,7 +4,7 @@ Workers need Synapse's Redis support, and Debian's archive cannot give it to
 Debian's matrix-synapse: txredisapi is not packaged at all (python3-hiredis
 is, but nothing pulls it in), so Synapse refuses `redis: enabled: true` with
 DependencyException.  Our package therefore depends on Matrix.org's
-matrix-synapse-py3 only (see README, "Which Synapse").  This proves the
+matrix-synapse-py3 only (see docs/design.md, "Which Synapse").  This proves the
 decision with the real package: a booted sid system running Debian's
 matrix-synapse, then `apt-get install ./matrix-synapse-workers_*.deb`.
 
@@ -27,7 +27,7 @@ from support.require import need
 SUITE = "sid"
 # Debian's matrix-synapse, and every other dependency of our package, so the
 # only thing apt can miss is the Synapse package itself.
-PACKAGES = ("matrix-synapse", "redis-server", "python3-yaml", "python3-jinja2", "python3-debian",
+PACKAGES = ("matrix-synapse", "redis-server", "python3-yaml", "python3-jinja2", "python3-debian", "python3-redis",
             "python3-debconf", "adduser", "curl")
 SERVER_NAME = "sid.example.test"
 # The admin's answer to Debian's own question (its unit does not start without it).

@@ -83,7 +83,7 @@ def monitored(prometheus_root: Path, package_deb: Path):
             "matrix-synapse-workers matrix-synapse-workers/metrics boolean true\n"
         install_workers(c, package_deb, answers)
         assert_all_healthy(c, WORKERS)
-        # The admin includes the routing snippet in their vhost, as the README shows.
+        # The admin includes the routing snippet in their vhost, as README.Debian shows.
         c.write_file("/etc/nginx/sites-enabled/matrix", VHOST)
         c.run(["systemctl", "reload", "nginx"])
         c.write_file("/etc/prometheus/prometheus.yml", PROMETHEUS_YML)

@@ -4,7 +4,7 @@ Host A (main host) runs PostgreSQL, Redis, main, a client worker and nginx;
 host B (worker host) runs only a sync worker and the event persister.  The two
 containers are joined by a veth pair of their own (twohost.PrivateLink), so
 every byte between them crosses a real network interface that the test can
-take down.  The admin's steps are done as the README tells them: PostgreSQL on
+take down.  The admin's steps are done as README.Debian tells them: PostgreSQL on
 A listens on the private address and lets B in, A's /etc/matrix-synapse/cluster/
 plus homeserver.yaml, the signing key and the log config are copied to B (owners
 and modes kept) with the database host pointed at A, and each host installs the
@@ -106,7 +106,7 @@ def pair(synapse_root: Path) -> Iterator[Pair]:
             PrivateLink(a, b, ADDR_A, ADDR_B) as link:
         postgres_listen_privately(a, ADDR_A, ADDR_B)
         # A worker host runs no database and no Redis of its own, and its admin stops
-        # Synapse's main process for good (README: two mains on one database must never run).
+        # Synapse's main process for good (README.Debian: two mains on one database must never run).
         b.run(["systemctl", "disable", "--now", "matrix-synapse.service", "postgresql.service",
                "redis-server.service"], timeout=120)
         yield Pair(a, b, link)

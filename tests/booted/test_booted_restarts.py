@@ -7,7 +7,7 @@ reader and an event persister, nginx in front, a light open-loop load
 restart` on redis-server@matrix-synapse, postgresql and matrix-synapse in
 turn, and never touches a worker.  The tests share that one run and assert
 the invariants; how many requests failed and how long recovery took are
-printed and go into the README from scripts/bench --restarts, not asserted
+printed and go into docs/benchmarks.md from scripts/bench --restarts, not asserted
 beyond a generous bound.
 """
 

@@ -1,7 +1,7 @@
 """Routing through real nginx to real Synapse workers, in a booted container.
 
 nginx gets a vhost on 127.0.0.1:8080 that only includes the package's snippet,
-exactly as the README tells an admin.  Where a request went is proved from the
+exactly as README.Debian tells an admin.  Where a request went is proved from the
 worker's own access log: each request carries a unique marker argument
 (``msw_probe``) that Synapse logs with the path.
 """

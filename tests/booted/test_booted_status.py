@@ -81,7 +81,7 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
     c.install_debs([old])
     synapse_setup(c, SERVER)
     install_workers(c, package_deb, preseed("custom", "sync, client, typing", "sync:2"))
-    # The admin includes the routing snippet in their vhost, as the README shows.
+    # The admin includes the routing snippet in their vhost, as README.Debian shows.
     c.write_file("/etc/nginx/sites-enabled/matrix", VHOST)
     c.run(["nginx", "-t"])
 

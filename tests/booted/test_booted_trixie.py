@@ -185,7 +185,7 @@ def test_install_with_the_default_answers(walk: Walk) -> None:
     assert c.run(["redis-cli", "-s", REDIS_SOCKET, "INFO", "server"]).stdout.count("redis_version:8.") == 1
     # Every process (main and each worker) holds its replication subscription.
     poll(lambda: subscribed_clients(c) >= len(names) + 1, 60, "every process subscribed in Redis")
-    # The admin includes the routing snippet in a vhost, as the README shows.
+    # The admin includes the routing snippet in a vhost, as README.Debian shows.
     c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
     nginx_check(c)
     c.run(["systemctl", "reload-or-restart", "nginx.service"])

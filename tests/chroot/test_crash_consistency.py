@@ -28,7 +28,8 @@ configure runs (about 6 s each, mostly Synapse's own check of 16 file sets).
 its actions and the reconfigure and purge after 8 of theirs, a sample that
 moves each day so that a few days' runs cover every action
 (``MSW_CRASH_ROTATION`` repeats a day's sample); a number, that many for
-every scenario; ``all``, every action of every scenario.
+every scenario; ``all``, every action of every scenario (see docs/crash-safety.md
+for its time).
 """
 
 from __future__ import annotations

@@ -26,9 +26,12 @@ EXPECTED_FILES = {
     "usr/lib/tmpfiles.d/matrix-synapse-workers.conf",
     "usr/lib/systemd/system-generators/matrix-synapse-workers-generator",
     "usr/bin/matrix-synapse-workers",
-    "usr/share/man/man1/matrix-synapse-workers.1.gz",
+    "usr/share/man/man8/matrix-synapse-workers.8.gz",
+    "usr/share/man/man8/matrix-synapse-workers-generator.8.gz",
     "usr/share/doc/matrix-synapse-workers/copyright",
     "usr/share/doc/matrix-synapse-workers/changelog.gz",
+    "usr/share/doc/matrix-synapse-workers/README.Debian.gz",
+    "usr/share/doc/matrix-synapse-workers/NEWS.Debian.gz",
     f"{PY_DIR}/__init__.py",
     f"{PY_DIR}/core/paths.py",
     f"{PY_DIR}/cli.py",
@@ -36,6 +39,8 @@ EXPECTED_FILES = {
 }
 
 REPO_PACKAGE = Path(__file__).resolve().parents[2] / "matrix-synapse-workers"
+REPO_MAN = REPO_PACKAGE.parent / "man"
+REPO_EXAMPLES = REPO_PACKAGE.parent / "examples"
 
 
 def members(deb: DebFile) -> dict[str, int]:
@@ -94,9 +99,11 @@ def test_control_fields(deb: DebFile) -> None:
     # txredisapi in Debian), so no alternative may let apt accept it
     # (tests/booted/test_booted_debian_synapse.py proves apt refuses it).
     assert [group for group in as_text if "synapse" in group] == ["matrix-synapse-py3 (>= 1.89.0)"]
-    for name in ("python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf",
+    for name in ("python3", "python3-yaml", "python3-jinja2", "python3-redis", "python3-debconf",
                  "adduser", "redis-server | valkey-server"):
         assert name in as_text, f"Depends lacks {name}: {fields['Depends']}"
+    # python-debian is the tests' library: the package itself never imports it.
+    assert "python3-debian" not in as_text
     recommends = [group[0]["name"] for group in PkgRelation.parse_relations(fields.get("Recommends", ""))]
     assert "nginx" in recommends
 
@@ -131,10 +138,23 @@ def test_command_runs_from_the_package(unpacked: Path, deb: DebFile) -> None:
     assert control(deb)["Version"] in done.stdout + done.stderr
 
 
-def test_manual_page_is_from_help(unpacked: Path) -> None:
-    text = gzip.decompress((unpacked / "usr/share/man/man1/matrix-synapse-workers.1.gz").read_bytes()).decode()
-    assert ".SH NAME" in text
-    assert "Traceback" not in text
+def test_manual_pages_are_the_hand_written_ones(unpacked: Path) -> None:
+    for page in REPO_MAN.glob("*.8"):
+        shipped = unpacked / f"usr/share/man/man8/{page.name}.gz"
+        assert gzip.decompress(shipped.read_bytes()).decode() == page.read_text(), page.name
+    assert not (unpacked / "usr/share/man/man1").exists(), "a section 1 page is left over"
+
+
+def test_docs_and_examples_are_installed(unpacked: Path, packaged_paths: ModuleType) -> None:
+    """Everything the package's advice points at is installed, examples uncompressed."""
+    assert (unpacked / packaged_paths.README_DEBIAN).is_file()
+    doc = unpacked / "usr/share/doc/matrix-synapse-workers"
+    for example in REPO_EXAMPLES.iterdir():
+        assert (doc / "examples" / example.name).read_text() == example.read_text(), example.name
+    readme = gzip.decompress((doc / "README.Debian.gz").read_bytes()).decode()
+    for name in (f.name for f in REPO_EXAMPLES.iterdir()):
+        if name.startswith("nginx-vhost-"):
+            assert name in readme, f"README.Debian does not name {name}"
 
 
 def test_tmpfiles_line_matches_paths(unpacked: Path, packaged_paths: ModuleType) -> None:

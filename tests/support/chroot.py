@@ -60,7 +60,7 @@ RECIPE = "4"
 #: recommended nginx, and what the tests use inside the chroot.  systemd gives
 #: systemctl, which enables units offline; nothing runs it as init here.
 BASE_PACKAGES = (
-    "python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf",
+    "python3", "python3-yaml", "python3-jinja2", "python3-debian", "python3-debconf", "python3-redis",
     "adduser", "redis-server", "libpq5", "debconf-utils", "systemd", "nginx",
 )
 CHROOT_ENV = {

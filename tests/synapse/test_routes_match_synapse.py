@@ -241,7 +241,7 @@ def _probe(synapse_python: str, tmp: Path, config_paths: list[Path]) -> list[Reg
 def synapse_version(synapse_python) -> tuple[int, int, int]:
     """The venv's Synapse version, found as the package finds the installed one."""
     venv = Path(synapse_python).parent.parent
-    version = installed_version(venv, ("lib/python3*/site-packages/matrix_synapse-*.dist-info/METADATA",))
+    version = installed_version(venv, ("lib/python3*/site-packages/matrix_synapse-*.dist-info",))
     assert version is not None, f"no Synapse metadata in {venv}"
     return version
 

@@ -77,7 +77,7 @@ def test_module_runs_as_a_command(tmp_path):
 
 
 def test_help_lists_auto_and_names_the_measured_best_as_readme_and_sizing_do(capsys):
-    """--help (and so the manual page) agrees with README and sizing.py: auto is the
+    """--help agrees with the manual page, docs/design.md and sizing.py: auto is the
     default, minimal is the split that measured best on 2 cores."""
     from matrix_synapse_workers.cli import build_parser
     from matrix_synapse_workers.core.sizing import sized_counts

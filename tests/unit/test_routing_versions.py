@@ -28,8 +28,8 @@ from support.plans import plan_of
 # --- reading the version --------------------------------------------------------
 
 def _metadata(root: Path, where: str, version: str) -> Path:
-    directory = (root / where.replace("python3*", "python3.11")
-                 .replace("matrix_synapse-*", f"matrix_synapse-{version}")).parent
+    directory = root / where.replace("python3*", "python3.11").replace("matrix_synapse-*",
+                                                                     f"matrix_synapse-{version}")
     directory.mkdir(parents=True)
     (directory / "METADATA").write_text(
         f"Metadata-Version: 2.3\nName: matrix-synapse\nVersion: {version}\nSummary: x\n\n"
@@ -37,7 +37,7 @@ def _metadata(root: Path, where: str, version: str) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("where", synapseversion.METADATA_GLOBS)
+@pytest.mark.parametrize("where", synapseversion.DIST_INFO_GLOBS)
 def test_the_version_comes_from_either_packagings_metadata(tmp_path, where):
     _metadata(tmp_path, where, "1.134.0")
     assert installed_version(tmp_path) == (1, 134, 0)
@@ -45,7 +45,7 @@ def test_the_version_comes_from_either_packagings_metadata(tmp_path, where):
 
 def test_no_synapse_is_none_and_leftovers_give_the_newest(tmp_path):
     assert installed_version(tmp_path) is None
-    venv = synapseversion.METADATA_GLOBS[0]
+    venv = synapseversion.DIST_INFO_GLOBS[0]
     _metadata(tmp_path, venv, "1.130.0")
     _metadata(tmp_path, venv, "1.144.1")
     assert installed_version(tmp_path) == (1, 144, 1)
@@ -53,7 +53,13 @@ def test_no_synapse_is_none_and_leftovers_give_the_newest(tmp_path):
 
 def test_unreadable_versions_are_ignored():
     assert parse_version("") is None and parse_version("v1.2.3") is None
-    assert synapseversion.version_from_metadata("Name: x\n\nVersion: 1.2.3\n") is None
+
+
+def test_a_version_in_the_description_is_not_the_version(tmp_path):
+    """importlib.metadata reads headers only: the body's "Version:" line is text."""
+    directory = _metadata(tmp_path, synapseversion.DIST_INFO_GLOBS[0], "1.2.3")
+    (directory / "METADATA").write_text("Name: x\n\nVersion: 1.2.3\n")
+    assert installed_version(tmp_path) is None
 
 
 # --- the real gated entries -------------------------------------------------------

@@ -120,3 +120,18 @@ def test_with_metrics_a_confined_role_listens_on_loopback_tcp_and_nothing_more(t
     assert _values(workers["sync-1"], "RestrictAddressFamilies")[-1] == "AF_UNIX AF_INET AF_INET6"
     assert _values(workers["sync-1"], "IPAddressDeny") == ["any"]
     assert _values(workers["sync-1"], "IPAddressAllow") == ["localhost"]
+
+
+def test_stream_writers_start_before_the_other_workers(tmp_path):
+    """After a restart of everything, the event persister is what sends wait on."""
+    root = _socket_root(tmp_path)
+    files = {str(f.path): f.content for f in decide(root, None, "sync,events:2,typing", Settings()).files}
+    dropin = {name: files[str(paths.worker_sandbox_dropin(name))]
+              for name in ("sync-1", "events-1", "typing-1")}
+    assert _values(dropin["sync-1"], "After") == [
+        "matrix-synapse-worker@events-1.service matrix-synapse-worker@events-2.service "
+        "matrix-synapse-worker@typing-1.service"]
+    # Writers are not ordered among themselves, and nothing is ordered without writers.
+    assert not _values(dropin["events-1"], "After") and not _values(dropin["typing-1"], "After")
+    alone = {str(f.path): f.content for f in decide(root, None, "sync", Settings()).files}
+    assert "[Unit]" not in alone[str(paths.worker_sandbox_dropin("sync-1"))]

@@ -32,7 +32,7 @@ ANSWERS = ("matrix-synapse-workers matrix-synapse-workers/preset select custom\n
 WORKERS = ["client-1", "sync-1", "sync-2", "typing-1"]
 # What the package writes or keeps, and what it must keep across its own upgrade.
 WATCHED = ("/etc/matrix-synapse", "/etc/redis", "/etc/tmpfiles.d", "/etc/nginx",
-           "/var/lib/matrix-synapse-workers")
+           "/etc/systemd/system", "/var/lib/matrix-synapse-workers")
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +92,9 @@ def test_own_upgrade_keeps_answers_and_files_and_restarts_nothing(
         after = files(c)
         assert set(before) <= set(after), sorted(set(before) - set(after))  # nothing lost
         meaning_changed = sorted(p for p in after if without_marker(after[p]) != without_marker(before.get(p, "")))
+        print(f"upgrade {old_version} -> {new_version}: files whose meaning changed: {meaning_changed}")
         if not meaning_changed:
             assert unit_pids(c) == pids, done.stdout  # nothing restarted
-        print(f"upgrade {old_version} -> {new_version}: files whose meaning changed: {meaning_changed}")
         for path, text in after.items():
             # Our own files now say which version wrote them.
             if text.startswith(MARKER) and re.match(rf"{re.escape(MARKER)} [0-9]", text):

@@ -8,6 +8,7 @@ package's), so the examples run against the very modules the tests use.
 """
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -63,3 +64,52 @@ def pytest_collect_file(file_path, parent):
         # --doctest-modules is for the package; test helpers (some import Synapse) are not manuals.
         outcome.force_result([found for found in outcome.get_result()
                               if not isinstance(found, _doctest.DoctestModule)])
+
+
+# --- MSW_REQUIRE_ALL: a skip is a failure -------------------------------------------------
+#
+# scripts/test (so CI) installs everything the tests need and sets MSW_REQUIRE_ALL=1: then no
+# test may skip, whatever its reason, whether it skips in a fixture, in its body, by a skipif
+# marker or at collection.  The per-suite MSW_REQUIRE_* flags give the reason in the suites'
+# own words; this catches every skip they do not cover, including ones added later.
+
+def _require_all() -> bool:
+    return os.environ.get("MSW_REQUIRE_ALL") == "1"
+
+
+def _as_failure(report, when: str) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped during {when}, and MSW_REQUIRE_ALL=1 makes a skip a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _require_all() and report.skipped and not hasattr(report, "wasxfail"):
+        _as_failure(report, report.when)
+
+
+_skipped_modules: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # A module skipped whole: made an error, pytest would stop the whole run before any test;
+    # recorded instead, and the run fails at its end.
+    outcome = yield
+    report = outcome.get_result()
+    if _require_all() and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped_modules.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _skipped_modules:
+        terminalreporter.write_line(f"FAILED (skipped, MSW_REQUIRE_ALL=1) {line}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped_modules and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

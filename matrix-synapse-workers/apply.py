@@ -130,6 +130,8 @@ def _remove_file(root: Path, relative: PurePosixPath) -> None:
             (root / relative.parent).rmdir()
         except OSError:
             pass  # an admin's drop-in is still there
+        else:
+            crashpoint.done(f"removed {relative.parent}")
 
 
 def synapse_python(root: Path) -> Path | None:
@@ -751,6 +753,7 @@ def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer |
             systemd.disable(other.instance_unit)
             for link in _enabled_links(root, other.instance_unit):  # its package is gone
                 link.unlink()
+                crashpoint.done(f"removed {link}")
             report.system_steps.append(f"stopped and disabled {other.instance_unit}")
             report.notices.append(report.system_steps[-1])
         if settings.redis.mode is RedisMode.GUIDE and other == settings.redis.server:

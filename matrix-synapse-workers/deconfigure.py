@@ -48,6 +48,11 @@ class _Steps:
             self.out.write(f"{'would ' if self.dry_run else ''}{done}\n")
 
 
+def _unlink(root: Path, relative: PurePosixPath) -> None:
+    (root / relative).unlink()
+    crashpoint.done(f"removed {relative}")
+
+
 def _set_aside(root: Path, relative: PurePosixPath) -> None:
     os.replace(root / relative, root / f"{relative}{SET_ASIDE_SUFFIX}")
     crashpoint.done(f"set aside {relative}")
@@ -88,7 +93,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr, *, dry_run: bool = Fa
         return
     for ours in (paths.PROMETHEUS_TARGETS, paths.REDIS_CONF_D):  # nothing to scrape, no Redis
         if _ours(root / ours):
-            steps.file(f"remove /{ours}", (root / ours).unlink)
+            steps.file(f"remove /{ours}", lambda o=ours: _unlink(root, o))
             changed = changed or ours == paths.REDIS_CONF_D
     if _ours(root / paths.SHARED_CONF):
         changed = _single_process(root, steps) or changed
@@ -111,7 +116,7 @@ def _single_process(root: Path, steps: _Steps) -> bool:
     """conf.d/workers.yaml back to main's own listeners; whether it changed."""
     single = _single_files(root, steps.out)
     if single is None:
-        steps.file(f"remove /{paths.SHARED_CONF}", (root / paths.SHARED_CONF).unlink)
+        steps.file(f"remove /{paths.SHARED_CONF}", lambda: _unlink(root, paths.SHARED_CONF))
         return True
     changed = False
     for rendered in single:
@@ -150,7 +155,7 @@ def _deconfigure_worker_host(root: Path, steps: _Steps) -> None:
     so it is disabled before the drop-in that kept it from starting goes away."""
     for rendered_path in (paths.SHARED_CONF, paths.REDIS_CONF_D):
         if _ours(root / rendered_path):
-            steps.file(f"remove /{rendered_path}", (root / rendered_path).unlink)
+            steps.file(f"remove /{rendered_path}", lambda r=rendered_path: _unlink(root, r))
     steps.file(f"disable {paths.MAIN_UNIT}", lambda: steps.systemd.disable(paths.MAIN_UNIT))
     steps.out.write(f"{paths.MAIN_UNIT} is disabled on this worker host: its database belongs "
                     "to the main host. Enable it only once this host has its own database.\n")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-
+from support.require import need
 from loopback import free_port, wait_listening
 from matrix_synapse_workers.core.topology import Address
 
@@ -18,10 +16,7 @@ from matrix_synapse_workers.core.topology import Address
 @contextlib.contextmanager
 def redis_with_password(directory: Path, password: str) -> Iterator[Address]:
     """Skips (fails under MSW_REQUIRE_REDIS) where redis-server is not installed."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("MSW_REQUIRE_REDIS"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    need(shutil.which("redis-server") is not None, "redis-server is not installed", "MSW_REQUIRE_REDIS")
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                              "--requirepass", password, "--save", "", "--appendonly", "no",

@@ -36,6 +36,8 @@ class Staged:
 
     target: Path
     temporary: Path
+    #: Directories made for it, deepest first: a discarded file takes them away again.
+    made: tuple[Path, ...] = ()
 
 
 def _stage_content(target: Path, content: str, mode: int,
@@ -59,9 +61,15 @@ def _stage_content(target: Path, content: str, mode: int,
 def stage(root: Path, rendered: RenderedFile, *, chown: bool) -> Staged:
     """Write ``rendered`` beside its target (owner and group only when ``chown``)."""
     target = root / rendered.path
+    made = []
+    for directory in (target.parent, *target.parent.parents):
+        if os.path.lexists(directory):
+            break
+        made.append(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return _stage_content(target, rendered.content, rendered.mode,
-                          _ids(rendered.owner, rendered.group) if chown else None)
+    staged = _stage_content(target, rendered.content, rendered.mode,
+                            _ids(rendered.owner, rendered.group) if chown else None)
+    return Staged(staged.target, staged.temporary, tuple(made))
 
 
 def commit(staged: Staged) -> Path:
@@ -108,8 +116,15 @@ def stage_all(root: Path, files: Sequence[RenderedFile], *, chown: bool) -> list
 
 
 def discard(staged: Sequence[Staged]) -> None:
+    """Remove the temporary files, and the directories made for them when still empty."""
     for item in staged:
         item.temporary.unlink(missing_ok=True)
+    for directory in sorted({d for item in staged for d in item.made}, key=lambda d: len(d.parts), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError:  # something else is in it now
+            continue
+        crashpoint.done(f"removed {directory}")
 
 
 def is_temporary(name: str) -> bool:

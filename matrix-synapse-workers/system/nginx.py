@@ -51,6 +51,7 @@ def _restore(root: Path, saved: _Saved) -> None:
     target = root / saved.path
     if saved.content is None:
         target.unlink(missing_ok=True)
+        crashpoint.done(f"removed {target}")
         return
     tmp = target.with_name(f".{target.name}.restore")
     tmp.write_bytes(saved.content)
@@ -106,6 +107,7 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
         _restore(root, item)
     for relative in set_aside:
         os.replace(root / f"{relative}.dpkg-old", root / relative)
+        crashpoint.done(f"put back {relative}")
     raise ApplyError(
         f"'nginx -t' rejects the nginx configuration with the new "
         f"{' and '.join('/' + str(f.path) for f in files)}: {complaint}; the previous files "

@@ -38,8 +38,15 @@ def ensure_generated(root: Path, relative: PurePosixPath) -> bool:
     directory = target.parent
     if not directory.is_dir():
         directory.mkdir(parents=True)
+        crashpoint.done(f"created {directory}")
+    # Checked each time, not only when made: a run killed right after the mkdir leaves it root's.
+    status = directory.stat()
+    if (status.st_uid, status.st_gid) != (0, gid):
         os.chown(directory, 0, gid)
+        crashpoint.done(f"chown {directory}")
+    if status.st_mode & 0o7777 != CLUSTER_DIR_MODE:
         os.chmod(directory, CLUSTER_DIR_MODE)
+        crashpoint.done(f"chmod {directory}")
     if target.exists():
         return False
     # Ours alone (swept after a kill, see .files), and gone if a killed run left it.

@@ -11,7 +11,6 @@ import functools
 import inspect
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -19,8 +18,7 @@ import pytest
 
 import harness
 
-from booted_config import (BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL,
-                           STANDIN_VERSION, container_name)
+from booted_config import SERVER_NAME, STANDIN_MAIN_URL, STANDIN_VERSION, container_name
 
 
 def require_booted() -> bool:
@@ -81,19 +79,8 @@ def unbooted(base_root: Path, request: pytest.FixtureRequest) -> Iterator[harnes
 @pytest.fixture(scope="session")
 def standin_deb(booted_host: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in matrix-synapse-py3 .deb, built by tests/standin/build-standin."""
-    if not BUILD_STANDIN.exists():
-        pytest.skip("tests/standin/build-standin does not exist yet: no stand-in Synapse package")
-    out = tmp_path_factory.mktemp("standin")
-    r = subprocess.run([str(BUILD_STANDIN), STANDIN_VERSION, str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:
-        pytest.fail(f"build-standin failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}",
-                    pytrace=False)
-    debs = sorted(out.glob("matrix-synapse-py3_*.deb"))
-    if len(debs) != 1:
-        pytest.fail(f"build-standin made {[d.name for d in out.iterdir()]}, "
-                    "expected one matrix-synapse-py3_*.deb", pytrace=False)
-    return debs[0]
+    from support.standin import build_standin
+    return build_standin(STANDIN_VERSION, tmp_path_factory.mktemp("standin"))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,16 @@ from pathlib import Path
 from harness import Container
 from test_scenarios import install_workers, preseed, workers_on_disk
 
+# What an apply may change, listed with type, mode, owner and checksum: a refused apply
+# leaves every line as it was (the times may change: nothing here reads them).
+WATCHED = "/etc /var/lib/matrix-synapse /var/lib/matrix-synapse-workers /run/matrix-synapse"
+LISTING = (f"find {WATCHED} -xdev -printf '%p %y %m %u %g\\n' | sort; "
+           f"find {WATCHED} -xdev -type f -exec sha256sum {{}} + | sort")
+
+
+def contents(c: Container) -> list[str]:
+    return c.run(["sh", "-c", LISTING]).stdout.splitlines()
+
 
 def test_workers_that_cannot_get_database_connections_are_refused(synapse_root: Path,
                                                                   package_deb: Path) -> None:
@@ -29,9 +39,12 @@ def test_workers_that_cannot_get_database_connections_are_refused(synapse_root: 
         assert workers_on_disk(c) == ["sync-1", "sync-2", "sync-3"]
         # The admin's minimum pools grow: 5 x cp_min 5 = 25 cannot even start.
         c.run(["sed", "-i", "s/cp_min: 1$/cp_min: 5/", "/etc/matrix-synapse/homeserver.yaml"])
+        before = contents(c)
         r = c.run(["matrix-synapse-workers", "apply", "--workers", "sync:3,client"], check=False,
                   timeout=600)
         assert r.returncode == 1
         assert "5 Synapse processes open at least 25 database connections (cp_min 5 each)" in r.stderr
         assert "nothing was changed" in r.stderr
         assert workers_on_disk(c) == ["sync-1", "sync-2", "sync-3"]
+        after = contents(c)
+        assert sorted(set(before) ^ set(after)) == []

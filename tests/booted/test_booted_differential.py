@@ -33,15 +33,15 @@ import functools
 import inspect
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, NGINX, OUR_FED_ADDRESS, REMOTE_FED_ADDRESS, \
-    REMOTE_SERVER_NAME, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST
+from booted_config import NGINX, OUR_FED_ADDRESS, REMOTE_FED_ADDRESS, REMOTE_SERVER_NAME, SERVER_NAME, \
+    STANDIN_MAIN_URL, VHOST
+from support.standin import build_standin
 from harness import Container
 from twohost import PrivateLink
 from test_scenarios import SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure, \
@@ -228,11 +228,7 @@ def uncovered(report: dict[str, Any]) -> list[str]:
 def synapse_root_of(version: str, base_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synapse_root (conftest) for another Synapse version: its own stand-in .deb and layer."""
 
-    out = tmp_path_factory.mktemp(f"standin-{version}")
-    r = subprocess.run([str(BUILD_STANDIN), version, str(out)], cwd=REPO, capture_output=True,
-                       text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    deb = next(out.glob("matrix-synapse-py3_*.deb"))
+    deb = build_standin(version, tmp_path_factory.mktemp(f"standin-{version}"))
     setup = functools.partial(harness.install_standin_synapse, deb=deb, server_name=SERVER_NAME)
     return harness.ensure_derived_root(
         f"standin-synapse-{version}", base_root, setup,

@@ -10,14 +10,13 @@ package upgrade (made while policy-rc.d forbids restarts, so nothing restarts).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from booted_config import BUILD_STANDIN, REPO
+from support.standin import build_standin
 from harness import POLICY_RC_D, POLICY_RC_D_TEXT, Container, synapse_setup
 from test_scenarios import SERVER, install_workers, preseed, unit_of
 
@@ -30,14 +29,6 @@ VHOST = """server {
     include snippets/matrix-synapse-workers.conf;
 }
 """
-
-
-def build_standin(version: str, out: Path) -> Path:
-    r = subprocess.run([str(BUILD_STANDIN), version, str(out)], cwd=REPO, capture_output=True,
-                       text=True, timeout=1200)
-    if r.returncode != 0:
-        pytest.fail(f"build-standin {version} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}", pytrace=False)
-    return sorted(out.glob(f"matrix-synapse-py3_{version}*.deb"))[0]
 
 
 @pytest.fixture(scope="module")

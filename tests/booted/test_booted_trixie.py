@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import subprocess
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +29,11 @@ from typing import Any, Iterator
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, REPO, SERVER_NAME, STANDIN_MAIN_URL, VHOST
+from support import standin
+from matrix_synapse_workers.core.catalog import ROLES
+from matrix_synapse_workers.core.plan import worker_name
+from matrix_synapse_workers.core.sizing import sized_counts
+from booted_config import SERVER_NAME, STANDIN_MAIN_URL, VHOST
 from harness import Container
 from test_scenarios import (SOCKETS, active_since, assert_all_healthy, install_workers, poll, preseed,
                             reconfigure, round_trip_through_nginx, unit_of, workers_on_disk)
@@ -41,12 +45,7 @@ REDIS_SOCKET = "/run/redis-matrix-synapse/redis-server.sock"
 
 
 def build_standin(version: str, out: Path) -> Path:
-    r = subprocess.run([str(BUILD_STANDIN), version, str(out), SUITE], cwd=REPO, capture_output=True,
-                       text=True, timeout=1800)
-    if r.returncode != 0:
-        pytest.fail(f"build-standin {version} {SUITE} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}",
-                    pytrace=False)
-    return Path(r.stdout.strip().splitlines()[-1])
+    return standin.build_standin(version, out, SUITE)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +74,49 @@ def trixie_synapse_root(trixie_root: Path, trixie_standins: dict[str, Path]) -> 
     return _standin_layer("trixie-standin-synapse", trixie_root, trixie_standins[OLD_SYNAPSE])
 
 
+class Walk:
+    """The one booted trixie system the tests below walk through, and the steps taken on it.
+
+    Each test names the state it starts from (:meth:`at`).  Steps it needs that have not been
+    taken are taken first, so a test run alone (``-k``) starts where it would in the module's
+    order; a test that would start from a state the walk is already past fails and says so,
+    instead of asserting on a system other tests changed under it.
+    """
+
+    ORDER = ("booted", "installed", "reconfigured", "upgraded", "purged")
+
+    def __init__(self, c: Container, package_deb: Path, standins: dict[str, Path]):
+        self.c, self.package_deb, self.standins = c, package_deb, standins
+        self.taken = ["booted"]
+
+    def at(self, state: str) -> Container:
+        wanted = self.ORDER.index(state)
+        if self.ORDER.index(self.taken[-1]) > wanted:
+            pytest.fail(f"this test starts from the state {state!r}, but the walk is past it "
+                        f"({' -> '.join(self.taken)}): run this module in its order", pytrace=False)
+        for step in self.ORDER[len(self.taken):wanted + 1]:
+            self.take(step)
+        return self.c
+
+    def take(self, step: str) -> None:
+        """Take ``step`` (from the state before it); each test of a step calls it once."""
+        assert self.taken[-1] == self.ORDER[self.ORDER.index(step) - 1], (step, self.taken)
+        if step == "installed":
+            install_workers(self.c, self.package_deb, "")
+        elif step == "reconfigured":
+            # A stream writer (typing) changes the shared config: every process restarts, on purpose.
+            reconfigure(self.c, preseed("custom", "sync, client, typing", "sync:2"))
+        elif step == "upgraded":
+            self.c.install_debs([self.standins[NEW_SYNAPSE]])  # its postinst restarts main; our trigger the rest
+        elif step == "purged":
+            self.c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)
+        self.taken.append(step)
+
+
 @pytest.fixture(scope="module")
-def deployed(trixie_synapse_root: Path) -> Iterator[Container]:
-    """The one booted trixie system the tests below walk through, in order."""
+def walk(trixie_synapse_root: Path, package_deb: Path, trixie_standins: dict[str, Path]) -> Iterator[Walk]:
     with Container(trixie_synapse_root, name="trixie") as c:
-        yield c
+        yield Walk(c, package_deb, trixie_standins)
 
 
 def status(c: Container) -> tuple[int, dict[str, Any]]:
@@ -116,8 +153,8 @@ def nginx_check(c: Container) -> str:
     return out
 
 
-def test_trixie_boots_with_its_own_releases(deployed: Container) -> None:
-    c = deployed
+def test_trixie_boots_with_its_own_releases(walk: Walk) -> None:
+    c = walk.at("booted")
     assert c.last_state == "running", c.last_failed_units
     assert c.read_file("/etc/os-release").count('VERSION_CODENAME=trixie') == 1
     assert c.run(["systemctl", "--version"]).stdout.startswith("systemd 257")
@@ -129,12 +166,18 @@ def test_trixie_boots_with_its_own_releases(deployed: Container) -> None:
     harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=60)
 
 
-def test_install_with_the_default_answers(deployed: Container, package_deb: Path) -> None:
-    c = deployed
-    install_workers(c, package_deb, "")
-    # The default preset (auto) sizes the workers for this machine: at least a sync worker.
+def test_install_with_the_default_answers(walk: Walk) -> None:
+    c = walk.at("booted")
+    walk.take("installed")
+    # The default preset is auto, which sizes the workers for the machine as the package
+    # sees it from inside the container: exactly those workers.
+    shown = c.run(["debconf-show", "matrix-synapse-workers"]).stdout
+    assert re.search(r"^\*? *matrix-synapse-workers/preset: auto$", shown, re.M), shown
+    cores, memory = map(int, c.run(["python3", "-c", "from matrix_synapse_workers.system.machine import "
+                                    "this_machine; print(*this_machine())"]).stdout.split())
     names = workers_on_disk(c)
-    assert "sync-1" in names, names
+    assert names == sorted(worker_name(ROLES[role], i) for role, count in sized_counts(cores, memory).items()
+                           for i in range(1, count + 1)), (cores, memory, names)
     assert_all_healthy(c, names)
     # Redis 8 runs the instance config this package renders, unchanged.
     assert c.run(["systemctl", "is-active", REDIS_UNIT]).stdout.strip() == "active"
@@ -148,8 +191,8 @@ def test_install_with_the_default_answers(deployed: Container, package_deb: Path
     c.run(["systemctl", "reload-or-restart", "nginx.service"])
 
 
-def test_status_is_healthy(deployed: Container) -> None:
-    c = deployed
+def test_status_is_healthy(walk: Walk) -> None:
+    c = walk.at("installed")
     data = wait_healthy(c)
     assert data["status"] == "healthy"
     processes = [ch for ch in data["checks"] if ch["check"] == "process"]
@@ -162,10 +205,9 @@ def test_status_is_healthy(deployed: Container) -> None:
     assert "127.0.0.1:6379" in c.run(["ss", "-Hltn"]).stdout
 
 
-def test_reconfigure(deployed: Container) -> None:
-    c = deployed
-    # A stream writer (typing) changes the shared config: every process restarts, on purpose.
-    reconfigure(c, preseed("custom", "sync, client, typing", "sync:2"))
+def test_reconfigure(walk: Walk) -> None:
+    c = walk.at("installed")
+    walk.take("reconfigured")
     names = ["client-1", "sync-1", "sync-2", "typing-1"]
     assert workers_on_disk(c) == names
     assert_all_healthy(c, names)
@@ -173,17 +215,16 @@ def test_reconfigure(deployed: Container) -> None:
     wait_healthy(c)
 
 
-def test_client_round_trip_through_nginx(deployed: Container) -> None:
-    c = deployed
+def test_client_round_trip_through_nginx(walk: Walk) -> None:
+    c = walk.at("reconfigured")
     round_trip_through_nginx(c, "trixie-alice")
     nginx_check(c)
 
 
-def test_synapse_upgrade_restarts_the_workers_on_the_new_version(deployed: Container,
-                                                               trixie_standins: dict[str, Path]) -> None:
-    c = deployed
+def test_synapse_upgrade_restarts_the_workers_on_the_new_version(walk: Walk) -> None:
+    c = walk.at("reconfigured")
     names = workers_on_disk(c)
-    c.install_debs([trixie_standins[NEW_SYNAPSE]])  # its postinst restarts main; our trigger the rest
+    walk.take("upgraded")
     for name in ["main", *names]:
         harness.wait_for_http(c, f"{SOCKETS}/{name}.sock", "/health", timeout=90)
     versions = {n: harness.http_unix(c, f"{SOCKETS}/{n}.sock", "GET", "/health").headers.get("server")
@@ -194,9 +235,9 @@ def test_synapse_upgrade_restarts_the_workers_on_the_new_version(deployed: Conta
     wait_healthy(c)
 
 
-def test_purge_leaves_a_working_single_process(deployed: Container) -> None:
-    c = deployed
-    c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)
+def test_purge_leaves_a_working_single_process(walk: Walk) -> None:
+    c = walk.at("upgraded")
+    walk.take("purged")
     harness.wait_for_http(c, STANDIN_MAIN_URL, "/health", timeout=90)
     harness.register_user(c, STANDIN_MAIN_URL, "trixie-dave", "dave-password-1")
     leftovers = c.run("ls -d /etc/matrix-synapse/workers /etc/matrix-synapse/worker-logs "
@@ -244,11 +285,11 @@ def subscribed_on(c: Container, cli: str, socket: str, password: str | None = No
     return sum(1 for f in fields if int(f.get("sub", "0")) + int(f.get("psub", "0")) > 0)
 
 
-def test_guide_mode_on_a_redis_whose_password_is_in_an_included_file(deployed: Container,
-                                                                      package_deb: Path) -> None:
+def test_guide_mode_on_a_redis_whose_password_is_in_an_included_file(walk: Walk, package_deb: Path) -> None:
     """An admin's Redis that requires a password, set in a file redis.conf includes: Synapse
-    gets it from a file only it and root read, never inline; every process subscribes."""
-    c = deployed
+    gets it from a file only it and root read, never inline; every process subscribes.
+    From the purged system (Synapse alone again), and purged again at its end."""
+    c = walk.at("purged")
     c.write_file("/etc/redis/local.conf", f"requirepass {GUIDE_PASSWORD}\n", mode=0o640)
     c.run(["chown", "redis:redis", "/etc/redis/local.conf"])
     c.run(["sed", "-i", r"s|^# include /path/to/local.conf$|&\ninclude /etc/redis/local.conf|",

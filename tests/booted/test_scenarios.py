@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from booted_config import BUILD_STANDIN, NGINX, REPO, SERVER_NAME as SERVER, VHOST, container_name
+from support.standin import build_standin
+from booted_config import NGINX, SERVER_NAME as SERVER, VHOST, container_name
 from harness import Container, http_unix, login, register_user, wait_for_http
 
 SOCKETS = "/run/matrix-synapse"
@@ -317,11 +318,7 @@ def test_purge_leaves_a_working_single_process(synapse, package_deb):
 @pytest.fixture(scope="session")
 def old_standin_deb(tmp_path_factory) -> Path:
     """The stand-in at the previous Synapse release, to upgrade from."""
-    import subprocess
-    out = tmp_path_factory.mktemp("standin-old")
-    subprocess.run([str(BUILD_STANDIN), "1.163.1", str(out)], cwd=REPO, check=True,
-                   capture_output=True, text=True, timeout=1200)
-    return next(out.glob("matrix-synapse-py3_*.deb"))
+    return build_standin("1.163.1", tmp_path_factory.mktemp("standin-old"))
 
 
 def server_versions(c: Container, names: list[str]) -> dict[str, str]:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from support.chroot import Chroot, chroot_copy, deps_root, standin_root, sweep_stale_copies
-from support.debs import next_version_deb, our_deb
+from support import require
+from support.debs import our_deb, upgrade_target
+from support.standin import build_standin
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_NEW, STANDIN_OLD = "1.163.2", "1.163.1"
@@ -27,12 +28,7 @@ BOOKWORM, TRIXIE = "bookworm", "trixie"
 
 
 def need(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    for flag in ("MSW_REQUIRE_CHROOT", "CI"):
-        if os.environ.get(flag):
-            pytest.fail(f"{reason} ({flag} is set: the chroot tests must run)")
-    pytest.skip(reason)
+    require.need(condition, reason, "MSW_REQUIRE_CHROOT")
 
 
 @pytest.fixture(scope="session")
@@ -50,17 +46,14 @@ def ours_deb(chroot_tools) -> Path:
 
 
 @pytest.fixture(scope="session")
-def next_deb(ours_deb) -> Path:
-    """This tree again, built as the next version (N+1): the upgrade tests' target."""
-    return next_version_deb(ours_deb)
+def upgrade_deb(ours_deb) -> Path:
+    """What each kept release (tests/releases/) upgrades to: this tree, as a version newer
+    than every release."""
+    return upgrade_target(ours_deb)
 
 
 def _standin(version: str, out: Path, suite: str | None = None) -> Path:
-    done = subprocess.run([str(REPO / "tests/standin/build-standin"), version, str(out),
-                           *([suite] if suite else [])],
-                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False)
-    assert done.returncode == 0, f"build-standin {version} failed with exit code {done.returncode}"
-    return Path(done.stdout.strip().splitlines()[-1])
+    return build_standin(version, out, suite)
 
 
 @pytest.fixture(scope="session")

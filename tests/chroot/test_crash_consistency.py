@@ -24,9 +24,12 @@ In a chroot systemd does not run: the unit actions are skipped there (and
 said so) and are not kill points of this test.  Each kill point costs two
 configure runs (about 6 s each, mostly Synapse's own check of 16 file sets).
 
-``MSW_CRASH_POINTS``: how many kill points per scenario, spread evenly over
-the run (first and last included); 8 by default, which keeps the suite's
-budget; ``all`` kills after every single action (see docs/crash-safety.md for its time).
+``MSW_CRASH_POINTS``: unset, the first configure is killed after every one of
+its actions and the reconfigure and purge after 8 of theirs, a sample that
+moves each day so that a few days' runs cover every action
+(``MSW_CRASH_ROTATION`` repeats a day's sample); a number, that many for
+every scenario; ``all``, every action of every scenario (see docs/crash-safety.md
+for its time).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from typing import Iterator
 
 import pytest
 
+from support import crashpoints
 from support.chroot import CHROOT_ENV, WORK, Chroot, overlay, run
+from support.crashpoints import differences
 
 PACKAGE = "matrix-synapse-workers"
 # The issue's custom preset: 15 workers.
@@ -56,6 +61,9 @@ WATCHED = ("/etc/matrix-synapse", "/etc/nginx", "/etc/redis", "/etc/tmpfiles.d",
            "/var/lib/matrix-synapse", "/var/lib/nginx")
 ADMIN_FILES = ("/etc/redis/redis.conf", "/etc/matrix-synapse/homeserver.yaml")
 KILLED = -9
+# Kill points per scenario when MSW_CRASH_POINTS is unset: the first install's configure
+# takes every one; the others a sample that rotates daily (support/crashpoints.py).
+SAMPLE = "8"
 
 
 def state(chroot: Chroot) -> dict[str, object]:
@@ -71,21 +79,11 @@ def state(chroot: Chroot) -> dict[str, object]:
 
 
 def temporaries(chroot: Chroot) -> list[str]:
-    return [path for path in chroot.snapshot(*WATCHED)
-            if ".msw-tmp." in path or path.endswith((".new", ".restore"))]
+    return crashpoints.temporaries(chroot.snapshot(*WATCHED))
 
 
-def differences(want: dict, got: dict) -> dict:
-    return {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got))
-            if want.get(k) != got.get(k)}
-
-
-def points(total: int) -> list[int]:
-    wanted = os.environ.get("MSW_CRASH_POINTS", "8")
-    if wanted == "all":
-        return list(range(1, total + 1))
-    count = max(1, min(total, int(wanted)))
-    return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+def points(total: int, default: str) -> list[int]:
+    return crashpoints.chosen(total, os.environ.get("MSW_CRASH_POINTS", ""), default)
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +146,13 @@ def tool(chroot: Chroot, command: list[str], **env: str) -> subprocess.Completed
 
 
 def kill_each_point(scratch: Path, lower: list[Path], reference: Reference, command: list[str],
-                    recover: list[str], prepare=lambda chroot: None) -> list[tuple[int, str, dict]]:
+                    recover: list[str], prepare=lambda chroot: None,
+                    default: str = SAMPLE) -> list[tuple[int, str, dict]]:
     """For each kill point: a fresh copy, ``command`` killed there, ``recover``, compared."""
     failures = []
-    chosen = points(len(reference.actions))
-    print(f"{len(reference.actions)} actions; killed after {len(chosen)} of them")
+    chosen = points(len(reference.actions), default)
+    print(f"{len(reference.actions)} actions; killed after {len(chosen)} of them: {chosen} "
+          f"(MSW_CRASH_ROTATION={crashpoints.rotation()})")
     for point in chosen:
         with fresh(scratch, lower, f"kill-{point}") as chroot:
             prepare(chroot)
@@ -201,7 +201,8 @@ def test_dpkg_killed_after_any_action_of_the_postinst_converges(unpacked, config
     scratch, lower = unpacked
     reference, _ = configured
     assert len(reference.actions) > 30, reference.actions  # 15 workers' files and more
-    failures = kill_each_point(scratch, lower, reference, CONFIGURE, ["dpkg", "--configure", "-a"])
+    failures = kill_each_point(scratch, lower, reference, CONFIGURE, ["dpkg", "--configure", "-a"],
+                               default="all")
     assert not failures, report(failures)
 
 

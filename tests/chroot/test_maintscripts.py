@@ -437,13 +437,30 @@ PURGE_IGNORED = (
     "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/cache/debconf", "/var/log", "/tmp",
     "/etc/group", "/etc/group-", "/etc/gshadow", "/etc/gshadow-",
     "/etc/passwd", "/etc/passwd-", "/etc/shadow", "/etc/shadow-", "/etc/ld.so.cache",
-    # Made by Synapse's own loader in the apply engine's config check (see
-    # test_install_creates_nothing_synapse_cannot_write): Synapse's data, not ours.
-    "/var/lib/matrix-synapse/media",
-    # Made by 'nginx -t' in the apply engine's nginx check: nginx's runtime
-    # state, which nginx makes anyway when it first starts.
-    "/var/lib/nginx", "/run/nginx.pid",
+    # Written by 'nginx -t' in the apply engine's nginx check; /run is a tmpfs on a real host.
+    "/run/nginx.pid",
 )
+# What purge leaves on purpose, each an empty directory with its owner.  The media store:
+# made for matrix-synapse by the apply engine when missing (see
+# test_install_creates_nothing_synapse_cannot_write); it is Synapse's data directory, which
+# media would fill, so purging this package must not take it.  nginx's temporary
+# directories: made by 'nginx -t' in the apply engine's nginx check, as nginx makes them
+# when it first starts; nginx-common owns their parent.
+PURGE_LEAVES = {
+    "/var/lib/matrix-synapse/media": "matrix-synapse",
+    **{f"/var/lib/nginx/{name}": "www-data" for name in ("body", "fastcgi", "proxy", "scgi", "uwsgi")},
+}
+
+
+def assert_only_purge_leftovers(c, before: dict) -> None:
+    """Every change since ``before`` is one of PURGE_LEAVES: a new, empty directory of its owner."""
+    left = changed(before, file_list(c, PURGE_IGNORED))
+    unexpected = {path: change for path, change in left.items() if path not in PURGE_LEAVES}
+    assert unexpected == {}
+    for path in left:
+        assert left[path] == (None, "dir"), (path, left[path])
+        assert list((c / path).iterdir()) == [], path
+        assert c.owner(path)[0] == PURGE_LEAVES[path], (path, c.owner(path))
 
 
 def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(release_synapse_host, ours_deb):
@@ -483,7 +500,7 @@ def test_remove_keeps_synapse_serving_and_purge_leaves_nothing(release_synapse_h
     assert (c / f"{ETC}/workers/README.txt").read_text() == "mine\n"
     (c / f"{ETC}/workers/README.txt").unlink()
     (c / f"{ETC}/workers").rmdir()
-    assert changed(before, file_list(c, PURGE_IGNORED)) == {}
+    assert_only_purge_leftovers(c, before)
     # Users and groups stay.
     assert c.has_group("synapse-sockets")
 

@@ -1,8 +1,9 @@
 """piuparts, Debian's own install/upgrade/purge tester, on this package.
 
-One piuparts run, two of its tests: install and purge of this tree built as
-N+1 (``scripts/build-deb --version N+1``), and the upgrade from N (this tree
-as built, offered by a local apt repository) to N+1, then purge.  piuparts
+One piuparts run per kept release (tests/releases/), two of its tests:
+install and purge of this tree (built as a version newer than every release,
+see support/debs.upgrade_target), and the upgrade from that release (offered
+by a local apt repository) to this tree, then purge.  piuparts
 starts from a copy of a cached layer (``--existing-chroot``): the ``standin``
 layer (bookworm, every dependency installed, the matrix-synapse-py3 stand-in)
 with the PostgreSQL settings in ``conf.d/database.yaml`` and the stand-in's
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from support.debs import deb_version, kept_releases
+from support.require import need
 from support.chroot import (CACHE, POSTGRES_DATABASE, SUITE, WORK, _build_layer, _key, debian_mirror,
                             deb_identity, run)
 
@@ -62,18 +65,17 @@ def piuparts_layer(standin_layer: Path, standin_deb: Path) -> Path:
 @pytest.fixture(scope="module")
 def piuparts_tool(chroot_tools) -> str:
     tool = shutil.which("piuparts")
-    if tool is None:
-        pytest.skip("piuparts is not installed (apt-get install piuparts)")
-    if shutil.which("dpkg-scanpackages") is None:
-        pytest.skip("dpkg-scanpackages is not installed (dpkg-dev)")
+    need(tool is not None, "piuparts is not installed (apt-get install piuparts)", "MSW_REQUIRE_CHROOT")
+    need(shutil.which("dpkg-scanpackages") is not None, "dpkg-scanpackages is not installed (dpkg-dev)",
+         "MSW_REQUIRE_CHROOT")
     return tool
 
 
-def test_piuparts_install_purge_and_upgrade_from_the_previous_version(
-        piuparts_tool, piuparts_layer, ours_deb, next_deb, tmp_path):
-    version = run("dpkg-deb", "--field", next_deb, "Version").stdout.strip()
+@pytest.mark.parametrize("release", kept_releases(), ids=lambda deb: deb_version(deb))
+def test_piuparts_install_purge_and_upgrade_from_a_release(piuparts_tool, piuparts_layer, release, upgrade_deb):
+    version = deb_version(upgrade_deb)
     LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"matrix-synapse-workers_{version}.log"
+    log = LOGS / f"matrix-synapse-workers_{deb_version(release)}_to_{version}.log"
     log.unlink(missing_ok=True)
     # The repository is bind-mounted at the same path inside piuparts' chroot.
     WORK.mkdir(parents=True, exist_ok=True)
@@ -82,13 +84,13 @@ def test_piuparts_install_purge_and_upgrade_from_the_previous_version(
     scratch = Path(subprocess.run(["mktemp", "-d", f"{WORK}/piuparts-tmp.XXXXXX"], check=True,
                                   capture_output=True, text=True).stdout.strip())
     try:
-        line = local_repository(repo, ours_deb)
+        line = local_repository(repo, release)
         done = run(piuparts_tool,
                    "--existing-chroot", piuparts_layer, "--skip-minimize",
                    "--distribution", SUITE, "--mirror", debian_mirror(),
                    "--extra-repo", line, "--bindmount", repo,
                    "--tmpdir", scratch, "--log-file", log,
-                   next_deb, check=False)
+                   upgrade_deb, check=False)
     finally:
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)

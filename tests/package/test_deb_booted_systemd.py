@@ -172,17 +172,42 @@ def test_restarting_main_restarts_workers(container: harness.Container) -> None:
         assert after[unit] != before[unit], f"{unit} kept PID {before[unit]}"
 
 
+def restarts(c: harness.Container) -> dict[str, str]:
+    """Each unit's count of automatic restarts (after a failure), as systemd keeps it."""
+    return {u: c.run(["systemctl", "show", "-P", "NRestarts", u]).stdout.strip() for u in ALL_UNITS}
+
+
 def test_main_crash_does_not_leave_workers_down(container: harness.Container) -> None:
     c = container
     wait_all(c, "active")
     before = main_pids(c)
+    restarted_before = restarts(c)
+    crashed_at = max(t for *_, t in events(c))
     c.run(f"kill -9 {before['matrix-synapse.service']}")
-    # Main comes back after RestartSec=3; the workers must be running then.
+    # Main comes back after RestartSec=3.
     c.wait_until(f"[ \"$(systemctl show -p MainPID --value matrix-synapse.service)\" != "
                  f"{before['matrix-synapse.service']} ] && systemctl is-active -q matrix-synapse.service",
                  timeout=30)
-    time.sleep(4)  # past one more RestartSec of any worker
-    wait_all(c, "active", timeout=30)
+    # Then every worker's running process has said it is ready (not a fixed wait).
+    deadline = time.monotonic() + 30
+    while True:
+        pids = main_pids(c)
+        ready = {(name, pid) for what, name, pid, _ in events(c) if what == "ready"}
+        if all((w, pids[f"matrix-synapse-worker@{w}.service"]) in ready for w in WORKERS):
+            break
+        assert time.monotonic() < deadline, events(c)
+        time.sleep(0.2)
+    wait_all(c, "active")
+    # No worker failed on the way: none was restarted for a failure of its own, and each
+    # started at most once since the crash (with main, PartOf=), after main was ready again.
+    after = restarts(c)
+    rows = [r for r in events(c) if r[3] > crashed_at]
+    main_ready = min(t for what, name, _, t in rows if what == "ready" and name == "main")
+    for w in WORKERS:
+        unit = f"matrix-synapse-worker@{w}.service"
+        assert after[unit] == restarted_before[unit], (unit, restarted_before[unit], after[unit])
+        starts = [t for what, name, _, t in rows if what == "start" and name == w]
+        assert len(starts) <= 1 and all(t > main_ready for t in starts), rows
 
 
 def test_main_failing_to_start_does_not_strand_workers(container: harness.Container) -> None:

@@ -34,6 +34,7 @@ from debian import deb822, debfile
 # The chroot toolkit the chroot tests use too.  CHROOT_ENV: what maintainer scripts and
 # apt in the chroot see (nothing of the host's environment leaks in); POLICY_RC_D refuses
 # every start and notes what was asked, so the tests see what the scripts wanted to do.
+from support import require
 from support.chroot import (CHROOT_ENV, POLICY_RC_D, Chroot, chroot_run, debian_mirror,
                             debootstrap_minbase, locked, mounted, overlay, remove_tree, run,
                             unmount_below)
@@ -56,12 +57,7 @@ APT_LISTS_MAX_AGE = 12 * 3600
 
 
 def need(condition: bool, reason: str) -> None:
-    """Skip when condition is false; fail instead under CI."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"required for this test: {reason}")
-    pytest.skip(reason)
+    require.need(condition, reason, "MSW_REQUIRE_STANDIN")
 
 
 # --- the .debs ------------------------------------------------------------

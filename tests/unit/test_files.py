@@ -91,3 +91,15 @@ def test_a_full_file_system_leaves_every_previous_file_and_one_error(tmp_path, m
         files.commit(item)
     assert (tmp_path / "w3.yaml").read_text() == "new 3\n"
 
+
+
+def test_discarded_files_take_the_directories_made_for_them_and_no_other(tmp_path):
+    """A refused apply (nginx -t) discards what it staged: a new worker's drop-in directory,
+    made for its file, goes with it; a directory that was there stays."""
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    staged = files.stage_all(tmp_path, [
+        RenderedFile(PurePosixPath("etc/systemd/system/w@sync-3.service.d/sandbox.conf"), "x\n"),
+        RenderedFile(PurePosixPath("etc/systemd/system/kept.conf"), "y\n")], chown=False)
+    files.discard(staged)
+    assert sorted(p.name for p in (tmp_path / "etc/systemd/system").iterdir()) == []
+    assert (tmp_path / "etc/systemd/system").is_dir()

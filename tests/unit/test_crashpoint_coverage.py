@@ -53,6 +53,11 @@ NOT_KILL_POINTS = {
     ("system/secrets.py", "mark_worker_host", ".mkdir"): "the parent of a file written next",
     ("system/applied.py", "_replace", ".mkdir"): "the parent of a file written next",
     ("apply.py", "_accounts_and_overrides", ".mkdir"): "the parent of a file written next",
+    ("apply.py", "_write_made_record", ".mkdir"): "the parent of a file written next",
+    ("apply.py", "_ensure_writable_paths", "os.chown"): "an empty recorded media store's owner and "
+                                                       "mode: a run killed before its kill point "
+                                                       "leaves it empty and recorded, and the next "
+                                                       "run sets both again",
     ("apply.py", "_ensure_writable_paths", ".mkdir"): "the parent of a file written next (its "
                                                       "second mkdir, the media store, is one)",
     # nginx's own temporary directories, which 'nginx -t' makes and the check takes away again:

@@ -111,6 +111,30 @@ def _worker_of(path: PurePosixPath) -> str | None:
     return paths.worker_of_sandbox_dropin(path)
 
 
+def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
+    """A file's :func:`meaning`; for a worker's unit drop-in without its ``[Unit]`` part.
+
+    ``[Unit]`` holds only the start order (writers first): systemd takes it at the
+    daemon-reload that every written drop-in gets, and the running process is
+    unchanged, so a change there restarts nothing.
+
+    >>> dropin = PurePosixPath("etc/systemd/system/matrix-synapse-worker@sync-1.service.d/"
+    ...                        "matrix-synapse-workers.conf")
+    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nUMask=0027\\n")
+    '[Service]\\nUMask=0027\\n'
+    """
+    text = meaning(text)
+    if text is None or paths.worker_of_sandbox_dropin(path) is None:
+        return text
+    kept, in_unit = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            in_unit = line.strip() == "[Unit]"
+        if not in_unit:
+            kept.append(line)
+    return "".join(kept)
+
+
 def touches_units(changes: "Changes") -> bool:
     """Whether a unit drop-in is written or removed: systemd must reload first."""
     changed = [f.path for f in changes.write] + list(changes.remove)
@@ -146,7 +170,8 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
         write.append(rendered)
         if current is not None and not current.ours:
             set_aside.append(rendered.path)
-        if current is None or meaning(current.content) != meaning(rendered.content):
+        if current is None or (what_the_process_reads(rendered.path, current.content)
+                               != what_the_process_reads(rendered.path, rendered.content)):
             read_changed.add(rendered.path)
         worker = _worker_of(rendered.path)
         if worker in kept and rendered.path in read_changed:

@@ -152,3 +152,21 @@ def test_services_owed_by_a_killed_run_are_added_to_the_next_one():
     owed = services_owed(Changes(stop=("sync-2",), start=("typing-1",)), reload_nginx=False)
     changes, reload = with_owed(Changes(), owed, ("sync-1", "sync-2"))
     assert (changes.stop, changes.start, reload) == ((), ("sync-2",), False)
+
+
+def test_a_new_start_order_alone_restarts_no_worker(tmp_path):
+    """0.1.0 wrote drop-ins without the writers-first [Unit] part: the upgrade that adds it
+    writes the drop-ins (systemd reloads) and restarts nothing."""
+    root, on_disk = deployed(tmp_path, "sync:2,client,events")
+    def without_order(text):
+        head, unit = text.split("[Unit]\n", 1)
+        return head + "[Service]" + unit.split("[Service]", 1)[1]
+
+    old = {path: OnDisk(without_order(f.content), f.mode) if "[Unit]" in f.content else f
+           for path, f in on_disk.items()}
+    assert old != on_disk
+    changes = change_to(root, old, "sync:2,client,events")
+    assert {str(f.path) for f in changes.write} == {
+        f"etc/systemd/system/matrix-synapse-worker@{n}.service.d/matrix-synapse-workers.conf"
+        for n in ("sync-1", "sync-2", "client-1")}
+    assert changes.restart_workers == () and not changes.restart_main

@@ -114,6 +114,18 @@ def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
     assert engine.restarts == []  # no record before: nothing was upgraded under the workers
 
 
+def test_the_output_ends_with_what_is_left_to_do_and_is_silent_when_nothing_is(tmp_path):
+    todo = "no nginx server includes /etc/nginx/snippets/matrix-synapse-workers.conf, ..."
+    for left, expected in (([todo], [f"matrix-synapse-workers: left to do: {todo}"]), ([], [])):
+        root = make_root(tmp_path / str(len(left)))
+        out = io.StringIO()
+        result = maintscript.configure(FakeDebconf(), root, out, engine=Engine(),
+                                       synapse_version=lambda: "", left_to_do=lambda _: left)
+        lines = out.getvalue().splitlines()
+        assert result is None and "workers configured" in lines[-1 - len(expected)]
+        assert lines[len(lines) - len(expected):] == expected
+
+
 def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
     root = make_root(tmp_path)
     seen = []

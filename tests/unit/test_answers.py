@@ -195,7 +195,7 @@ def test_redis_choices(redis, location, expected):
     (dict(preset="custom", types=""), Q_TYPES, ["no worker type chosen", "custom", "sync"]),
     # Two typing writers: Synapse allows one.
     (dict(preset="custom", types="sync, typing", counts="typing:2"), Q_COUNTS,
-     ["'typing'", "only once", "roles that scale"]),
+     ["'typing'", "only once", "types that scale"]),
     (dict(preset="custom", types="sync", counts="sync:x"), Q_COUNTS, ["'x'", "sync:N"]),
     (dict(preset="custom", types="sync", counts="sync:0"), Q_COUNTS, ["count 0", ">= 1"]),
     (dict(preset="custom", types="sync", counts="bogus:2"), Q_COUNTS, ["'bogus'", "accepted:"]),

@@ -87,3 +87,38 @@ def test_help_lists_auto_and_names_the_measured_best_as_readme_and_sizing_do(cap
     assert "minimal (one sync worker: the split that measured best on 2 cores)" in text
     assert dict(PRESETS["minimal"].counts) == sized_counts(2, 4096)
     assert "best" not in PRESETS["small"].summary
+
+
+def test_exit_codes_are_one_table_and_distinct(tmp_path, capsys, monkeypatch):
+    """0 ok, 1 error, 2 usage, 3 changes pending: the same in every command (core/exitcodes)."""
+    import ast
+    from matrix_synapse_workers.core.exitcodes import Exit, MEANINGS
+    assert len({int(code) for code in Exit}) == len(Exit) and set(MEANINGS) == set(Exit)
+    from types import SimpleNamespace
+    from matrix_synapse_workers import apply
+    root = make_root(tmp_path)
+    for nothing, code in ((False, Exit.PENDING), (True, Exit.OK)):
+        monkeypatch.setattr(apply, "apply_host", lambda *a, nothing=nothing, **k: SimpleNamespace(
+            changes=SimpleNamespace(nothing=nothing)))
+        assert main(["apply", "--root", str(root), "--dry-run", "--workers", "sync"]) == code
+    assert main(["plan", "--root", str(root), "--workers", "nosuch"]) == Exit.ERROR
+    with pytest.raises(SystemExit) as usage:
+        main(["plan", "--no-such-option"])
+    assert usage.value.code == Exit.USAGE
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Exit status: 0 success" in " ".join(capsys.readouterr().out.split())
+    # No command returns a bare number: every code is a name from the table.
+    tree = ast.parse((REPO / "matrix-synapse-workers" / "cli.py").read_text())
+    bare = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Return)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)]
+    assert bare == []
+
+
+def test_plan_json_has_a_schema_version_and_says_type(tmp_path, capsys):
+    assert main(["plan", "--root", str(make_root(tmp_path)), "--workers", "sync", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema_version"] == 1 and data["workers"][0]["type"] == "sync"
+    assert main(["plan", "--root", str(make_root(tmp_path / "b")), "--workers", "sync"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["WORKER", "HOST", "TYPE"] and "\n1 worker;" in out

@@ -18,7 +18,7 @@ from hostroot import make_root
 from matrix_synapse_workers.core.errors import ApplyError, HostConfigError, WorkersError
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.debconf import answers, maintscript
-from matrix_synapse_workers.debconf.questions import FLOW, followups
+from matrix_synapse_workers.debconf.questions import FLOW, Q_MULTI_HOST, followups
 from matrix_synapse_workers.system import applied
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,16 +268,16 @@ def sh_functions() -> str:
     """debian/config's own is, main_host and spans_hosts."""
     text = (REPO / "debian/config").read_text()
     return "\n".join(re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.M | re.S)[0]
-                     for name in ("is", "main_host", "spans_hosts"))
+                     for name in ("is", "main_host", "multi_host", "spans_hosts"))
 
 
 def test_the_table_s_conditions_mean_what_debian_config_s_do():
     cases = list(product(["main", "worker-host"], ["small", "custom"], ["", " ; ", "hostb 10.0.0.2 sync"],
-                         ["dedicated", "existing"]))
+                         ["dedicated", "existing"], ["true", "false"]))
     script = SH_HELPERS + sh_functions()
-    for role, preset, hosts, redis in cases:
+    for role, preset, hosts, redis, multi in cases:
         given = {answers.Q_HOST_ROLE: role, answers.Q_PRESET: preset, answers.Q_WORKER_HOSTS: hosts,
-                 answers.Q_REDIS: redis}
+                 answers.Q_REDIS: redis, Q_MULTI_HOST: multi}
         env = {f"A_{q.split('/')[1].replace('-', '_')}": v for q, v in given.items()}
         for question in FLOW:
             if not question.sh:

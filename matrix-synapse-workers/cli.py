@@ -1,7 +1,8 @@
 """The ``matrix-synapse-workers`` command.
 
 Errors are one ``Error: ...`` line on stderr and exit code 1; nothing is written
-when any input is bad, because every check runs before the first write.
+when any input is bad, because every check runs before the first write.  Every
+exit code comes from :mod:`.core.exitcodes`, the one table of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from . import __version__
 from .core import paths
 from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
+from .core.exitcodes import PLUGIN_CODES, Exit, epilog
+from .core.words import plural
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import read_host_facts
 from .system.clusterfile import deployed_topology
@@ -60,10 +63,16 @@ def decide(root: Path, preset: str | None, workers: str | None, settings: Settin
     return Desired(facts, selection, settings, deployment.plan, deployment.files())
 
 
+#: The version of the ``plan --json`` document: adding a key keeps it; renaming or
+#: removing a key, or changing a value's meaning, raises it.
+PLAN_SCHEMA_VERSION = 1
+
+
 def plan_as_json(desired: Desired) -> dict[str, object]:
     return {
+        "schema_version": PLAN_SCHEMA_VERSION,
         "workers": [
-            {"name": w.name, "role": w.role.name, "unit": w.unit,
+            {"name": w.name, "type": w.role.name, "unit": w.unit,
              "host": w.host or "main", "http_upstream": w.http_upstream,
              "http_socket": None if w.remote else str(w.http_socket),
              "replication_socket": str(w.replication_socket) if w.replication_socket else None,
@@ -79,7 +88,7 @@ def plan_as_json(desired: Desired) -> dict[str, object]:
 
 
 def plan_as_table(desired: Desired) -> str:
-    rows = [("WORKER", "HOST", "ROLE", "SERVES", "LISTENS ON")]
+    rows = [("WORKER", "HOST", "TYPE", "SERVES", "LISTENS ON")]
     for w in desired.plan.workers:
         rows.append((w.name, w.host or "main", w.role.name, ",".join(w.role.http_resources),
                      w.http_upstream))
@@ -87,7 +96,7 @@ def plan_as_table(desired: Desired) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in rows]
     lines.append("")
-    lines.append(f"{len(desired.plan.workers)} workers; Redis: {desired.settings.redis.describe()}; "
+    lines.append(f"{plural(len(desired.plan.workers), 'worker')}; Redis: {desired.settings.redis.describe()}; "
                  f"socket group: {desired.settings.socket_group}")
     return "\n".join(lines)
 
@@ -140,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan and render a Synapse worker deployment for a Debian host.",
         epilog="Worker types: " + ", ".join(ROLES) + ". Presets: " + ", ".join(
             [f"{AUTO} (sized from this machine's cores and memory; the default)"]
-            + [f"{p.name} ({p.summary})" for p in PRESETS.values()]) + ".")
+            + [f"{p.name} ({p.summary})" for p in PRESETS.values()]) + ". " + epilog())
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     plan_parser = commands.add_parser("plan", help="print the workers that would be configured")
@@ -156,16 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="configure this host: accounts, Redis, files, and restart only what changed")
     _add_choice_arguments(apply_parser)
     apply_parser.add_argument("--dry-run", action="store_true",
-                              help="print what would change; exit 2 if anything would")
+                              help=f"print what would change; exit {Exit.PENDING.value} if anything "
+                                   "would, 0 if nothing")
     status_parser = commands.add_parser(
-        "status", help="check every process, socket, Redis and the config; exit 0 healthy, "
-                       "1 degraded, 2 broken")
+        "status", help=f"check every process, socket, Redis, nginx's routing and the config; exit "
+                       f"{Exit.OK.value} healthy, {Exit.DEGRADED.value} degraded, "
+                       f"{Exit.BROKEN.value} broken")
     formats = status_parser.add_mutually_exclusive_group()
     formats.add_argument("--json", action="store_true",
                          help="print JSON (a stable schema, see schema_version) for scripts")
     formats.add_argument("--check", action="store_true",
-                         help="print one line for a monitoring plugin (Nagios, Icinga): exit 0 OK, "
-                              "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+                         help="print one line for a monitoring plugin (Nagios, Icinga), with the "
+                              "plugins' exit codes: " + ", ".join(
+                                  f"{code} {state}" for state, code in PLUGIN_CODES.items()))
     formats.add_argument("--prometheus", nargs="?", const="-", metavar="FILE",
                          help="write gauges for node_exporter's textfile collector to FILE "
                               "(atomically; a directory gets matrix-synapse-workers.prom), or to "
@@ -245,10 +257,10 @@ def run_apply(args: argparse.Namespace) -> int:
         from .deconfigure import deconfigure_host
         deconfigure_host(args.root, sys.stdout, dry_run=args.dry_run,
                          package_removal=args.package_removal)
-        return 0
+        return Exit.OK
     if args.command == "restart-after-upgrade":
         apply.restart_after_upgrade(args.root)
-        return 0
+        return Exit.OK
     facts = read_host_facts(args.root)
     require_postgres(facts)
     settings = _settings(args)
@@ -257,12 +269,12 @@ def run_apply(args: argparse.Namespace) -> int:
     report = apply.apply_host(args.root, selection, settings,
                               dry_run=args.dry_run, out=sys.stdout, facts=facts)
     if args.dry_run:
-        return 2 if not report.changes.nothing else 0
+        return Exit.PENDING if not report.changes.nothing else Exit.OK
     _record_web_user(args.root, settings.web_user)
     for line in report.system_steps + report.services:
         print(line)
     print(apply.describe(report.changes) if report.changed else "nothing to change")
-    return 0
+    return Exit.OK
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -286,7 +298,7 @@ def run_status(args: argparse.Namespace) -> int:
         text = status.as_prometheus(rows, seconds)
         if args.prometheus == "-":
             sys.stdout.write(text)
-            return 0
+            return Exit.OK
         from .system.files import replace_file
         target = Path(args.prometheus)
         if target.is_dir():
@@ -297,10 +309,11 @@ def run_status(args: argparse.Namespace) -> int:
             raise WorkersError(f"cannot write the textfile {str(target)!r}: {exc.strerror or exc}; "
                                f"give a file in a directory that exists and root can write, e.g. "
                                f"{status.report.TEXTFILE_DIRECTORY}") from exc
-        return 0
+        return Exit.OK
     else:
         print(status.as_table(rows, seconds, colour=sys.stdout.isatty()))
-    return status.exit_code(rows)
+    # A monitoring plugin speaks its own protocol's codes; every other form the table's.
+    return status.severity(rows) if args.check else status.exit_code(rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,12 +329,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(plan_as_json(desired), indent=2))
         else:
             print(plan_as_table(desired))
-        return 0
+        return Exit.OK
     from .system.files import write_atomically  # the edge, only when writing
     for rendered in desired.files:
         write_atomically(args.root, rendered, chown=args.chown)
-    print(f"wrote {len(desired.files)} files under {args.root}")
-    return 0
+    print(f"wrote {plural(len(desired.files), 'file')} under {args.root}")
+    return Exit.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,15 +342,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
-        # A monitoring plugin's bad arguments are UNKNOWN (3), not CRITICAL (argparse's 2).
-        if exc.code == 2 and "status" in argv and "--check" in argv:
-            return 3
+        # A monitoring plugin's bad arguments are UNKNOWN, not CRITICAL (argparse's 2).
+        if exc.code == Exit.USAGE and "status" in argv and "--check" in argv:
+            return PLUGIN_CODES["UNKNOWN"]
         raise
     try:
-        return run(args)
+        return int(run(args))
     except WorkersError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return 1
+        return Exit.ERROR
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
            {"sync": 1}),
     Preset("small", "a sync worker and a client reader",
            {"sync": 1, "client": 1}),
-    Preset("one_of_each", "one worker of every stable role",
+    Preset("one_of_each", "one worker of every stable type",
            _one_of_each()),
     Preset("busy", "several sync, client, federation and sender workers with every stream writer",
            {**_one_of_each(), "sync": 4, "client": 2, "federation_reader": 2,

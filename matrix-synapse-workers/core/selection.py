@@ -59,7 +59,7 @@ def _check_count(role: str, count: int) -> None:
     if count > 1 and not ROLES[role].scales:
         raise SelectionError(
             f"{role!r} can run only once (Synapse allows a single instance), but {count} were "
-            f"asked for; roles that scale: {', '.join(r.name for r in ROLES.values() if r.scales)}")
+            f"asked for; types that scale: {', '.join(r.name for r in ROLES.values() if r.scales)}")
 
 
 def parse_workers(spec: str) -> dict[str, int]:

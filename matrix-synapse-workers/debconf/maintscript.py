@@ -40,6 +40,7 @@ from ..core.plan import Plan
 from ..core.selection import AUTO, Selection
 from ..core.settings import Settings
 from ..core.topology import HostRole
+from ..core.words import plural
 from ..system import applied
 from ..system.synapseversion import SYNAPSE_PACKAGE, package_version
 from . import answers
@@ -184,7 +185,7 @@ def valid_answers(db: Debconf, root: Path,
 def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
     """One line: this host's workers, and where Redis (and which server) and the other hosts are."""
     local = plan.local_workers
-    text = f"{len(local)} workers configured ({', '.join(w.name for w in local)})"
+    text = f"{plural(len(local), 'worker')} configured ({', '.join(w.name for w in local)})"
     if settings.topology.role is HostRole.WORKER_HOST:
         return (f"{text} on worker host {settings.topology.label}; Redis and replication: "
                 "the main host's, as /etc/matrix-synapse/cluster/cluster.yaml says")
@@ -217,6 +218,11 @@ def worker_host_steps(settings: Settings) -> list[str]:
 # --- the actions ---------------------------------------------------------------
 
 
+def nginx_left_to_do(root: Path) -> list[str]:
+    from ..system.nginx import left_to_do
+    return left_to_do(root)
+
+
 def _engine() -> tuple[Callable[..., Any], Callable[..., Any], Callable[[str], bool]]:
     from ..apply import apply_host, restart_after_upgrade
     from ..system.accounts import user_exists
@@ -225,11 +231,14 @@ def _engine() -> tuple[Callable[..., Any], Callable[..., Any], Callable[[str], b
 
 def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
               engine: Callable[[], tuple[Callable[..., Any], Callable[..., Any], Callable[[str], bool]]]
-              = _engine, synapse_version: Callable[[], str] = synapse_package_version) -> int | None:
+              = _engine, synapse_version: Callable[[], str] = synapse_package_version,
+              left_to_do: Callable[[Path], list[str]] = nginx_left_to_do) -> int | None:
     """``postinst configure`` after debconf is started; debconf is stopped on return.
 
     ``engine`` gives (apply_host, restart_after_upgrade, user_exists): the
-    system's, or a test's.
+    system's, or a test's.  The output ends with what the admin has left to do
+    (``left_to_do``: the nginx include while no server block has it); nothing
+    when nothing is left.
     """
     out = out or sys.stderr
     apply_host, restart_after_upgrade, user_exists = engine()
@@ -299,6 +308,9 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         say(notice, out)
     for step in worker_host_steps(settings):
         say(step, out)
+    if settings.topology.role is not HostRole.WORKER_HOST:  # nginx runs on the main host
+        for step in left_to_do(root):
+            say(f"left to do: {step}", out)
     return None
 
 

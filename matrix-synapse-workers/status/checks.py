@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..core import dbconnections, paths
+from ..core import dbconnections, paths, vhost
+from ..core.vhost import Routing
+from ..core.words import plural
 from ..core.redisserver import REDIS, server_of_socket
 from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
                     DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
@@ -162,7 +164,7 @@ def check_sockets(facts: Facts) -> list[Row]:
         count = sum(1 + (p.replication_socket is not None) for p in facts.expected.processes
                     if p.http_socket is not None and not p.remote
                     and facts.units.get(p.unit, UnitState("unknown")).active == "active")
-        rows.append(Row("sockets", "modes", OK, f"{count} sockets: http 0660, replication 0600"))
+        rows.append(Row("sockets", "modes", OK, f"{plural(count, 'socket')}: http 0660, replication 0600"))
     return rows
 
 
@@ -212,10 +214,10 @@ def check_process(facts: Facts, process: Process) -> Row:
         connections, subscribed = links
         if not subscribed:
             return Row("process", process.name, FAIL,
-                       ", ".join(parts) + f", no Redis replication subscription ({connections} connections)",
+                       ", ".join(parts) + f", no Redis replication subscription ({plural(connections, 'connection')})",
                        f"replication is not working for it: look for redis in {logs}, then "
                        f"systemctl restart {process.unit}")
-        parts.append(f"Redis: {connections} connections, subscribed")
+        parts.append(f"Redis: {plural(connections, 'connection')}, subscribed")
     return Row("process", process.name, OK, ", ".join(parts))
 
 
@@ -258,10 +260,10 @@ def check_replication_total(facts: Facts) -> Row | None:
     subscribed = sum(1 for c in redis.clients if c.subscribed and _here(facts, c))
     if subscribed < running:
         return Row("redis", "replication", FAIL,
-                   f"{subscribed} replication subscriptions for {running} running processes",
+                   f"{plural(subscribed, 'replication subscription')} for {plural(running, 'running process', 'running processes')}",
                    f"look for redis in journalctl -u 'matrix-synapse*', then {RESTART_ALL}")
     return Row("redis", "replication", OK,
-               f"{subscribed} subscriptions for {running} processes (run as root to see each process)")
+               f"{plural(subscribed, 'subscription')} for {plural(running, 'process', 'processes')} (run as root to see each process)")
 
 
 def check_versions(facts: Facts) -> Row:
@@ -602,8 +604,8 @@ def check_remote_redis(facts: Facts, cluster: ClusterFacts) -> list[Row]:
         subscribed = sum(1 for c in mine if c.subscribed)
         answering = sum(1 for p in facts.expected.processes if p.remote and p.host == label
                         and facts.health.get(p.name, Health()).ok)
-        detail = (f"{len(mine)} connections from {address}, {subscribed} subscribed, for {answering} "
-                  f"worker{'s' if answering != 1 else ''} answering /health")
+        detail = (f"{plural(len(mine), 'connection')} from {address}, {subscribed} subscribed, for "
+                  f"{plural(answering, 'worker')} answering /health")
         if subscribed < answering:
             rows.append(Row("redis", label, FAIL, detail,
                             f"replication is not working for some of its workers: {paths.PACKAGE} "
@@ -633,6 +635,27 @@ def check_main_unit_absent(facts: Facts) -> Row:
     return Row("units", paths.MAIN_UNIT, OK, f"{state.active}: main runs on the main host")
 
 
+def check_routing(routing: Routing) -> list[Row]:
+    """Whether requests reach the workers as nginx really routes (:mod:`..core.vhost`)."""
+    if routing.error:
+        return [Row("nginx", "routing", WARN, routing.error)]
+    rows = []
+    if not routing.including:
+        rows.append(Row("nginx", "include", FAIL, f"no server block includes {vhost.SNIPPET}: every "
+                        "request goes to main", vhost.todo(routing)[0]))
+    for shadow, advice in zip(routing.shadows, vhost.todo(routing)[0 if routing.including else 1:]):
+        rows.append(Row("nginx", "shadowed", FAIL,
+                        f"{shadow.location.where} '{shadow.location.text}' takes "
+                        f"{plural(len(shadow.paths), 'worker path')} of {routing.checked} "
+                        f"(e.g. {shadow.paths[0]}) before the snippet", advice))
+    if routing.ok:
+        names = ", ".join(s.where for s in routing.including)
+        rows.append(Row("nginx", "routing", OK,
+                        f"{plural(routing.checked, 'worker path')} reach the snippet in "
+                        f"{plural(len(routing.including), 'server block')} ({names})"))
+    return rows
+
+
 def check_nginx(facts: Facts) -> list[Row]:
     nginx = facts.nginx
     if not nginx.rendered:
@@ -640,11 +663,12 @@ def check_nginx(facts: Facts) -> list[Row]:
     rows = []
     if nginx.missing:
         rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
-    if nginx.not_included:
-        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(nginx.not_included)}",
-                        f"include {nginx.not_included[0]} in the server block that serves Matrix, in place "
-                        f"of your /_matrix location (/{paths.README_DEBIAN}, section 3), then nginx -t && "
-                        "systemctl reload nginx"))
+    # The snippet's include is judged with the routing, below.
+    not_included = [f for f in nginx.not_included if nginx.routing is None or f != vhost.SNIPPET]
+    if not_included:
+        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(not_included)}",
+                        f"include {not_included[0]} in the context its first lines name, then "
+                        f"{vhost.RELOAD.removeprefix('then: ')}"))
     if nginx.test_ok is False:
         first = next((line for line in nginx.test_output.splitlines() if "emerg" in line or "error" in line),
                      nginx.test_output.strip().splitlines()[-1] if nginx.test_output.strip() else "")
@@ -652,8 +676,10 @@ def check_nginx(facts: Facts) -> list[Row]:
                         "fix what nginx -t reports; the running nginx keeps its old configuration until then"))
     elif nginx.test_ok is None:
         rows.append(Row("nginx", "nginx -t", INFO, "nginx not found: not tested"))
-    if not rows or all(r.status == INFO for r in rows):
-        rows.insert(0, Row("nginx", "routing", OK, f"{len(nginx.rendered)} files included"
+    if nginx.routing is not None:
+        rows += check_routing(nginx.routing)
+    elif not rows or all(r.status == INFO for r in rows):
+        rows.insert(0, Row("nginx", "routing", OK, f"{plural(len(nginx.rendered), 'file')} included"
                            + (", nginx -t passes" if nginx.test_ok else "")))
     return rows
 
@@ -710,7 +736,7 @@ def check_database(db: DatabaseFacts) -> Row:
     if found.warning:
         return Row("database", subject, WARN, "pools may not fit under load", found.warning)
     return Row("database", subject, OK,
-               f"{db.processes} processes x cp_max {db.cp_max} = {db.processes * db.cp_max} "
+               f"{plural(db.processes, 'process', 'processes')} x cp_max {db.cp_max} = {db.processes * db.cp_max} "
                f"<= {db.max_connections - db.reserved} (max_connections {db.max_connections}, "
                f"{db.reserved} reserved)")
 

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 from ..core import paths
 from ..core.plan import Worker, main_worker_name
 from ..core.topology import HostRole
+from ..core.vhost import Routing
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 #: How bad each status is; the exit code of the worst one.
@@ -183,6 +184,8 @@ class NginxFacts:
     not_included: tuple[str, ...] = ()
     test_ok: bool | None = None
     test_output: str = ""
+    #: How the configuration nginx loads routes the worker paths (None: not read).
+    routing: Routing | None = None
 
 
 @dataclass(frozen=True)

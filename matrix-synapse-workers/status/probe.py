@@ -47,7 +47,9 @@ from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseF
                      NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
                      UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
-from ..system import applied, netprobe, statoverride
+from ..system import applied, netprobe, nginx, statoverride
+from ..core import vhost
+from ..core.vhost import Routing
 from ..system.accounts import group_name, user_name
 from ..core.topology import Address, Topology
 from ..deployment import read_deployment, redis_config, redis_settings_of, socket_group
@@ -247,13 +249,15 @@ def debconf_answers() -> dict[str, str] | str:
     return answers if answers else "no answers recorded"
 
 
-def nginx_dump() -> tuple[bool | None, str, frozenset[str]]:
-    """(nginx -T passed, its messages, the files its configuration is made of)."""
-    done = _run(["nginx", "-T"], timeout=1.5)
+def nginx_dump() -> tuple[bool | None, str, frozenset[str], Routing | None]:
+    """(nginx -T passed, its messages, the files its configuration is made of, how it routes
+    the worker paths)."""
+    done = nginx.dump(timeout=1.5)
     if done is None:
-        return None, "", frozenset()
+        return None, "", frozenset(), None
     files = frozenset(re.findall(r"^# configuration file (.+):$", done.stdout, re.M))
-    return done.returncode == 0, done.stderr, files
+    routing = vhost.judge(done.stdout) if done.returncode == 0 else None
+    return done.returncode == 0, done.stderr, files, routing
 
 
 # --- the deployed configuration -------------------------------------------------
@@ -745,15 +749,16 @@ def redis_facts(seen: Look, found: tuple[str, int | None, tuple[RedisClient, ...
         and units[stock].active == "active" else None)
 
 
-def nginx_facts(root: Path, seen: Look, dump: tuple[bool | None, str, frozenset[str]] | None) -> NginxFacts:
+def nginx_facts(root: Path, seen: Look,
+                dump: tuple[bool | None, str, frozenset[str], Routing | None] | None) -> NginxFacts:
     if not seen.nginx_files or dump is None:
         return NginxFacts()
-    test_ok, output, included = dump
+    test_ok, output, included, routing = dump
     return NginxFacts(
         rendered=seen.nginx_files,
         missing=tuple(f for f in seen.nginx_files if not (root / f.lstrip('/')).exists()),
         not_included=tuple(f for f in seen.nginx_files if test_ok is not None and f not in included),
-        test_ok=test_ok, test_output=output)
+        test_ok=test_ok, test_output=output, routing=routing)
 
 
 def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:

@@ -3,8 +3,10 @@ one line for a monitoring plugin, or gauges for node_exporter's textfile collect
 
 >>> worst([Row("x", "a", OK, ""), Row("x", "b", WARN, "", "do this")])
 'warn'
->>> exit_code([Row("x", "a", OK, ""), Row("x", "b", FAIL, "", "do that")])
+>>> severity([Row("x", "a", OK, ""), Row("x", "b", FAIL, "", "do that")])
 2
+>>> exit_code([Row("x", "a", OK, ""), Row("x", "b", FAIL, "", "do that")])
+<Exit.BROKEN: 5>
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Iterable, Sequence
 
+from ..core.exitcodes import PLUGIN_CODES, Exit, status_exit
+from ..core.words import plural
 from .model import FAIL, INFO, OK, RANK, WARN, Row
 
 
@@ -23,8 +27,14 @@ def worst(rows: Iterable[Row]) -> str:
     return result
 
 
-def exit_code(rows: Iterable[Row]) -> int:
+def severity(rows: Iterable[Row]) -> int:
+    """0 healthy, 1 degraded (warnings), 2 broken (a failure): the gauges' and plugins' scale."""
     return RANK[worst(rows)]
+
+
+def exit_code(rows: Iterable[Row]) -> Exit:
+    """The exit code of ``status`` (:mod:`..core.exitcodes`)."""
+    return status_exit(severity(rows))
 
 
 _COLOURS = {OK: "32", INFO: "36", WARN: "33", FAIL: "31"}
@@ -32,20 +42,23 @@ _VERDICT = {0: "healthy", 1: "degraded", 2: "broken"}
 
 #: The version of the ``status --json`` document (matrix-synapse-workers(8); its keys: docs/design.md).
 #: Adding a key keeps it; renaming or removing a key, or changing a value's
-#: meaning, raises it.
-JSON_SCHEMA_VERSION = 1
+#: meaning, raises it.  2: exit_code is the command's (:mod:`..core.exitcodes`:
+#: 4 degraded, 5 broken; it was 1 and 2).
+JSON_SCHEMA_VERSION = 2
 
 
 def as_json(rows: Sequence[Row], seconds: float) -> dict[str, object]:
-    code = exit_code(rows)
-    return {"schema_version": JSON_SCHEMA_VERSION, "status": _VERDICT[code], "exit_code": code,
+    code = severity(rows)
+    return {"schema_version": JSON_SCHEMA_VERSION, "status": _VERDICT[code],
+            "exit_code": int(status_exit(code)),
             "seconds": round(seconds, 3), "checks": [asdict(row) for row in rows]}
 
 
 # --- monitoring plugins (Nagios, Icinga, Naemon, Sensu...) ------------------------
 
-#: The monitoring-plugins exit codes.
-PLUGIN_OK, PLUGIN_WARNING, PLUGIN_CRITICAL, PLUGIN_UNKNOWN = 0, 1, 2, 3
+#: The monitoring-plugins exit codes (``status --check`` only).
+PLUGIN_OK, PLUGIN_WARNING, PLUGIN_CRITICAL, PLUGIN_UNKNOWN = (
+    PLUGIN_CODES["OK"], PLUGIN_CODES["WARNING"], PLUGIN_CODES["CRITICAL"], PLUGIN_CODES["UNKNOWN"])
 _PLUGIN_STATE = {PLUGIN_OK: "OK", PLUGIN_WARNING: "WARNING", PLUGIN_CRITICAL: "CRITICAL",
                  PLUGIN_UNKNOWN: "UNKNOWN"}
 _PLUGIN_SERVICE = "SYNAPSE WORKERS"
@@ -59,27 +72,26 @@ def _plugin_text(text: str) -> str:
 def as_check_line(rows: Sequence[Row], seconds: float) -> str:
     """One line in the monitoring-plugins format: ``SERVICE STATE: text | perfdata``.
 
-    The exit code that goes with it is :func:`exit_code` (0 OK, 1 WARNING,
+    The exit code that goes with it is :func:`severity` (0 OK, 1 WARNING,
     2 CRITICAL); the text names the worst problems first.
 
     >>> as_check_line([Row("process", "main", OK, "active")], 0.5)
-    'SYNAPSE WORKERS OK: 1 checks passed | checks=1;;;0 warnings=0;;;0 failures=0;;;0 time=0.500s;;;0'
+    'SYNAPSE WORKERS OK: 1 check passed | checks=1;;;0 warnings=0;;;0 failures=0;;;0 time=0.500s;;;0'
     >>> as_check_line([Row("process", "sync-1", WARN, "inactive | dead"),
     ...                Row("redis", "unix:/r.sock", FAIL, "no answer")], 1)  # doctest: +NORMALIZE_WHITESPACE
     'SYNAPSE WORKERS CRITICAL: 2 problems in 2 checks: redis unix:/r.sock: no answer;
      process sync-1: inactive / dead | checks=2;;;0 warnings=1;;;0 failures=1;;;0 time=1.000s;;;0'
     """
-    code = exit_code(rows)
+    code = severity(rows)
     failures = [r for r in rows if r.status == FAIL]
     warnings = [r for r in rows if r.status == WARN]
     problems = failures + warnings
     if problems:
         shown = "; ".join(_plugin_text(f"{r.check} {r.subject}: {r.detail}") for r in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        text = (f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {len(rows)} checks: "
-                f"{shown}{more}")
+        text = f"{plural(len(problems), 'problem')} in {plural(len(rows), 'check')}: {shown}{more}"
     else:
-        text = f"{len(rows)} checks passed"
+        text = plural(len(rows), "check passed", "checks passed")
     perfdata = (f"checks={len(rows)};;;0 warnings={len(warnings)};;;0 failures={len(failures)};;;0 "
                 f"time={seconds:.3f}s;;;0")
     return f"{_PLUGIN_SERVICE} {_PLUGIN_STATE[code]}: {text} | {perfdata}"
@@ -113,7 +125,7 @@ def as_prometheus(rows: Sequence[Row], seconds: float) -> str:
 
     One ``matrix_synapse_workers_check`` gauge per check (``check`` and
     ``subject`` labels; 0 ok or info, 1 warning, 2 failure), the worst of them
-    as ``matrix_synapse_workers_status`` (the exit code of ``status``), and how
+    as ``matrix_synapse_workers_status`` (0 healthy, 1 degraded, 2 broken), and how
     long the checks took.  Two rows with the same labels make one gauge, the
     worse value: the collector refuses a file that repeats a series.
 
@@ -139,7 +151,7 @@ def as_prometheus(rows: Sequence[Row], seconds: float) -> str:
               for (check, subject), value in gauges.items()]
     lines += [f"# HELP {_METRIC}_status Worst check: 0 healthy, 1 degraded, 2 broken.",
               f"# TYPE {_METRIC}_status gauge",
-              f"{_METRIC}_status {exit_code(rows)}",
+              f"{_METRIC}_status {severity(rows)}",
               f"# HELP {_METRIC}_status_duration_seconds How long the checks took.",
               f"# TYPE {_METRIC}_status_duration_seconds gauge",
               f"{_METRIC}_status_duration_seconds {seconds:.3f}"]
@@ -158,9 +170,9 @@ def as_table(rows: Sequence[Row], seconds: float, colour: bool = False) -> str:
                      f"{row.subject.ljust(widths[1])}  {row.detail}".rstrip())
         if row.advice and row.status in (WARN, FAIL):
             lines.append(f"{'':4}  {'':{widths[0]}}  -> {row.advice}")
-    code = exit_code(rows)
+    code = severity(rows)
     lines.append("")
     problems = sum(1 for r in rows if r.status in (WARN, FAIL))
-    lines.append(f"{_VERDICT[code]}: {problems} problem{'s' if problems != 1 else ''} "
-                 f"in {len(rows)} checks ({seconds:.2f} s)")
+    lines.append(f"{_VERDICT[code]}: {plural(problems, 'problem')} "
+                 f"in {plural(len(rows), 'check')} ({seconds:.2f} s)")
     return "\n".join(lines)

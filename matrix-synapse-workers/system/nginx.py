@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ..core import paths
+from ..core import vhost
 from ..core.errors import ApplyError
 from ..render.files import RenderedFile
 from . import crashpoint
@@ -81,6 +83,34 @@ def check(root: Path) -> str | None:
     with removing_new_empty_directories(temp_paths(nginx)):
         result = run([nginx, "-t", "-q"], check=False, capture=True)
     return None if result.returncode == 0 else (result.stderr or "").strip()[-1500:]
+
+
+def dump(timeout: float = 5.0) -> subprocess.CompletedProcess[str] | None:
+    """``nginx -T``: the whole configuration nginx would load, file by file; None
+    when there is no nginx or it does not answer in time.  Like :func:`check`, it
+    leaves no temporary directory behind that it made."""
+    nginx = binary()
+    if nginx is None:
+        return None
+    try:
+        with removing_new_empty_directories(temp_paths(nginx)):
+            return subprocess.run([nginx, "-T"], capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def left_to_do(root: Path) -> list[str]:
+    """What the admin still has to do in nginx for the workers to get requests
+    (:func:`..core.vhost.todo`); [] when nothing, or when nginx cannot be asked
+    (not installed, a root other than /, a configuration ``nginx -T`` refuses:
+    the apply said so already)."""
+    if root != Path("/") or not installed(root):
+        return []
+    done = dump()
+    if done is None or done.returncode != 0:
+        return []
+    return vhost.todo(vhost.judge(done.stdout))
 
 
 def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence[PurePosixPath],

@@ -189,7 +189,7 @@ def test_status_for_monitoring_on_the_real_system(monitored: Container) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.startswith("SYNAPSE WORKERS OK: ") and check.stdout.count("\n") == 1
     data = json.loads(c.run(["matrix-synapse-workers", "status", "--json"]).stdout)
-    assert data["schema_version"] == 1 and data["exit_code"] == 0
+    assert data["schema_version"] == 2 and data["exit_code"] == 0
     # node_exporter's textfile collector takes the file: Prometheus sees the verdict.
     c.run(["matrix-synapse-workers", "status", "--prometheus", TEXTFILE_DIR])
     poll(lambda: by_instance(query(c, "matrix_synapse_workers_status")) != {}, 30,

@@ -93,14 +93,14 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
         assert "subscribed" in check(data, "process", name)["detail"], data
     assert check(data, "versions", "synapse")["detail"] == f"every process runs {OLD_SYNAPSE}, as installed"
     assert check(data, "config", "workers")["status"] == "ok"
-    assert check(data, "nginx", "routing")["detail"].endswith("files included, nginx -t passes")
+    assert "worker paths reach the snippet in 1 server block" in check(data, "nginx", "routing")["detail"]
     table = c.run(["matrix-synapse-workers", "status"]).stdout
     assert "\033[" not in table and table.rstrip().splitlines()[-1].startswith("healthy: 0 problems")
 
     # One worker of several stopped: degraded, and the advice names it.
     c.run(["systemctl", "stop", unit_of("sync-2")])
     code, data = status(c)
-    assert code == 1 and bad(data) == [("process", "sync-2", "warn")], data
+    assert code == 4 and bad(data) == [("process", "sync-2", "warn")], data
     assert check(data, "process", "sync-2")["advice"].startswith(f"systemctl start {unit_of('sync-2')}")
     c.run(["systemctl", "start", unit_of("sync-2")])
     wait_status(c, healthy, "sync-2 back")
@@ -108,7 +108,7 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
     # A socket with the wrong mode is reported with the unit to restart.
     c.run(["chmod", "0666", "/run/matrix-synapse/sync-1.sock"])
     code, data = status(c)
-    assert code == 1 and bad(data) == [("sockets", "/run/matrix-synapse/sync-1.sock", "warn")], data
+    assert code == 4 and bad(data) == [("sockets", "/run/matrix-synapse/sync-1.sock", "warn")], data
     row = check(data, "sockets", "/run/matrix-synapse/sync-1.sock")
     assert row["detail"] == "mode 666, expected 660" and unit_of("sync-1") in row["advice"]
     c.run(["systemctl", "restart", unit_of("sync-1")])
@@ -123,7 +123,7 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
         c.run(["rm", "-f", str(POLICY_RC_D)])
     code, data = status(c)
     versions = check(data, "versions", "synapse")
-    assert versions["status"] == "warn" and code == 1, data
+    assert versions["status"] == "warn" and code == 4, data
     assert versions["detail"].endswith(f"not running {NEW_SYNAPSE}: {', '.join(sorted(['main', *WORKERS]))}")
     assert versions["advice"].endswith("systemctl restart matrix-synapse.target")
     # Then one worker crashes and systemd restarts it on the new code: skew between processes.
@@ -133,7 +133,7 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
                        "sync-1 restarted on the new Synapse")
     versions = check(data, "versions", "synapse")
     assert versions["detail"].startswith(f"{OLD_SYNAPSE}: main, client-1, sync-2, typing-1; {NEW_SYNAPSE}: sync-1")
-    assert data["exit_code"] == 1
+    assert data["exit_code"] == 4
     c.run(["systemctl", "restart", "matrix-synapse.target"])
     data = wait_status(c, healthy, "every process on the new Synapse")
     assert check(data, "versions", "synapse")["detail"] == f"every process runs {NEW_SYNAPSE}, as installed"
@@ -141,7 +141,7 @@ def test_status_through_a_worker_down_a_bad_socket_an_upgrade_and_redis_down(
     # Redis down: broken, even though every process still answers /health.
     c.run(["systemctl", "stop", "redis-server@matrix-synapse.service"])
     code, data = status(c)
-    assert code == 2 and data["status"] == "broken"
+    assert code == 5 and data["status"] == "broken"
     redis = check(data, "redis", "redis-server@matrix-synapse.service")
     assert redis["status"] == "fail" and redis["advice"].startswith(
         "systemctl restart redis-server@matrix-synapse.service")

@@ -319,7 +319,7 @@ def test_guide_mode_on_a_redis_whose_password_is_in_an_included_file(walk: Walk,
     c.run(["sh", "-c", f"echo wrong > {GUIDE_PASSWORD_FILE}"])
     code, data = status(c)
     [row] = [ch for ch in data["checks"] if ch["check"] == "redis" and ch["subject"] == f"unix:{GUIDE_SOCKET}"]
-    assert code == 2 and row["status"] == "fail", row
+    assert code == 5 and row["status"] == "fail", row
     c.run(["sh", "-c", f"echo {GUIDE_PASSWORD} > {GUIDE_PASSWORD_FILE}"])
 
     c.exec(["dpkg", "--purge", "matrix-synapse-workers"], timeout=600)

@@ -89,7 +89,7 @@ def test_with_postgresql_configured_first_the_workers_come_up(fresh, standin_deb
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     both_installed(c)
-    assert "1 workers configured (sync-1)" in out, out
+    assert "1 worker configured (sync-1)" in out, out
     c.wait_until(["systemctl", "is-active", "--quiet", "matrix-synapse-worker@sync-1.service"], timeout=120)
     for name in ("main", "sync-1"):
         harness.wait_for_http(c, f"/run/matrix-synapse/{name}.sock", "/health", timeout=90)

@@ -264,7 +264,7 @@ BAD_PRESEEDS = {
     "unknown type": ({"preset": "custom", "worker-types": "sync, bogus"},
                      ["unknown worker type 'bogus'", "accepted: sync, client"]),
     "two typing writers": ({"preset": "custom", "worker-types": "sync, typing", "worker-counts": "typing:2"},
-                           ["'typing' can run only once", "roles that scale"]),
+                           ["'typing' can run only once", "types that scale"]),
     "count x": ({"preset": "custom", "worker-types": "sync", "worker-counts": "sync:x"},
                 ["count 'x' for 'sync' is not a number"]),
     "missing web server user": ({"preset": "small", "web-user": "caddy"},

@@ -10,6 +10,7 @@ import pytest
 from debian import deb822
 
 from matrix_synapse_workers.debconf import answers
+from matrix_synapse_workers.debconf.questions import FLOW, Q_MULTI_HOST
 from matrix_synapse_workers.debconf.answers import (
     CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_PRESET, Q_REDIS, Q_REDIS_LOCATION,
     Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS,
@@ -195,7 +196,7 @@ def test_redis_choices(redis, location, expected):
     (dict(preset="custom", types=""), Q_TYPES, ["no worker type chosen", "custom", "sync"]),
     # Two typing writers: Synapse allows one.
     (dict(preset="custom", types="sync, typing", counts="typing:2"), Q_COUNTS,
-     ["'typing'", "only once", "roles that scale"]),
+     ["'typing'", "only once", "types that scale"]),
     (dict(preset="custom", types="sync", counts="sync:x"), Q_COUNTS, ["'x'", "sync:N"]),
     (dict(preset="custom", types="sync", counts="sync:0"), Q_COUNTS, ["count 0", ">= 1"]),
     (dict(preset="custom", types="sync", counts="bogus:2"), Q_COUNTS, ["'bogus'", "accepted:"]),
@@ -519,7 +520,8 @@ def test_config_takes_a_killed_apply_s_answers_not_its_half_written_files(tmp_pa
              Q_SOCKET_GROUP: "clubmatrix", answers.Q_WORKER_HOSTS: "a b; with = signs"}
     applied.begin(root, given)
     # The answers debconf has now (say, an older preseed) give way to the pending ones.
-    assert run_config(tmp_path, {Q_PRESET: "small"}) == given
+    # Worker hosts named: the deployment spans several machines (the gate's answer follows).
+    assert run_config(tmp_path, {Q_PRESET: "small"}) == {**given, Q_MULTI_HOST: "true"}
     # Once recorded, the files are read back as usual again.
     applied.finish(root, applied_record(root))
     assert not (root / "var/lib/matrix-synapse-workers/applying").exists()
@@ -605,17 +607,34 @@ def test_config_role_list_is_the_catalog(tmp_path):
 
 # --- debian/config asks what the host's role needs ----------------------------
 
-MAIN_FLOW = [("medium", "host-role"), ("high", "preset"), ("medium", "worker-hosts"),
-             ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
-             ("medium", "metrics")]
+# The order a single-host admin thinks in: workers, Redis, the web server, metrics; then
+# whether other machines take part.
+MAIN_FLOW = [("high", "preset"), ("medium", "redis"), ("low", "socket-group"), ("medium", "web-user"),
+             ("medium", "metrics"), ("medium", "multi-host")]
 
 
 @needs_sh
-def test_config_on_one_machine_asks_the_role_only_below_the_default_priority(tmp_path):
+def test_config_on_one_machine_asks_the_workers_first_and_nothing_about_other_machines(tmp_path):
     (tmp_path / "root").mkdir()
     assert asked(tmp_path, {}) == MAIN_FLOW
     # A plain install shows only questions of priority high and above.
     assert [q for p, q in asked(tmp_path, {}) if p in ("high", "critical")] == ["preset"]
+    # Saying yes asks this host's role, then the other machines.
+    assert asked(tmp_path, {}, typed={Q_MULTI_HOST: "true"}) == MAIN_FLOW + [
+        ("medium", "host-role"), ("medium", "worker-hosts")]
+
+
+@needs_sh
+def test_config_saying_one_machine_forgets_the_other_machines(tmp_path):
+    (tmp_path / "root").mkdir()
+    spread = {Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"}
+    # (set before asking: the named hosts make the gate's default yes; the admin's no follows)
+    assert run_config(tmp_path, spread, typed={Q_MULTI_HOST: "false"}) == {
+        Q_MULTI_HOST: "true", Q_WORKER_HOSTS: ""}
+    assert run_config(tmp_path, {Q_HOST_ROLE: "worker-host"}, typed={Q_MULTI_HOST: "false"}) == {
+        Q_MULTI_HOST: "true", Q_HOST_ROLE: "main"}
+    # Yes: nothing is forgotten.
+    assert run_config(tmp_path, spread, typed={Q_MULTI_HOST: "true"}) == {Q_MULTI_HOST: "true"}
 
 
 @needs_sh
@@ -623,16 +642,17 @@ def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_pat
     (tmp_path / "root").mkdir()
     flow = asked(tmp_path, {Q_WORKER_HOSTS: "hostb 10.99.0.2 sync", Q_PRESET: "custom",
                             Q_REDIS: "existing"})
-    assert flow == [("medium", "host-role"), ("high", "preset"), ("high", "worker-types"),
-                    ("medium", "worker-counts"), ("medium", "worker-hosts"),
+    assert flow == [("high", "preset"), ("high", "worker-types"), ("medium", "worker-counts"),
+                    ("medium", "redis"), ("high", "redis-location"), ("low", "socket-group"),
+                    ("medium", "web-user"), ("medium", "metrics"), ("medium", "multi-host"),
+                    ("medium", "host-role"), ("medium", "worker-hosts"),
                     ("high", "replication-address"), ("low", "allow-public-address"),
-                    ("low", "shared-media-store"), ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
-                    ("high", "redis-location"), ("medium", "metrics")]
+                    ("low", "shared-media-store")]
     # Blanks and separators alone name no host.
     assert asked(tmp_path, {Q_WORKER_HOSTS: " ; "}) == MAIN_FLOW
     # Typed in this run: the next questions follow from the new answer.
     assert ("high", "replication-address") in asked(
-        tmp_path, {}, typed={Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"})
+        tmp_path, {}, typed={Q_MULTI_HOST: "true", Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"})
 
 
 @needs_sh
@@ -640,12 +660,12 @@ def test_config_on_a_worker_host_asks_its_name_and_reads_nothing_back(tmp_path):
     # Files that would be read back on a main host, and no record of an apply.
     deploy(tmp_path / "root", ["sync-1", "sync-2", "sync-1-hostb"], group="synapse-sockets")
     answers_now = {Q_HOST_ROLE: "worker-host", Q_PRESET: "custom", Q_WORKER_HOSTS: "hostb 10.99.0.2 sync"}
-    assert asked(tmp_path, answers_now) == [("medium", "host-role"), ("high", "host-name"),
-                                            ("low", "socket-group")]
-    assert run_config(tmp_path, answers_now) == {}
-    # Chosen in this run: the name is asked, the main host's questions are not.
-    assert asked(tmp_path, {}, typed={Q_HOST_ROLE: "worker-host"}) == [
-        ("medium", "host-role"), ("high", "host-name"), ("low", "socket-group")]
+    assert asked(tmp_path, answers_now) == [("low", "socket-group"), ("medium", "multi-host"),
+                                            ("medium", "host-role"), ("high", "host-name")]
+    assert run_config(tmp_path, answers_now) == {Q_MULTI_HOST: "true"}  # the gate follows the role
+    # Chosen in this run (a first install): the name is asked after the role.
+    assert asked(tmp_path, {}, typed={Q_MULTI_HOST: "true", Q_HOST_ROLE: "worker-host"})[-4:] == [
+        ("medium", "metrics"), ("medium", "multi-host"), ("medium", "host-role"), ("high", "host-name")]
 
 
 @needs_sh
@@ -653,6 +673,7 @@ def test_config_asks_again_for_the_confirmation_when_the_address_changes(tmp_pat
     (tmp_path / "root").mkdir()
     confirmed = {Q_WORKER_HOSTS: "hostb 10.99.0.2 sync", Q_REPLICATION: "1.2.3.4",
                  Q_ALLOW_PUBLIC: "true"}
+    confirmed[Q_MULTI_HOST] = "true"
     # The same address (preseeded with its confirmation, or typed again): kept.
     assert run_config(tmp_path, confirmed) == {}
     assert run_config(tmp_path, confirmed, typed={Q_REPLICATION: "1.2.3.4"}) == {}
@@ -683,3 +704,20 @@ def test_the_preset_question_shows_what_auto_gives_this_machine_now(tmp_path):
     from matrix_synapse_workers.debconf.answers import auto_now
     assert auto_now((8, 32768)) == "8 cores, 32768 MiB: sync:4, client:2"
     assert "${machine}" in (REPO / "debian/templates").read_text()
+
+
+def test_every_asked_question_has_a_template_and_the_gate_defaults_to_one_machine():
+    t = templates()
+    for question in FLOW:
+        assert "_Description" in t[question.name], question.name
+    assert (t[Q_MULTI_HOST]["Type"], t[Q_MULTI_HOST]["Default"]) == ("boolean", "false")
+
+
+def test_the_socket_group_and_the_guide_mode_are_explained_where_they_are_asked():
+    t = templates()
+    group = " ".join(t[Q_SOCKET_GROUP]["_Description"].split())
+    assert '"clubmatrix"' in group and "web server" in group and "matrix-synapse user" in group
+    redis = " ".join(t[Q_REDIS]["_Description"].split())
+    assert '"Worker-based setup" guide' in redis
+    for step in ('"port 0"', '"unixsocket"', '"unixsocketperm 770"', "group redis", "/etc/redis/redis.conf"):
+        assert step in redis, step

@@ -128,7 +128,7 @@ def test_apply_dry_run_with_no_options_changes_nothing(guide_deployment, capsys)
     assert "nothing to change" in capsys.readouterr().out
     assert snapshot(guide_deployment) == before
     # What is named changes, and only that.
-    assert main(["apply", "--root", str(guide_deployment), "--dry-run", "--socket-group", "web"]) == 2
+    assert main(["apply", "--root", str(guide_deployment), "--dry-run", "--socket-group", "web"]) == 3  # changes pending
     out = capsys.readouterr().out
     assert "tmpfiles.d" in out and "redis.yaml" not in out
 
@@ -189,3 +189,38 @@ def test_deconfigure_leaves_no_worker_file_the_generator_would_start(guide_deplo
     assert main(["render", "--root", str(guide_deployment), "--workers", "sync"]) == 0
     assert main(["deconfigure", "--root", str(guide_deployment), "--package-removal"]) == 0
     assert (workers / "sync-1.yaml").is_file()
+
+
+def test_exit_codes_are_one_table_and_distinct(tmp_path, capsys, monkeypatch):
+    """0 ok, 1 error, 2 usage, 3 changes pending: the same in every command (core/exitcodes)."""
+    import ast
+    from matrix_synapse_workers.core.exitcodes import Exit, MEANINGS
+    assert len({int(code) for code in Exit}) == len(Exit) and set(MEANINGS) == set(Exit)
+    from types import SimpleNamespace
+    from matrix_synapse_workers import apply
+    root = make_root(tmp_path)
+    for nothing, code in ((False, Exit.PENDING), (True, Exit.OK)):
+        monkeypatch.setattr(apply, "apply_host", lambda *a, nothing=nothing, **k: SimpleNamespace(
+            changes=SimpleNamespace(nothing=nothing)))
+        assert main(["apply", "--root", str(root), "--dry-run", "--workers", "sync"]) == code
+    assert main(["plan", "--root", str(root), "--workers", "nosuch"]) == Exit.ERROR
+    with pytest.raises(SystemExit) as usage:
+        main(["plan", "--no-such-option"])
+    assert usage.value.code == Exit.USAGE
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Exit status: 0 success" in " ".join(capsys.readouterr().out.split())
+    # No command returns a bare number: every code is a name from the table.
+    tree = ast.parse((REPO / "matrix-synapse-workers" / "cli.py").read_text())
+    bare = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Return)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)]
+    assert bare == []
+
+
+def test_plan_json_has_a_schema_version_and_says_type(tmp_path, capsys):
+    assert main(["plan", "--root", str(make_root(tmp_path)), "--workers", "sync", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema_version"] == 1 and data["workers"][0]["type"] == "sync"
+    assert main(["plan", "--root", str(make_root(tmp_path / "b")), "--workers", "sync"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["WORKER", "HOST", "TYPE"] and "\n1 worker;" in out

@@ -173,6 +173,7 @@ DIRECT_PROGRAMS = {
     "debconf/maintscript.py": "re-executes the maintainer script under debconf's frontend (exec, not a change)",
     "status/probe.py": "status asks (ss, Synapse's and PostgreSQL's limits), never changes",
     "system/run.py": "run() itself, which calls crashpoint.done after a program run for its effect",
+    "system/nginx.py": "nginx -T, which only prints the configuration nginx loads (status's vhost check)",
     "system/synapseversion.py": "dpkg-query, which only reads",
 }
 

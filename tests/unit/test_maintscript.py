@@ -18,7 +18,7 @@ from hostroot import make_root
 from matrix_synapse_workers.core.errors import ApplyError, HostConfigError, WorkersError
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.debconf import answers, maintscript
-from matrix_synapse_workers.debconf.questions import FLOW, followups
+from matrix_synapse_workers.debconf.questions import FLOW, Q_MULTI_HOST, followups
 from matrix_synapse_workers.system import applied
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +112,18 @@ def test_valid_answers_dry_run_then_apply_and_record(tmp_path):
     assert record.synapse == "matrix-synapse-py3 1.163.2" and record.socket_group == "clubmatrix"
     assert "2 workers configured (sync-1, client-1); Redis:" in said
     assert engine.restarts == []  # no record before: nothing was upgraded under the workers
+
+
+def test_the_output_ends_with_what_is_left_to_do_and_is_silent_when_nothing_is(tmp_path):
+    todo = "no nginx server includes /etc/nginx/snippets/matrix-synapse-workers.conf, ..."
+    for left, expected in (([todo], [f"matrix-synapse-workers: left to do: {todo}"]), ([], [])):
+        root = make_root(tmp_path / str(len(left)))
+        out = io.StringIO()
+        result = maintscript.configure(FakeDebconf(), root, out, engine=Engine(),
+                                       synapse_version=lambda: "", left_to_do=lambda _: left)
+        lines = out.getvalue().splitlines()
+        assert result is None and "workers configured" in lines[-1 - len(expected)]
+        assert lines[len(lines) - len(expected):] == expected
 
 
 def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
@@ -256,16 +268,16 @@ def sh_functions() -> str:
     """debian/config's own is, main_host and spans_hosts."""
     text = (REPO / "debian/config").read_text()
     return "\n".join(re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.M | re.S)[0]
-                     for name in ("is", "main_host", "spans_hosts"))
+                     for name in ("is", "main_host", "multi_host", "spans_hosts"))
 
 
 def test_the_table_s_conditions_mean_what_debian_config_s_do():
     cases = list(product(["main", "worker-host"], ["small", "custom"], ["", " ; ", "hostb 10.0.0.2 sync"],
-                         ["dedicated", "existing"]))
+                         ["dedicated", "existing"], ["true", "false"]))
     script = SH_HELPERS + sh_functions()
-    for role, preset, hosts, redis in cases:
+    for role, preset, hosts, redis, multi in cases:
         given = {answers.Q_HOST_ROLE: role, answers.Q_PRESET: preset, answers.Q_WORKER_HOSTS: hosts,
-                 answers.Q_REDIS: redis}
+                 answers.Q_REDIS: redis, Q_MULTI_HOST: multi}
         env = {f"A_{q.split('/')[1].replace('-', '_')}": v for q, v in given.items()}
         for question in FLOW:
             if not question.sh:

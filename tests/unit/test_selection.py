@@ -23,7 +23,7 @@ def test_counts_come_out_in_catalog_order():
 
 @pytest.mark.parametrize("spec,fragments", [
     ("bogus", ["'bogus'", "accepted:", "sync", "quarantined_media"]),
-    ("typing:2", ["'typing'", "only once", "2", "roles that scale"]),
+    ("typing:2", ["'typing'", "only once", "2", "types that scale"]),
     ("sync:0", ["count 0", "'sync'", ">= 1"]),
     ("sync:-3", ["'-3'", "sync:N"]),
     ("sync:x", ["'x'", "sync:N"]),

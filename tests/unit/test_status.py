@@ -63,7 +63,7 @@ def test_one_worker_stopped_is_degraded_and_names_it():
     rows = evaluate(replace(facts, units=units, health=health))
     assert [(r.subject, r.status) for r in problems(rows)] == [("sync-2", WARN)]
     assert "systemctl start matrix-synapse-worker@sync-2.service" in row(rows, "process", "sync-2").advice
-    assert exit_code(rows) == 1
+    assert exit_code(rows) == 4
 
 
 def test_an_unfinished_apply_is_a_warning_that_says_how_to_finish_it():
@@ -74,7 +74,7 @@ def test_an_unfinished_apply_is_a_warning_that_says_how_to_finish_it():
     assert [(r.check, r.status) for r in problems(rows)] == [("apply", WARN)]
     found = row(rows, "apply", "unfinished")
     assert owed in found.detail and "dpkg-reconfigure matrix-synapse-workers" in found.advice
-    assert exit_code(rows) == 1
+    assert exit_code(rows) == 4
 
 
 def test_a_refused_install_is_a_row_that_says_why():
@@ -96,7 +96,7 @@ def test_a_stopped_stream_writer_or_main_is_broken():
         rows = evaluate(replace(facts, units=units))
         assert row(rows, "process", name).status == FAIL
         assert row(rows, "process", name).advice.startswith(f"systemctl restart {unit}")
-        assert exit_code(rows) == 2
+        assert exit_code(rows) == 5
 
 
 def test_redis_down_is_broken():
@@ -105,7 +105,7 @@ def test_redis_down_is_broken():
                     clients=(), tcp_port=None)
     units = dict(facts.units, **{REDIS_UNIT: UnitState("inactive", "dead")})
     rows = evaluate(replace(facts, redis=redis, units=units))
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
     assert row(rows, "redis", REDIS_UNIT).advice.startswith(f"systemctl restart {REDIS_UNIT}")
     assert row(rows, "redis", REDIS_SOCKET).detail == "socket missing"
     # The processes still answer /health: they are not blamed for Redis.
@@ -118,8 +118,8 @@ def test_a_worker_without_its_redis_subscription_is_broken():
     clients = tuple(c for c in facts.redis.clients if not (facts.redis.client_pids[c.fd] == pid and c.subscribed))
     rows = evaluate(replace(facts, redis=replace(facts.redis, clients=clients)))
     sync = row(rows, "process", "sync-1")
-    assert sync.status == FAIL and "no Redis replication subscription (1 connections)" in sync.detail
-    assert exit_code(rows) == 2
+    assert sync.status == FAIL and "no Redis replication subscription (1 connection)" in sync.detail
+    assert exit_code(rows) == 5
 
 
 def test_without_attribution_subscriptions_are_counted():
@@ -162,7 +162,7 @@ def test_wrong_socket_mode_is_reported_with_the_unit_to_restart():
     assert bad.advice.endswith("systemctl restart matrix-synapse-worker@sync-1.service")
     assert row(rows, "sockets", "/run/matrix-synapse/typing-1-replication.sock").detail == \
         "mode 660, expected 600"
-    assert exit_code(rows) == 1
+    assert exit_code(rows) == 4
 
 
 def test_socket_directory_and_groups():
@@ -230,7 +230,7 @@ def test_nginx_rows_only_when_routing_files_are_rendered():
                                                     test_output="nginx: [emerg] unknown directive\n")))
     assert row(rows, "nginx", "include").advice.startswith(f"include {files[1]}")
     assert row(rows, "nginx", "nginx -t").detail == "nginx: [emerg] unknown directive"
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
 
 
 def test_outputs():
@@ -238,7 +238,7 @@ def test_outputs():
     units = dict(facts.units, **{"matrix-synapse-worker@sync-2.service": UnitState("inactive", "dead")})
     rows = evaluate(replace(facts, units=units))
     data = status.as_json(rows, 0.25)
-    assert data["status"] == "degraded" and data["exit_code"] == 1
+    assert data["status"] == "degraded" and data["exit_code"] == 4
     assert json.loads(json.dumps(data))["checks"][0].keys() == {"check", "subject", "status", "detail", "advice"}
     table = status.as_table(rows, 0.25)
     assert "\033[" not in table

@@ -128,13 +128,13 @@ def test_remote_worker_down_is_reported_on_the_main_host_with_where_to_look():
     sync = row(rows, "process", "sync-1-hostb")
     assert sync.detail == f"on hostb ({HOSTB}:18001): /health: connection refused (nothing listens)"
     assert sync.advice.startswith("on hostb: systemctl status matrix-synapse-worker@sync-1-hostb.service")
-    assert exit_code(rows) == 1
+    assert exit_code(rows) == 4
     # The only writer of a stream, on another host, is as critical as on this one.
     health["events-1-hostb"] = Health(error="no answer within 1 s")
     rows = evaluate(replace(facts, health=health))
     assert row(rows, "process", "events-1-hostb").status == FAIL
     assert "the only writer of the events stream" in row(rows, "process", "events-1-hostb").detail
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
 
 
 def test_a_remote_worker_without_its_redis_subscription_is_broken():
@@ -160,7 +160,7 @@ def test_without_attribution_only_this_hosts_subscriptions_count():
     # hostb's two subscriptions do not hide main's missing one.
     assert row(rows, "redis", "replication").status == FAIL
     assert row(rows, "redis", "replication").detail == \
-        "1 replication subscriptions for 2 running processes"
+        "1 replication subscription for 2 running processes"
 
 
 def test_redis_refusing_the_password_on_the_main_host():
@@ -170,7 +170,7 @@ def test_redis_refusing_the_password_on_the_main_host():
     redis = row(rows, "redis", REDIS)
     assert redis.status == FAIL and "refuses the password" in redis.detail
     assert "/etc/redis/redis-matrix-synapse-auth.conf differ" in redis.advice
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
     closed = Reach(False, f"Redis at {REDIS} is unreachable: Connection refused", False)
     rows = evaluate(with_cluster(main_host(), redis_reach=closed))
     assert "'bind' in /etc/redis/redis-matrix-synapse.conf" in row(rows, "redis", REDIS).advice
@@ -232,7 +232,7 @@ def test_wrong_secret_is_broken_and_says_to_copy_it_again():
     assert secret.advice.startswith("the secret differs from the main host's: copy "
                                     "/etc/matrix-synapse/cluster again from the main host")
     assert "rsync -a" in secret.advice and secret.advice.endswith("systemctl restart matrix-synapse.target")
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
 
 
 def test_main_unreachable_names_the_address_and_the_link():
@@ -250,7 +250,7 @@ def test_main_unreachable_names_the_address_and_the_link():
     assert row(rows, "replication", "secret").status == INFO
     assert "TCP port 6379" in row(rows, "redis", REDIS).advice
     assert row(rows, "versions", "synapse").detail.endswith("main's version not known (it did not answer)")
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
     # /health answered but the secret probe found nothing listening: the probe's own failure.
     rows = evaluate(with_cluster(facts, main_health=Health(200, "OK", VERSION)))
     assert row(rows, "replication", "secret").status == FAIL
@@ -265,7 +265,7 @@ def test_redis_refusing_the_password_on_a_worker_host():
     assert redis.status == FAIL
     assert redis.advice.startswith("the password differs from the main host's: copy /etc/matrix-synapse/cluster")
     assert [r for r in rows if r.subject == "clients"] == []  # no second row for the same refusal
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
 
 
 def test_secret_files_modes_and_presence():
@@ -275,7 +275,7 @@ def test_secret_files_modes_and_presence():
     bad = row(rows, "secrets", PASSWORD)
     assert (bad.status, bad.detail, bad.advice) == (WARN, "root:matrix-synapse 644: every user of this "
                                                            "machine can read it", fix)
-    assert exit_code(rows) == 1
+    assert exit_code(rows) == 4
     unreadable = (secrets()[0], SecretFile(PASSWORD, PathStat(True, False, "root", "root", 0o600)))
     bad = row(evaluate(with_cluster(worker_host(), secrets=unreadable)), "secrets", PASSWORD)
     assert (bad.status, bad.detail, bad.advice) == (FAIL, "root:root 600: matrix-synapse cannot read it", fix)
@@ -321,7 +321,7 @@ def test_main_running_on_a_worker_host_is_broken():
     rows = evaluate(replace(facts, units=units))
     main = row(rows, "units", "matrix-synapse.service")
     assert main.status == FAIL and main.advice.startswith("systemctl stop matrix-synapse.service")
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
 
 
 def test_worker_host_without_a_usable_cluster_file():
@@ -331,7 +331,7 @@ def test_worker_host_without_a_usable_cluster_file():
     rows = evaluate(facts)
     cluster = row(rows, "cluster", "/etc/matrix-synapse/cluster/cluster.yaml")
     assert cluster.status == FAIL and cluster.advice.startswith("copy /etc/matrix-synapse/cluster again")
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
     # A label the main host did not name, and an address that is not this machine's.
     rows = evaluate(with_cluster(worker_host(), label="hostc"))
     assert "has no worker host 'hostc' (it has: hostb)" in row(rows, "cluster", "hostc").detail
@@ -385,7 +385,7 @@ def test_a_stream_writers_replication_listener_unreachable_from_the_other_host()
     assert writer.status == FAIL and "the events stream's writes cannot reach it" in writer.detail
     assert writer.advice.startswith(f"on hostb: a firewall must let the main host reach TCP port "
                                     f"{replication_port('events', 1)}")
-    assert exit_code(rows) == 2
+    assert exit_code(rows) == 5
     # The worker itself down: one row for it, not two.
     facts = with_cluster(main_host(), writers=(down,))
     health = dict(facts.health, **{"events-1-hostb": Health(error="no answer within 1 s")})

@@ -225,7 +225,7 @@ def test_gather_on_a_worker_host_with_main_down_and_redis_up(two_roots, redis_se
     assert by[("main", str(closed))].status == FAIL
     assert f"TCP port {closed.port}" in by[("main", str(closed))].advice
     assert by[("config", "workers")].status == OK
-    assert status.exit_code(rows) == 2
+    assert status.exit_code(rows) == 5
 
     _secrets(root, "wrong-password")
     facts = statusprobe.gather(root, timeout=1)

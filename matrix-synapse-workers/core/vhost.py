@@ -166,7 +166,8 @@ def judge(dump: str, snippet: str = SNIPPET, examples: tuple[str, ...] | None = 
     """How the configuration ``nginx -T`` printed routes the worker paths."""
     try:
         servers = read_servers(dump)
-    except NginxSyntaxError as exc:
+    except (NginxSyntaxError, ValueError, IndexError, RecursionError) as exc:
+        # A report, not a crash: status goes on with its other checks.
         return Routing(error=f"nginx -T could not be read: {exc}")
     examples = worker_paths() if examples is None else examples
     including = tuple(s for s in servers if snippet in s.included)

@@ -193,3 +193,11 @@ def test_status_fails_naming_the_file_and_location_or_the_missing_include(tmp_pa
     (tmp_path / "c").mkdir()
     [row] = check_routing(judged(tmp_path / "c", "sync", {"matrix": server(18080, "m", INCLUDE)}))
     assert row.status == "ok" and "reach the snippet in 1 server block" in row.detail
+
+
+def test_an_unreadable_dump_is_a_warning_not_a_crash():
+    from matrix_synapse_workers.status.nginx_checks import check_routing
+    routing = vhost.judge("# configuration file /etc/nginx/nginx.conf:\nhttp { server { }\n")
+    assert routing.error.startswith("nginx -T could not be read: ") and vhost.todo(routing) == []
+    [row] = check_routing(routing)
+    assert row.status == "warn"

@@ -79,7 +79,8 @@ def test_own_upgrade_keeps_answers_and_files_and_restarts_nothing(
         assert all(pid != "0" for unit, pid in pids.items() if unit != "nginx.service"), pids
         answers = debconf_answers(c)
         before = files(c)
-        # nginx's include is the admin's step (not taken here): a WARN row, the same after.
+        # nginx's include is the admin's step (not taken here): a FAIL row (no server block
+        # includes the snippet, so the workers get no request), the same after.
         status_before = c.run(["matrix-synapse-workers", "status", "--json"], check=False)
 
         assert old_version == deb_version(release)
@@ -102,7 +103,7 @@ def test_own_upgrade_keeps_answers_and_files_and_restarts_nothing(
         assert f"{len(WORKERS)} workers configured" in done.stdout + done.stderr
         status = c.run(["matrix-synapse-workers", "status", "--json"], check=False)
         assert status.returncode == status_before.returncode, status.stdout
-        assert status.returncode in (0, 1), status.stdout
+        assert status.returncode in (0, 4, 5), status.stdout  # healthy, degraded or broken
         assert verdicts(status.stdout) == verdicts(status_before.stdout)
 
         # And again: the upgraded package, reconfigured, writes nothing more.

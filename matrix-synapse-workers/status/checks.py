@@ -364,10 +364,10 @@ def _file_rows(config: ConfigFacts) -> list[Row]:
                         f"run: {RECONFIGURE}"))
     if config.missing or config.drifted:
         names = [*config.missing, *config.drifted]
-        detail = (f"{len(config.missing)} missing, " if config.missing else "") + \
-            f"{len(config.drifted)} {'differs' if len(config.drifted) == 1 else 'differ'} from what the "
-            f"package writes: {', '.join(names[:4])}" + \
-            (" ..." if len(names) > 4 else "")
+        differ = "differs" if len(config.drifted) == 1 else "differ"
+        detail = ((f"{len(config.missing)} missing, " if config.missing else "")
+                  + f"{len(config.drifted)} {differ} from what the package writes: {', '.join(names[:4])}"
+                  + (" ..." if len(names) > 4 else ""))
         rows.append(Row("config", "files", WARN, detail, f"run: {RECONFIGURE}"))
     elif config.listeners_match is not False:
         rows.append(Row("config", "files", OK, "as the package writes them"))

@@ -196,7 +196,7 @@ def test_status_fails_naming_the_file_and_location_or_the_missing_include(tmp_pa
 
 
 def test_an_unreadable_dump_is_a_warning_not_a_crash():
-    from matrix_synapse_workers.status.nginx_checks import check_routing
+    from matrix_synapse_workers.status.checks import check_routing
     routing = vhost.judge("# configuration file /etc/nginx/nginx.conf:\nhttp { server { }\n")
     assert routing.error.startswith("nginx -T could not be read: ") and vhost.todo(routing) == []
     [row] = check_routing(routing)

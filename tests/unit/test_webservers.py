@@ -1,0 +1,79 @@
+"""Apache, Caddy and HAProxy files from the one routing model, checked by the servers themselves."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from matrix_synapse_workers.core.plan import Plan, plan_workers
+from matrix_synapse_workers.core.selection import select
+from matrix_synapse_workers.render.apache import apache_files
+from matrix_synapse_workers.render.caddy import caddy_files
+from matrix_synapse_workers.render.haproxy import haproxy_files
+from matrix_synapse_workers.render.routing import nginx_model
+from support.webservers import apache_site, caddy_site, haproxy_site, need
+
+PRESETS = ("minimal", "small", "one_of_each")
+RENDERERS = {"apache": apache_files, "caddy": caddy_files, "haproxy": haproxy_files}
+
+
+def plan(preset: str) -> Plan:
+    return Plan(plan_workers(select(preset=preset)))
+
+
+def write(directory: Path, server: str, preset: str) -> Path:
+    (rendered,) = RENDERERS[server](plan(preset))
+    target = directory / rendered.path.name
+    target.write_text(rendered.content)
+    return target
+
+
+@pytest.mark.parametrize("server", sorted(RENDERERS))
+def test_every_pool_and_class_appears(server: str) -> None:
+    """The same routing model as nginx: each pool by its name, each class by its regex."""
+    model = nginx_model(plan("one_of_each"))
+    (rendered,) = RENDERERS[server](plan("one_of_each"))
+    for upstream in model.upstreams:
+        assert upstream.name in rendered.content or server == "caddy"
+        for address in upstream.servers:
+            assert address.split()[0].removeprefix("unix:") in rendered.content
+    for location in model.locations:
+        assert location.regex in rendered.content
+
+
+def test_socket_backends_in_each_idiom() -> None:
+    small = plan("small")
+    assert 'BalancerMember "unix:/run/matrix-synapse/main.sock|http://localhost"' in \
+        apache_files(small)[0].content
+    assert "unix//run/matrix-synapse/main.sock" in caddy_files(small)[0].content
+    assert "server main /run/matrix-synapse/main.sock check" in haproxy_files(small)[0].content
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_apache_accepts(tmp_path: Path, preset: str) -> None:
+    apache = need("apache2")
+    site = apache_site(tmp_path, write(tmp_path, "apache", preset), 18482)
+    result = subprocess.run([apache, "-t", "-f", str(site)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_caddy_accepts(tmp_path: Path, preset: str) -> None:
+    caddy = need("caddy")
+    site = caddy_site(tmp_path, write(tmp_path, "caddy", preset), 18481)
+    result = subprocess.run([caddy, "validate", "--config", str(site), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_haproxy_accepts(tmp_path: Path, preset: str) -> None:
+    haproxy = need("haproxy")
+    site = haproxy_site(tmp_path, 18480)
+    ours = write(tmp_path, "haproxy", preset)
+    result = subprocess.run([haproxy, "-c", "-f", str(site), "-f", str(ours)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "[WARNING]" not in result.stderr, result.stderr

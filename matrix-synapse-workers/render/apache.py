@@ -23,9 +23,12 @@ ENV = {"$msw_user": "MSW_USER", "$msw_room": "MSW_ROOM", "$msw_origin": "MSW_ORI
 
 
 def url(backend: Backend) -> str:
-    """A BalancerMember URL: ``unix:/run/...sock|http://localhost`` or ``http://host:port``."""
+    """A BalancerMember URL: ``unix:/run/...sock|http://NAME`` or ``http://host:port``.
+
+    Apache tells socket workers apart by the URL after ``|``: each gets its own name.
+    """
     if backend.is_socket:
-        return f"unix:{backend.address}|http://localhost"
+        return f"unix:{backend.address}|http://{backend.name}"
     return f"http://{backend.address}"
 
 

@@ -45,7 +45,7 @@ def test_every_pool_and_class_appears(server: str) -> None:
 
 def test_socket_backends_in_each_idiom() -> None:
     small = plan("small")
-    assert 'BalancerMember "unix:/run/matrix-synapse/main.sock|http://localhost"' in \
+    assert 'BalancerMember "unix:/run/matrix-synapse/main.sock|http://main"' in \
         apache_files(small)[0].content
     assert "unix//run/matrix-synapse/main.sock" in caddy_files(small)[0].content
     assert "server main /run/matrix-synapse/main.sock check" in haproxy_files(small)[0].content

@@ -25,7 +25,7 @@ from .core.selection import Selection
 from .core.settings import RedisSettings, Settings, parse_redis
 from .core.topology import HostRole, Topology
 from .render.files import RenderedFile, render
-from .system import statoverride
+from .system import statoverride, webservers
 from .system.clusterfile import deployed_topology, read_cluster
 from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
 
@@ -83,7 +83,7 @@ def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
     return Settings(socket_group=socket_group(root),
                     redis=redis_settings_of(config) if config else Settings().redis,
                     topology=topology if topology is not None else deployed_topology(root),
-                    metrics=metrics_deployed(root))
+                    metrics=metrics_deployed(root), web_server=webservers.deployed(root))
 
 
 def deployed_selection(facts: HostFacts) -> Selection:

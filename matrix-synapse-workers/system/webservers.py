@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..core.webserver import WebServer, detect
 from .run import run
@@ -57,3 +58,57 @@ def check(server: WebServer, root: Path) -> str | None:
 
 def unit(server: WebServer) -> str | None:
     return None if server is WebServer.NONE else SERVERS[server][2]
+
+
+def deployed(root: Path) -> WebServer | None:
+    """The server whose routing files of ours were written last (None: none are on disk).
+
+    A switch of server leaves the other server's files in place (its sites may still
+    include them), so the newest tells which one the last apply chose.
+    """
+    from ..render.files import is_generated
+    from ..render.webserver import ALL_PATHS
+    found: list[tuple[float, WebServer]] = []
+    for server, files in ALL_PATHS.items():
+        for relative in files:
+            target = root / relative
+            if target.is_file() and is_generated(target.read_text(encoding="utf-8", errors="replace")):
+                found.append((target.stat().st_mtime, server))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def is_installed(root: Path, server: WebServer) -> bool:
+    """Whether ``server``'s configuration directory exists: only then do our files belong there."""
+    return server is not WebServer.NONE and (root / SERVERS[server][0]).is_dir()
+
+
+def listeners() -> dict[int, str]:
+    """``{port: process name}`` of the TCP listeners (``ss -Hltnp``); empty when unknown."""
+    if shutil.which("ss", path=_PATH) is None:
+        return {}
+    result = run(["ss", "-Hltnp"], check=False, capture=True)
+    found: dict[int, str] = {}
+    for line in (result.stdout or "").splitlines():
+        fields = line.split()
+        if len(fields) < 6 or '"' not in fields[5]:
+            continue
+        port = fields[3].rpartition(":")[2]
+        if port.isdigit():
+            found[int(port)] = fields[5].split('"')[1]
+    return found
+
+
+def resolve(root: Path, chosen: WebServer | None) -> WebServer:
+    """The admin's choice, else the server deployed, else the one detected on this host."""
+    if chosen is not None:
+        return chosen
+    return deployed(root) or detected(root, listeners() if root == Path("/") else {})
+
+
+def checked_by(server: WebServer) -> dict[str, Any]:
+    """The arguments of :func:`nginx.write_checked` for ``server``'s files."""
+    if server in (WebServer.NGINX, WebServer.NONE):
+        return {}
+    binary, arguments = SERVERS[server][1:4:2]
+    return {"checker": lambda root: check(server, root), "tool": " ".join((binary, *arguments[:1])),
+            "server": server.value}

@@ -19,6 +19,8 @@ from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import metrics_deployed, read_host_facts
+from .system import webservers
+from .core.webserver import WebServer, parse_web_server
 from .system.clusterfile import deployed_topology
 from .core.plan import Plan
 from .render.files import RenderedFile
@@ -103,6 +105,10 @@ def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
                         help="group owning the socket directory (default: %(default)s)")
     parser.add_argument("--web-user", default=paths.DEFAULT_WEB_USER,
                         help="web server user put in the socket group (default: %(default)s)")
+    parser.add_argument("--web-server", choices=[s.value for s in WebServer],
+                        help="the server in front, whose routing files are written and reloaded "
+                             "(none: your own proxy). Default: as deployed, else the one installed "
+                             "(of several, the one on port 80 or 443, else nginx)")
     parser.add_argument("--redis", default="dedicated",
                         help="dedicated (default), guide, unix:/PATH or HOST:PORT")
     parser.add_argument("--host-role", choices=HOST_ROLES,
@@ -190,8 +196,10 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 def _settings(args: argparse.Namespace) -> Settings:
     metrics = args.metrics if args.metrics is not None else metrics_deployed(args.root)
+    chosen = parse_web_server(args.web_server) if args.web_server else None
     return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics)
+                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics,
+                    web_server=webservers.resolve(args.root, chosen))
 
 
 def run_apply(args: argparse.Namespace) -> int:

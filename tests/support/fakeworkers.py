@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import socketserver
 import threading
 from pathlib import Path
@@ -15,6 +16,23 @@ from pathlib import Path
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.open: set[socket.socket] = set()
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        connection, address = super().get_request()
+        self.open.add(connection)
+        return connection, address
+
+    def close_all(self) -> None:
+        """A stopped process drops its kept-alive connections too."""
+        for connection in list(self.open):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
@@ -54,4 +72,5 @@ class FakeWorker:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.server.close_all()
         self.path.unlink(missing_ok=True)

@@ -56,7 +56,7 @@ def start(server: str, directory: Path, snippet: Path) -> subprocess.Popen[bytes
 def get(server: str, path: str, token: str = "", method: str = "GET") -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", PORTS[server], timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    connection.request(method, path, headers=headers)
+    connection.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
     response = connection.getresponse()
     return response.status, response.read().decode()
 
@@ -106,3 +106,34 @@ def test_a_get_whose_pool_is_down_reaches_main(proxy: tuple[str, dict[str, FakeW
             break
         time.sleep(0.5)
     assert (status, body) == (200, "main")
+
+
+def test_a_post_no_worker_could_take_reaches_main(proxy: tuple[str, dict[str, FakeWorker]]) -> None:
+    """Nothing was sent to a worker (its socket is gone): main may take even a POST."""
+    server, workers = proxy
+    workers["client-1"].stop()
+    path = "/_matrix/client/v3/createRoom"
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = get(server, path, "syt_alice_abc_def", "POST")
+        if (status, body) == (200, "main") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (status, body) == (200, "main")
+
+
+def test_main_unreachable_is_a_matrix_429(proxy: tuple[str, dict[str, FakeWorker]]) -> None:
+    """Caddy and HAProxy answer M_LIMIT_EXCEEDED, which clients retry; Apache can only
+    answer 503 (an ErrorDocument keeps the status)."""
+    server, workers = proxy
+    workers["main"].stop()
+    deadline = time.monotonic() + 10
+    expected = 503 if server == "apache" else 429
+    while True:
+        status, body = get(server, MAIN_ONLY, "syt_alice_abc_def")
+        if status == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == expected, (status, body)
+    if expected == 429:
+        assert '"errcode":"M_LIMIT_EXCEEDED"' in body and '"retry_after_ms":' in body

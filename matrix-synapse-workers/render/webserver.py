@@ -31,6 +31,11 @@ ALL_PATHS: dict[WebServer, tuple[PurePosixPath, ...]] = {
 }
 
 
+def routing_paths(server: WebServer, plan: Plan) -> tuple[PurePosixPath, ...]:
+    """Where :func:`web_files` puts ``server``'s files for this plan: on the main host only."""
+    return ALL_PATHS[server] if plan.here is None else ()
+
+
 def web_files(server: WebServer, plan: Plan, version: Version | None = None,
               ) -> tuple[RenderedFile, ...]:
     """The files that route requests through ``server`` (none on a worker host or for NONE).

@@ -176,13 +176,15 @@ class ConfigFacts:
 
 @dataclass(frozen=True)
 class NginxFacts:
-    #: Files the renderer produces under etc/nginx/ (absolute paths).
+    #: Files the renderer produces for the web server, e.g. under etc/nginx/ (absolute paths).
     rendered: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     #: Rendered files ``nginx -T`` does not show as part of the configuration.
     not_included: tuple[str, ...] = ()
     test_ok: bool | None = None
     test_output: str = ""
+    #: The web server in front (nginx unless another was chosen; see system/webservers.py).
+    server: str = "nginx"
 
 
 @dataclass(frozen=True)

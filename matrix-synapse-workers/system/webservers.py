@@ -112,3 +112,35 @@ def checked_by(server: WebServer) -> dict[str, Any]:
     binary, arguments = SERVERS[server][1:4:2]
     return {"checker": lambda root: check(server, root), "tool": " ".join((binary, *arguments[:1])),
             "server": server.value}
+
+
+#: Where the admin's configuration must name our file for it to be used.
+_INCLUDED_BY: dict[WebServer, tuple[str, ...]] = {
+    WebServer.CADDY: ("etc/caddy/Caddyfile",),
+    WebServer.HAPROXY: ("etc/default/haproxy", "etc/haproxy/haproxy.cfg"),
+}
+
+
+def dump(server: WebServer, root: Path, ours: tuple[str, ...],
+         timeout: float = 3) -> tuple[bool | None, str, frozenset[str]]:
+    """For ``status``, as ``nginx -T`` gives it: (the server's own check passed (None:
+    not asked), its messages, which of ``ours`` its configuration uses)."""
+    import subprocess
+    _, binary, _, arguments = SERVERS[server]
+    found = shutil.which(binary, path=_PATH)
+    if found is None or root != Path("/"):
+        return None, "", frozenset()
+    if server is WebServer.APACHE:
+        arguments = ("-t", "-D", "DUMP_INCLUDES")
+    try:
+        done = subprocess.run([found, *arguments], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, "", frozenset()
+    if server is WebServer.APACHE:
+        used = frozenset(f for f in ours if f in done.stdout)
+    else:
+        texts = "".join((root / p).read_text(errors="replace") for p in _INCLUDED_BY[server]
+                        if (root / p).is_file())
+        used = frozenset(f for f in ours if f in texts)
+    return done.returncode == 0, done.stderr + done.stdout, used

@@ -88,3 +88,19 @@ def test_apply_detects_the_one_installed(tmp_path, system_accounts) -> None:
     import shutil as sh
     expected = WebServer.HAPROXY if sh.which("haproxy", path="/usr/sbin:/usr/bin") else WebServer.NGINX
     assert decision.settings.web_server is expected
+
+
+def test_status_rows_name_the_chosen_server() -> None:
+    from dataclasses import replace
+    from matrix_synapse_workers.status.checks import evaluate
+    from matrix_synapse_workers.status.model import NginxFacts
+    from test_status import healthy, row
+    files = ("/etc/caddy/matrix-synapse-workers.caddy",)
+    rows = evaluate(replace(healthy(), nginx=NginxFacts(files, test_ok=True, server="caddy")))
+    assert "caddy validate" in row(rows, "caddy", "routing").detail
+    rows = evaluate(replace(healthy(), nginx=NginxFacts(files, not_included=files, test_ok=False,
+                                                        test_output="Error: adapting config\n",
+                                                        server="caddy")))
+    assert row(rows, "caddy", "include").advice.startswith(f"add 'import {files[0]}'")
+    assert row(rows, "caddy", "caddy validate --config /etc/caddy/Caddyfile").detail == \
+        "Error: adapting config"

@@ -53,9 +53,10 @@ def start(server: str, directory: Path, snippet: Path) -> subprocess.Popen[bytes
     raise AssertionError((directory / "server.log").read_text()[-2000:])
 
 
-def get(server: str, path: str, token: str = "", method: str = "GET") -> tuple[int, str]:
+def get(server: str, path: str, token: str = "", method: str = "GET",
+        authorization: str = "") -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", PORTS[server], timeout=10)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": authorization or f"Bearer {token}"} if token or authorization else {}
     connection.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
     response = connection.getresponse()
     return response.status, response.read().decode()
@@ -64,7 +65,7 @@ def get(server: str, path: str, token: str = "", method: str = "GET") -> tuple[i
 @pytest.fixture(params=sorted(RENDERERS))
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, FakeWorker]]]:
     server = request.param
-    plan = Plan(plan_workers(select(workers="sync:3,client")))
+    plan = Plan(plan_workers(select(workers="sync:3,client:2,federation_reader:2")))
     sockets = tmp_path / "run"
     sockets.mkdir()
     workers = {name: FakeWorker(sockets, name)
@@ -112,6 +113,7 @@ def test_a_post_no_worker_could_take_reaches_main(proxy: tuple[str, dict[str, Fa
     """Nothing was sent to a worker (its socket is gone): main may take even a POST."""
     server, workers = proxy
     workers["client-1"].stop()
+    workers["client-2"].stop()
     path = "/_matrix/client/v3/createRoom"
     deadline = time.monotonic() + 10
     while True:
@@ -137,3 +139,23 @@ def test_main_unreachable_is_a_matrix_429(proxy: tuple[str, dict[str, FakeWorker
     assert status == expected, (status, body)
     if expected == 429:
         assert '"errcode":"M_LIMIT_EXCEEDED"' in body and '"retry_after_ms":' in body
+
+
+def test_rooms_and_remote_servers_stick(proxy: tuple[str, dict[str, FakeWorker]]) -> None:
+    """Room messages by room (whatever the user), federation transactions by origin."""
+    server, _ = proxy
+    rooms, origins = {}, {}
+    for n in range(8):
+        room = f"!room{n}:example.org"
+        answers = {get(server, f"/_matrix/client/v3/rooms/{room}/messages", f"syt_u{k}_x_y")[1]
+                   for k in range(3)}
+        assert len(answers) == 1, (room, answers)
+        rooms[room] = answers.pop()
+        origin = f"server{n}.example"
+        answers = {get(server, f"/_matrix/federation/v1/send/txn{k}", method="PUT",
+                       authorization=f'X-Matrix origin="{origin}",key="ed25519:a",sig="s{k}"')[1]
+                   for k in range(3)}
+        assert len(answers) == 1, (origin, answers)
+        origins[origin] = answers.pop()
+    assert set(rooms.values()) == {"client-1", "client-2"}, rooms
+    assert set(origins.values()) == {"federation-reader-1", "federation-reader-2"}, origins

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,14 +24,21 @@ from support.fakeworkers import FakeWorker
 from support.webservers import apache_site, caddy_site, haproxy_site, need
 from test_webservers import RENDERERS
 
-PORTS = {"apache": 18492, "caddy": 18491, "haproxy": 18490}
+#: Each server's loopback port, free when its fixture starts it (suites may run side by side).
+PORTS: dict[str, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 SYNC = "/_matrix/client/v3/sync?since=s1"
 #: Main serves it while no presence writer runs.
 MAIN_ONLY = "/_matrix/client/v3/presence/@b:x/status"
 
 
 def start(server: str, directory: Path, snippet: Path) -> subprocess.Popen[bytes]:
-    port = PORTS[server]
+    port = PORTS[server] = free_port()
     if server == "apache":
         site = apache_site(directory, snippet, port)
         command = [need("apache2"), "-X", "-f", str(site)]

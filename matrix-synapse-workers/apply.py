@@ -736,8 +736,10 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
     serving, directly and through nginx (everything routed to main.sock) until purge."""
     systemd = Systemd(out)
     # What a killed apply or removal left half-made (never an admin's file).
+    server = webservers.deployed(root) or WebServer.NGINX
+    routing_paths = ALL_PATHS[server]
     sweep_temporaries(root, {paths.CONF_D, paths.WORKERS_DIR, paths.WORKER_LOGS_DIR,
-                             *(p.parent for p in nginx.FILES)})
+                             *(p.parent for p in routing_paths)})
     names = existing_worker_names(root)
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
     # The sandbox drop-ins go with the package; main runs on unconfined, as before.
@@ -761,13 +763,13 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
             systemd.restart(paths.MAIN_UNIT)
         return
     try:
-        single = render_single_process(read_host_facts(root))
+        single = render_single_process(read_host_facts(root), server)
     except WorkersError as exc:  # the admin's config broke since: main alone, no routing
         out.write(f"{exc}; removing /{paths.SHARED_CONF}\n")
         (root / paths.SHARED_CONF).unlink()
         single = ()
     for rendered in single:
-        if rendered.path in nginx.FILES:
+        if rendered.path in routing_paths:
             continue
         current = root / rendered.path
         if current.read_text(encoding="utf-8") != rendered.content:
@@ -775,10 +777,18 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
             changed = True
     if changed and systemd.is_active(paths.MAIN_UNIT):
         systemd.restart(paths.MAIN_UNIT)
-    routing = [f for f in single if f.path in nginx.FILES and _ours(root / f.path)]
+    routing = [f for f in single if f.path in routing_paths and _ours(root / f.path)]
+    _write_routing(root, server, routing, systemd, out)
+
+
+def _write_routing(root: Path, server: WebServer, files: list[RenderedFile], systemd: Systemd,
+                   out: TextIO) -> None:
+    """Our routing files, if the server's own check accepts them; then its reload (if it runs)."""
+    unit = webservers.unit(server)
     try:
-        if nginx.write_checked(root, routing, [], chown=True) and systemd.is_active(nginx.UNIT):
-            systemd.reload(nginx.UNIT)
+        if nginx.write_checked(root, files, [], chown=True, **webservers.checked_by(server)) \
+                and unit is not None and systemd.is_active(unit):
+            systemd.reload(unit)
     except WorkersError as exc:
         out.write(f"{exc}\n")
 
@@ -797,25 +807,23 @@ def _deconfigure_worker_host(root: Path, systemd: Systemd, out: TextIO) -> None:
 def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
     """Routes depend on the Synapse version: after an upgrade, render them for the new one.
 
-    Only our own nginx files on a main host change; the worker set stays as deployed.
+    Only our own routing files (of the server deployed) on a main host change; the
+    worker set stays as deployed.
     """
-    if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
+    server = webservers.deployed(root) or WebServer.NGINX
+    if (root / paths.WORKER_HOST_MARK).exists() or not webservers.is_installed(root, server):
         return
     try:
         deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in deployment.files() if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in ALL_PATHS[server]
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]
-    try:
-        if changed and nginx.write_checked(root, changed, [], chown=True) \
-                and systemd.is_active(nginx.UNIT):
-            systemd.reload(nginx.UNIT)
-    except WorkersError as exc:
-        out.write(f"{exc}\n")
+    if changed:
+        _write_routing(root, server, changed, systemd, out)
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:

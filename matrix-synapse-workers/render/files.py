@@ -241,14 +241,16 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
     )
 
 
-def render_single_process(facts: HostFacts) -> tuple[RenderedFile, ...]:
-    """After package removal: main alone, still on main.sock, and nginx sending it everything.
+def render_single_process(facts: HostFacts, server: WebServer = WebServer.NGINX,
+                          ) -> tuple[RenderedFile, ...]:
+    """After package removal: main alone, still on main.sock, and the web server sending it everything.
 
     The admin's server blocks include our snippet; routing everything to main
-    keeps Synapse answering through nginx until purge removes the files.
+    keeps Synapse answering through the web server until purge removes the files.
     """
+    from .webserver import web_files  # it builds on this module's renderers
     return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
-            *nginx_files(Plan(()), facts.synapse_version))
+            *web_files(server, Plan(()), facts.synapse_version))
 
 
 def redis_config(plan: Plan, settings: Settings) -> dict[str, Any]:

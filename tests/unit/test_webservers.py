@@ -15,12 +15,13 @@ from matrix_synapse_workers.render.haproxy import haproxy_files
 from matrix_synapse_workers.render.routing import nginx_model
 from support.webservers import APACHE_MODULES, apache_site, caddy_site, haproxy_site, need
 
-PRESETS = ("minimal", "small", "one_of_each")
+#: "single": no workers, as after package removal (everything to main).
+PRESETS = ("single", "minimal", "small", "one_of_each")
 RENDERERS = {"apache": apache_files, "caddy": caddy_files, "haproxy": haproxy_files}
 
 
 def plan(preset: str) -> Plan:
-    return Plan(plan_workers(select(preset=preset)))
+    return Plan(()) if preset == "single" else Plan(plan_workers(select(preset=preset)))
 
 
 def write(directory: Path, server: str, preset: str) -> Path:

@@ -25,7 +25,7 @@ class WebServer(Enum):
     APACHE = "apache"
     CADDY = "caddy"
     HAPROXY = "haproxy"
-    #: The admin's own proxy: no files, no reload (``routes`` still prints the table).
+    #: A proxy of the admin's own: no routing files, no reload.
     NONE = "none"
 
 

@@ -320,6 +320,12 @@ class Endpoints:
     why: str = ""
     #: Only the stream's writer (or main) can answer any request of this class.
     writers_only: bool = False
+    #: With the Matrix Authentication Service on, MAS serves these or Synapse drops
+    #: them: the class gets no location, so the admin's MAS location wins wherever
+    #: it stands (or main answers, through the catch-all).
+    left_to_mas: bool = False
+    #: Synapse registers these only with MAS on: no location without it.
+    mas_only: bool = False
 
     def applies_to(self, version: Version | None) -> bool:
         """Whether the class describes this Synapse; None (unknown) is the newest."""
@@ -409,7 +415,9 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                "^/_synapse/client/sso_register$", "^/_synapse/client/oidc/callback$",
                "^/_synapse/client/saml2/authn_response$", f"{_CS}{_V}/login/cas/ticket$"),
               why=("Main only: SsoHandler keeps each login's pending session in the process's "
-                   "memory, so every step of one login must reach the same process.")),
+                   "memory, so every step of one login must reach the same process. Synapse "
+                   "refuses SSO with MAS, which serves login/sso/redirect itself."),
+              left_to_mas=True),
     # Initial syncs (no since) are the heavy ones: their own pool when there is one.
     Endpoints("sync", "/sync, sticky per user; initial syncs to their own pool if any", "client",
               (f"{_CS}{_R}/sync$",), roles=("sync", "client"), initial_roles=("initial_sync",),
@@ -449,6 +457,14 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                    "Writes: EventCreationHandler hands events to an event persister (main when "
                    "none) over replication; RoomMemberWorkerHandler hands remote joins and leaves "
                    "to main.")),
+    # Password login and registration: the Matrix Authentication Service's, when it is on.
+    Endpoints("password_auth", "login and registration (left to MAS when it is on)", "client",
+              (f"{_CS}{_V}/login$", f"{_CS}{_R}/register$", f"{_CS}{_R}/register/available$",
+               f"{_CS}(v1|unstable)/register/m\\.login\\.registration_token/validity$"),
+              roles=("client",), left_to_mas=True,
+              why=("AuthHandler and RegistrationHandler work on any worker. With MAS Synapse "
+                   "registers no login servlet and only appservice registration (main answers "
+                   "it); MAS serves /login, /logout and /refresh itself.")),
     Endpoints("client", "other client API reads and writes a generic worker serves", "client",
               (f"{_CS}{_V}/createRoom(/[^/]*)?$", f"{_CS}{_V}/publicRooms$",
                f"{_CS}{_R}/account/3pid$", f"{_CS}{_R}/account/whoami$",
@@ -459,8 +475,6 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_V}/directory/room/.*$", f"{_CS}{_R}/capabilities$",
                f"{_CS}{_R}/keys/query$", f"{_CS}{_R}/keys/changes$", f"{_CS}{_R}/keys/claim$",
                f"{_CS}{_R}/room_keys/",
-               f"{_CS}{_V}/login$", f"{_CS}{_R}/register$", f"{_CS}{_R}/register/available$",
-               f"{_CS}(v1|unstable)/register/m\\.login\\.registration_token/validity$",
                f"{_CS}{_R}/password_policy$",
                f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/", f"{_CS}{_V}/profile/",
                f"{_CS}(v1|unstable)/appservice/[^/]+/ping$"),
@@ -469,6 +483,12 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                    "RoomCreationHandler (events via replication), DirectoryHandler, E2eKeysHandler "
                    "(query/claim), E2eRoomKeysHandler, SearchHandler, RoomMemberWorkerHandler for "
                    "joins and knocks.")),
+    # With MAS: where clients find MAS (MSC2965), answered from MAS's metadata.
+    Endpoints("auth_metadata", "the authorization server's metadata (with MAS only)", "client",
+              (f"{_CS}(v1|unstable|unstable/org\\.matrix\\.msc2965)/auth_metadata$",),
+              roles=("client",), since=(1, 136, 0), mas_only=True,
+              why=("AuthMetadataServlet asks the MasDelegatedAuth of its own process, which "
+                   "fetches (and caches) MAS's openid-configuration: any worker.")),
     # Before 1.153 only with an experimental flag; main serves it then.
     Endpoints("room_summary", "room summaries (workers serve them from 1.153)", "client",
               (f"{_CS}unstable/im\\.nheko\\.summary/(summary/[^/]+|rooms/[^/]+/summary)$",
@@ -481,7 +501,8 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
               "client", (f"{_CS}{_R}/account/deactivate$",), roles=("client",),
               since=(1, 135, 0),
               why=("From 1.135 DeactivateAccountHandler runs on workers and hands the parts that "
-                   "need main to it over replication.")),
+                   "need main to it over replication. With MAS, MAS deactivates accounts and "
+                   "Synapse registers no such servlet."), left_to_mas=True),
     Endpoints("delayed_events_restart", "restarting a delayed event's timer (workers: from 1.144)",
               "client",
               (f"{_CS}unstable/org\\.matrix\\.msc4140/delayed_events/[^/]+/restart$",),

@@ -12,7 +12,7 @@ from ..core.catalog import ENDPOINTS_CHECKED_AGAINST, Version
 from ..core.plan import Plan
 from .files import RenderedFile, render_template
 from .routing import READ_METHODS, Upstream, nginx_model
-from .webcommon import ROOM_ID, SYT_LOCALPART, Backend, backends
+from .webcommon import ROOM_ID, SYT_LOCALPART, Backend, backends, main_prefixes
 
 HEX = "0123456789abcdef"
 #: Seconds a worker that failed is left out of its pool.
@@ -43,10 +43,12 @@ def buckets(upstream: Upstream) -> list[tuple[Backend, str]]:
     return [(backend, HEX[index::len(members)]) for index, backend in enumerate(members)]
 
 
-def apache_files(plan: Plan, version: Version | None = None) -> tuple[RenderedFile, ...]:
-    model = nginx_model(plan, version)
+def apache_files(plan: Plan, version: Version | None = None,
+                 mas: bool = False) -> tuple[RenderedFile, ...]:
+    model = nginx_model(plan, version, mas)
     text = render_template(
-        "apache.conf.j2", model=model, path=paths.APACHE_CONF, backends=backends, url=url,
+        "apache.conf.j2", model=model, main_prefixes=main_prefixes(model), path=paths.APACHE_CONF,
+        backends=backends, url=url,
         buckets=buckets, env=ENV, checked=".".join(map(str, ENDPOINTS_CHECKED_AGAINST)),
         retry=RETRY, connect_timeout=CONNECT_TIMEOUT, read_methods=READ_METHODS,
         syt=SYT_LOCALPART, room=ROOM_ID)

@@ -22,7 +22,7 @@ from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker, admin_metrics_listeners
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
 from .logconfig import worker_log_config
-from .routing import MAX_BODY_SIZE, READ_METHODS, nginx_model
+from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, nginx_model
 from ..core.settings import RedisMode, Settings
 from ..core.topology import LOOPBACK, MAIN_METRICS_PORT, Address
 from ..core.webserver import WebServer
@@ -223,13 +223,14 @@ def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
 
 
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
-                ) -> tuple[RenderedFile, RenderedFile]:
+                mas: bool = False) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
     Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
-    None, when it is not known, gives the newest.
+    None, when it is not known, gives the newest.  ``mas``: Synapse hands logins to
+    the Matrix Authentication Service (HostFacts.auth_service).
     """
-    model = nginx_model(plan, synapse_version)
+    model = nginx_model(plan, synapse_version, mas)
     checked = ".".join(map(str, ENDPOINTS_CHECKED_AGAINST))
     return (
         RenderedFile(paths.NGINX_HTTP_CONF, render_template(
@@ -237,7 +238,7 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
             snippet="/" + str(paths.NGINX_SNIPPET))),
         RenderedFile(paths.NGINX_SNIPPET, render_template(
             "nginx-locations.conf.j2", model=model, max_body=MAX_BODY_SIZE,
-            http_conf="/" + str(paths.NGINX_HTTP_CONF))),
+            http_conf="/" + str(paths.NGINX_HTTP_CONF), mas_to_synapse=MAS_TO_SYNAPSE)),
     )
 
 
@@ -250,7 +251,7 @@ def render_single_process(facts: HostFacts, server: WebServer = WebServer.NGINX,
     """
     from .webserver import web_files  # it builds on this module's renderers
     return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
-            *web_files(server, Plan(()), facts.synapse_version))
+            *web_files(server, Plan(()), facts.synapse_version, facts.auth_service is not None))
 
 
 def redis_config(plan: Plan, settings: Settings) -> dict[str, Any]:
@@ -338,5 +339,6 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
             render_template("tmpfiles.conf.j2", line=tmpfiles_line(
                 settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode))))
     from .webserver import web_files  # it builds on this module's renderers
-    files.extend(web_files(settings.web_server or WebServer.NGINX, plan, facts.synapse_version))
+    files.extend(web_files(settings.web_server or WebServer.NGINX, plan, facts.synapse_version,
+                           facts.auth_service is not None))
     return tuple(files)

@@ -25,6 +25,14 @@ Routes depend on the Synapse version (None: unknown, the newest table):
 ('main', ())
 >>> destination(plan, "/_matrix/client/v3/account/deactivate", "POST")
 ('client', ('client-1',))
+
+With the Matrix Authentication Service on, login and registration get no
+location (MAS's own location, or main, answers them):
+
+>>> destination(plan, "/_matrix/client/v3/login", "GET")
+('client', ('client-1',))
+>>> destination(plan, "/_matrix/client/v3/login", "GET", mas=True)
+('main', ())
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ MAIN = "main"
 READ_METHODS = ("GET", "HEAD")
 #: Synapse's default max_upload_size; the proxy must let such uploads through.
 MAX_BODY_SIZE = "50M"
+#: Where the Matrix Authentication Service calls Synapse (user and device
+#: provisioning): always main, which serves it on every version that has it
+#: (workers only from 1.162, and only some of it before).
+MAS_TO_SYNAPSE = "/_synapse/mas/"
 
 #: The nginx variable each balance hashes on (set by maps in the http-context file).
 HASH_KEYS: dict[Balance, str | None] = {
@@ -127,6 +139,8 @@ class NginxModel:
     connect_timeout: str = CONNECT_TIMEOUT
     #: The Synapse version the routes were chosen for; None: unknown (the newest).
     synapse_version: Version | None = None
+    #: The Matrix Authentication Service handles logins (Synapse's own setting).
+    mas: bool = False
 
     @property
     def routes_for(self) -> str:
@@ -193,21 +207,29 @@ def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
     return None
 
 
-def table_for(version: Version | None) -> tuple[Endpoints, ...]:
-    """The catalog's classes that describe this Synapse, in matching order."""
-    return tuple(e for e in ENDPOINTS.values() if e.applies_to(version))
+def table_for(version: Version | None, mas: bool = False) -> tuple[Endpoints, ...]:
+    """The catalog's classes that describe this Synapse, in matching order.
+
+    Classes Synapse registers only with MAS are left out without it.  With
+    MAS (``mas``) the classes left to it are not matched at all: an
+    admin's MAS location then wins whether it comes before or after our
+    include (nginx takes the first regex location that matches), and without
+    one the request reaches main.
+    """
+    return tuple(e for e in ENDPOINTS.values() if e.applies_to(version)
+                 and not (e.left_to_mas if mas else e.mas_only))
 
 
-def nginx_model(plan: Plan, version: Version | None = None) -> NginxModel:
-    """Upstreams and locations for a plan and a Synapse version, in matching order."""
-    locations = tuple(filter(None, (location_for(plan, e) for e in table_for(version))))
+def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False) -> NginxModel:
+    """Upstreams and locations for a plan, a Synapse version and whether MAS is on."""
+    locations = tuple(filter(None, (location_for(plan, e) for e in table_for(version, mas))))
     upstreams: dict[str, Upstream] = {}
     for location in locations:
         for upstream in (location.upstream, location.read_upstream, location.initial_upstream):
             if upstream is not None:
                 upstreams.setdefault(upstream.name, upstream)
     return NginxModel(main_upstream(), tuple(upstreams.values()), locations,
-                      synapse_version=version)
+                      synapse_version=version, mas=mas)
 
 
 @functools.lru_cache(maxsize=None)
@@ -231,12 +253,12 @@ def is_initial(query: str) -> bool:
     return not urllib.parse.parse_qs(query, keep_blank_values=True).get("since", [""])[0]
 
 
-def destination(plan: Plan, path: str, method: str,
-                version: Version | None = None) -> tuple[str, tuple[str, ...]]:
+def destination(plan: Plan, path: str, method: str, version: Version | None = None,
+                mas: bool = False) -> tuple[str, tuple[str, ...]]:
     """The role (or ``main``) and the workers a request (``path?query``) goes to
-    while they are up."""
+    while they are up (with ``mas``, main stands for main or the admin's MAS location)."""
     path, _, query = path.partition("?")
-    endpoints = endpoint_class(path, table_for(version))
+    endpoints = endpoint_class(path, table_for(version, mas))
     if endpoints is None:
         return MAIN, ()
     role = _first_staffed(plan, endpoints.initial_roles) if is_initial(query) else None
@@ -248,10 +270,11 @@ def destination(plan: Plan, path: str, method: str,
     return role, tuple(w.name for w in plan.of_role(role))
 
 
-def route_table(plan: Plan, version: Version | None = None) -> list[dict[str, object]]:
+def route_table(plan: Plan, version: Version | None = None,
+                mas: bool = False) -> list[dict[str, object]]:
     """Every endpoint class with where it goes, for people and for ``--json``."""
     rows: list[dict[str, object]] = []
-    for endpoints in table_for(version):
+    for endpoints in table_for(version, mas):
         location = location_for(plan, endpoints)
         upstream = location.upstream if location else None
         reads = location.read_upstream if location else None
@@ -287,6 +310,8 @@ def check_table(table: Iterable[Endpoints] | None = None) -> list[str]:
                 or endpoints.read_roles or endpoints.initial_roles):
             problems.append(f"{endpoints.name}: only its stream's writer can serve it, "
                             f"so its one role must be that writer (main takes it otherwise)")
+        if endpoints.left_to_mas and endpoints.mas_only:
+            problems.append(f"{endpoints.name}: left to MAS and only with MAS: never matched")
         if endpoints.initial_roles and endpoints.read_roles:
             problems.append(f"{endpoints.name}: initial_roles and read_roles cannot be combined")
         for role in endpoints.roles + endpoints.read_roles + endpoints.initial_roles:

@@ -10,8 +10,9 @@ rendered here, one drop-in per worker and one for main:
   file storage providers;
 - the network policy of the worker's role (:attr:`catalog.Role.outbound`): a
   role that fetches nothing from other servers may reach only UNIX sockets and
-  the TCP addresses of PostgreSQL, Redis and replication that this deployment
-  uses; a role that does keeps outbound network.
+  the TCP addresses of PostgreSQL, Redis, replication and the Matrix
+  Authentication Service (which checks every client token when it handles
+  logins) that this deployment uses; a role that does keeps outbound network.
 
 ``IPAddressDeny=`` needs the cgroup v2 BPF firewall; where systemd cannot
 enforce it (cgroup v1) it warns and goes on, so an all-socket confined worker
@@ -106,6 +107,9 @@ def tcp_hosts(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[str, ..
     hosts: list[str] = []
     if facts.database_address is not None:
         hosts.append(facts.database_address[0])
+    if facts.auth_service is not None and facts.auth_service.host:
+        # With MAS every process checks client tokens by asking MAS (introspection).
+        hosts.append(facts.auth_service.host)
     if plan.here is not None:  # a worker host reaches Redis on the main host
         redis = redis_address(plan)
         if redis is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .routing import Upstream
+from .routing import MAS_TO_SYNAPSE, NginxModel, Upstream
 
 #: Sent again to main after a worker failed, even if the worker may have acted on
 #: them: they only read, or (PUT, DELETE) repeating them is harmless in the Matrix
@@ -51,3 +51,10 @@ def backends(upstream: Upstream) -> tuple[Backend, ...]:
     names = upstream.workers or ("main",)
     return tuple(Backend(server.split()[0].removeprefix("unix:"), name)
                  for server, name in zip(upstream.servers, names))
+
+
+def main_prefixes(model: NginxModel) -> tuple[str, ...]:
+    """The path prefixes whose other requests go to main: Synapse's, and with MAS the
+    path MAS calls Synapse on.  With MAS the admin's own MAS routes must come first:
+    the classes left to MAS are not in the model, so main would otherwise take them."""
+    return ("/_matrix/", "/_synapse/client/") + ((MAS_TO_SYNAPSE,) if model.mas else ())

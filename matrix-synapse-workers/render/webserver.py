@@ -14,7 +14,7 @@ from .caddy import caddy_files
 from .files import RenderedFile, nginx_files
 from .haproxy import haproxy_files
 
-_RENDERERS: dict[WebServer, Callable[[Plan, Version | None], tuple[RenderedFile, ...]]] = {
+_RENDERERS: dict[WebServer, Callable[[Plan, Version | None, bool], tuple[RenderedFile, ...]]] = {
     WebServer.NGINX: nginx_files,
     WebServer.APACHE: apache_files,
     WebServer.CADDY: caddy_files,
@@ -36,9 +36,11 @@ def routing_paths(server: WebServer, plan: Plan) -> tuple[PurePosixPath, ...]:
     return ALL_PATHS[server] if plan.here is None else ()
 
 
-def web_files(server: WebServer, plan: Plan, version: Version | None = None,
+def web_files(server: WebServer, plan: Plan, version: Version | None = None, mas: bool = False,
               ) -> tuple[RenderedFile, ...]:
     """The files that route requests through ``server`` (none on a worker host or for NONE).
+
+    ``mas``: Synapse hands logins to the Matrix Authentication Service (see nginx_files).
 
     >>> from ..core.selection import select
     >>> from ..core.plan import plan_workers
@@ -50,4 +52,4 @@ def web_files(server: WebServer, plan: Plan, version: Version | None = None,
     """
     if plan.here is not None or server is WebServer.NONE:
         return ()
-    return _RENDERERS[server](plan, version)
+    return _RENDERERS[server](plan, version, mas)

@@ -18,7 +18,7 @@ import yaml
 from ..core import paths
 from ..core.errors import HostConfigError
 from ..core.dbconnections import pool_sizes
-from ..core.facts import HostFacts, WritablePath
+from ..core.facts import HostFacts, WritablePath, auth_service
 from ..core.redisserver import SERVERS, RedisServer, choose_server, server_of_socket
 from .synapseversion import installed_version
 
@@ -237,17 +237,19 @@ def read_host_facts(root: Path) -> HostFacts:
         if candidate.is_file():
             loaded = _load_yaml(candidate, log_config_path)
             log_config = loaded or None
+    version = installed_version(root)
     return HostFacts(
         listeners=_listeners(config),
         database_engine=_database_engine(config),
         database_address=_database_address(config),
         database_pool=pool_sizes(config.get("database") if isinstance(config.get("database"), dict) else None),
-        synapse_version=installed_version(root),
+        synapse_version=version,
         log_config_path=log_config_path if isinstance(log_config_path, str) else None,
         log_config=log_config,
         existing_workers=existing_worker_names(root),
         writable_paths=_writable_paths(root, config, log_config),
         signing_key_dir=_signing_key_dir(root, config),
+        auth_service=auth_service(config, version),
         sources=sources,
     )
 

@@ -33,8 +33,10 @@ from typing import Callable, Iterable, Sequence
 
 import pytest
 
-from hostroot import make_root
+from hostroot import homeserver, make_root
 from matrix_synapse_workers.core.catalog import Endpoints
+from matrix_synapse_workers.core.facts import MAS_KEY, MAS_KEY_SINCE
+from matrix_synapse_workers.core.paths import NGINX_SNIPPET
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.render.routing import READ_METHODS, endpoint_class, table_for
 from matrix_synapse_workers.system.synapseversion import installed_version
@@ -310,3 +312,73 @@ def test_each_check_fails_on_a_broken_table(table, servlets, synapse_version):
                    + (r"^/_matrix/client/(r0|v3)/rooms/[^/]+/forget$", r"^/_matrix/client/v3/pushers"))
     found_main = misrouted([wide if e.name == "client" else e for e in table], servlets)
     assert {"RoomForgetRestServlet", "PushersRestServlet"} <= set(found_main), found_main
+
+
+# --- with the Matrix Authentication Service handling logins ----------------------------
+
+#: Servlets a worker registers with MAS on that the MAS table leaves off the workers.
+LEFT_ON_MAIN_WITH_MAS = {
+    "RegisterAppServiceOnlyRestServlet": "with MAS /register takes only appservice "
+                                         "registrations: main answers them, and an admin "
+                                         "location for registration wins over no match",
+}
+
+
+#: Patterns of shared classes whose servlet Synapse drops with MAS (main and workers
+#: alike answer 404, so where they go does not matter), by class.
+DROPPED_WITH_MAS = {
+    "device_lists": "^/_matrix/client/(r0|v3|unstable)/delete_devices$",
+}
+
+
+def _mas_config(version: tuple[int, int, int]) -> dict[str, object]:
+    """Synapse's setting that hands logins to MAS, in the spelling this version reads
+    (password login off: Synapse refuses both at once)."""
+    if version >= MAS_KEY_SINCE:
+        auth: dict[str, object] = {MAS_KEY: {"enabled": True, "endpoint": "http://127.0.0.1:8080",
+                                             "secret": "a-shared-secret"}}
+    else:
+        auth = {"experimental_features": {"msc3861": {
+            "enabled": True, "issuer": "https://auth.example.org/", "client_id": "synapse",
+            "client_auth_method": "client_secret_basic", "client_secret": "x", "admin_token": "y"}}}
+    return {**auth, "password_config": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def mas_servlets(synapse_python, synapse_version, tmp_path_factory) -> Servlets:
+    """What main and a client worker register on a homeserver that hands logins to MAS,
+    rendered by the package from that homeserver.yaml (so it reads the setting itself)."""
+    tmp = tmp_path_factory.mktemp("mas-routes")
+    root = make_root(tmp, homeserver(tmp, **_mas_config(synapse_version)))
+    assert main(["render", "--root", str(root), "--workers", "client"]) == 0
+    etc = root / "etc/matrix-synapse"
+    snippet = (root / str(NGINX_SNIPPET).lstrip("/")).read_text()
+    assert "/login$" not in snippet and "/_synapse/mas/" in snippet
+    shared = [etc / "homeserver.yaml", etc / "conf.d"]
+    return {"worker": sorted(set(_probe(synapse_python, tmp, shared + [etc / "workers/client-1.yaml"]))),
+            "main": sorted(set(_probe(synapse_python, tmp, shared)))}
+
+
+def test_with_mas_synapse_drops_what_the_table_leaves_to_mas(mas_servlets, synapse_version):
+    """Neither main nor a worker serves login, logout or refresh with MAS on: they are MAS's."""
+    for kind in ("worker", "main"):
+        served = serves(mas_servlets[kind])
+        for path in ("/_matrix/client/v3/login", "/_matrix/client/v3/logout",
+                     "/_matrix/client/v3/refresh"):
+            assert not any(served(m, path) for m in ("GET", "POST")), (kind, path)
+    table = table_for(synapse_version, mas=True)
+    assert endpoint_class("/_matrix/client/v3/login", table) is None
+
+
+def test_with_mas_every_endpoint_a_worker_serves_is_routed_and_none_misrouted(mas_servlets,
+                                                                             synapse_version):
+    table = table_for(synapse_version, mas=True)
+    found = {servlet: requests for servlet, requests
+             in unrouted(table, mas_servlets, synapse_version).items()
+             if servlet not in LEFT_ON_MAIN_WITH_MAS}
+    assert not found, json.dumps(found, indent=1)
+    found_stale = [f for f in stale(table, mas_servlets)
+                   if not any(f.startswith(f"{name}: {pattern}")
+                              for name, pattern in DROPPED_WITH_MAS.items())]
+    assert not found_stale, found_stale
+    assert not misrouted(table, mas_servlets)

@@ -24,8 +24,8 @@ def plan(preset: str) -> Plan:
     return Plan(()) if preset == "single" else Plan(plan_workers(select(preset=preset)))
 
 
-def write(directory: Path, server: str, preset: str) -> Path:
-    (rendered,) = RENDERERS[server](plan(preset))
+def write(directory: Path, server: str, preset: str, mas: bool = False) -> Path:
+    (rendered,) = RENDERERS[server](plan(preset), None, mas)
     target = directory / rendered.path.name
     target.write_text(rendered.content)
     return target
@@ -114,3 +114,18 @@ def test_inside_debians_stock_configurations(tmp_path: Path) -> None:
     result = subprocess.run([caddy, "validate", "--config", str(caddyfile), "--adapter", "caddyfile"],
                             capture_output=True, text=True, env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_with_mas_each_server_accepts_and_sends_its_path_to_main(tmp_path: Path) -> None:
+    """With MAS, the classes left to it are not routed and /_synapse/mas/ reaches main."""
+    checks = {
+        "apache": lambda f: [need("apache2"), "-t", "-f", str(apache_site(tmp_path, f, 18482))],
+        "caddy": lambda f: [need("caddy"), "validate", "--adapter", "caddyfile",
+                            "--config", str(caddy_site(tmp_path, f, 18481))],
+        "haproxy": lambda f: [need("haproxy"), "-c", "-f", str(haproxy_site(tmp_path, 18480)), "-f", str(f)],
+    }
+    for server, command in checks.items():
+        ours = write(tmp_path, server, "one_of_each", mas=True)
+        assert "/_synapse/mas/" in ours.read_text()
+        result = subprocess.run(command(ours), capture_output=True, text=True, env={"HOME": str(tmp_path)})
+        assert result.returncode == 0, (server, result.stderr[-2000:])

@@ -39,7 +39,7 @@ from .core.plan import Plan
 from .deployment import Deployment, read_deployment
 from .core.redisserver import SERVERS, RedisServer
 from .render.redisconf import edit_guide_conf, effective_password, undo_guide_conf
-from .render.files import RenderedFile, is_generated, render_single_process
+from .render.files import RenderedFile, is_generated
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
 from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride, webservers
@@ -197,8 +197,8 @@ def validate_with_synapse(root: Path, desired: tuple[RenderedFile, ...], changes
         found = dbconnections.verdict(processes, cp_min=pool[0], cp_max=pool[1],
                                       max_connections=limits["max_connections"],
                                       reserved=limits["reserved"])
-        if found.error:
-            raise ApplyError(f"{found.error}; nothing was changed")
+        if found.error:  # the host, not the answers: refused like SQLite (exit 0 at install)
+            raise HostConfigError(f"{found.error}; nothing was changed")
         if found.warning:
             out.write(f"warning: {found.warning}\n")
     else:
@@ -309,32 +309,75 @@ def _ensure_socket_dir(root: Path, settings: Settings, report: ApplyReport) -> N
         report.system_steps.append(f"{paths.SOCKET_DIR} mode {settings.socket_dir_mode:04o}")
 
 
+def _made_record(root: Path) -> list[str]:
+    record = root / paths.MADE_DIRECTORIES
+    return record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
+
+
+def _write_made_record(root: Path, made: list[str]) -> None:
+    if not made:
+        _remove_file(root, paths.MADE_DIRECTORIES)
+        return
+    (root / paths.STATE_DIR).mkdir(parents=True, exist_ok=True)
+    write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(f"{line}\n" for line in made),
+                                        mode=0o644), chown=False)
+
+
+def record_directories_to_make(root: Path, facts: HostFacts) -> list[str]:
+    """Before anything can make them: the missing writable directories, added to the record
+    of what the package made (returns those added).
+
+    Synapse's loader, in the check that runs next, makes a missing media store and
+    removes it when done; a run killed during the check leaves it behind, and the
+    next run would take it for Synapse's own and never record it (purge would then
+    leave it).  Recorded first, it is ours whoever made it."""
+    made = _made_record(root)
+    added = [w.real for w in facts.writable_paths if w.real is not None
+             and not (root / w.real.lstrip("/")).is_dir() and w.real not in made]
+    added = list(dict.fromkeys(added))
+    if added:
+        _write_made_record(root, [*made, *added])
+    return added
+
+
+def forget_unmade_directories(root: Path, added: list[str]) -> None:
+    """A run that stopped before making them (a refusal, an error): the record as it was."""
+    gone = {d for d in added if not (root / d.lstrip("/")).is_dir()}
+    if gone:
+        _write_made_record(root, [d for d in _made_record(root) if d not in gone])
+
+
 def _ensure_writable_paths(root: Path, facts: HostFacts, report: ApplyReport) -> None:
     """Make a missing media store, as Synapse would (matrix-synapse, 0750).
 
     Synapse makes it at its first start, but the sandbox's ReadWritePaths= must
     name an existing directory before that (or the unit fails with 226/NAMESPACE):
     an image build, where Synapse has never run, has none.  Each one made is
-    recorded first, so that purge removes it while still empty.
+    recorded first (:func:`record_directories_to_make`), so that purge removes it
+    while still empty.  One in the record that a killed check's loader made
+    (empty, with Synapse's own mode) is given ours.
     """
-    record = root / paths.MADE_DIRECTORIES
+    record_directories_to_make(root, facts)
+    made = _made_record(root)
     for writable in facts.writable_paths:
-        if writable.real is None:
+        if writable.real is None or writable.real not in made:
             continue
         directory = root / writable.real.lstrip("/")
-        if directory.is_dir():
+        ids = (pwd.getpwnam(paths.SYNAPSE_USER).pw_uid, grp.getgrnam(paths.SYNAPSE_USER).gr_gid)
+        if not directory.is_dir():
+            directory.mkdir(mode=0o750)
+            os.chown(directory, *ids)
+            crashpoint.done(f"created {directory}")
+            report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
+                                       "opens it before Synapse's first start would make it)")
             continue
-        made = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
-        if writable.real not in made:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(root, RenderedFile(paths.MADE_DIRECTORIES, "".join(
-                f"{line}\n" for line in [*made, writable.real]), mode=0o644), chown=False)
-        directory.mkdir(mode=0o750)
-        os.chown(directory, pwd.getpwnam(paths.SYNAPSE_USER).pw_uid,
-                 grp.getgrnam(paths.SYNAPSE_USER).gr_gid)
-        crashpoint.done(f"created {directory}")
-        report.system_steps.append(f"created {writable.real} ({writable.setting}; the sandbox "
-                                   "opens it before Synapse's first start would make it)")
+        st = directory.stat()
+        if not any(directory.iterdir()) and ((st.st_uid, st.st_gid), st.st_mode & 0o7777) != (ids, 0o750):
+            os.chown(directory, *ids)
+            os.chmod(directory, 0o750)
+            crashpoint.done(f"chmod {directory}")
+            report.system_steps.append(f"{writable.real} owned by {paths.SYNAPSE_USER}, mode 0750 "
+                                       "(made by an interrupted run)")
 
 
 def _accounts_and_overrides(root: Path, settings: Settings, override: statoverride.Override | None,
@@ -419,6 +462,25 @@ def _check_worker_host(root: Path, deployment: Deployment, out: TextIO) -> None:
                               + "; ".join(failed))
 
 
+def adoption_blockers(root: Path, facts: HostFacts) -> list[str]:
+    """What a hand-made worker setup on this host has that the package cannot map (each
+    with its fix); the adoption of such setups adds its findings here."""
+    return []
+
+
+def refusals(root: Path, facts: HostFacts) -> list[str]:
+    """Every reason this host cannot be configured as it is, each with its fix, all at once
+    (the postinst then changes nothing, exits 0 and says them in one message)."""
+    found = []
+    for require in (lambda: require_server_name(root),  # without it Synapse does not even start
+                    lambda: require_postgres(facts), lambda: require_writable_paths(facts)):
+        try:
+            require()
+        except HostConfigError as exc:
+            found.append(str(exc))
+    return found + adoption_blockers(root, facts)
+
+
 @dataclass(frozen=True)
 class Decision:
     """Everything phase 1 of :func:`apply_host` decides, before its first change."""
@@ -447,9 +509,11 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
            out: TextIO) -> Decision:
     """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
-    require_server_name(root)  # first: without it Synapse does not even start
-    require_postgres(facts)
-    require_writable_paths(facts)
+    blockers = refusals(root, facts)
+    if blockers:
+        raise HostConfigError(blockers[0] if len(blockers) == 1 else f"{len(blockers)} things "
+                              "stand in the way: " + " ".join(f"({i}) {b}" for i, b in
+                                                              enumerate(blockers, 1)))
     worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:
         settings = replace(settings, web_user="")  # no web server here: main's host routes
@@ -519,7 +583,12 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"removed {left}, left by an interrupted run")
     for left_dir in sweep_empty_dropin_dirs(root, set(decision.plan.names)):
         report.system_steps.append(f"removed the empty /{left_dir}, left by an interrupted run")
-    decision = _prepare(root, decision, report, out)
+    to_make = record_directories_to_make(root, decision.facts)  # before the check can make them
+    try:
+        decision = _prepare(root, decision, report, out)
+    except WorkersError:
+        forget_unmade_directories(root, to_make)
+        raise
     routing = _routing_files(decision.settings)
     nginx_writes = any(f.path in routing for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)
@@ -538,6 +607,7 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     _redis(root, decision, report, systemd, owed or {})
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
+    applied.clear_refusal(root)
     report.services = systemd.done
     return report
 
@@ -731,56 +801,6 @@ def _ours(path: Path) -> bool:
     return path.is_file() and is_generated(path.read_text(encoding="utf-8", errors="replace"))
 
 
-def deconfigure_host(root: Path, out: TextIO = sys.stderr) -> None:
-    """Package removal: workers stop; main goes back to a single process and keeps
-    serving, directly and through nginx (everything routed to main.sock) until purge."""
-    systemd = Systemd(out)
-    # What a killed apply or removal left half-made (never an admin's file).
-    server = webservers.deployed(root) or WebServer.NGINX
-    routing_paths = ALL_PATHS[server]
-    sweep_temporaries(root, {paths.CONF_D, paths.WORKERS_DIR, paths.WORKER_LOGS_DIR,
-                             *(p.parent for p in routing_paths)})
-    names = existing_worker_names(root)
-    systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
-    # The sandbox drop-ins go with the package; main runs on unconfined, as before.
-    dropins = [d for d in (*_worker_dropins(root), paths.MAIN_SANDBOX_DROPIN) if _ours(root / d)]
-    for dropin in dropins:
-        _remove_file(root, dropin)
-    sweep_empty_dropin_dirs(root, set())  # emptied by a killed removal
-    if dropins:
-        systemd.daemon_reload()
-    changed = paths.MAIN_SANDBOX_DROPIN in dropins  # main restarts without it
-    if (root / paths.WORKER_HOST_MARK).exists():
-        _deconfigure_worker_host(root, systemd, out)
-        return
-    if _ours(root / paths.PROMETHEUS_TARGETS):  # the workers are gone: nothing to scrape
-        (root / paths.PROMETHEUS_TARGETS).unlink()
-    if _ours(root / paths.REDIS_CONF_D):
-        (root / paths.REDIS_CONF_D).unlink()
-        changed = True
-    if not _ours(root / paths.SHARED_CONF):
-        if changed and systemd.is_active(paths.MAIN_UNIT):
-            systemd.restart(paths.MAIN_UNIT)
-        return
-    try:
-        single = render_single_process(read_host_facts(root), server)
-    except WorkersError as exc:  # the admin's config broke since: main alone, no routing
-        out.write(f"{exc}; removing /{paths.SHARED_CONF}\n")
-        (root / paths.SHARED_CONF).unlink()
-        single = ()
-    for rendered in single:
-        if rendered.path in routing_paths:
-            continue
-        current = root / rendered.path
-        if current.read_text(encoding="utf-8") != rendered.content:
-            write_atomically(root, rendered, chown=True)
-            changed = True
-    if changed and systemd.is_active(paths.MAIN_UNIT):
-        systemd.restart(paths.MAIN_UNIT)
-    routing = [f for f in single if f.path in routing_paths and _ours(root / f.path)]
-    _write_routing(root, server, routing, systemd, out)
-
-
 def _write_routing(root: Path, server: WebServer, files: list[RenderedFile], systemd: Systemd,
                    out: TextIO) -> None:
     """Our routing files, if the server's own check accepts them; then its reload (if it runs)."""
@@ -791,17 +811,6 @@ def _write_routing(root: Path, server: WebServer, files: list[RenderedFile], sys
             systemd.reload(unit)
     except WorkersError as exc:
         out.write(f"{exc}\n")
-
-
-def _deconfigure_worker_host(root: Path, systemd: Systemd, out: TextIO) -> None:
-    """A worker host shares main's database: a main process here must never start,
-    so it is disabled before the drop-in that kept it from starting goes away."""
-    for rendered_path in (paths.SHARED_CONF, paths.REDIS_CONF_D):
-        if _ours(root / rendered_path):
-            (root / rendered_path).unlink()
-    systemd.disable(paths.MAIN_UNIT)
-    out.write(f"{paths.MAIN_UNIT} is disabled on this worker host: its database belongs to the "
-              "main host. Enable it only once this host has its own database.\n")
 
 
 def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:

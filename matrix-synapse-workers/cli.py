@@ -18,7 +18,7 @@ from .core import paths
 from .core.catalog import PRESETS, ROLES
 from .core.errors import SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres
-from .system.hostfacts import metrics_deployed, read_host_facts
+from .system.hostfacts import read_host_facts
 from .system import webservers
 from .core.webserver import WebServer, parse_web_server
 from .system.clusterfile import deployed_topology
@@ -26,7 +26,7 @@ from .core.plan import Plan
 from .render.files import RenderedFile
 from .core.selection import AUTO, Selection, select
 from .core.settings import Settings, parse_redis
-from .deployment import deployed_selection, read_deployment
+from .deployment import deployed_selection, deployed_settings, read_deployment
 from .system.machine import this_machine
 from .core.topology import HOST_ROLES, HostRole, Topology, main_topology, worker_host_topology
 
@@ -94,23 +94,31 @@ def plan_as_table(desired: Desired) -> str:
     return "\n".join(lines)
 
 
-def _add_choice_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=Path("/"),
-                        help="root directory holding etc/matrix-synapse (default: /)")
+def _add_choice_arguments(parser: argparse.ArgumentParser, *, render: bool = False) -> None:
+    if render:
+        parser.add_argument("--root", type=Path, metavar="DIR",
+                            help="directory to write under, holding etc/matrix-synapse; required, "
+                                 "and never / (apply configures this host)")
+    else:
+        parser.add_argument("--root", type=Path, default=Path("/"),
+                            help="root directory holding etc/matrix-synapse (default: /)")
     parser.add_argument("--preset", help=f"one of: {AUTO} (sized from this machine's cores and "
                                          f"memory; the default), {', '.join(PRESETS)}")
     parser.add_argument("--workers", metavar="SPEC",
                         help="worker types and counts, e.g. 'sync:4,federation_sender:2,background'")
-    parser.add_argument("--socket-group", default=paths.DEFAULT_SOCKET_GROUP,
-                        help="group owning the socket directory (default: %(default)s)")
-    parser.add_argument("--web-user", default=paths.DEFAULT_WEB_USER,
-                        help="web server user put in the socket group (default: %(default)s)")
+    parser.add_argument("--socket-group",
+                        help="group owning the socket directory. Default: as deployed "
+                             f"({paths.DEFAULT_SOCKET_GROUP} on a new host)")
+    parser.add_argument("--web-user",
+                        help="web server user put in the socket group ('' for none). Default: "
+                             f"as last applied ({paths.DEFAULT_WEB_USER} on a new host)")
     parser.add_argument("--web-server", choices=[s.value for s in WebServer],
                         help="the server in front, whose routing files are written and reloaded "
                              "(none: your own proxy). Default: as deployed, else the one installed "
                              "(of several, the one on port 80 or 443, else nginx)")
-    parser.add_argument("--redis", default="dedicated",
-                        help="dedicated (default), guide, unix:/PATH or HOST:PORT")
+    parser.add_argument("--redis",
+                        help="dedicated, guide, unix:/PATH or HOST:PORT. Default: as deployed "
+                             "(dedicated on a new host)")
     parser.add_argument("--host-role", choices=HOST_ROLES,
                         help="main (main process, Redis and local workers) or worker-host (only "
                              "workers; main elsewhere). Default: what this host is now")
@@ -144,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser = commands.add_parser("plan", help="print the workers that would be configured")
     _add_choice_arguments(plan_parser)
     plan_parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    render_parser = commands.add_parser("render", help="write every configuration file under --root")
-    _add_choice_arguments(render_parser)
+    render_parser = commands.add_parser(
+        "render", help="write every configuration file under --root DIR (not /), for review: "
+                       "no check by Synapse, no restart")
+    _add_choice_arguments(render_parser, render=True)
     render_parser.add_argument("--chown", action="store_true",
                                help="also set owners and groups (needs root and the users)")
     apply_parser = commands.add_parser(
@@ -166,9 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write gauges for node_exporter's textfile collector to FILE "
                               "(atomically; a directory gets matrix-synapse-workers.prom), or to "
                               "stdout without FILE; exit 0 once written")
-    for name, text in (("deconfigure", "stop the workers and return Synapse to a single process"),
-                       ("restart-after-upgrade", "restart main, then every worker (after a Synapse upgrade)")):
-        sub = commands.add_parser(name, help=text)
+    deconfigure = commands.add_parser(
+        "deconfigure", help="stop the workers and return Synapse to a single process, as "
+                            "removing the package does; prints each step")
+    deconfigure.add_argument("--dry-run", action="store_true",
+                             help="print what it would do and change nothing")
+    # The prerm's: the worker files stay until purge (the generator goes with the package).
+    deconfigure.add_argument("--package-removal", action="store_true", help=argparse.SUPPRESS)
+    restart = commands.add_parser(
+        "restart-after-upgrade", help="restart main, then every worker, then refresh the routes "
+                                      "for the new version (the package's trigger does this after a "
+                                      "Synapse upgrade)")
+    for sub in (deconfigure, restart):
         sub.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     return parser
 
@@ -195,17 +214,45 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    metrics = args.metrics if args.metrics is not None else metrics_deployed(args.root)
-    chosen = parse_web_server(args.web_server) if args.web_server else None
-    return Settings(socket_group=args.socket_group, web_user=args.web_user,
-                    redis=parse_redis(args.redis), topology=_topology(args), metrics=metrics,
-                    web_server=webservers.resolve(args.root, chosen))
+    """What is asked for; every choice not named stays as deployed (changes only what it is told)."""
+    deployed = deployed_settings(args.root)
+    metrics = args.metrics if args.metrics is not None else deployed.metrics
+    return Settings(
+        socket_group=args.socket_group if args.socket_group is not None else deployed.socket_group,
+        web_user=args.web_user if args.web_user is not None else deployed.web_user,
+        redis=parse_redis(args.redis) if args.redis is not None else deployed.redis,
+        topology=_topology(args), metrics=metrics,
+        web_server=webservers.resolve(args.root, parse_web_server(args.web_server) if args.web_server
+                                      else deployed.web_server))
+
+
+def _render_root(root: Path | None) -> Path:
+    """render writes only for review: never into the running system."""
+    if root is None:
+        raise SelectionError("render needs --root DIR, the directory to write the files under "
+                             "(to configure this host, run: matrix-synapse-workers apply)")
+    if root.resolve() == Path("/"):
+        raise SelectionError(f"render does not write into / (--root {str(root)!r}): it skips "
+                             "Synapse's check and the restarts; to configure this host, run: "
+                             "matrix-synapse-workers apply")
+    return root
+
+
+def _record_web_user(root: Path, web_user: str) -> None:
+    """The web user applied, kept for the next run's default (no file shows it)."""
+    from dataclasses import replace
+    from .system import applied
+    record = applied.read(root)
+    if record is not None and record.web_user != web_user:
+        applied.write(root, replace(record, web_user=web_user))
 
 
 def run_apply(args: argparse.Namespace) -> int:
     from . import apply  # the edge: imported only by commands that change the system
     if args.command == "deconfigure":
-        apply.deconfigure_host(args.root)
+        from .deconfigure import deconfigure_host
+        deconfigure_host(args.root, sys.stdout, dry_run=args.dry_run,
+                         package_removal=args.package_removal)
         return 0
     if args.command == "restart-after-upgrade":
         apply.restart_after_upgrade(args.root)
@@ -219,6 +266,7 @@ def run_apply(args: argparse.Namespace) -> int:
                               dry_run=args.dry_run, out=sys.stdout, facts=facts)
     if args.dry_run:
         return 2 if not report.changes.nothing else 0
+    _record_web_user(args.root, settings.web_user)
     for line in report.system_steps + report.services:
         print(line)
     print(apply.describe(report.changes) if report.changed else "nothing to change")
@@ -268,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
         return run_status(args)
     if args.command in ("apply", "deconfigure", "restart-after-upgrade"):
         return run_apply(args)
+    if args.command == "render":
+        _render_root(args.root)
     desired = decide(args.root, args.preset, args.workers, _settings(args))
     if args.command == "plan":
         if args.json:

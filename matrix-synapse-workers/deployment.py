@@ -22,10 +22,11 @@ from .core.facts import HostFacts, require_postgres
 from .core.plan import Plan, counts_from_workers, make_plan, remote_workers
 from .core.redisserver import server_of_socket
 from .core.selection import Selection
-from .core.settings import RedisSettings, Settings, parse_redis
+from .core.errors import SelectionError
+from .core.settings import RedisSettings, Settings, check_system_name, parse_redis
 from .core.topology import HostRole, Topology
 from .render.files import RenderedFile, render
-from .system import statoverride, webservers
+from .system import applied, statoverride, webservers
 from .system.clusterfile import deployed_topology, read_cluster
 from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
 
@@ -77,10 +78,24 @@ def socket_group(root: Path) -> str:
     return override.group if override else deployed_socket_group(root)
 
 
+def deployed_web_user(root: Path) -> str:
+    """The web server user last applied (no file shows it: the applied record keeps it);
+    the package default when nothing recorded it."""
+    record = applied.read(root)
+    if record is None or record.web_user is None:
+        return paths.DEFAULT_WEB_USER
+    if record.web_user:
+        try:
+            check_system_name("web server user", record.web_user)
+        except SelectionError:  # a record edited by hand: the default, as with none
+            return paths.DEFAULT_WEB_USER
+    return record.web_user
+
+
 def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
-    """The settings the files under ``root`` show (the web user is not among them: debconf holds it)."""
+    """The settings the files under ``root`` show, and the web user the applied record keeps."""
     config = redis_config(root)
-    return Settings(socket_group=socket_group(root),
+    return Settings(socket_group=socket_group(root), web_user=deployed_web_user(root),
                     redis=redis_settings_of(config) if config else Settings().redis,
                     topology=topology if topology is not None else deployed_topology(root),
                     metrics=metrics_deployed(root), web_server=webservers.deployed(root))

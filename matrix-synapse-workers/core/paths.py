@@ -28,6 +28,8 @@ SERVICES_OWED = STATE_DIR / "services-owed"
 #: Directories the apply made for Synapse before its first start (one path a line): purge
 #: removes those still empty.
 MADE_DIRECTORIES = STATE_DIR / "made-directories"
+#: Why the last install or reconfigure configured nothing (one line); a successful apply removes it.
+NOT_CONFIGURED = STATE_DIR / "not-configured"
 # Prometheus file_sd targets, one per Synapse process, when metrics are on (main host only).
 PROMETHEUS_TARGETS = STATE_DIR / "prometheus-targets.yaml"
 # dpkg's database of statoverrides (the format of `dpkg-statoverride --list`).

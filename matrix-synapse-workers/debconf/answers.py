@@ -80,6 +80,8 @@ QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q
              Q_SHARED_MEDIA)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
+#: The key that keeps what ``auto`` resolved to, in the applied record and the pending answers.
+AUTO_KEY = "auto"
 #: The choices of the redis question.
 REDIS_CHOICES = tuple(mode.value for mode in RedisMode)
 
@@ -312,6 +314,38 @@ def answers_from_workers(names: Iterable[str]) -> Answers:
         worker_types=", ".join(counts),
         worker_counts=",".join(f"{role}:{n}" for role, n in counts.items() if n > 1),
     )
+
+
+def decided_auto(preset: str, record: AppliedRecord | None, pending: Mapping[str, str] | None,
+                 reconfiguring: bool) -> Selection | None:
+    """The preset ``auto`` is decided once, when first applied, and kept: the counts a
+    killed run decided (in its pending answers), else the ones last applied, unless the
+    admin reconfigures.  None: size it from this machine now.
+
+    Without this, an upgrade after a VM resize would add or remove workers unasked.
+
+    >>> decided_auto("auto", AppliedRecord("sync:1", auto="sync:1"), None, False).counts
+    {'sync': 1}
+    >>> decided_auto("auto", AppliedRecord("sync:1", auto="sync:1"), None, True) is None
+    True
+    """
+    if preset.strip().lower() != AUTO:
+        return None
+    kept = (pending or {}).get(AUTO_KEY)
+    if not kept and not reconfiguring and record is not None:
+        kept = record.auto or record.workers  # a record from before ``auto`` was kept
+    if not kept:
+        return None
+    try:
+        return select(workers=kept)
+    except SelectionError:  # a record edited by hand: size it now
+        return None
+
+
+def auto_now(machine: tuple[int, int]) -> str:
+    """What ``auto`` gives this machine now, for the preset question (debian/config)."""
+    from ..core.sizing import describe
+    return describe(*machine)
 
 
 def applied_record(root: Path) -> AppliedRecord:

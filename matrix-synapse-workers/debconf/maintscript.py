@@ -6,11 +6,14 @@ configure
     preseeded), the message is printed and the postinst fails before anything
     is changed.  On a worker host the workers come from the cluster file the
     main host wrote, not from the answers, and its name must be one that file
-    gives.  Then a dry run of the apply engine, still with debconf up: a host
-    that cannot take workers (a SQLite homeserver) is told why and what to do,
-    nothing is configured and the install succeeds, because matrix-synapse-py3
-    installs SQLite by default and a package that fails to configure would
-    block every later apt run.  Then debconf is stopped and the apply engine
+    gives.  Then a dry run of the apply engine, still with debconf up.  One rule
+    for a host that cannot take workers (SQLite, no server name, PostgreSQL's
+    max_connections too small for the workers, which Synapse's check in the
+    real run finds): every blocker and its fix said in one message, nothing
+    configured, the reason kept for ``status`` (:func:`..system.applied.refuse`)
+    and the install succeeds, because matrix-synapse-py3 installs SQLite by
+    default and a package that fails to configure would block every later apt
+    run (and dpkg-reconfigure refuses a half-configured package).  Then debconf is stopped and the apply engine
     does the work, with the host facts the dry run read; what was applied is recorded (:mod:`..system.applied`) for
     debian/config.
 triggered
@@ -34,7 +37,7 @@ from typing import Any, Callable, Protocol, TextIO
 from ..core import paths
 from ..core.errors import HostConfigError, WorkersError
 from ..core.plan import Plan
-from ..core.selection import Selection
+from ..core.selection import AUTO, Selection
 from ..core.settings import Settings
 from ..core.topology import HostRole
 from ..system import applied
@@ -194,7 +197,10 @@ def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
     return text
 
 
-def not_configured(message: str, out: TextIO) -> None:
+def not_configured(root: Path, message: str, out: TextIO) -> None:
+    """The one way an install or reconfigure ends on a host it cannot configure: exit 0,
+    nothing changed, every blocker and its fix said, and the reason kept for ``status``."""
+    applied.refuse(root, message)
     say(f"workers are NOT configured: {message}", out)
     say("nothing was changed; the package is installed. Once this is solved, run: "
         f"dpkg-reconfigure {PACKAGE}", out)
@@ -236,6 +242,14 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
             f"and run: dpkg-reconfigure {PACKAGE}, or dpkg --configure {PACKAGE}", out)
         return 1
 
+    preset = db.get(answers.Q_PRESET)
+    kept = answers.decided_auto(preset, applied.read(root), applied.pending(root),
+                                reconfiguring=os.environ.get("DEBCONF_RECONFIGURE") == "1")
+    if kept is not None and selection is not None:
+        selection = kept
+    auto = (answers.normalized_counts(selection.counts)
+            if selection is not None and preset.strip().lower() == AUTO else None)
+
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
@@ -243,7 +257,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
-        not_configured(str(exc), out)
+        not_configured(root, str(exc), out)
         return None
     except WorkersError as exc:
         stop_debconf(db)
@@ -253,6 +267,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # in between leaves them for debian/config, and its half-written files are
     # not read back as an admin's edit.
     given = {q: db.get(q) for q in answers.QUESTIONS}
+    if auto is not None:  # what auto was decided as: a recovery keeps it
+        given[answers.AUTO_KEY] = auto
     stop_debconf(db)
 
     before = applied.read(root)
@@ -263,7 +279,7 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         report = apply_host(root, selection, settings, out=out, facts=planned.facts)  # read once
     except HostConfigError as exc:
         applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
-        not_configured(str(exc), out)
+        not_configured(root, str(exc), out)
         return None
     except WorkersError as exc:
         applied.abandon(root)
@@ -275,7 +291,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # says it was done).
     if before is not None and before.synapse and before.synapse != synapse_now:
         restart_after_upgrade(root, out=out)
-    applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now))
+    applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
+                                 web_user=settings.web_user, auto=auto))
     say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
         out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse

@@ -714,6 +714,15 @@ def check_unfinished(facts: Facts) -> list[Row]:
                 f"unless one is running now: dpkg --configure -a, then {RECONFIGURE}")]
 
 
+def check_refused(facts: Facts) -> list[Row]:
+    """An install or reconfigure that found a host it cannot configure changed nothing and
+    exited 0 (dpkg stays healthy): this row is where the admin sees it afterwards."""
+    if not facts.refused:
+        return []
+    return [Row("apply", "not configured", WARN, f"not configured: {facts.refused}",
+                f"once that is solved: {RECONFIGURE}")]
+
+
 def check_database(db: DatabaseFacts) -> Row:
     """The check an image build cannot make: do the pools fit in max_connections?"""
     subject = "connections"
@@ -738,7 +747,7 @@ def evaluate(facts: Facts) -> list[Row]:
     cluster = facts.cluster
     if cluster is not None and cluster.role == WORKER_HOST:
         return evaluate_worker_host(facts, cluster)
-    rows = [*check_unfinished(facts), *check_redis(facts), *check_groups(facts), *check_sockets(facts),
+    rows = [*check_refused(facts), *check_unfinished(facts), *check_redis(facts), *check_groups(facts), *check_sockets(facts),
             check_target(facts)]
     if cluster is not None:
         rows += check_cluster(facts, cluster)
@@ -760,7 +769,7 @@ def evaluate(facts: Facts) -> list[Row]:
 
 def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
     """A host that runs only workers: the way to main and Redis, and its own workers."""
-    rows = [*check_unfinished(facts), *check_cluster(facts, cluster)]
+    rows = [*check_refused(facts), *check_unfinished(facts), *check_cluster(facts, cluster)]
     rows += [check_main_unit_absent(facts), check_target(facts)]
     rows += [check_process(facts, p) for p in facts.expected.processes]
     rows += check_writers(facts, cluster)

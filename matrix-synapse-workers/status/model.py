@@ -322,6 +322,8 @@ class Facts:
     #: What an apply keeps only while it runs (the answers it applies, the service actions it
     #: owes), found on disk: one running now, or one killed half-way.
     unfinished: tuple[str, ...] = ()
+    #: Why the last install or reconfigure configured nothing (None: it did not refuse).
+    refused: str | None = None
 
 
 @dataclass(frozen=True)

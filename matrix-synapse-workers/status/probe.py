@@ -805,7 +805,8 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
         database=results.get("database"), exposure=results.get("exposure", {}),
         unfinished=tuple(f"/{p}" for p in (paths.PENDING_ANSWERS, paths.SERVICES_OWED)
-                         if (root / p).exists()))
+                         if (root / p).exists()),
+        refused=applied.refusal(root))
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

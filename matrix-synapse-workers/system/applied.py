@@ -2,8 +2,11 @@
 
 ``key=value`` lines: ``workers`` (the worker set, spelled as
 :func:`..answers.normalized_counts` spells it), ``socket_group``, ``metrics``
-(``true`` or ``false``) and ``synapse`` (the Synapse package and version the workers were last started
-with).  This module is the format's one definition.  ``debian/config`` (sh:
+(``true`` or ``false``), ``synapse`` (the Synapse package and version the workers were last started
+with), ``web_user`` (the web server user put in the socket group; empty for
+none: the one choice no deployed file shows) and ``auto`` (the counts the
+preset ``auto`` resolved to when it was last decided, kept across upgrades).
+This module is the format's one definition.  ``debian/config`` (sh:
 at preconfigure it may run before python3 is unpacked) reads the same file
 with sed, the last line of a key winning as it does here;
 tests/unit/test_answers.py holds that reading to :class:`AppliedRecord`.
@@ -44,6 +47,8 @@ class AppliedRecord:
     socket_group: str | None = None
     synapse: str | None = None
     metrics: str | None = None
+    web_user: str | None = None
+    auto: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AppliedRecord:
@@ -128,6 +133,29 @@ def finish(root: Path, record: AppliedRecord) -> None:
     """After the apply: the record, then the pending answers go (in that order)."""
     write(root, record)
     _clear(root)
+
+
+# --- a refusal: why the host was left as it was ----------------------------------
+
+
+def refuse(root: Path, why: str) -> None:
+    """An install or reconfigure found a host it cannot configure: why, for ``status``."""
+    _replace(root / paths.NOT_CONFIGURED, " ".join(why.split()) + "\n")
+
+
+def refusal(root: Path) -> str | None:
+    """Why the last install or reconfigure configured nothing; None when it did not refuse."""
+    try:
+        return (root / paths.NOT_CONFIGURED).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def clear_refusal(root: Path) -> None:
+    """A successful apply: the host is configured."""
+    if (root / paths.NOT_CONFIGURED).exists():
+        (root / paths.NOT_CONFIGURED).unlink()
+        crashpoint.done("removed the refusal")
 
 
 # --- the service actions an apply owes -----------------------------------------

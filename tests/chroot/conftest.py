@@ -123,3 +123,11 @@ def bare_host(deps_layer) -> Iterator[Chroot]:
     """A private chroot with only the dependencies installed."""
     with chroot_copy(deps_layer) as chroot:
         yield chroot
+
+
+@pytest.fixture(scope="session")
+def postgres_bin(chroot_tools) -> Path:
+    """The machine's PostgreSQL server binaries, for a throwaway cluster (test_refusals)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    need(bool(found), "PostgreSQL's server binaries are not installed (apt-get install postgresql)")
+    return found[-1].parent

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -201,6 +203,57 @@ def test_dpkg_killed_after_any_action_of_the_postinst_converges(unpacked, config
     assert len(reference.actions) > 30, reference.actions  # 15 workers' files and more
     failures = kill_each_point(scratch, lower, reference, CONFIGURE, ["dpkg", "--configure", "-a"])
     assert not failures, report(failures)
+
+
+MEDIA = "/var/lib/matrix-synapse/media"
+MADE_RECORD = "/var/lib/matrix-synapse-workers/made-directories"
+
+
+def test_what_the_apply_made_is_recorded_after_every_kill_point(unpacked, configured):
+    """The media store (Synapse never ran in the image) is made by the configure: at every
+    kill point after it exists, the record of what the package made lists it, and purge
+    can remove it while empty."""
+    scratch, lower = unpacked
+    reference, _ = configured
+    assert MEDIA in reference.state and reference.state[MEDIA][1] == 0o750
+    made = [i for i, action in enumerate(reference.actions, 1) if "made-directories" in action]
+    created = [i for i, action in enumerate(reference.actions, 1) if MEDIA in action]
+    assert made and created and made[0] < created[0], reference.actions  # the record first
+    for point in sorted({made[0], created[0], created[0] + 1}):
+        with fresh(scratch, lower, f"made-{point}") as chroot:
+            killed = tool(chroot, CONFIGURE, MSW_ACTION_LOG="/tmp/actions",
+                          MSW_KILL_AFTER_ACTION=str(point))
+            assert killed.returncode == KILLED
+            assert (chroot / MADE_RECORD).read_text() == f"{MEDIA}\n", point
+            assert tool(chroot, ["dpkg", "--configure", "-a"]).returncode == 0
+            assert (chroot / MADE_RECORD).read_text() == f"{MEDIA}\n", point
+
+
+def test_dpkg_killed_while_synapse_s_check_holds_the_media_store(unpacked, configured):
+    """Killed at any moment, not only after an action of ours: during Synapse's own check
+    of the new files, whose loader makes the missing media store and removes it when done.
+    Killed while the loader's media store is there, then ``dpkg --configure -a``: the same
+    state as the uninterrupted configure, the record of what the package made included."""
+    scratch, lower = unpacked
+    reference, _ = configured
+    with fresh(scratch, lower, "killed-in-check") as chroot:
+        variables = [f"{k}={v}" for k, v in CHROOT_ENV.items()]
+        running = subprocess.Popen(["chroot", str(chroot.path), "env", "-i", *variables, *CONFIGURE],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        media = chroot / MEDIA
+        deadline = time.monotonic() + 300
+        while not media.exists() and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert media.exists() and running.poll() is None, "the check never made the media store"
+        os.killpg(running.pid, signal.SIGKILL)
+        running.communicate(timeout=60)
+        assert running.returncode == KILLED
+        recovered = tool(chroot, ["dpkg", "--configure", "-a"])
+        assert recovered.returncode == 0, recovered.stdout[-2000:]
+        assert (chroot / MADE_RECORD).read_text() == f"{MEDIA}\n"
+        problems = differences(reference.state, state(chroot))
+    assert not problems, problems
 
 
 def test_a_killed_reconfigure_that_adds_and_removes_workers_converges(unpacked, configured):

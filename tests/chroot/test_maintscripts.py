@@ -506,7 +506,10 @@ def test_sqlite_homeserver_installs_but_configures_nothing(bare_host, standin_de
     assert {p.name for p in (c / f"{ETC}/conf.d").iterdir()} == {"server_name.yaml", "report_stats.yaml"}
     assert not c.has_group("clubmatrix")
     assert c.statoverride(SOCKET_DIR) == ""
-    assert not (c / STATE).exists() and not (c / REDIS_INSTANCE_CONF).exists()
+    assert not (c / REDIS_INSTANCE_CONF).exists()
+    # Only the reason, for status; the successful reconfigure below removes it.
+    assert [p.name for p in (c / STATE).iterdir()] == ["not-configured"]
+    assert "'sqlite3' database engine" in (c / f"{STATE}/not-configured").read_text()
 
     # What the message says to do works.
     use_postgres(c)
@@ -515,6 +518,7 @@ def test_sqlite_homeserver_installs_but_configures_nothing(bare_host, standin_de
     expected = {worker_name(ROLES[role], i) for role, count in sized_counts(*this_machine()).items()
                 for i in range(1, count + 1)}
     assert workers_on_disk(c) == expected
+    assert not (c / f"{STATE}/not-configured").exists()
 
 
 # --- a Synapse upgrade --------------------------------------------------------------------

@@ -419,6 +419,7 @@ db_input() {
 db_go() { return 0; }
 db_stop() { :; }
 db_fset() { :; }
+db_subst() { printf 'subst %s %s=%s\n' "$1" "$2" "$3" >> "$MSW_LOG"; }
 """
 
 
@@ -667,3 +668,18 @@ def test_media_workers_on_a_worker_host_with_the_shared_store_confirmed():
     # Media on main alone: the answer is not needed and not recorded.
     selection, settings = answer(**SPREAD, shared_media_store="true")
     assert not settings.topology.shared_media
+
+
+def test_the_preset_question_shows_what_auto_gives_this_machine_now(tmp_path):
+    """debian/config fills ${machine} before asking the preset (python3 asks sizing.py; the
+    package is not importable here, as at preconfigure: the fallback text)."""
+    entries = config_log(tmp_path, {"matrix-synapse-workers/preset": "auto"})
+    substs = [i for i, (kind, _, value) in enumerate(entries)
+              if kind == "subst" and value == "matrix-synapse-workers/preset"]
+    inputs = [i for i, (kind, key, _) in enumerate(entries)
+              if kind == "input" and key == "matrix-synapse-workers/preset"]
+    assert substs and inputs and substs[0] < inputs[0], entries
+    assert entries[substs[0]][1] == "machine=(known once the package is unpacked)"
+    from matrix_synapse_workers.debconf.answers import auto_now
+    assert auto_now((8, 32768)) == "8 cores, 32768 MiB: sync:4, client:2"
+    assert "${machine}" in (REPO / "debian/templates").read_text()

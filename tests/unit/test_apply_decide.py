@@ -124,3 +124,24 @@ def test_a_worker_host_plans_through_read_deployment_and_probes_in_a_step_of_its
     with pytest.raises(HostConfigError, match="10.99.0.2, which is not an address of this machine"):
         apply.apply_host(root, None, settings, dry_run=True, out=io.StringIO())
     assert tree(root) == before
+
+
+def test_every_blocker_is_named_at_once(tmp_path):
+    """SQLite and no server name: one refusal names both, each with its fix."""
+    config = homeserver(tmp_path, database={"name": "sqlite3", "args": {"database": "x.db"}})
+    root = make_root(tmp_path, config)
+    (root / "etc/matrix-synapse/conf.d/server_name.yaml").write_text("server_name: ''\n")
+    before = tree(root)
+    with pytest.raises(HostConfigError) as refused:
+        apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())
+    message = str(refused.value)
+    assert message.startswith("2 things stand in the way: (1) Synapse has no server name")
+    assert "(2) Synapse uses the 'sqlite3' database engine" in message and "synapse_port_db" in message
+    assert tree(root) == before
+
+
+def test_adoption_blockers_join_the_refusal(tmp_path, monkeypatch):
+    root = make_root(tmp_path)
+    monkeypatch.setattr(apply, "adoption_blockers", lambda root, facts: ["a hand-made worker X; fix Y"])
+    with pytest.raises(HostConfigError, match="a hand-made worker X; fix Y"):
+        apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())

@@ -87,3 +87,105 @@ def test_help_lists_auto_and_names_the_measured_best_as_readme_and_sizing_do(cap
     assert "minimal (one sync worker: the split that measured best on 2 cores)" in text
     assert dict(PRESETS["minimal"].counts) == sized_counts(2, 4096)
     assert "best" not in PRESETS["small"].summary
+
+
+# --- the command changes only what it is told (issue 22, deliver 2) ---------------
+
+
+@pytest.fixture
+def guide_deployment(tmp_path, monkeypatch):
+    """A host deployed with guide-mode Redis, socket group matrixsock and no web user
+    (the record the postinst writes keeps that last choice)."""
+    from matrix_synapse_workers.core import paths
+    from matrix_synapse_workers.render.redisconf import edit_guide_conf
+    from matrix_synapse_workers.system import accounts, applied, statoverride
+    monkeypatch.setattr(accounts, "user_exists", lambda name: name in (paths.SYNAPSE_USER, "www-data"))
+    monkeypatch.setattr(statoverride, "get", lambda path: None)
+    root = make_root(tmp_path)
+    conf = root / "etc/redis/redis.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(edit_guide_conf("port 6379\nbind 127.0.0.1\n", "/run/redis/redis-server.sock"))
+    assert main(["render", "--root", str(root), "--workers", "sync:2,client", "--redis", "guide",
+                 "--socket-group", "matrixsock", "--web-user", ""]) == 0
+    applied.write(root, applied.AppliedRecord("sync:2,client:1", "matrixsock", web_user=""))
+    return root
+
+
+def test_plan_with_no_options_keeps_guide_redis_socket_group_and_web_user(guide_deployment, capsys):
+    capsys.readouterr()
+    assert main(["plan", "--root", str(guide_deployment), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["redis"] == "guide" and data["socket_group"] == "matrixsock"
+    assert data["counts"] == {"sync": 2, "client": 1}
+    assert main(["plan", "--root", str(guide_deployment)]) == 0
+    assert "Redis: guide; socket group: matrixsock" in capsys.readouterr().out
+
+
+def test_apply_dry_run_with_no_options_changes_nothing(guide_deployment, capsys):
+    before = snapshot(guide_deployment)
+    capsys.readouterr()
+    assert main(["apply", "--root", str(guide_deployment), "--dry-run"]) == 0, capsys.readouterr()
+    assert "nothing to change" in capsys.readouterr().out
+    assert snapshot(guide_deployment) == before
+    # What is named changes, and only that.
+    assert main(["apply", "--root", str(guide_deployment), "--dry-run", "--socket-group", "web"]) == 2
+    out = capsys.readouterr().out
+    assert "tmpfiles.d" in out and "redis.yaml" not in out
+
+
+def test_web_user_defaults_to_the_recorded_one(guide_deployment):
+    from matrix_synapse_workers.cli import _settings, build_parser
+    args = build_parser().parse_args(["plan", "--root", str(guide_deployment)])
+    assert _settings(args).web_user == ""
+    args = build_parser().parse_args(["plan", "--root", str(guide_deployment), "--web-user", "nginx"])
+    assert _settings(args).web_user == "nginx"
+
+
+@pytest.mark.parametrize("root_args,fragment", [
+    ([], "render needs --root DIR"),
+    (["--root", "/"], "render does not write into /"),
+    (["--root", "/etc/.."], "render does not write into /"),
+])
+def test_render_needs_an_explicit_root_other_than_slash(capsys, root_args, fragment):
+    assert main(["render", "--workers", "sync", *root_args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_help_documents_deconfigure_and_restart_after_upgrade(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "deconfigure" in out and "restart-after-upgrade" in out
+    with pytest.raises(SystemExit):
+        main(["deconfigure", "--help"])
+    assert "--dry-run" in capsys.readouterr().out
+
+
+def test_deconfigure_dry_run_says_each_step_and_changes_nothing(guide_deployment, capsys):
+    before = snapshot(guide_deployment)
+    capsys.readouterr()
+    assert main(["deconfigure", "--root", str(guide_deployment), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would move /etc/matrix-synapse/workers/sync-1.yaml aside" in out
+    assert "would remove /etc/matrix-synapse/conf.d/redis.yaml" in out
+    assert snapshot(guide_deployment) == before
+
+
+def test_deconfigure_leaves_no_worker_file_the_generator_would_start(guide_deployment, capsys,
+                                                                     monkeypatch):
+    from matrix_synapse_workers import deconfigure
+    monkeypatch.setattr(deconfigure, "write_atomically",
+                        lambda root, rendered, chown: (root / rendered.path).write_text(rendered.content))
+    assert main(["deconfigure", "--root", str(guide_deployment)]) == 0
+    out = capsys.readouterr().out
+    workers = guide_deployment / "etc/matrix-synapse/workers"
+    assert not list(workers.glob("*.yaml")), out  # the generator's glob
+    assert sorted(p.name for p in workers.iterdir()) == [
+        "client-1.yaml.deconfigured", "sync-1.yaml.deconfigured", "sync-2.yaml.deconfigured"]
+    assert "move /etc/matrix-synapse/workers/sync-1.yaml aside" in out and "would move" not in out
+    assert not (guide_deployment / "etc/matrix-synapse/conf.d/redis.yaml").exists()
+    # The prerm's removal keeps them (the generator goes with the package).
+    assert main(["render", "--root", str(guide_deployment), "--workers", "sync"]) == 0
+    assert main(["deconfigure", "--root", str(guide_deployment), "--package-removal"]) == 0
+    assert (workers / "sync-1.yaml").is_file()

@@ -289,3 +289,73 @@ def test_followups_of_a_new_answer():
     assert followups(answers.Q_ALLOW_PUBLIC, dict(named, **{answers.Q_ALLOW_PUBLIC: "true"})) == []
     assert followups(answers.Q_SHARED_MEDIA, named) == [answers.Q_WORKER_HOSTS]
     assert followups(answers.Q_SHARED_MEDIA, dict(named, **{answers.Q_SHARED_MEDIA: "true"})) == []
+
+
+# --- auto is decided once (issue 22, deliver 4) -------------------------------------
+
+
+def test_auto_is_kept_across_an_upgrade_on_a_bigger_machine_and_resized_by_reconfigure(
+        tmp_path, monkeypatch):
+    root = make_root(tmp_path)
+    monkeypatch.delenv("DEBCONF_RECONFIGURE", raising=False)
+    monkeypatch.setattr(answers, "this_machine", lambda: (2, 4096))
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False, preset="auto"), engine)[0] is None
+    assert engine.calls[-1][0].counts == {"sync": 1}
+    assert applied.read(root).auto == "sync:1"
+    # The VM grew to 8 cores; an unattended upgrade (postinst configure) keeps the workers.
+    monkeypatch.setattr(answers, "this_machine", lambda: (8, 32768))
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False, preset="auto"), engine)[0] is None
+    assert [call[0].counts for call in engine.calls] == [{"sync": 1}, {"sync": 1}]
+    assert applied.read(root).auto == "sync:1"
+    # The admin reconfigures: auto is sized for this machine again, and kept from then on.
+    monkeypatch.setenv("DEBCONF_RECONFIGURE", "1")
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False, preset="auto"), engine)[0] is None
+    assert engine.calls[-1][0].counts == {"sync": 4, "client": 2}
+    assert applied.read(root).auto == "sync:4,client:2"
+
+
+def test_a_killed_apply_s_auto_decision_is_what_the_recovery_applies(tmp_path, monkeypatch):
+    root = make_root(tmp_path)
+    monkeypatch.delenv("DEBCONF_RECONFIGURE", raising=False)
+    applied.begin(root, {answers.Q_PRESET: "auto", answers.AUTO_KEY: "sync:2,client:1"})
+    monkeypatch.setattr(answers, "this_machine", lambda: (2, 4096))
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False, preset="auto"), engine)[0] is None
+    assert engine.calls[-1][0].counts == {"sync": 2, "client": 1}
+    assert applied.read(root).auto == "sync:2,client:1" and applied.pending(root) is None
+
+
+def test_a_record_from_before_auto_was_kept_keeps_the_deployed_workers(tmp_path, monkeypatch):
+    root = make_root(tmp_path)
+    monkeypatch.delenv("DEBCONF_RECONFIGURE", raising=False)
+    applied.write(root, applied.AppliedRecord("sync:1", "clubmatrix"))
+    monkeypatch.setattr(answers, "this_machine", lambda: (8, 32768))
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False, preset="auto"), engine)[0] is None
+    assert engine.calls[-1][0].counts == {"sync": 1}
+
+
+def test_other_presets_record_no_auto(tmp_path):
+    root = make_root(tmp_path)
+    assert configure(root, FakeDebconf(interactive=False, preset="small"), Engine())[0] is None
+    assert applied.read(root).auto is None
+
+
+# --- one rule for refusals (issue 22, deliver 3) -------------------------------------
+
+
+@pytest.mark.parametrize("fail", ["fail", "fail_real"])
+def test_a_refusal_exits_0_and_is_kept_for_status(tmp_path, fail):
+    """Found by the dry run (SQLite, no server name) or by Synapse's check in the real run
+    (PostgreSQL's max_connections too small): the same end, and the reason on disk."""
+    root = make_root(tmp_path)
+    why = HostConfigError("5 Synapse processes open at least 25 database connections")
+    result, said = configure(root, FakeDebconf(interactive=False), Engine(**{fail: why}))
+    assert result is None and "workers are NOT configured: 5 Synapse processes" in said
+    assert "nothing was changed" in said and applied.pending(root) is None
+    assert applied.refusal(root) == "5 Synapse processes open at least 25 database connections"
+    applied.clear_refusal(root)
+    assert applied.refusal(root) is None

@@ -85,7 +85,8 @@ def test_an_option_without_its_paragraph_is_caught() -> None:
     --dry-run only; --dry-run in other paragraphs' text does not count)."""
     text = plain(COMMAND_PAGE)
     assert ".TP\n.B --dry-run\n" in text
-    assert undescribed(text.replace(".TP\n.B --dry-run\n", ".PP\n")) == ["apply: --dry-run"]
+    assert undescribed(text.replace(".TP\n.B --dry-run\n", ".PP\n")) == [
+        "apply: --dry-run", "deconfigure: --dry-run"]
 
 
 def test_every_worker_type_and_preset_is_named() -> None:

@@ -77,6 +77,17 @@ def test_an_unfinished_apply_is_a_warning_that_says_how_to_finish_it():
     assert exit_code(rows) == 1
 
 
+def test_a_refused_install_is_a_row_that_says_why():
+    """An install or reconfigure that could not configure the host exits 0 (dpkg stays
+    healthy); status is where the admin sees why."""
+    why = "Synapse uses the 'sqlite3' database engine here; workers need PostgreSQL"
+    rows = evaluate(replace(healthy(), refused=why))
+    found = row(rows, "apply", "not configured")
+    assert found.status == WARN and found.detail == f"not configured: {why}"
+    assert "dpkg-reconfigure matrix-synapse-workers" in found.advice
+    assert rows[0] is found
+
+
 def test_a_stopped_stream_writer_or_main_is_broken():
     facts = healthy()
     for unit, name in (("matrix-synapse-worker@typing-1.service", "typing-1"),

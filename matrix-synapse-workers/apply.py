@@ -42,7 +42,9 @@ from .render.redisconf import edit_guide_conf, effective_password, undo_guide_co
 from .render.files import RenderedFile, is_generated
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride
+from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride, webservers
+from .core.webserver import WebServer
+from .render.webserver import ALL_PATHS
 from .system.files import commit, discard, stage_all, sweep_temporaries, write_atomically
 from .system.systemd import Systemd, systemd_running
 from .core.topology import HostRole
@@ -522,6 +524,7 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     previous_server = None if worker_host else deployed_redis_server(root)
     if not worker_host:
         settings = _with_host_server(root, settings)
+        settings = replace(settings, web_server=webservers.resolve(root, settings.web_server))
     guide = _guide_redis_text(root, settings)
     guide_pass = guide_password(root, settings, guide[1]) if guide is not None else None
     if guide_pass is not None:
@@ -537,8 +540,8 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
         _check_worker_host(root, deployment, out)
     plan = deployment.plan
     desired = deployment.files()
-    if not nginx.installed(root):
-        desired = tuple(f for f in desired if f.path not in nginx.FILES)
+    if not webservers.is_installed(root, _web_server(settings)):
+        desired = tuple(f for f in desired if f.path not in _routing_files(settings))
     # The main host's cluster.yaml goes once no worker host is left; on a worker host it
     # is the admin's copy and stays.
     # Our instance files of the other server go when the host switched servers.
@@ -588,7 +591,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
     except WorkersError:
         forget_unmade_directories(root, to_make)
         raise
-    nginx_writes = any(f.path in nginx.FILES for f in decision.changes.write)
+    routing = _routing_files(decision.settings)
+    nginx_writes = any(f.path in routing for f in decision.changes.write)
     debt = (services_owed(decision.changes, nginx_writes or reload_owed)
             if not decision.changes.nothing or decision.changes.restart_redis or reload_owed
             else None)
@@ -600,7 +604,8 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
                                    f"{paths.MAIN_UNIT} does not start here")
     systemd = Systemd(out)
-    nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed_before)
+    nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed_before,
+                                 _web_server(decision.settings))
     _redis(root, decision, report, systemd, owed or {})
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
@@ -640,21 +645,34 @@ def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -
     return decision
 
 
+def _web_server(settings: Settings) -> WebServer:
+    return settings.web_server or WebServer.NGINX
+
+
+def _routing_files(settings: Settings) -> tuple[PurePosixPath, ...]:
+    """The chosen web server's files: written only if its own check accepts them."""
+    return ALL_PATHS[_web_server(settings)]
+
+
 def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
-                 debt: dict[str, Any] | None, owed_before: bool) -> bool:
-    """3. Files.  nginx's first: 'nginx -t' must accept them, or nothing changes.
+                 debt: dict[str, Any] | None, owed_before: bool,
+                 server: WebServer = WebServer.NGINX) -> bool:
+    """3. Files.  The web server's first: its own check ('nginx -t', 'apache2ctl -t',
+    'caddy validate', 'haproxy -c') must accept them, or nothing changes.
 
     ``debt``: the service actions to record as owed before the first change.
-    Returns whether nginx's files changed."""
+    Returns whether the web server's files changed."""
+    routing = ALL_PATHS[server]
     # Every other new file complete beside its target first: a full file system
     # (ENOSPC) or any failure to write stops here, with every previous file in place.
-    staged = stage_all(root, [f for f in changes.write if f.path not in nginx.FILES], chown=True)
+    staged = stage_all(root, [f for f in changes.write if f.path not in routing], chown=True)
     try:
         if debt is not None:
             applied.owe_services(root, debt)  # added to what a killed run still owes (not all is in ``changes``)
         nginx_changed = nginx.write_checked(
-            root, [f for f in changes.write if f.path in nginx.FILES],
-            [p for p in changes.set_aside if p in nginx.FILES], chown=True)
+            root, [f for f in changes.write if f.path in routing],
+            [p for p in changes.set_aside if p in routing], chown=True,
+            **webservers.checked_by(server))
     except BaseException as exc:
         discard(staged)
         if isinstance(exc, WorkersError) and not owed_before:
@@ -663,7 +681,7 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
     # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
     for relative in changes.set_aside:
-        if relative not in nginx.FILES:
+        if relative not in routing:
             os.replace(root / relative, root / f"{relative}.dpkg-old")
             crashpoint.done(f"set aside {relative}")
         out.write(f"kept your {relative} as {relative}.dpkg-old\n")
@@ -734,8 +752,9 @@ def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
-    if nginx_changed and systemd.is_active(nginx.UNIT):
-        systemd.reload(nginx.UNIT)
+    unit = webservers.unit(_web_server(decision.settings))
+    if nginx_changed and unit is not None and systemd.is_active(unit):
+        systemd.reload(unit)
 
 
 def _leave_other_servers(root: Path, settings: Settings, previous: RedisServer | None,
@@ -785,28 +804,38 @@ def _ours(path: Path) -> bool:
     return path.is_file() and is_generated(path.read_text(encoding="utf-8", errors="replace"))
 
 
+def _write_routing(root: Path, server: WebServer, files: list[RenderedFile], systemd: Systemd,
+                   out: TextIO) -> None:
+    """Our routing files, if the server's own check accepts them; then its reload (if it runs)."""
+    unit = webservers.unit(server)
+    try:
+        if nginx.write_checked(root, files, [], chown=True, **webservers.checked_by(server)) \
+                and unit is not None and systemd.is_active(unit):
+            systemd.reload(unit)
+    except WorkersError as exc:
+        out.write(f"{exc}\n")
+
+
 def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
     """Routes depend on the Synapse version: after an upgrade, render them for the new one.
 
-    Only our own nginx files on a main host change; the worker set stays as deployed.
+    Only our own routing files (of the server deployed) on a main host change; the
+    worker set stays as deployed.
     """
-    if (root / paths.WORKER_HOST_MARK).exists() or not nginx.installed(root):
+    server = webservers.deployed(root) or WebServer.NGINX
+    if (root / paths.WORKER_HOST_MARK).exists() or not webservers.is_installed(root, server):
         return
     try:
         deployment = read_deployment(root)
     except WorkersError as exc:
         out.write(f"routes not refreshed for the new Synapse: {exc}\n")
         return
-    ours = [f for f in deployment.files() if f.path in nginx.FILES
+    ours = [f for f in deployment.files() if f.path in ALL_PATHS[server]
             and (_ours(root / f.path) or not (root / f.path).exists())]
     changed = [f for f in ours if not (root / f.path).is_file()
                or (root / f.path).read_text(encoding="utf-8") != f.content]
-    try:
-        if changed and nginx.write_checked(root, changed, [], chown=True) \
-                and systemd.is_active(nginx.UNIT):
-            systemd.reload(nginx.UNIT)
-    except WorkersError as exc:
-        out.write(f"{exc}\n")
+    if changed:
+        _write_routing(root, server, changed, systemd, out)
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:

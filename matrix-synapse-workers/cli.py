@@ -22,6 +22,8 @@ from .core.exitcodes import PLUGIN_CODES, Exit, epilog
 from .core.words import plural
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import read_host_facts
+from .system import webservers
+from .core.webserver import WebServer, parse_web_server
 from .system.clusterfile import deployed_topology
 from .core.plan import Plan
 from .render.files import RenderedFile
@@ -119,6 +121,10 @@ def _add_choice_arguments(parser: argparse.ArgumentParser, *, render: bool = Fal
     parser.add_argument("--web-user",
                         help="web server user put in the socket group ('' for none). Default: "
                              f"as last applied ({paths.DEFAULT_WEB_USER} on a new host)")
+    parser.add_argument("--web-server", choices=[s.value for s in WebServer],
+                        help="the server in front, whose routing files are written and reloaded "
+                             "(none: your own proxy). Default: as deployed, else the one installed "
+                             "(of several, the one on port 80 or 443, else nginx)")
     parser.add_argument("--redis",
                         help="dedicated, guide, unix:/PATH or HOST:PORT. Default: as deployed "
                              "(dedicated on a new host)")
@@ -227,7 +233,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         socket_group=args.socket_group if args.socket_group is not None else deployed.socket_group,
         web_user=args.web_user if args.web_user is not None else deployed.web_user,
         redis=parse_redis(args.redis) if args.redis is not None else deployed.redis,
-        topology=_topology(args), metrics=metrics)
+        topology=_topology(args), metrics=metrics,
+        web_server=webservers.resolve(args.root, parse_web_server(args.web_server) if args.web_server
+                                      else deployed.web_server))
 
 
 def _render_root(root: Path | None) -> Path:

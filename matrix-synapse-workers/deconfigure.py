@@ -19,8 +19,10 @@ from typing import Callable, TextIO
 from .apply import _ours, _remove_file, _worker_dropins, sweep_empty_dropin_dirs
 from .core import paths
 from .core.errors import WorkersError
+from .core.webserver import CHECK_TOOL, WebServer
+from .render.webserver import ALL_PATHS
 from .render.files import RenderedFile, render_single_process
-from .system import crashpoint, nginx
+from .system import crashpoint, nginx, webservers
 from .system.files import sweep_temporaries, write_atomically
 from .system.hostfacts import existing_worker_names, read_host_facts
 from .system.systemd import Systemd
@@ -67,7 +69,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr, *, dry_run: bool = Fa
     steps = _Steps(out, dry_run)
     if not dry_run:  # what a killed apply or removal left half-made (never an admin's file)
         sweep_temporaries(root, {paths.CONF_D, paths.WORKERS_DIR, paths.WORKER_LOGS_DIR,
-                                 *(p.parent for p in nginx.FILES)})
+                                 *(p.parent for p in ALL_PATHS[_server(root)])})
     names = existing_worker_names(root)
     steps.units(steps.systemd.stop, *(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
     # The sandbox drop-ins go with the package; main runs on unconfined, as before.
@@ -106,7 +108,7 @@ def deconfigure_host(root: Path, out: TextIO = sys.stderr, *, dry_run: bool = Fa
 def _single_files(root: Path, out: TextIO) -> tuple[RenderedFile, ...] | None:
     """The single process's files; None when the admin's config no longer renders."""
     try:
-        return render_single_process(read_host_facts(root))
+        return render_single_process(read_host_facts(root), _server(root))
     except WorkersError as exc:  # the admin's config broke since: main alone, no routing
         out.write(f"{exc}\n")
         return None
@@ -120,7 +122,7 @@ def _single_process(root: Path, steps: _Steps) -> bool:
         return True
     changed = False
     for rendered in single:
-        if rendered.path in nginx.FILES:
+        if rendered.path in ALL_PATHS[_server(root)]:
             continue
         if (root / rendered.path).read_text(encoding="utf-8") != rendered.content:
             steps.file(f"write /{rendered.path} (main alone)",
@@ -129,23 +131,30 @@ def _single_process(root: Path, steps: _Steps) -> bool:
     return changed
 
 
+def _server(root: Path) -> WebServer:
+    """The web server whose routing files of ours are deployed (nginx when none are)."""
+    return webservers.deployed(root) or WebServer.NGINX
+
+
 def _route_to_main(root: Path, steps: _Steps) -> None:
-    """nginx sends everything to main.sock (the admin's server blocks include our snippet)."""
+    """The web server sends everything to main.sock (the admin's configuration includes our file)."""
+    server = _server(root)
     single = _single_files(root, steps.out) or ()
-    routing = [f for f in single if f.path in nginx.FILES and _ours(root / f.path)
+    routing = [f for f in single if f.path in ALL_PATHS[server] and _ours(root / f.path)
                and (root / f.path).read_text(encoding="utf-8") != f.content]
     if not routing:
         return
     if steps.dry_run:
         for rendered in routing:
-            steps.out.write(f"would write /{rendered.path} (everything to main), if nginx -t "
-                            "accepts it, and reload nginx\n")
+            steps.out.write(f"would write /{rendered.path} (everything to main), if "
+                            f"{CHECK_TOOL[server]} accepts it, and reload {server.value}\n")
         return
+    unit = webservers.unit(server)
     try:
-        if nginx.write_checked(root, routing, [], chown=True):
+        if nginx.write_checked(root, routing, [], chown=True, **webservers.checked_by(server)):
             steps.out.write("".join(f"wrote /{f.path} (everything to main)\n" for f in routing))
-            if steps.systemd.is_active(nginx.UNIT):
-                steps.units(steps.systemd.reload, nginx.UNIT)
+            if unit is not None and steps.systemd.is_active(unit):
+                steps.units(steps.systemd.reload, unit)
     except WorkersError as exc:
         steps.out.write(f"{exc}\n")
 

@@ -26,7 +26,7 @@ from .core.errors import SelectionError
 from .core.settings import RedisSettings, Settings, check_system_name, parse_redis
 from .core.topology import HostRole, Topology
 from .render.files import RenderedFile, render
-from .system import applied, statoverride
+from .system import applied, statoverride, webservers
 from .system.clusterfile import deployed_topology, read_cluster
 from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
 
@@ -98,7 +98,7 @@ def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
     return Settings(socket_group=socket_group(root), web_user=deployed_web_user(root),
                     redis=redis_settings_of(config) if config else Settings().redis,
                     topology=topology if topology is not None else deployed_topology(root),
-                    metrics=metrics_deployed(root))
+                    metrics=metrics_deployed(root), web_server=webservers.deployed(root))
 
 
 def deployed_selection(facts: HostFacts) -> Selection:

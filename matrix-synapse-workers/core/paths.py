@@ -51,6 +51,16 @@ NGINX_DIR = PurePosixPath("etc/nginx")
 NGINX_HTTP_CONF = NGINX_DIR / "conf.d" / f"{PACKAGE}.conf"
 # server context: snippets/ is included by nobody until the admin's vhost does.
 NGINX_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}.conf"
+# The other web servers, each in its own idiom; the admin's site names the file.
+APACHE_DIR = PurePosixPath("etc/apache2")
+# Included inside the admin's <VirtualHost> (conf-available/ would be server-wide).
+APACHE_CONF = APACHE_DIR / f"{PACKAGE}.conf"
+CADDY_DIR = PurePosixPath("etc/caddy")
+# Imported inside the admin's site block of the Caddyfile.
+CADDY_SNIPPET = CADDY_DIR / f"{PACKAGE}.caddy"
+HAPROXY_DIR = PurePosixPath("etc/haproxy")
+# Loaded after haproxy.cfg (a second -f), it holds its own frontend and backends.
+HAPROXY_CONF = HAPROXY_DIR / f"{PACKAGE}.cfg"
 
 # Absolute runtime paths written into configuration.
 SOCKET_DIR = PurePosixPath("/run/matrix-synapse")

@@ -25,6 +25,7 @@ from . import paths
 from .errors import SelectionError
 from .redisserver import REDIS, RedisServer
 from .topology import Topology
+from .webserver import WebServer
 
 # adduser's default NAME_REGEX for system names, which is what addgroup accepts.
 _SYSTEM_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
@@ -121,6 +122,9 @@ class Settings:
     topology: Topology = field(default_factory=Topology)
     #: Every process serves Prometheus metrics (main host's choice; cluster.yaml carries it).
     metrics: bool = False
+    #: The web server in front, whose routing files are rendered; None: as deployed,
+    #: else detected (system/webservers.py resolves it before anything is rendered).
+    web_server: WebServer | None = None
 
     @property
     def socket_dir_is_default(self) -> bool:

@@ -22,6 +22,7 @@ from ..core import dbconnections, paths, vhost
 from ..core.vhost import Routing
 from ..core.words import plural
 from ..core.redisserver import REDIS, server_of_socket
+from ..core.webserver import CHECK_TOOL, INCLUDE_ADVICE, WebServer
 from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
                     DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
                     upstream_version)
@@ -659,6 +660,8 @@ def check_routing(routing: Routing) -> list[Row]:
 
 def check_nginx(facts: Facts) -> list[Row]:
     nginx = facts.nginx
+    if nginx.server != WebServer.NGINX.value:
+        return check_web_server(facts)
     if not nginx.rendered:
         return [Row("nginx", "routing", INFO, "this version renders no nginx files: not checked")]
     rows = []
@@ -684,6 +687,30 @@ def check_nginx(facts: Facts) -> list[Row]:
                            + (", nginx -t passes" if nginx.test_ok else "")))
     return rows
 
+
+
+def check_web_server(facts: Facts) -> list[Row]:
+    """As :func:`check_nginx`, for Apache, Caddy or HAProxy in front."""
+    web = facts.nginx
+    server = WebServer(web.server)
+    tool = CHECK_TOOL[server].replace("FILE", web.rendered[0] if web.rendered else "")
+    rows = []
+    if web.missing:
+        rows.append(Row(web.server, "files", WARN, f"missing: {', '.join(web.missing)}", f"run: {RECONFIGURE}"))
+    if web.not_included:
+        rows.append(Row(web.server, "include", WARN,
+                        f"not in {web.server}'s configuration: {', '.join(web.not_included)}",
+                        INCLUDE_ADVICE[server].replace("FILE", web.not_included[0])))
+    if web.test_ok is False:
+        lines = web.test_output.strip().splitlines()
+        first = next((line for line in lines if "rror" in line or "ALERT" in line), lines[-1] if lines else "")
+        rows.append(Row(web.server, tool, FAIL, first[:200] or "fails",
+                        f"fix what {tool} reports; the running {web.server} keeps its old configuration until then"))
+    elif web.test_ok is None:
+        rows.append(Row(web.server, tool, INFO, f"{web.server} not found: not tested"))
+    if not rows:
+        rows.append(Row(web.server, "routing", OK, f"{len(web.rendered)} files included, {tool} passes"))
+    return rows
 
 def check_sandbox(facts: Facts) -> list[Row]:
     """Each unit's exposure; a warning when a drop-in of the admin's has loosened it."""

@@ -177,7 +177,7 @@ class ConfigFacts:
 
 @dataclass(frozen=True)
 class NginxFacts:
-    #: Files the renderer produces under etc/nginx/ (absolute paths).
+    #: Files the renderer produces for the web server, e.g. under etc/nginx/ (absolute paths).
     rendered: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     #: Rendered files ``nginx -T`` does not show as part of the configuration.
@@ -186,6 +186,8 @@ class NginxFacts:
     test_output: str = ""
     #: How the configuration nginx loads routes the worker paths (None: not read).
     routing: Routing | None = None
+    #: The web server in front (nginx unless another was chosen; see system/webservers.py).
+    server: str = "nginx"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ from ..system.hostfacts import existing_worker_names, merged_admin_config, \
     metrics_deployed, read_host_facts
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
+from ..render.webserver import routing_paths
+from ..core.webserver import WebServer
+from ..system import webservers
 from ..core.settings import RedisMode, Settings
 from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Exposure, Facts,
                     Health, Process,
@@ -635,14 +638,15 @@ def look(root: Path) -> Look:
     group = socket_group(root)  # the one rule: an admin's statoverride wins
     topology = main_topology_of(cluster) if cluster is not None and not worker_host else Topology()
     # nginx files do not depend on the answers: known before anything is asked.
+    web = webservers.deployed(root) or WebServer.NGINX
     settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
-                        metrics=deployed.metrics)
+                        metrics=deployed.metrics, web_server=web)
     try:
         host, plan = plan_here(root, settings, side)
         config_error = ""
     except WorkersError as exc:
         host, plan, config_error = None, None, str(exc)
-    nginx_files = tuple(f"/{p}" for p in nginx_paths(plan)) if plan is not None else ()
+    nginx_files = tuple(f"/{p}" for p in routing_paths(web, plan)) if plan is not None else ()
     # The other side's secrets, read here (small files) so the probes can use them.
     secrets: tuple[SecretFile, ...] = ()
     secret = redis_secret = None
@@ -675,7 +679,9 @@ def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any
         "installed": lambda: installed_release(root),
     }
     if seen.nginx_files:
-        jobs["nginx"] = nginx_dump
+        web = webservers.deployed(root) or WebServer.NGINX
+        jobs["nginx"] = nginx_dump if web is WebServer.NGINX else partial(
+            webservers.dump, web, root, seen.nginx_files)
     if not worker_host:
         jobs["database"] = lambda: database_facts(root, len(seen.processes))
     for name, target in seen.targets.items():
@@ -755,6 +761,7 @@ def nginx_facts(root: Path, seen: Look,
         return NginxFacts()
     test_ok, output, included, routing = dump
     return NginxFacts(
+        server=(webservers.deployed(root) or WebServer.NGINX).value,
         rendered=seen.nginx_files,
         missing=tuple(f for f in seen.nginx_files if not (root / f.lstrip('/')).exists()),
         not_included=tuple(f for f in seen.nginx_files if test_ok is not None and f not in included),

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..core import paths
 from ..core import vhost
@@ -114,8 +114,12 @@ def left_to_do(root: Path) -> list[str]:
 
 
 def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence[PurePosixPath],
-                  *, chown: bool) -> bool:
+                  *, chown: bool, checker: Callable[[Path], str | None] | None = None,
+                  tool: str = "nginx -t", server: str = "nginx") -> bool:
     """Write ``files`` (ours under /etc/nginx); keep them only if ``nginx -t`` passes.
+
+    Another web server's files go the same way with its own ``checker`` (see
+    system/webservers.py), named ``tool`` and ``server`` in the error.
 
     ``set_aside`` are admin files at our paths, kept as ``<path>.dpkg-old``.
     Returns whether anything was written.  Raises ApplyError, with every file as
@@ -130,7 +134,7 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
         crashpoint.done(f"set aside {relative}")
     for item in staged:
         commit(item)
-    complaint = check(root)
+    complaint = (checker or check)(root)
     if complaint is None:
         return True
     for item in saved:
@@ -139,7 +143,7 @@ def write_checked(root: Path, files: Sequence[RenderedFile], set_aside: Sequence
         os.replace(root / f"{relative}.dpkg-old", root / relative)
         crashpoint.done(f"put back {relative}")
     raise ApplyError(
-        f"'nginx -t' rejects the nginx configuration with the new "
+        f"'{tool}' rejects the {server} configuration with the new "
         f"{' and '.join('/' + str(f.path) for f in files)}: {complaint}; the previous files "
-        "were put back, nginx was not reloaded and nothing else was changed. Fix the nginx "
-        "configuration (see 'nginx -t'), then run: dpkg-reconfigure matrix-synapse-workers")
+        f"were put back, {server} was not reloaded and nothing else was changed. Fix the {server} "
+        f"configuration (see '{tool}'), then run: dpkg-reconfigure matrix-synapse-workers")

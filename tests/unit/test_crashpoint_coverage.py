@@ -174,6 +174,7 @@ DIRECT_PROGRAMS = {
     "status/probe.py": "status asks (ss, Synapse's and PostgreSQL's limits), never changes",
     "system/run.py": "run() itself, which calls crashpoint.done after a program run for its effect",
     "system/nginx.py": "nginx -T, which only prints the configuration nginx loads (status's vhost check)",
+    "system/webservers.py": "apache2ctl -t / caddy validate / haproxy -c, which only check",
     "system/synapseversion.py": "dpkg-query, which only reads",
 }
 

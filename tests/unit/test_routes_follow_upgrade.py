@@ -45,3 +45,17 @@ def test_upgrade_re_renders_the_routes_for_the_new_version(tmp_path, capsys):
     mtime = http.stat().st_mtime_ns
     refresh_routes(root, Systemd(io.StringIO()), io.StringIO())
     assert http.stat().st_mtime_ns == mtime
+
+
+def test_upgrade_re_renders_the_chosen_servers_routes(tmp_path):
+    """The same for Caddy in front: its snippet follows; no nginx file appears."""
+    root = make_root(tmp_path)
+    (root / "etc/caddy").mkdir(parents=True)
+    _install_synapse(root, "1.92.1")
+    assert main(["render", "--root", str(root), "--workers", "sync,client", "--web-server", "caddy"]) == 0
+    snippet = root / paths.CADDY_SNIPPET
+    assert "notifications" not in snippet.read_text()
+    _install_synapse(root, "1.163.2")
+    refresh_routes(root, Systemd(io.StringIO()), io.StringIO())
+    assert "notifications" in snippet.read_text()
+    assert not (root / paths.NGINX_SNIPPET).exists() and not (root / paths.NGINX_HTTP_CONF).exists()

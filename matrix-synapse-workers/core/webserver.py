@@ -1,0 +1,72 @@
+"""Pure: which web server is in front of Synapse, chosen or detected.
+
+>>> parse_web_server("Apache")
+<WebServer.APACHE: 'apache'>
+>>> detect({"nginx", "apache"}, {"apache"})
+<WebServer.APACHE: 'apache'>
+>>> detect({"caddy", "haproxy"}, set())
+<WebServer.NGINX: 'nginx'>
+>>> detect({"haproxy"}, set())
+<WebServer.HAPROXY: 'haproxy'>
+>>> detect(set(), set())
+<WebServer.NGINX: 'nginx'>
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import AbstractSet
+
+from .errors import SelectionError
+
+
+class WebServer(Enum):
+    NGINX = "nginx"
+    APACHE = "apache"
+    CADDY = "caddy"
+    HAPROXY = "haproxy"
+    #: A proxy of the admin's own: no routing files, no reload.
+    NONE = "none"
+
+
+WEB_SERVER_CHOICES = ", ".join(s.value for s in WebServer)
+#: Preferred when several are installed and none (or several) serve ports 80/443.
+DEFAULT = WebServer.NGINX
+#: Among several serving, the first of these.
+_ORDER = (WebServer.NGINX, WebServer.APACHE, WebServer.CADDY, WebServer.HAPROXY)
+
+
+def parse_web_server(text: str) -> WebServer:
+    try:
+        return WebServer(text.strip().lower())
+    except ValueError:
+        raise SelectionError(f"web server {text!r} is not known; accepted: {WEB_SERVER_CHOICES}") from None
+
+
+def detect(installed: AbstractSet[str], serving: AbstractSet[str]) -> WebServer:
+    """The server to render for: the one installed, else the installed one that
+    listens on 80 or 443, else nginx (this package's Recommends).
+
+    ``installed`` and ``serving`` hold :class:`WebServer` values.
+    """
+    ours = [s for s in _ORDER if s.value in installed]
+    if len(ours) == 1:
+        return ours[0]
+    listening = [s for s in ours if s.value in serving]
+    return listening[0] if listening else DEFAULT
+
+
+#: Each server's own check, as an admin runs it.
+CHECK_TOOL = {WebServer.NGINX: "nginx -t", WebServer.APACHE: "apache2ctl -t",
+              WebServer.CADDY: "caddy validate --config /etc/caddy/Caddyfile",
+              WebServer.HAPROXY: "haproxy -c -f /etc/haproxy/haproxy.cfg -f FILE"}
+#: How the admin's configuration takes our file in (FILE: its path).
+INCLUDE_ADVICE = {
+    WebServer.APACHE: "add 'Include FILE' inside the <VirtualHost> that serves Matrix, in place of "
+                      "your ProxyPass lines, then apache2ctl -t && systemctl reload apache2",
+    WebServer.CADDY: "add 'import FILE' inside the Caddyfile's site block that serves Matrix, in "
+                     "place of your reverse_proxy, then systemctl reload caddy",
+    WebServer.HAPROXY: "add '-f FILE' to EXTRAOPTS in /etc/default/haproxy and 'use_backend "
+                       "msw_entry if { path_beg /_matrix/ /_synapse/client/ }' to your frontend, "
+                       "then systemctl reload haproxy",
+}

@@ -1,0 +1,55 @@
+"""Pure: the routing files of the chosen web server, and only those."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Callable
+
+from ..core import paths
+from ..core.catalog import Version
+from ..core.plan import Plan
+from ..core.webserver import WebServer
+from .apache import apache_files
+from .caddy import caddy_files
+from .files import RenderedFile, nginx_files
+from .haproxy import haproxy_files
+
+_RENDERERS: dict[WebServer, Callable[[Plan, Version | None, bool], tuple[RenderedFile, ...]]] = {
+    WebServer.NGINX: nginx_files,
+    WebServer.APACHE: apache_files,
+    WebServer.CADDY: caddy_files,
+    WebServer.HAPROXY: haproxy_files,
+}
+
+#: Every routing file of every server: a switch of server removes the old ones.
+ALL_PATHS: dict[WebServer, tuple[PurePosixPath, ...]] = {
+    WebServer.NGINX: (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET),
+    WebServer.APACHE: (paths.APACHE_CONF,),
+    WebServer.CADDY: (paths.CADDY_SNIPPET,),
+    WebServer.HAPROXY: (paths.HAPROXY_CONF,),
+    WebServer.NONE: (),
+}
+
+
+def routing_paths(server: WebServer, plan: Plan) -> tuple[PurePosixPath, ...]:
+    """Where :func:`web_files` puts ``server``'s files for this plan: on the main host only."""
+    return ALL_PATHS[server] if plan.here is None else ()
+
+
+def web_files(server: WebServer, plan: Plan, version: Version | None = None, mas: bool = False,
+              ) -> tuple[RenderedFile, ...]:
+    """The files that route requests through ``server`` (none on a worker host or for NONE).
+
+    ``mas``: Synapse hands logins to the Matrix Authentication Service (see nginx_files).
+
+    >>> from ..core.selection import select
+    >>> from ..core.plan import plan_workers
+    >>> plan = Plan(plan_workers(select(preset="minimal")))
+    >>> [str(f.path) for f in web_files(WebServer.CADDY, plan)]
+    ['etc/caddy/matrix-synapse-workers.caddy']
+    >>> web_files(WebServer.NONE, plan)
+    ()
+    """
+    if plan.here is not None or server is WebServer.NONE:
+        return ()
+    return _RENDERERS[server](plan, version, mas)

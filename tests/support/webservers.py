@@ -1,0 +1,76 @@
+"""Minimal site configurations around the rendered files, for each server's own check.
+
+Each server runs unprivileged-friendly: a loopback port, its pid and logs in a
+temporary directory, nothing of the host's configuration but its modules.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+APACHE_MODULES = ("proxy", "proxy_http", "proxy_balancer", "lbmethod_bybusyness",
+                  "slotmem_shm", "headers", "rewrite")
+
+
+def need(binary: str) -> str:
+    found = shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        if os.environ.get("CI") or os.environ.get("MSW_REQUIRE_PACKAGE"):
+            pytest.fail(f"{binary} is not installed (scripts/test installs it)")
+        pytest.skip(f"{binary} is not installed")
+    return found
+
+
+def apache_site(directory: Path, snippet: Path, port: int) -> Path:
+    loads = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so"
+                      for m in APACHE_MODULES)
+    site = directory / "apache2.conf"
+    site.write_text(f"""ServerRoot /etc/apache2
+ServerName localhost
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+{loads}
+PidFile {directory}/httpd.pid
+ErrorLog {directory}/error.log
+DefaultRuntimeDir {directory}
+Mutex file:{directory}
+Listen 127.0.0.1:{port}
+<VirtualHost 127.0.0.1:{port}>
+    Include {snippet}
+</VirtualHost>
+""")
+    return site
+
+
+def caddy_site(directory: Path, snippet: Path, port: int) -> Path:
+    site = directory / "Caddyfile"
+    site.write_text(f"""{{
+\tadmin off
+\tauto_https off
+\tstorage file_system {directory}/data
+}}
+http://127.0.0.1:{port} {{
+\timport {snippet}
+}}
+""")
+    return site
+
+
+def haproxy_site(directory: Path, port: int) -> Path:
+    site = directory / "haproxy.cfg"
+    site.write_text(f"""global
+    pidfile {directory}/haproxy.pid
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+frontend www
+    bind 127.0.0.1:{port}
+    use_backend msw_entry if {{ path_beg /_matrix/ /_synapse/client/ }}
+""")
+    return site

@@ -1,0 +1,76 @@
+"""The Apache, Caddy and HAProxy examples pass their server's own check, with the
+package's rendered file where the example names it and a self-signed certificate
+in place of the admin's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from support.vhosts import EXAMPLES
+from support.webservers import APACHE_MODULES, need
+from test_webservers import write
+
+CERT = "/etc/letsencrypt/live/matrix.example.org/"
+
+
+def certificate(directory: Path) -> tuple[Path, Path]:
+    key, cert = directory / "privkey.pem", directory / "fullchain.pem"
+    subprocess.run([need("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=matrix.example.org", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+def test_apache_example(tmp_path: Path) -> None:
+    apache = need("apache2")
+    etc = tmp_path / "apache2"
+    shutil.copytree("/etc/apache2", etc, symlinks=True)
+    for module in (*APACHE_MODULES, "ssl", "socache_shmcb"):
+        for available in Path("/etc/apache2/mods-available").glob(f"{module}.*"):
+            target = etc / "mods-enabled" / available.name
+            if not target.exists():
+                target.symlink_to(available)
+    certificate(tmp_path)
+    snippet = write(tmp_path, "apache", "small")
+    text = (EXAMPLES / "apache-vhost.conf").read_text()
+    assert "Include /etc/apache2/matrix-synapse-workers.conf" in text and CERT in text
+    (etc / "sites-enabled" / "matrix.conf").write_text(
+        text.replace("/etc/apache2/matrix-synapse-workers.conf", str(snippet))
+        .replace(CERT, f"{tmp_path}/"))
+    env = dict(os.environ, APACHE_RUN_DIR=str(tmp_path), APACHE_LOCK_DIR=str(tmp_path),
+               APACHE_PID_FILE=str(tmp_path / "pid"), APACHE_LOG_DIR=str(tmp_path),
+               APACHE_RUN_USER="www-data", APACHE_RUN_GROUP="www-data")
+    result = subprocess.run([apache, "-d", str(etc), "-f", str(etc / "apache2.conf"), "-t"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_caddy_example(tmp_path: Path) -> None:
+    caddy = need("caddy")
+    snippet = write(tmp_path, "caddy", "small")
+    text = (EXAMPLES / "Caddyfile").read_text()
+    assert "import /etc/caddy/matrix-synapse-workers.caddy" in text
+    caddyfile = tmp_path / "Caddyfile"
+    caddyfile.write_text(text.replace("/etc/caddy/matrix-synapse-workers.caddy", str(snippet)))
+    result = subprocess.run([caddy, "validate", "--config", str(caddyfile), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, env={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_haproxy_example(tmp_path: Path) -> None:
+    haproxy = need("haproxy")
+    key, cert = certificate(tmp_path)
+    pem = tmp_path / "matrix.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    ours = write(tmp_path, "haproxy", "small")
+    text = (EXAMPLES / "haproxy-frontend.cfg").read_text()
+    frontend = tmp_path / "haproxy.cfg"
+    frontend.write_text(Path("/etc/haproxy/haproxy.cfg").read_text() + "\n"
+                        + text.replace("/etc/haproxy/certs/matrix.example.org.pem", str(pem)))
+    result = subprocess.run([haproxy, "-c", "-f", str(frontend), "-f", str(ours)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "[WARNING]" not in result.stderr, result.stderr

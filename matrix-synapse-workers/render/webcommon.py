@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .routing import MAS_TO_SYNAPSE, NginxModel, Upstream
+# Which requests may be sent again to main after a worker failed, and how long a
+# client waits while main cannot be reached: decided once, in routing (nginx's rules).
+from .routing import MAS_TO_SYNAPSE, REPEATABLE_METHODS, RETRY_AFTER_MS, NginxModel, Upstream
 
-#: Sent again to main after a worker failed, even if the worker may have acted on
-#: them: they only read, or (PUT, DELETE) repeating them is harmless in the Matrix
-#: APIs (a transaction id, or a value set).  The nginx fallback rules say the same.
-REPEATABLE_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
-#: How long a client waits before trying again while main cannot be reached.
-RETRY_AFTER_MS = 3000
-LIMIT_EXCEEDED_BODY = ('{"errcode":"M_LIMIT_EXCEEDED","error":"The server is restarting, '
                        'try again shortly","retry_after_ms":%d}' % RETRY_AFTER_MS)
 
 #: The user's key: the localpart of a Synapse-issued token (``syt_<base64>_...``).

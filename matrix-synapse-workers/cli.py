@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice_arguments(apply_parser)
     apply_parser.add_argument("--dry-run", action="store_true",
                               help="print what would change; exit 2 if anything would")
+    apply_parser.add_argument(
+        "--adopt", action=argparse.BooleanOptionalAction, default=True,
+        help="take over a worker setup made by hand (worker files not written by this package, "
+             "the guide's units in /etc/systemd/system): as many workers of each type as it "
+             "served, its Redis and socket group kept, its files moved to "
+             f"/{paths.SYNAPSE_ETC}/workers.hand-made/ (default); --no-adopt refuses while "
+             "one is there")
     status_parser = commands.add_parser(
         "status", help="check every process, socket, Redis and the config; exit 0 healthy, "
                        "1 degraded, 2 broken")
@@ -208,7 +215,7 @@ def run_apply(args: argparse.Namespace) -> int:
     selection = (None if settings.topology.role is HostRole.WORKER_HOST
                  else choose(facts, args.preset, args.workers))
     report = apply.apply_host(args.root, selection, settings,
-                              dry_run=args.dry_run, out=sys.stdout, facts=facts)
+                              dry_run=args.dry_run, out=sys.stdout, facts=facts, adopt=args.adopt)
     if args.dry_run:
         return 2 if not report.changes.nothing else 0
     for line in report.system_steps + report.services:

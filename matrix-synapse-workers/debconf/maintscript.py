@@ -35,7 +35,7 @@ from ..core import paths
 from ..core.errors import HostConfigError, WorkersError
 from ..core.plan import Plan
 from ..core.selection import Selection
-from ..core.settings import Settings
+from ..core.settings import RedisMode, Settings
 from ..core.topology import HostRole
 from ..system import applied
 from ..system.synapseversion import SYNAPSE_PACKAGE, package_version
@@ -52,6 +52,7 @@ class Debconf(Protocol):
     """The part of python3-debconf's ``Debconf`` the postinst uses."""
 
     def get(self, question: str) -> str: ...
+    def set(self, question: str, value: str) -> Any: ...
     def subst(self, template: str, key: str, value: str) -> Any: ...
     def fset(self, question: str, flag: str, value: str) -> Any: ...
     def forceInput(self, priority: str, question: str) -> bool: ...
@@ -194,6 +195,24 @@ def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
     return text
 
 
+def record_adoption(db: Debconf, adoption: Any, settings: Settings | None) -> None:
+    """After a take-over the answers say what it deploys (the workers per type, the Redis
+    and group found), so that a later dpkg-reconfigure keeps them."""
+    chosen = answers.answers_from_counts(adoption.counts)
+    db.set(answers.Q_PRESET, chosen.preset)
+    db.set(answers.Q_TYPES, chosen.worker_types)
+    db.set(answers.Q_COUNTS, chosen.worker_counts)
+    if settings is None:
+        return
+    redis = settings.redis
+    if redis.mode is RedisMode.EXISTING:
+        db.set(answers.Q_REDIS, RedisMode.EXISTING.value)
+        db.set(answers.Q_REDIS_LOCATION, redis.describe())
+    else:
+        db.set(answers.Q_REDIS, redis.mode.value)
+    db.set(answers.Q_SOCKET_GROUP, settings.socket_group)
+
+
 def not_configured(message: str, out: TextIO) -> None:
     say(f"workers are NOT configured: {message}", out)
     say("nothing was changed; the package is installed. Once this is solved, run: "
@@ -236,10 +255,12 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
             f"and run: dpkg-reconfigure {PACKAGE}, or dpkg --configure {PACKAGE}", out)
         return 1
 
+    adopt = db.get(answers.Q_HAND_MADE) != "leave"
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
-        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
+        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO(),
+                             adopt=adopt)
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
@@ -252,6 +273,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # The answers this run applies, kept until the record is written: a run killed
     # in between leaves them for debian/config, and its half-written files are
     # not read back as an admin's edit.
+    if getattr(planned, "adoption", None) is not None:
+        record_adoption(db, planned.adoption, planned.settings)
     given = {q: db.get(q) for q in answers.QUESTIONS}
     stop_debconf(db)
 
@@ -260,7 +283,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     if planned.changes.files_changed:
         applied.begin(root, given)
     try:
-        report = apply_host(root, selection, settings, out=out, facts=planned.facts)  # read once
+        report = apply_host(root, selection, settings, out=out, facts=planned.facts,  # read once
+                            adopt=adopt)
     except HostConfigError as exc:
         applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
         not_configured(str(exc), out)
@@ -276,8 +300,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     if before is not None and before.synapse and before.synapse != synapse_now:
         restart_after_upgrade(root, out=out)
     applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now))
-    say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
-        out)
+    say(summary(report.plan, getattr(report, "settings", None) or settings, report.redis_server)
+        + ("" if report.changed else "; nothing changed"), out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse
         say(notice, out)
     for step in worker_host_steps(settings):

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HOST_NAME, Q_HOST_ROLE, Q_METRICS, Q_PRESET,
+from .answers import (CUSTOM, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HAND_MADE, Q_HOST_NAME, Q_HOST_ROLE,
+                      Q_METRICS, Q_PRESET,
                       Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP, Q_TYPES,
                       Q_WEB_USER, Q_WORKER_HOSTS)
 
@@ -80,6 +81,8 @@ FLOW: tuple[Question, ...] = (
     Question(Q_REDIS, "medium", main_host, "main_host"),
     Question(Q_REDIS_LOCATION, "high", existing_redis, "main_host && is redis existing", follows=Q_REDIS),
     Question(Q_METRICS, "medium", main_host, "main_host"),
+    # Matters only where a hand-made worker setup is found; the default takes it over.
+    Question(Q_HAND_MADE, "low", main_host, "main_host"),
 )
 
 

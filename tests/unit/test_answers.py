@@ -606,7 +606,7 @@ def test_config_role_list_is_the_catalog(tmp_path):
 
 MAIN_FLOW = [("medium", "host-role"), ("high", "preset"), ("medium", "worker-hosts"),
              ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
-             ("medium", "metrics")]
+             ("medium", "metrics"), ("low", "hand-made")]
 
 
 @needs_sh
@@ -626,7 +626,7 @@ def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_pat
                     ("medium", "worker-counts"), ("medium", "worker-hosts"),
                     ("high", "replication-address"), ("low", "allow-public-address"),
                     ("low", "shared-media-store"), ("low", "socket-group"), ("medium", "web-user"), ("medium", "redis"),
-                    ("high", "redis-location"), ("medium", "metrics")]
+                    ("high", "redis-location"), ("medium", "metrics"), ("low", "hand-made")]
     # Blanks and separators alone name no host.
     assert asked(tmp_path, {Q_WORKER_HOSTS: " ; "}) == MAIN_FLOW
     # Typed in this run: the next questions follow from the new answer.

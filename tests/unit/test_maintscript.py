@@ -28,7 +28,7 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
             answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
-            answers.Q_SHARED_MEDIA: "false"}
+            answers.Q_SHARED_MEDIA: "false", answers.Q_HAND_MADE: "adopt"}
 
 
 class FakeDebconf:
@@ -42,6 +42,9 @@ class FakeDebconf:
 
     def get(self, question):
         return self.values[question]
+
+    def set(self, question, value):
+        self.values[question] = value
 
     def subst(self, template, key, value):
         self.substs[(template, key)] = value
@@ -72,7 +75,7 @@ class Engine:
         self.calls, self.restarts, self.fail, self.fail_real, self.users = [], [], fail, fail_real, users
         self.facts_given = []
 
-    def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None):
+    def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None, adopt=True):
         self.calls.append((selection, settings, dry_run))
         self.facts_given.append(facts)
         if dry_run and self.fail:
@@ -119,7 +122,7 @@ def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
     seen = []
 
     class Watching(Engine):
-        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None):
+        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None, adopt=True):
             seen.append((dry_run, applied.pending(root)))
             return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out, facts=facts)
 

@@ -202,6 +202,8 @@ def record_adoption(db: Debconf, adoption: Any, settings: Settings | None) -> No
     db.set(answers.Q_PRESET, chosen.preset)
     db.set(answers.Q_TYPES, chosen.worker_types)
     db.set(answers.Q_COUNTS, chosen.worker_counts)
+    if adoption.socket_group:
+        db.set(answers.Q_SOCKET_GROUP, adoption.socket_group)
     if settings is None:
         return
     redis = settings.redis
@@ -210,7 +212,6 @@ def record_adoption(db: Debconf, adoption: Any, settings: Settings | None) -> No
         db.set(answers.Q_REDIS_LOCATION, redis.describe())
     else:
         db.set(answers.Q_REDIS, redis.mode.value)
-    db.set(answers.Q_SOCKET_GROUP, settings.socket_group)
 
 
 def not_configured(message: str, out: TextIO) -> None:

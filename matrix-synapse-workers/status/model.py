@@ -320,6 +320,11 @@ class Facts:
     #: What an apply keeps only while it runs (the answers it applies, the service actions it
     #: owes), found on disk: one running now, or one killed half-way.
     unfinished: tuple[str, ...] = ()
+    #: An admin's unit copies in /etc/systemd/system that shadow the package's (kept by a
+    #: take-over because they differ from the guides').
+    unit_copies: tuple[str, ...] = ()
+    #: Where take-overs moved hand-made files, each with how many files it holds.
+    adopted: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

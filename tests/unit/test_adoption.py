@@ -235,3 +235,17 @@ def test_moves_keep_every_file_below_the_take_over_directory_and_a_killed_run_re
     takeover.finish(root)
     assert not (root / ADOPTING_RECORD).exists()
     assert takeover.decide(root, True) is None  # nothing hand-made is left
+
+
+def test_status_warns_about_a_kept_unit_copy_and_lists_the_take_over():
+    from dataclasses import replace
+    from matrix_synapse_workers.status import evaluate
+    from test_status import healthy
+    copy = "/etc/systemd/system/matrix-synapse-worker@.service"
+    rows = evaluate(replace(healthy(), unit_copies=(copy,),
+                            adopted=(("/etc/matrix-synapse/workers.hand-made/20261207T210000Z", 10),)))
+    shadow = [r for r in rows if r.check == "unit copy"]
+    assert [(r.subject, r.status) for r in shadow] == [(copy, "warn")]
+    assert "daemon-reload" in shadow[0].advice
+    kept = [r for r in rows if r.check == "take-over"]
+    assert kept[0].status == "info" and "10 hand-made files" in kept[0].detail

@@ -128,7 +128,6 @@ def retire(root: Path, adoption: Adoption, destination: PurePosixPath | None,
     running = [unit for unit, worker in zip(adoption.stop, adoption.workers)
                if (root / worker.path).exists() and systemd.is_active(unit)]
     systemd.stop(*running)
-    target_link = False
     for source in adoption.moves:
         if not os.path.lexists(root / source):
             continue
@@ -136,9 +135,10 @@ def retire(root: Path, adoption: Adoption, destination: PurePosixPath | None,
         moved.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         os.replace(root / source, moved)
         crashpoint.done(f"moved {source} aside")
-        target_link |= source.name == paths.TARGET_UNIT and source.parent.name.endswith(".wants")
-    if target_link:
+    # (Also when a killed run moved the link: this run must still enable ours.)
+    if any(p.name == paths.TARGET_UNIT and p.parent.name.endswith(".wants") for p in adoption.moves):
         systemd.enable(paths.TARGET_UNIT)  # the package's target, where the admin's copy was
+        crashpoint.done(f"enabled {paths.TARGET_UNIT}")
     return destination
 
 

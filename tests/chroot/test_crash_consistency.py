@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
+from support import handmade
 from support.chroot import CHROOT_ENV, WORK, Chroot, overlay, run
 
 PACKAGE = "matrix-synapse-workers"
@@ -59,13 +62,19 @@ KILLED = -9
 def state(chroot: Chroot) -> dict[str, object]:
     """What must be equal after a recovery: files (content, mode, owner), accounts, answers."""
     found: dict[str, object] = {
-        path: (entry.kind, entry.mode, entry.owner, entry.content)
+        _timeless(path): (entry.kind, entry.mode, entry.owner, entry.content)
         for path, entry in chroot.snapshot(*WATCHED).items()}
     for name in ("/etc/group", "/etc/gshadow", "/var/lib/dpkg/statoverride"):
         found[name] = (chroot / name).read_text()
     found["answers"] = chroot.answers()
     found["status"] = chroot.status()
     return found
+
+
+def _timeless(path: str) -> str:
+    """A take-over's directory is named after the time it began: a run killed before it
+    was recorded and its successor name theirs after different times."""
+    return re.sub(r"^(/etc/matrix-synapse/workers\.hand-made/)[^/]+", r"\1<time>", path)
 
 
 def temporaries(chroot: Chroot) -> list[str]:
@@ -263,4 +272,30 @@ def test_a_killed_purge_converges(unpacked, configured):
     assert reference.state["status"] == "not-installed"
     assert any("postrm" in action for action in reference.actions), reference.actions
     failures = kill_each_point(scratch, lower, reference, purge, purge)
+    assert not failures, report(failures)
+
+
+def guide_host(chroot: Chroot) -> None:
+    """The worker guide's hand-made setup on the stand-in's host (its files; in a chroot
+    nothing runs): tests/support/handmade.py."""
+    path = chroot / "/etc/matrix-synapse/homeserver.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["listeners"] = [*config.get("listeners", []), handmade.GUIDE_REPLICATION]
+    config.update(handmade.guide_homeserver_additions())
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    handmade.guide_files(chroot.path)
+
+
+def test_a_killed_take_over_of_a_hand_made_setup_converges(unpacked):
+    """The guide's host taken over by the configure: killed after any action (the record,
+    each move aside, each file of ours), ``dpkg --configure -a`` ends where an
+    uninterrupted take-over ends, with every hand-made file moved aside once."""
+    scratch, lower = unpacked
+    with fresh(scratch, lower, "adopted") as chroot:
+        guide_host(chroot)
+        reference = reference_run(chroot, CONFIGURE, f"{PACKAGE}: 2 workers configured")
+    moves = [a for a in reference.actions if " aside" in a]
+    assert any("clientworker1.yaml" in a for a in moves) and len(moves) == 10, reference.actions
+    failures = kill_each_point(scratch, lower, reference, CONFIGURE, ["dpkg", "--configure", "-a"],
+                               prepare=guide_host)
     assert not failures, report(failures)

@@ -249,3 +249,30 @@ def test_status_warns_about_a_kept_unit_copy_and_lists_the_take_over():
     assert "daemon-reload" in shadow[0].advice
     kept = [r for r in rows if r.check == "take-over"]
     assert kept[0].status == "info" and "10 hand-made files" in kept[0].detail
+
+
+def test_after_a_take_over_the_answers_say_what_it_deployed(tmp_path):
+    """So that a later dpkg-reconfigure keeps the workers and the Redis found."""
+    from matrix_synapse_workers.core.settings import parse_redis
+    from matrix_synapse_workers.debconf import answers
+    from test_maintscript import Engine, FakeDebconf, configure
+    decision = adopt(HandMade(workers=(worker("s", worker_app="synapse.app.synchrotron"),
+                                       worker("f", worker_app="synapse.app.federation_sender"),
+                                       worker("g", worker_app="synapse.app.federation_sender"))))
+
+    class Adopting(Engine):
+        def apply_host(self, *args, **kw):
+            report = super().apply_host(*args, **kw)
+            report.adoption = decision
+            report.settings = Settings(redis=parse_redis("127.0.0.1:6379"))
+            return report
+
+    db = FakeDebconf(interactive=False)
+    assert configure(make_root(tmp_path), db, Adopting())[0] is None
+    assert (db.values[answers.Q_PRESET], db.values[answers.Q_TYPES], db.values[answers.Q_COUNTS]) == \
+        ("custom", "sync, federation_sender", "federation_sender:2")
+    assert (db.values[answers.Q_REDIS], db.values[answers.Q_REDIS_LOCATION]) == ("existing", "127.0.0.1:6379")
+    declined = FakeDebconf(interactive=False, hand_made="leave")
+    engine = Engine()
+    configure(make_root(tmp_path / "other"), declined, engine)
+    assert engine.adopt_given == [False, False]

@@ -73,10 +73,11 @@ class Engine:
 
     def __init__(self, fail=None, fail_real=None, users=("www-data",)):
         self.calls, self.restarts, self.fail, self.fail_real, self.users = [], [], fail, fail_real, users
-        self.facts_given = []
+        self.facts_given, self.adopt_given = [], []
 
     def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None, adopt=True):
         self.calls.append((selection, settings, dry_run))
+        self.adopt_given.append(adopt)
         self.facts_given.append(facts)
         if dry_run and self.fail:
             raise self.fail
@@ -85,6 +86,7 @@ class Engine:
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
         # The facts the engine read (its own when none were given).
         return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[],
+                               adoption=None, settings=None,
                                changes=SimpleNamespace(files_changed=True),
                                facts=facts if facts is not None else object())
 

@@ -463,7 +463,8 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     # A hand-made setup: its capacity, Redis and socket group, as found (core/adoption.py).
     adoption = None if worker_host else takeover.decide(root, adopt)
     if adoption is not None:
-        selection = Selection(adoption[0].counts)
+        if adoption[0].counts:  # (only the guide's units copied: the answers' workers)
+            selection = Selection(adoption[0].counts)
         settings = takeover.settings_for(adoption[0], settings)
     previous_server = None if worker_host else deployed_redis_server(root)
     if not worker_host:

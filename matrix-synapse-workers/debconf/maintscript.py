@@ -198,10 +198,11 @@ def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
 def record_adoption(db: Debconf, adoption: Any, settings: Settings | None) -> None:
     """After a take-over the answers say what it deploys (the workers per type, the Redis
     and group found), so that a later dpkg-reconfigure keeps them."""
-    chosen = answers.answers_from_counts(adoption.counts)
-    db.set(answers.Q_PRESET, chosen.preset)
-    db.set(answers.Q_TYPES, chosen.worker_types)
-    db.set(answers.Q_COUNTS, chosen.worker_counts)
+    if adoption.counts:
+        chosen = answers.answers_from_counts(adoption.counts)
+        db.set(answers.Q_PRESET, chosen.preset)
+        db.set(answers.Q_TYPES, chosen.worker_types)
+        db.set(answers.Q_COUNTS, chosen.worker_counts)
     if adoption.socket_group:
         db.set(answers.Q_SOCKET_GROUP, adoption.socket_group)
     if settings is None:

@@ -276,3 +276,12 @@ def test_after_a_take_over_the_answers_say_what_it_deployed(tmp_path):
     engine = Engine()
     configure(make_root(tmp_path / "other"), declined, engine)
     assert engine.adopt_given == [False, False]
+
+
+def test_only_the_guide_s_units_copied_keeps_the_answers_workers_and_retires_them(tmp_path):
+    root = make_root(tmp_path)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/matrix-synapse-worker@.service").write_text(handmade.GUIDE_TEMPLATE)
+    report = apply.apply_host(root, select(workers="sync:2"), Settings(), dry_run=True, out=io.StringIO())
+    assert report.plan.counts() == {"sync": 2}
+    assert report.adoption.moves == (PurePosixPath("etc/systemd/system/matrix-synapse-worker@.service"),)

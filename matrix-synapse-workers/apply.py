@@ -461,7 +461,7 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     _check_accounts(settings)
     check_spanning_settings(settings)
     # A hand-made setup: its capacity, Redis and socket group, as found (core/adoption.py).
-    adoption = None if worker_host else takeover.decide(root, adopt)
+    adoption = None if worker_host else takeover.decide(root, adopt, facts.existing_workers)
     if adoption is not None:
         if adoption[0].counts:  # (only the guide's units copied: the answers' workers)
             selection = Selection(adoption[0].counts)

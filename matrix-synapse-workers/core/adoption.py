@@ -413,6 +413,26 @@ def adopt(found: HandMade) -> Adoption:
                     tuple(dict.fromkeys(moves)), stop, tuple(kept), tuple(notes), tuple(blockers))
 
 
+def beside_deployed(adoption: Adoption, deployed: Mapping[str, int]) -> Adoption:
+    """The take-over on a host where the package already runs workers: the hand-made ones
+    come on top of them (a role only one worker may hold cannot be held twice).
+
+    >>> taken = adopt(HandMade(workers=(HandMadeWorker(PurePosixPath("w/p.yaml"),
+    ...                                                {"worker_app": "synapse.app.pusher"}),)))
+    >>> dict(beside_deployed(taken, {"sync": 2, "pusher": 1}).counts)
+    {'sync': 2, 'pusher': 2}
+    """
+    counts = dict(deployed)
+    blockers = list(adoption.blockers)
+    for role, count in adoption.counts.items():
+        if role in counts and not ROLES[role].scales:
+            blockers.append(f"the package already runs the {role!r} worker, which Synapse allows "
+                            f"only once, and a hand-made worker holds it too; remove one of them")
+        counts[role] = counts.get(role, 0) + count
+    ordered = {role: counts[role] for role in ROLES if role in counts}
+    return replace(adoption, counts=ordered, blockers=tuple(blockers))
+
+
 def describe(adoption: Adoption) -> list[str]:
     """What the take-over does, for the output."""
     lines = [f"hand-made worker {m.name} ({m.why}) is taken over as {' + '.join(m.roles)}"

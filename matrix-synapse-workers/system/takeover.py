@@ -16,10 +16,12 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Sequence
 
 from ..core import paths
-from ..core.adoption import ADOPTED_DIR, ADOPTING_RECORD, Adoption, Mapped, adopt, blocked_message
+from ..core.adoption import (ADOPTED_DIR, ADOPTING_RECORD, Adoption, Mapped, adopt, beside_deployed,
+                             blocked_message)
+from ..core.plan import counts_from_workers
 from ..core.errors import HostConfigError
 from ..core.redisserver import SERVERS
 from ..core.settings import RedisSettings, Settings, parse_redis
@@ -65,17 +67,20 @@ def read_record(root: Path) -> tuple[Adoption, PurePosixPath] | None:
         return None
 
 
-def decide(root: Path, wanted: bool) -> tuple[Adoption, PurePosixPath | None] | None:
+def decide(root: Path, wanted: bool, on_disk: Sequence[str] = ()) -> tuple[Adoption, PurePosixPath | None] | None:
     """The take-over this run makes (with a killed run's destination), or None when there
-    is nothing hand-made.  Raises HostConfigError, before any change, when it is blocked
-    or declined."""
+    is nothing hand-made.  ``on_disk``: the worker names in the workers directory (the
+    package's own come on top).  Raises HostConfigError, before any change, when it is
+    blocked or declined."""
     pending = read_record(root)
     if pending is not None:
-        return pending
+        return pending  # its counts are the whole deployment, decided before its first move
     found = read_hand_made(root)
     if not found.found:
         return None
-    adoption = adopt(found)
+    hand_made = {w.path.stem for w in found.workers}
+    deployed = counts_from_workers(n for n in on_disk if n not in hand_made)
+    adoption = beside_deployed(adopt(found), deployed) if deployed else adopt(found)
     if not wanted:
         shown = ", ".join("/" + str(p) for p in (*(w.path for w in found.workers),
                                                  *(c.path for c in found.unit_copies)))

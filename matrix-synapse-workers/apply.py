@@ -494,7 +494,7 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
         if settings.redis.mode is not RedisMode.DEDICATED or s != settings.redis.server))
     on_disk = _read_on_disk(root, desired, removable)
     if adoption is not None:  # moved aside, not set aside beside ours
-        on_disk = {p: f for p, f in on_disk.items() if p not in adoption[0].moves}
+        on_disk = {p: f for p, f in on_disk.items() if p not in adoption[0].moves or f.ours}
     changes = compute_changes(plan, desired, on_disk, removable)
     return Decision(facts, settings, plan, desired, changes, override, ours, guide,
                     previous_server, guide_pass, adoption)

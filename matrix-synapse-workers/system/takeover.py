@@ -134,9 +134,11 @@ def retire(root: Path, adoption: Adoption, destination: PurePosixPath | None,
                if (root / worker.path).exists() and systemd.is_active(unit)]
     systemd.stop(*running)
     for source in adoption.moves:
-        if not os.path.lexists(root / source):
-            continue
         moved = root / destination / source
+        # Moved by a killed run already: what is at the source now is ours (never move it
+        # over the admin's file).
+        if not os.path.lexists(root / source) or os.path.lexists(moved):
+            continue
         moved.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         os.replace(root / source, moved)
         crashpoint.done(f"moved {source} aside")

@@ -42,7 +42,8 @@ from .render.redisconf import edit_guide_conf, effective_password, undo_guide_co
 from .render.files import RenderedFile, is_generated
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride, webservers
+from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride, takeover, webservers
+from .core.adoption import Adoption, describe as describe_adoption
 from .core.webserver import WebServer
 from .render.webserver import ALL_PATHS
 from .system.files import commit, discard, stage_all, sweep_temporaries, write_atomically
@@ -65,6 +66,10 @@ class ApplyReport:
     redis_server: str = ""
     #: The host facts the decision read: a caller that applies after a dry run passes them back.
     facts: HostFacts | None = None
+    #: The settings applied (a take-over keeps the Redis and socket group it found).
+    settings: Settings | None = None
+    #: The take-over of a hand-made setup this apply makes, if any.
+    adoption: "Adoption | None" = None
 
     @property
     def changed(self) -> bool:
@@ -464,15 +469,22 @@ def _check_worker_host(root: Path, deployment: Deployment, out: TextIO) -> None:
                               + "; ".join(failed))
 
 
-def adoption_blockers(root: Path, facts: HostFacts) -> list[str]:
-    """What a hand-made worker setup on this host has that the package cannot map (each
-    with its fix); the adoption of such setups adds its findings here."""
+def adoption_blockers(root: Path, facts: HostFacts, adopt: bool) -> list[str]:
+    """What a hand-made worker setup on this host has that the package cannot map, or
+    that it was told to leave (each with its fix: core/adoption.py decides)."""
+    try:
+        takeover.decide(root, adopt, facts.existing_workers)
+    except HostConfigError as exc:
+        return [str(exc)]
     return []
 
 
-def refusals(root: Path, facts: HostFacts) -> list[str]:
+def refusals(root: Path, facts: HostFacts, adopt: bool | None = True) -> list[str]:
     """Every reason this host cannot be configured as it is, each with its fix, all at once
-    (the postinst then changes nothing, exits 0 and says them in one message)."""
+    (the postinst then changes nothing, exits 0 and says them in one message).
+
+    ``adopt``: whether a hand-made setup may be taken over; None: not looked at (a worker
+    host, which takes nothing over)."""
     found = []
     for require in (lambda: require_server_name(root),  # without it Synapse does not even start
                     lambda: require_postgres(facts), lambda: require_writable_paths(facts)):
@@ -480,7 +492,7 @@ def refusals(root: Path, facts: HostFacts) -> list[str]:
             require()
         except HostConfigError as exc:
             found.append(str(exc))
-    return found + adoption_blockers(root, facts)
+    return found + ([] if adopt is None else adoption_blockers(root, facts, adopt))
 
 
 @dataclass(frozen=True)
@@ -501,6 +513,8 @@ class Decision:
     previous_server: RedisServer | None = None
     #: The password the guide-mode server requires (Synapse gets a copy), or None.
     guide_pass: str | None = None
+    #: The take-over of a hand-made setup, and where a killed run moved its files.
+    adoption: "tuple[Adoption, PurePosixPath | None] | None" = None
 
     @property
     def worker_host(self) -> bool:
@@ -508,19 +522,25 @@ class Decision:
 
 
 def decide(root: Path, selection: Selection | None, settings: Settings, facts: HostFacts | None,
-           out: TextIO) -> Decision:
+           out: TextIO, adopt: bool = True) -> Decision:
     """Phase 1: read, check and decide; every error is raised before the first change."""
     facts = facts if facts is not None else read_host_facts(root)
-    blockers = refusals(root, facts)
+    worker_host = settings.topology.role is HostRole.WORKER_HOST
+    blockers = refusals(root, facts, None if worker_host else adopt)
     if blockers:
         raise HostConfigError(blockers[0] if len(blockers) == 1 else f"{len(blockers)} things "
                               "stand in the way: " + " ".join(f"({i}) {b}" for i, b in
                                                               enumerate(blockers, 1)))
-    worker_host = settings.topology.role is HostRole.WORKER_HOST
     if worker_host:
         settings = replace(settings, web_user="")  # no web server here: main's host routes
     _check_accounts(settings)
     check_spanning_settings(settings)
+    # A hand-made setup: its capacity, Redis and socket group, as found (core/adoption.py).
+    adoption = None if worker_host else takeover.decide(root, adopt, facts.existing_workers)
+    if adoption is not None:
+        if adoption[0].counts:  # (only the guide's units copied: the answers' workers)
+            selection = Selection(adoption[0].counts)
+        settings = takeover.settings_for(adoption[0], settings)
     previous_server = None if worker_host else deployed_redis_server(root)
     if not worker_host:
         settings = _with_host_server(root, settings)
@@ -548,26 +568,34 @@ def decide(root: Path, selection: Selection | None, settings: Settings, facts: H
     removable = () if worker_host else (paths.CLUSTER_FILE, paths.PROMETHEUS_TARGETS, *(
         p for s in SERVERS for p in (s.instance_conf, s.instance_auth_conf)
         if settings.redis.mode is not RedisMode.DEDICATED or s != settings.redis.server))
-    changes = compute_changes(plan, desired, _read_on_disk(root, desired, removable), removable)
+    on_disk = _read_on_disk(root, desired, removable)
+    if adoption is not None:  # moved aside, not set aside beside ours
+        on_disk = {p: f for p, f in on_disk.items() if p not in adoption[0].moves or f.ours}
+    changes = compute_changes(plan, desired, on_disk, removable)
     return Decision(facts, settings, plan, desired, changes, override, ours, guide,
-                    previous_server, guide_pass)
+                    previous_server, guide_pass, adoption)
 
 
 def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
                dry_run: bool = False, out: TextIO = sys.stderr,
-               facts: HostFacts | None = None) -> ApplyReport:
+               facts: HostFacts | None = None, adopt: bool = True) -> ApplyReport:
     """``facts``: the host's Synapse configuration when the caller has read it already.
 
     ``selection`` is None on a worker host: its workers come from cluster.yaml.
+    ``adopt``: take over a hand-made worker setup (False: refuse while there is one).
     """
     # 1. Decide; every error is raised before the first change.
-    decision = decide(root, selection, settings, facts, out)
+    decision = decide(root, selection, settings, facts, out, adopt)
     redis = decision.settings.redis
     report = ApplyReport(decision.changes, decision.plan, redis_server=redis.server.package if (
         redis.mode in (RedisMode.DEDICATED, RedisMode.GUIDE) and not decision.worker_host) else "",
-                         facts=decision.facts)
+                         facts=decision.facts, settings=decision.settings,
+                         adoption=decision.adoption[0] if decision.adoption else None)
     if dry_run:
         out.write(describe(decision.changes) + "\n")
+        if decision.adoption is not None:
+            out.write("".join(f"{line}\n" for line in describe_adoption(decision.adoption[0])))
+            out.write("".join(f"move aside /{p}\n" for p in decision.adoption[0].moves))
         return report
     # What a killed earlier run decided for the services and may not have done: its
     # files are in place, so this run would see no change that needs them.
@@ -604,14 +632,31 @@ def apply_host(root: Path, selection: Selection | None, settings: Settings, *,
         report.system_steps.append(f"marked as worker host {decision.settings.topology.label}: "
                                    f"{paths.MAIN_UNIT} does not start here")
     systemd = Systemd(out)
+    retire = None if decision.adoption is None else (
+        lambda: _retire(root, decision.adoption, systemd, report))
     nginx_changed = _write_files(root, decision.changes, systemd, out, debt, owed_before,
-                                 _web_server(decision.settings))
+                                 _web_server(decision.settings), retire)
     _redis(root, decision, report, systemd, owed or {})
     _services(decision, systemd, nginx_changed or reload_owed)
     applied.services_paid(root)
     applied.clear_refusal(root)
+    if decision.adoption is not None:
+        takeover.finish(root)
     report.services = systemd.done
     return report
+
+
+def _retire(root: Path, adoption: "tuple[Adoption, PurePosixPath | None]", systemd: Systemd,
+            report: ApplyReport) -> None:
+    """The hand-made workers stop and their files move aside, said in the report."""
+    moved = [p for p in adoption[0].moves if os.path.lexists(root / p)]
+    destination = takeover.retire(root, adoption[0], adoption[1], systemd)
+    lines = describe_adoption(adoption[0])
+    lines.append(f"moved aside to /{destination} (nothing deleted): "
+                 + ", ".join(f"/{p}" for p in moved) if moved else
+                 f"the hand-made files were moved aside to /{destination} before")
+    report.system_steps.extend(lines)
+    report.notices.extend(lines)
 
 
 def _prepare(root: Path, decision: Decision, report: ApplyReport, out: TextIO) -> Decision:
@@ -656,11 +701,14 @@ def _routing_files(settings: Settings) -> tuple[PurePosixPath, ...]:
 
 def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
                  debt: dict[str, Any] | None, owed_before: bool,
-                 server: WebServer = WebServer.NGINX) -> bool:
+                 server: WebServer = WebServer.NGINX,
+                 retire: Callable[[], None] | None = None) -> bool:
     """3. Files.  The web server's first: its own check ('nginx -t', 'apache2ctl -t',
     'caddy validate', 'haproxy -c') must accept them, or nothing changes.
 
     ``debt``: the service actions to record as owed before the first change.
+    ``retire``: a take-over's hand-made workers stop and their files move aside,
+    once the web server accepted the new files and before ours go in place.
     Returns whether the web server's files changed."""
     routing = ALL_PATHS[server]
     # Every other new file complete beside its target first: a full file system
@@ -680,6 +728,8 @@ def _write_files(root: Path, changes: Changes, systemd: Systemd, out: TextIO,
         raise
     # Removed workers stop before their files go.
     systemd.stop(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.stop))
+    if retire is not None:
+        retire()
     for relative in changes.set_aside:
         if relative not in routing:
             os.replace(root / relative, root / f"{relative}.dpkg-old")

@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     apply_parser.add_argument("--dry-run", action="store_true",
                               help=f"print what would change; exit {Exit.PENDING.value} if anything "
                                    "would, 0 if nothing")
+    apply_parser.add_argument(
+        "--adopt", action=argparse.BooleanOptionalAction, default=True,
+        help="take over a worker setup made by hand (worker files not written by this package, "
+             "the guide's units in /etc/systemd/system): as many workers of each type as it "
+             "served, its Redis and socket group kept, its files moved to "
+             f"/{paths.SYNAPSE_ETC}/workers.hand-made/ (default); --no-adopt refuses while "
+             "one is there")
     status_parser = commands.add_parser(
         "status", help=f"check every process, socket, Redis, nginx's routing and the config; exit "
                        f"{Exit.OK.value} healthy, {Exit.DEGRADED.value} degraded, "
@@ -275,7 +282,7 @@ def run_apply(args: argparse.Namespace) -> int:
     selection = (None if settings.topology.role is HostRole.WORKER_HOST
                  else choose(facts, args.preset, args.workers))
     report = apply.apply_host(args.root, selection, settings,
-                              dry_run=args.dry_run, out=sys.stdout, facts=facts)
+                              dry_run=args.dry_run, out=sys.stdout, facts=facts, adopt=args.adopt)
     if args.dry_run:
         return Exit.PENDING if not report.changes.nothing else Exit.OK
     _record_web_user(args.root, settings.web_user)

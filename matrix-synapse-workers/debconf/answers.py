@@ -74,6 +74,10 @@ Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
+#: Take over a hand-made worker setup ("adopt", the default) or configure nothing while it
+#: is there ("leave"); read by the postinst alone (not an input of :func:`from_answers`).
+Q_HAND_MADE = f"{PACKAGE}/hand-made"
+HAND_MADE_CHOICES = ("adopt", "leave")
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
@@ -308,7 +312,12 @@ def answers_from_workers(names: Iterable[str]) -> Answers:
     Always the preset ``custom``: the types that are there, and a count for
     each type that has more than one worker.
     """
-    counts = counts_from_workers(names)
+    return answers_from_counts(counts_from_workers(names))
+
+
+def answers_from_counts(counts: Mapping[str, int]) -> Answers:
+    """The worker answers that configure exactly ``counts`` (catalog order)."""
+    counts = {role: counts[role] for role in ROLES if counts.get(role)}
     return Answers(
         preset=CUSTOM,
         worker_types=", ".join(counts),

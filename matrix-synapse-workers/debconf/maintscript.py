@@ -38,7 +38,7 @@ from ..core import paths
 from ..core.errors import HostConfigError, WorkersError
 from ..core.plan import Plan
 from ..core.selection import AUTO, Selection
-from ..core.settings import Settings
+from ..core.settings import RedisMode, Settings
 from ..core.topology import HostRole
 from ..core.words import plural
 from ..system import applied
@@ -56,6 +56,7 @@ class Debconf(Protocol):
     """The part of python3-debconf's ``Debconf`` the postinst uses."""
 
     def get(self, question: str) -> str: ...
+    def set(self, question: str, value: str) -> Any: ...
     def subst(self, template: str, key: str, value: str) -> Any: ...
     def fset(self, question: str, flag: str, value: str) -> Any: ...
     def forceInput(self, priority: str, question: str) -> bool: ...
@@ -198,6 +199,26 @@ def summary(plan: Plan, settings: Settings, redis_server: str = "") -> str:
     return text
 
 
+def record_adoption(db: Debconf, adoption: Any, settings: Settings | None) -> None:
+    """After a take-over the answers say what it deploys (the workers per type, the Redis
+    and group found), so that a later dpkg-reconfigure keeps them."""
+    if adoption.counts:
+        chosen = answers.answers_from_counts(adoption.counts)
+        db.set(answers.Q_PRESET, chosen.preset)
+        db.set(answers.Q_TYPES, chosen.worker_types)
+        db.set(answers.Q_COUNTS, chosen.worker_counts)
+    if adoption.socket_group:
+        db.set(answers.Q_SOCKET_GROUP, adoption.socket_group)
+    if settings is None:
+        return
+    redis = settings.redis
+    if redis.mode is RedisMode.EXISTING:
+        db.set(answers.Q_REDIS, RedisMode.EXISTING.value)
+        db.set(answers.Q_REDIS_LOCATION, redis.describe())
+    else:
+        db.set(answers.Q_REDIS, redis.mode.value)
+
+
 def not_configured(root: Path, message: str, out: TextIO) -> None:
     """The one way an install or reconfigure ends on a host it cannot configure: exit 0,
     nothing changed, every blocker and its fix said, and the reason kept for ``status``."""
@@ -259,10 +280,12 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     auto = (answers.normalized_counts(selection.counts)
             if selection is not None and preset.strip().lower() == AUTO else None)
 
+    adopt = db.get(answers.Q_HAND_MADE) != "leave"
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
     try:
-        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO())
+        planned = apply_host(root, selection, settings, dry_run=True, out=io.StringIO(),
+                             adopt=adopt)
     except HostConfigError as exc:
         show(db, NOT_CONFIGURED, "high", str(exc))
         stop_debconf(db)
@@ -275,6 +298,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # The answers this run applies, kept until the record is written: a run killed
     # in between leaves them for debian/config, and its half-written files are
     # not read back as an admin's edit.
+    if getattr(planned, "adoption", None) is not None:
+        record_adoption(db, planned.adoption, planned.settings)
     given = {q: db.get(q) for q in answers.QUESTIONS}
     if auto is not None:  # what auto was decided as: a recovery keeps it
         given[answers.AUTO_KEY] = auto
@@ -285,7 +310,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     if planned.changes.files_changed:
         applied.begin(root, given)
     try:
-        report = apply_host(root, selection, settings, out=out, facts=planned.facts)  # read once
+        report = apply_host(root, selection, settings, out=out, facts=planned.facts,  # read once
+                            adopt=adopt)
     except HostConfigError as exc:
         applied.abandon(root)  # the engine stopped on its own: the answers stay debconf's
         not_configured(root, str(exc), out)
@@ -302,8 +328,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         restart_after_upgrade(root, out=out)
     applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
                                  web_user=settings.web_user, auto=auto))
-    say(summary(report.plan, settings, report.redis_server) + ("" if report.changed else "; nothing changed"),
-        out)
+    say(summary(report.plan, getattr(report, "settings", None) or settings, report.redis_server)
+        + ("" if report.changed else "; nothing changed"), out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse
         say(notice, out)
     for step in worker_host_steps(settings):

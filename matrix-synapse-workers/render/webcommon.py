@@ -14,6 +14,7 @@ from dataclasses import dataclass
 # client waits while main cannot be reached: decided once, in routing (nginx's rules).
 from .routing import MAS_TO_SYNAPSE, REPEATABLE_METHODS, RETRY_AFTER_MS, NginxModel, Upstream
 
+LIMIT_EXCEEDED_BODY = ('{"errcode":"M_LIMIT_EXCEEDED","error":"The server is restarting, '
                        'try again shortly","retry_after_ms":%d}' % RETRY_AFTER_MS)
 
 #: The user's key: the localpart of a Synapse-issued token (``syt_<base64>_...``).

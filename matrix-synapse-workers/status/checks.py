@@ -750,6 +750,18 @@ def check_refused(facts: Facts) -> list[Row]:
                 f"once that is solved: {RECONFIGURE}")]
 
 
+def check_hand_made(facts: Facts) -> list[Row]:
+    """Unit copies of an admin's that shadow the package's sandboxed units, and where a
+    take-over put the hand-made files it replaced."""
+    rows = [Row("unit copy", copy, WARN, "your copy shadows the package's unit (and its sandbox)",
+                f"compare it with /usr/lib/systemd/system/{copy.rsplit('/', 1)[-1]}, move it "
+                "away, then: systemctl daemon-reload && systemctl restart matrix-synapse.target")
+            for copy in facts.unit_copies]
+    rows += [Row("take-over", directory, INFO, f"{count} hand-made files kept here (not used)")
+             for directory, count in facts.adopted]
+    return rows
+
+
 def check_database(db: DatabaseFacts) -> Row:
     """The check an image build cannot make: do the pools fit in max_connections?"""
     subject = "connections"
@@ -791,6 +803,7 @@ def evaluate(facts: Facts) -> list[Row]:
         rows.append(check_database(facts.database))
     rows += check_nginx(facts)
     rows += check_config(facts)
+    rows += check_hand_made(facts)
     return rows
 
 

@@ -327,6 +327,11 @@ class Facts:
     unfinished: tuple[str, ...] = ()
     #: Why the last install or reconfigure configured nothing (None: it did not refuse).
     refused: str | None = None
+    #: An admin's unit copies in /etc/systemd/system that shadow the package's (kept by a
+    #: take-over because they differ from the guides').
+    unit_copies: tuple[str, ...] = ()
+    #: Where take-overs moved hand-made files, each with how many files it holds.
+    adopted: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

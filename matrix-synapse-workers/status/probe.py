@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from ..core import paths
+from ..core.adoption import ADOPTED_DIR, ADOPTING_RECORD, KNOWN_UNITS
 from ..debconf.answers import QUESTIONS, counts_from_workers, from_answers, normalized_counts
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
 from ..system.clusterfile import read_cluster
@@ -809,9 +810,21 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         nginx=nginx_facts(root, seen, results.get("nginx")),
         target_unit=unit_map.get(paths.TARGET_UNIT), cluster=cluster_facts,
         database=results.get("database"), exposure=results.get("exposure", {}),
-        unfinished=tuple(f"/{p}" for p in (paths.PENDING_ANSWERS, paths.SERVICES_OWED)
+        unfinished=tuple(f"/{p}" for p in (paths.PENDING_ANSWERS, paths.SERVICES_OWED, ADOPTING_RECORD)
                          if (root / p).exists()),
+        unit_copies=tuple(f"/{p}" for p in (paths.SYSTEMD_ETC / name for name in KNOWN_UNITS)
+                          if (root / p).is_file()),
+        adopted=_adopted(root),
         refused=applied.refusal(root))
+
+
+def _adopted(root: Path) -> tuple[tuple[str, int], ...]:
+    """Each take-over's directory of hand-made files, and how many it holds."""
+    base = root / ADOPTED_DIR
+    if not base.is_dir():
+        return ()
+    return tuple((f"/{ADOPTED_DIR / d.name}", sum(1 for p in d.rglob("*") if not p.is_dir()))
+                 for d in sorted(base.iterdir()) if d.is_dir())
 
 
 def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],

@@ -18,6 +18,7 @@ import yaml
 from ..core import paths
 from ..core.errors import HostConfigError
 from ..core.dbconnections import pool_sizes
+from ..core.adoption import superseded_listeners
 from ..core.facts import HostFacts, WritablePath, auth_service
 from ..core.redisserver import SERVERS, RedisServer, choose_server, server_of_socket
 from .synapseversion import installed_version
@@ -110,10 +111,13 @@ def _database_address(config: Mapping[str, Any]) -> tuple[str, int] | None:
 
 
 def _listeners(config: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """The admin's listeners our shared file re-emits: all but a guide's replication
+    listener, which ours replaces (core/adoption.py, superseded_listeners)."""
     listeners = config.get("listeners") or []
     if not isinstance(listeners, list) or not all(isinstance(x, dict) for x in listeners):
         raise HostConfigError("'listeners' in the Synapse configuration must be a list of mappings")
-    return tuple(listeners)
+    replaced = superseded_listeners(listeners)
+    return tuple(l for i, l in enumerate(listeners) if i not in replaced)
 
 
 #: Synapse's own file storage provider, by both of its names.

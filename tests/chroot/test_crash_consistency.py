@@ -37,14 +37,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 from support import crashpoints
+from support import handmade
 from support.chroot import CHROOT_ENV, WORK, Chroot, overlay, run
 from support.crashpoints import differences
 
@@ -69,13 +72,19 @@ SAMPLE = "8"
 def state(chroot: Chroot) -> dict[str, object]:
     """What must be equal after a recovery: files (content, mode, owner), accounts, answers."""
     found: dict[str, object] = {
-        path: (entry.kind, entry.mode, entry.owner, entry.content)
+        _timeless(path): (entry.kind, entry.mode, entry.owner, entry.content)
         for path, entry in chroot.snapshot(*WATCHED).items()}
     for name in ("/etc/group", "/etc/gshadow", "/var/lib/dpkg/statoverride"):
         found[name] = (chroot / name).read_text()
     found["answers"] = chroot.answers()
     found["status"] = chroot.status()
     return found
+
+
+def _timeless(path: str) -> str:
+    """A take-over's directory is named after the time it began: a run killed before it
+    was recorded and its successor name theirs after different times."""
+    return re.sub(r"^(/etc/matrix-synapse/workers\.hand-made/)[^/]+", r"\1<time>", path)
 
 
 def temporaries(chroot: Chroot) -> list[str]:
@@ -317,4 +326,37 @@ def test_a_killed_purge_converges(unpacked, configured):
     assert reference.state["status"] == "not-installed"
     assert any("postrm" in action for action in reference.actions), reference.actions
     failures = kill_each_point(scratch, lower, reference, purge, purge)
+    assert not failures, report(failures)
+
+
+def guide_host(chroot: Chroot) -> None:
+    """The worker guide's hand-made setup on the stand-in's host (its files; in a chroot
+    nothing runs): tests/support/handmade.py."""
+    path = chroot / "/etc/matrix-synapse/homeserver.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["listeners"] = [*config.get("listeners", []), handmade.GUIDE_REPLICATION]
+    config.update(handmade.guide_homeserver_additions())
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    handmade.guide_files(chroot.path)
+
+
+def test_a_killed_take_over_of_a_hand_made_setup_converges(unpacked):
+    """The guide's host taken over by the configure: killed after any action (the record,
+    each move aside, each file of ours), ``dpkg --configure -a`` ends where an
+    uninterrupted take-over ends, with every hand-made file moved aside once."""
+    scratch, lower = unpacked
+    with fresh(scratch, lower, "adopted") as chroot:
+        guide_host(chroot)
+        reference = reference_run(chroot, CONFIGURE, f"{PACKAGE}: 2 workers configured")
+    moves = [a for a in reference.actions if " aside" in a]
+    assert any("clientworker1.yaml" in a for a in moves) and len(moves) == 8, reference.actions
+    # Not the last action (the pending answers removed): the answers the take-over set
+    # (the workers and Redis it found) are saved by debconf only when dpkg's run ends, so a
+    # kill there leaves the answers from before it and nothing says they are stale (a
+    # known gap, reported with issue 22).
+    last = reference.actions[-1]
+    assert "pending answers" in last, reference.actions
+    failures = kill_each_point(scratch, lower, Reference(reference.actions[:-1], reference.state,
+                                                         reference.admin),
+                               CONFIGURE, ["dpkg", "--configure", "-a"], prepare=guide_host)
     assert not failures, report(failures)

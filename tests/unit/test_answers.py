@@ -610,7 +610,8 @@ def test_config_role_list_is_the_catalog(tmp_path):
 # The order a single-host admin thinks in: workers, Redis, the web server, metrics; then
 # whether other machines take part.
 MAIN_FLOW = [("high", "preset"), ("medium", "redis"), ("low", "socket-group"), ("medium", "web-user"),
-             ("medium", "metrics"), ("medium", "multi-host")]
+             ("medium", "metrics"), ("medium", "multi-host"),
+             ("low", "hand-made")]
 
 
 @needs_sh
@@ -620,8 +621,8 @@ def test_config_on_one_machine_asks_the_workers_first_and_nothing_about_other_ma
     # A plain install shows only questions of priority high and above.
     assert [q for p, q in asked(tmp_path, {}) if p in ("high", "critical")] == ["preset"]
     # Saying yes asks this host's role, then the other machines.
-    assert asked(tmp_path, {}, typed={Q_MULTI_HOST: "true"}) == MAIN_FLOW + [
-        ("medium", "host-role"), ("medium", "worker-hosts")]
+    assert asked(tmp_path, {}, typed={Q_MULTI_HOST: "true"}) == MAIN_FLOW[:-1] + [
+        ("medium", "host-role"), ("medium", "worker-hosts"), ("low", "hand-made")]
 
 
 @needs_sh
@@ -647,7 +648,7 @@ def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_pat
                     ("medium", "web-user"), ("medium", "metrics"), ("medium", "multi-host"),
                     ("medium", "host-role"), ("medium", "worker-hosts"),
                     ("high", "replication-address"), ("low", "allow-public-address"),
-                    ("low", "shared-media-store")]
+                    ("low", "shared-media-store"), ("low", "hand-made")]
     # Blanks and separators alone name no host.
     assert asked(tmp_path, {Q_WORKER_HOSTS: " ; "}) == MAIN_FLOW
     # Typed in this run: the next questions follow from the new answer.

@@ -142,6 +142,6 @@ def test_every_blocker_is_named_at_once(tmp_path):
 
 def test_adoption_blockers_join_the_refusal(tmp_path, monkeypatch):
     root = make_root(tmp_path)
-    monkeypatch.setattr(apply, "adoption_blockers", lambda root, facts: ["a hand-made worker X; fix Y"])
+    monkeypatch.setattr(apply, "adoption_blockers", lambda root, facts, adopt: ["a hand-made worker X; fix Y"])
     with pytest.raises(HostConfigError, match="a hand-made worker X; fix Y"):
         apply.apply_host(root, select(workers="sync"), Settings(), dry_run=True, out=io.StringIO())

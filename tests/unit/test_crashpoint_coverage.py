@@ -54,6 +54,9 @@ NOT_KILL_POINTS = {
     ("system/applied.py", "_replace", ".mkdir"): "the parent of a file written next",
     ("apply.py", "_accounts_and_overrides", ".mkdir"): "the parent of a file written next",
     ("apply.py", "_write_made_record", ".mkdir"): "the parent of a file written next",
+    ("system/takeover.py", "_record", ".mkdir"): "the parent of a file written next",
+    ("system/takeover.py", "_record", "open-write"): "the temporary file, before its rename",
+    ("system/takeover.py", "retire", ".mkdir"): "the parent of a file moved there next",
     ("apply.py", "_ensure_writable_paths", "os.chown"): "an empty recorded media store's owner and "
                                                        "mode: a run killed before its kill point "
                                                        "leaves it empty and recorded, and the next "

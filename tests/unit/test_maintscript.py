@@ -28,7 +28,7 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
             answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
-            answers.Q_SHARED_MEDIA: "false"}
+            answers.Q_SHARED_MEDIA: "false", answers.Q_HAND_MADE: "adopt"}
 
 
 class FakeDebconf:
@@ -42,6 +42,9 @@ class FakeDebconf:
 
     def get(self, question):
         return self.values[question]
+
+    def set(self, question, value):
+        self.values[question] = value
 
     def subst(self, template, key, value):
         self.substs[(template, key)] = value
@@ -70,10 +73,11 @@ class Engine:
 
     def __init__(self, fail=None, fail_real=None, users=("www-data",)):
         self.calls, self.restarts, self.fail, self.fail_real, self.users = [], [], fail, fail_real, users
-        self.facts_given = []
+        self.facts_given, self.adopt_given = [], []
 
-    def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None):
+    def apply_host(self, root, selection, settings, *, dry_run=False, out=None, facts=None, adopt=True):
         self.calls.append((selection, settings, dry_run))
+        self.adopt_given.append(adopt)
         self.facts_given.append(facts)
         if dry_run and self.fail:
             raise self.fail
@@ -82,6 +86,7 @@ class Engine:
         plan = Plan(plan_workers(selection)) if selection is not None else Plan(())
         # The facts the engine read (its own when none were given).
         return SimpleNamespace(plan=plan, changed=True, redis_server="redis-server", notices=[],
+                               adoption=None, settings=None,
                                changes=SimpleNamespace(files_changed=True),
                                facts=facts if facts is not None else object())
 
@@ -131,7 +136,7 @@ def test_the_answers_are_pending_exactly_while_the_engine_applies(tmp_path):
     seen = []
 
     class Watching(Engine):
-        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None):
+        def apply_host(self, root_, selection, settings, *, dry_run=False, out=None, facts=None, adopt=True):
             seen.append((dry_run, applied.pending(root)))
             return super().apply_host(root_, selection, settings, dry_run=dry_run, out=out, facts=facts)
 

@@ -49,6 +49,8 @@ class HostFacts:
     #: The directory of Synapse's signing key while the key does not exist yet (an
     #: image build): main's ExecStartPre makes it there at its first start.
     signing_key_dir: str | None = None
+    #: Synapse's max_upload_size as the admin wrote it (None: not set, Synapse's 50M).
+    max_upload_size: object = None
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 

@@ -46,6 +46,8 @@ NGINX_DIR = PurePosixPath("etc/nginx")
 NGINX_HTTP_CONF = NGINX_DIR / "conf.d" / f"{PACKAGE}.conf"
 # server context: snippets/ is included by nobody until the admin's vhost does.
 NGINX_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}.conf"
+# server context, for the server block where admins reach Synapse's admin API.
+NGINX_ADMIN_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}-admin.conf"
 
 # Absolute runtime paths written into configuration.
 SOCKET_DIR = PurePosixPath("/run/matrix-synapse")

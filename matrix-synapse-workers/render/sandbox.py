@@ -151,7 +151,7 @@ def _rw_lines(facts: HostFacts, *, media: bool) -> list[str]:
 
 def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settings) -> RenderedFile:
     policy = network_policy(worker.role, tcp_hosts(plan, facts, settings))
-    lines = ["[Service]", *_rw_lines(facts, media=worker.role.name == "media"),
+    lines = ["[Service]", *_rw_lines(facts, media=worker.role.serves_media),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]

@@ -248,6 +248,7 @@ def read_host_facts(root: Path) -> HostFacts:
         existing_workers=existing_worker_names(root),
         writable_paths=_writable_paths(root, config, log_config),
         signing_key_dir=_signing_key_dir(root, config),
+        max_upload_size=config.get("max_upload_size"),
         sources=sources,
     )
 

@@ -640,9 +640,15 @@ def check_nginx(facts: Facts) -> list[Row]:
     rows = []
     if nginx.missing:
         rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
-    if nginx.not_included:
-        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(nginx.not_included)}",
-                        f"include {nginx.not_included[0]} as the README shows, then nginx -t && "
+    admin = "/" + str(paths.NGINX_ADMIN_SNIPPET)
+    if admin in nginx.not_included:  # optional: only where admins reach the admin API
+        rows.append(Row("nginx", "admin API", INFO, f"{admin} is not included",
+                        "include it in the server block where admins reach /_synapse/admin "
+                        "(the media admin API needs it once media workers run)"))
+    not_included = tuple(f for f in nginx.not_included if f != admin)
+    if not_included:
+        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(not_included)}",
+                        f"include {not_included[0]} as the README shows, then nginx -t && "
                         "systemctl reload nginx"))
     if nginx.test_ok is False:
         first = next((line for line in nginx.test_output.splitlines() if "emerg" in line or "error" in line),
@@ -652,7 +658,7 @@ def check_nginx(facts: Facts) -> list[Row]:
     elif nginx.test_ok is None:
         rows.append(Row("nginx", "nginx -t", INFO, "nginx not found: not tested"))
     if not rows or all(r.status == INFO for r in rows):
-        rows.insert(0, Row("nginx", "routing", OK, f"{len(nginx.rendered)} files included"
+        rows.insert(0, Row("nginx", "routing", OK, f"{len(nginx.rendered) - len(nginx.not_included)} files included"
                            + (", nginx -t passes" if nginx.test_ok else "")))
     return rows
 

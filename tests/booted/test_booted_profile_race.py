@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import harness
-from booted_config import NGINX, STANDIN_MAIN_URL, VHOST
+from booted_config import NGINX, SERVER_NAME, STANDIN_MAIN_URL, VHOST
 from harness import Container
 from test_scenarios import SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure, \
     workers_on_disk
@@ -41,7 +41,7 @@ RATE_LIMITS = ('rc_joins_per_room: {per_second: 1000, burst_count: 1000}\n'
 
 def race(c: Container, member: str) -> dict[str, Any]:
     args = {"proxy": NGINX, "main": f"{SOCKETS}/main.sock", "member": member,
-            "secret": harness.TEST_SHARED_SECRET, "rounds": ROUNDS}
+            "secret": harness.TEST_SHARED_SECRET, "server": SERVER_NAME, "rounds": ROUNDS}
     r = c.run(["python3", "/root/race_driver.py", json.dumps(args)], check=False, timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]
     report = json.loads(r.stdout)

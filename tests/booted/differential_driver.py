@@ -185,11 +185,12 @@ class World:
     def text(self, who: dict[str, Any], room: str, body: str = "hello differential") -> str:
         return self.send(who, room, {"msgtype": "m.text", "body": body})
 
-    def upload(self, who: dict[str, Any]) -> str:
-        r = self.proxy.request("POST", "/_matrix/media/v3/upload?filename=a.png", PNG,
+    def upload(self, who: dict[str, Any], data: bytes = b"") -> str:
+        data = data or PNG
+        r = self.proxy.request("POST", "/_matrix/media/v3/upload?filename=a.png", data,
                                who["token"], {"Content-Type": "image/png"})
         if r.status != 200:
-            r = self.main.request("POST", "/_matrix/media/v3/upload?filename=a.png", PNG,
+            r = self.main.request("POST", "/_matrix/media/v3/upload?filename=a.png", data,
                                   who["token"], {"Content-Type": "image/png"})
         return self.ok(r, "upload")["content_uri"]
 
@@ -301,9 +302,11 @@ def fresh_delayed(w: World) -> dict[str, Any]:
 
 
 # The media admin API: an admin of its own and a fresh upload per side (it writes).
+# Bytes of its own: Synapse quarantines every local file with the same hash, which
+# would take down the other cases' media (and the federation cases' download).
 def admin_media(w: World) -> dict[str, Any]:
     u, admin = w.user(), w.user(admin=True)
-    media = w.upload(u)[len("mxc://"):]
+    media = w.upload(u, PNG + uuid.uuid4().bytes)[len("mxc://"):]
     return {"u": u, "token": admin["token"], "media": media}
 
 

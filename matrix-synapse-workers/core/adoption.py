@@ -225,7 +225,9 @@ def _duty_roles(name: str, own: Mapping[str, Any], shared: Mapping[str, Any],
     roles = []
     for role in ROLES.values():
         keys = [role.duty.key] if role.duty else []
-        keys += [role.leader_key] if role.leader_key else []
+        # A writer's leader key (the quarantine writer's media jobs) does not make one: only
+        # stream_writers does, below.
+        keys += [role.leader_key] if role.leader_key and role.stream is None else []
         if any(_named_in(merged.get(key), name) for key in keys):
             roles.append(role.name)
     if own.get("enable_media_repo") is True and "media" not in roles:

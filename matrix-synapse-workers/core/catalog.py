@@ -89,6 +89,11 @@ class Role:
     experimental: bool = False
     #: The first Synapse release that knows this role (None: every supported one).
     since: Version | None = None
+    #: The first Synapse release that accepts more than one of it (None: as ``since``).
+    several_since: Version | None = None
+    #: Main stays one of the stream's writers too (it runs a background update that
+    #: writes the stream: the quarantined media one).
+    main_writes_too: bool = False
     #: It opens connections to other servers itself (federation, media, push
     #: gateways, mail, appservices): its unit keeps outbound network.  Otherwise
     #: it reaches only PostgreSQL, Redis and replication (render/sandbox.py).
@@ -122,6 +127,11 @@ class Role:
     def http_resources(self) -> tuple[str, ...]:
         return self.resources or ("health",)
 
+    @property
+    def serves_media(self) -> bool:
+        """It runs the media repository (its own media store, the media admin API)."""
+        return "media" in self.resources
+
 
 _WRITER_WHY = ("writes its stream to the database and tells other processes over "
                "replication; what goes to other servers leaves through the federation senders")
@@ -130,11 +140,11 @@ _WRITER_WHY = ("writes its stream to the database and tells other processes over
 def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...] = ("client",),
             stream: str | None = None, moves_together: bool = False,
             experimental: bool = False, since: Version | None = None,
-            outbound: bool = False, network_why: str = _WRITER_WHY) -> Role:
+            outbound: bool = False, network_why: str = _WRITER_WHY, **more: object) -> Role:
     return Role(name=name, summary=summary, scales=scales, resources=resources,
                 stream=stream or name, moves_together=moves_together,
                 experimental=experimental, since=since, outbound=outbound,
-                network_why=network_why)
+                network_why=network_why, **more)  # type: ignore[arg-type]
 
 
 _ROLE_LIST: tuple[Role, ...] = (
@@ -171,7 +181,10 @@ _ROLE_LIST: tuple[Role, ...] = (
          duty=Duty("update_user_directory_from_worker", DutyKind.SINGLE),
          network_why="indexes and searches the directory in the database; "
                      "fetches nothing remote"),
-    Role("background", "background tasks (cleanups, statistics)", scales=False,
+    # It serves the client API too: local membership changes go to it (see the
+    # "membership" class of ENDPOINTS for why).
+    Role("background", "background tasks (cleanups, statistics, profile updates in rooms) "
+         "and membership changes", scales=False, resources=("client",),
          duty=Duty("run_background_tasks_on", DutyKind.SINGLE), outbound=True,
          network_why="runs the background tasks: phoning home stats (report_stats) and "
                      "account validity renewal mail"),
@@ -184,17 +197,27 @@ _ROLE_LIST: tuple[Role, ...] = (
     _writer("typing", "typing notifications", scales=False),
     _writer("to_device", "to-device messages", scales=False),
     _writer("account_data", "account data and tags", scales=False),
-    _writer("receipts", "read receipts", scales=True),
+    _writer("receipts", "read receipts", scales=True, several_since=(1, 96, 0)),
     _writer("presence", "presence", scales=False),
     _writer("push_rules", "push rules", scales=False, since=(1, 105, 0)),
     _writer("device_lists", "device lists and keys", scales=True, since=(1, 135, 0),
             outbound=True,
             network_why="the first device_lists writer resyncs remote users' device lists "
                         "over federation (DeviceListUpdater)"),
-    _writer("quarantined_media", "quarantined media changes", scales=True,
-            stream="quarantined_media_changes", since=(1, 152, 0)),
+    # Synapse 1.152 made quarantining write this stream, and only its writers (which
+    # must run the media repository, whose admin servlets do the quarantining) may
+    # do it.  Offered from 1.159: 1.152 to 1.158 never send the stream from a worker
+    # writer, so other processes never see its position move and /sync can wait
+    # for it for ever (element-hq/synapse#20080, fixed by #20085).  Main stays a
+    # writer: it runs the background update that records already quarantined media.
+    _writer("quarantined_media", "media repository that also quarantines media", scales=True,
+            resources=("media",), stream="quarantined_media_changes", since=(1, 159, 0),
+            shared_when_present={"enable_media_repo": False},
+            leader_key="media_instance_running_background_jobs",
+            own_config={"enable_media_repo": True}, main_writes_too=True, outbound=True,
+            network_why="a media repository: downloads remote media and fetches URL previews"),
     _writer("thread_subscriptions", "thread subscriptions (experimental in Synapse)",
-            scales=True, experimental=True),
+            scales=True, experimental=True, since=(1, 135, 0)),
     # A generic worker like sync, listed last so that the ports topology derives
     # from each role's place stay what they were.
     Role("initial_sync", "initial /sync (no since) and /initialSync, sticky per user", scales=True,
@@ -327,6 +350,11 @@ class Endpoints:
     #: Synapse registers these only with MAS on: no location without it.
     mas_only: bool = False
 
+    @property
+    def admin(self) -> bool:
+        """Synapse's admin API: its locations go to the admin snippet, not the client one."""
+        return all(p.startswith(ADMIN_PREFIX) for p in self.patterns)
+
     def applies_to(self, version: Version | None) -> bool:
         """Whether the class describes this Synapse; None (unknown) is the newest."""
         if version is None:
@@ -339,6 +367,12 @@ _CS = "^/_matrix/client/"
 _V = "(api/v1|r0|v3|unstable)"   # every client API version prefix
 _R = "(r0|v3|unstable)"
 _F = "^/_matrix/federation/"
+#: Synapse's admin API (served to admins through their own snippet: see render/routing.py).
+ADMIN_PREFIX = "^/_synapse/admin/"
+_A = "^/_synapse/admin/v1/"
+#: Local membership changes: POST, or PUT with a transaction id; joins by alias; knocks.
+_MEMBERSHIP = (f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)(/[^/]*)?$",
+               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/")
 
 # Patterns follow the servlet regexes Synapse registers on a generic worker
 # (version prefixes included: a prefix a worker does not register would get a
@@ -441,6 +475,40 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
               (f"{_CS}unstable/org\\.matrix\\.msc3575/sync/e2ee$",),
               roles=("sync", "client"), balance=Balance.USER, since=(1, 111, 0), until=(1, 139, 0),
               why=("SlidingSyncHandler reads like SyncHandler, on any worker.")),
+    # Membership changes to the process that runs background tasks (1.150+).  From 1.150
+    # a display name or avatar change only schedules a task (ProfileHandler.
+    # _update_join_states, element-hq/synapse#19311); the task runs on
+    # run_background_tasks_on and writes the user's new join in every room through
+    # RoomMemberHandler.update_membership, which holds member_linearizer, a lock of
+    # that process's memory, per room.  A leave built meanwhile on a client worker is
+    # not serialised with it: it may cite both the old and the new join as auth
+    # events and is refused ("duplicate auth_events", 403; element-hq/synapse#19575,
+    # #18621).  On one process the linearizer orders the two, so the membership
+    # changes of local users go where the task runs.  Before 1.150 the profile
+    # request wrote the joins itself before answering, so the client workers keep them.
+    Endpoints("membership", "membership changes, where profile changes update the rooms (1.150+)",
+              "client", _MEMBERSHIP, roles=("background",), since=(1, 150, 0),
+              why=("RoomMemberHandler.update_membership on the run_background_tasks_on process "
+                   "(the background worker, else main) holds the same per-room member_linearizer "
+                   "as the profile-update task (ProfileHandler._update_join_states_task), so a "
+                   "leave waits for the new join instead of racing it; remote joins and leaves "
+                   "still go to main over replication (RoomMemberWorkerHandler).")),
+    Endpoints("membership_before_1_150", "membership changes (before 1.150)", "client",
+              _MEMBERSHIP, roles=("client",), balance=Balance.ROOM, until=(1, 150, 0),
+              why=("RoomMemberWorkerHandler: local changes through EventCreationHandler (events "
+                   "via replication), remote joins and leaves handed to main.")),
+    Endpoints("thread_subscriptions", "thread subscriptions (MSC4306, experimental)", "client",
+              (f"{_CS}unstable/io\\.element\\.msc4306/",), roles=("thread_subscriptions",),
+              since=(1, 135, 0),
+              why=("ThreadSubscriptionsHandler stores subscriptions through "
+                   "subscribe_user_to_thread, which asserts that the process writes the "
+                   "thread_subscriptions stream (servlets registered only with "
+                   "experimental_features.msc4306_enabled)."), writers_only=True),
+    Endpoints("thread_subscriptions_list", "the thread subscriptions list (MSC4308)", "client",
+              (f"{_CS}unstable/io\\.element\\.msc4308/thread_subscriptions$",),
+              roles=("thread_subscriptions",), since=(1, 139, 0),
+              why=("ThreadSubscriptionsPaginationRestServlet reads the store; its writer sees "
+                   "its own changes first.")),
     Endpoints("room", "room reads and event sending, one worker per room", "client",
               (f"{_CS}{_V}/rooms/.*/messages$", f"{_CS}{_V}/rooms/.*/context/.*$",
                f"{_CS}{_V}/rooms/.*/members$", f"{_CS}{_V}/rooms/.*/joined_members$",
@@ -449,9 +517,7 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_V}/rooms/.*/event/", f"{_CS}v1/rooms/.*/timestamp_to_event$",
                f"{_CS}(r0|v3|unstable/org\\.matrix\\.msc2432)/rooms/[^/]+/aliases$",
                f"{_CS}{_V}/rooms/.*/redact", f"{_CS}{_V}/rooms/.*/send",
-               f"{_CS}{_V}/rooms/.*/state/",
-               # POST, or PUT with a transaction id.
-               f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)(/[^/]*)?$"),
+               f"{_CS}{_V}/rooms/.*/state/"),
               roles=("client",), balance=Balance.ROOM,
               why=("Reads: MessageHandler, PaginationHandler, RelationsHandler read the store. "
                    "Writes: EventCreationHandler hands events to an event persister (main when "
@@ -476,7 +542,7 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                f"{_CS}{_R}/keys/query$", f"{_CS}{_R}/keys/changes$", f"{_CS}{_R}/keys/claim$",
                f"{_CS}{_R}/room_keys/",
                f"{_CS}{_R}/password_policy$",
-               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/", f"{_CS}{_V}/profile/",
+               f"{_CS}{_V}/profile/",
                f"{_CS}(v1|unstable)/appservice/[^/]+/ping$"),
               roles=("client",),
               why=("Generic-worker handlers: AuthHandler and RegistrationHandler, ProfileHandler, "
@@ -520,9 +586,29 @@ _ENDPOINT_LIST: tuple[Endpoints, ...] = (
                    "main's handler.")),
     Endpoints("media", "the media repository", "media",
               ("^/_matrix/media/", f"{_CS}v1/media/", f"{_F}v1/media/"),
-              roles=("media",),
+              roles=("media", "quarantined_media"),
               why=("MediaRepository runs only where enable_media_repo is true: the media workers "
                    "(main when there is none).")),
+    # The media admin API: registered only where the media repository runs
+    # (register_servlets_for_media_repo), so with media workers main answers 404.
+    Endpoints("media_quarantine", "quarantining media (admin API; its stream's writers from 1.152)",
+              "media",
+              (f"{_A}quarantine_media/", f"{_A}room/[^/]+/media/quarantine$",
+               f"{_A}user/[^/]+/media/quarantine$", f"{_A}media/quarantine/",
+               f"{_A}media/unquarantine/", f"{_A}media/quarantine_changes$"),
+              roles=("quarantined_media", "media"),
+              why=("Before 1.152 any media repository quarantines. From 1.152 RoomWorkerStore._insert_quarantine_changes_txn asserts that the "
+                   "process writes quarantined_media_changes, and only media repositories "
+                   "register these servlets: the quarantined_media workers are both. A media "
+                   "worker that is not a writer answers 500: deploy a quarantined_media worker "
+                   "(Synapse 1.159+).")),
+    Endpoints("media_admin", "the media admin API (listing, purging, deleting media)", "media",
+              (f"{_A}purge_media_cache$", f"{_A}room/.*/media", f"{_A}user/.*/media",
+               f"{_A}media/", f"{_A}users/.*/media$"),
+              roles=("media", "quarantined_media"),
+              why=("register_servlets_for_media_repo puts these on every process that runs "
+                   "MediaRepository (enable_media_repo true): the media workers; main has them "
+                   "only while it keeps the media repository.")),
     Endpoints("federation_send", "inbound federation transactions, by origin server",
               "federation", (f"{_F}v1/send/",),
               roles=("federation_reader",), balance=Balance.ORIGIN,

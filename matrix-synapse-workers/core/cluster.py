@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from . import paths
 from .errors import HostConfigError
 from .plan import Plan, parse_worker_name
-from .topology import (DEFAULT_REDIS_PORT, MEDIA_ROLE, Address, HostRole, Topology, WorkerHost,
+from .topology import (DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost,
                        media_store_refusal)
 
 MAIN = "main"
@@ -126,7 +126,7 @@ def plan_from_cluster(cluster: Cluster, here: str) -> Plan:
                 raise HostConfigError(f"/{paths.CLUSTER_FILE}: {name!r} is not a worker name this "
                                       f"package gives on host {label!r}; {COPY_HINT}")
             found.append(parsed.worker(host, cluster.addresses.get(label) if host else None))
-    if not cluster.shared_media and any(w.host == here and w.role.name == MEDIA_ROLE
+    if not cluster.shared_media and any(w.host == here and w.role.serves_media
                                         for w in found):
         # Written by hand or by a main host that did not ask: refused here too.
         raise HostConfigError(f"/{paths.CLUSTER_FILE}: {media_store_refusal([here])}; the "

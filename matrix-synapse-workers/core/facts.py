@@ -81,6 +81,8 @@ class HostFacts:
     signing_key_dir: str | None = None
     #: The Matrix Authentication Service, when Synapse hands logins to it.
     auth_service: AuthService | None = None
+    #: Synapse's max_upload_size as the admin wrote it (None: not set, Synapse's 50M).
+    max_upload_size: object = None
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 

@@ -61,6 +61,8 @@ CADDY_SNIPPET = CADDY_DIR / f"{PACKAGE}.caddy"
 HAPROXY_DIR = PurePosixPath("etc/haproxy")
 # Loaded after haproxy.cfg (a second -f), it holds its own frontend and backends.
 HAPROXY_CONF = HAPROXY_DIR / f"{PACKAGE}.cfg"
+# server context, for the server block where admins reach Synapse's admin API.
+NGINX_ADMIN_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}-admin.conf"
 
 # Absolute runtime paths written into configuration.
 SOCKET_DIR = PurePosixPath("/run/matrix-synapse")

@@ -19,12 +19,15 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from . import paths
-from .catalog import ROLES, DutyKind, Role
+from .catalog import ROLES, DutyKind, Role, Version
 from .errors import HostConfigError, SelectionError
 from .facts import HostFacts, socket_paths_in_use
 from .selection import Selection
 from .topology import (LOOPBACK, MAIN_METRICS_PORT, Address, Topology, check_index, http_port,
                        metrics_port, replication_port)
+
+#: Synapse's instance name for main (in stream_writers; instance_map calls it ``main``).
+MAIN_INSTANCE = "master"
 
 _NAME = re.compile(r"(?P<role>[a-z][a-z-]*[a-z])-(?P<index>[1-9][0-9]{0,3})(?:-(?P<host>[a-z][a-z0-9]{0,15}))?")
 
@@ -165,12 +168,12 @@ class Plan:
                 continue
             names = [w.name for w in workers]
             settings.update(role.shared_when_present)
-            if role.leader_key:
-                settings[role.leader_key] = names[0]
+            if role.leader_key:  # several roles may share one: the first in the catalog leads
+                settings.setdefault(role.leader_key, names[0])
             if role.duty is not None:
                 settings[role.duty.key] = names if role.duty.kind is DutyKind.LIST else names[0]
             if role.stream is not None:
-                stream_writers[role.stream] = names
+                stream_writers[role.stream] = names + ([MAIN_INSTANCE] if role.main_writes_too else [])
                 for worker in workers:
                     instance_map[worker.name] = self._reach(worker)
         settings["instance_map"] = instance_map
@@ -325,14 +328,63 @@ def check_synapse_knows(plan: Plan, version: tuple[int, int, int] | None) -> Non
     """Refuse a role the installed Synapse does not have (it would reject the stream)."""
     if version is None:
         return
+    shown = ".".join(map(str, version))
     for worker in plan.workers:
         since = worker.role.since
         if since is not None and version < since:
             raise SelectionError(
                 f"worker type {worker.role.name!r} needs Synapse {'.'.join(map(str, since))} or "
-                f"newer, but {'.'.join(map(str, version))} is installed; upgrade Synapse or "
-                "leave that type out")
+                f"newer, but {shown} is installed; upgrade Synapse or leave that type out")
+        several = worker.role.several_since
+        if several is not None and version < several and len(plan.of_role(worker.role.name)) > 1:
+            raise SelectionError(
+                f"several {worker.role.name!r} workers need Synapse {'.'.join(map(str, several))} "
+                f"or newer, but {shown} is installed (it accepts one); upgrade Synapse or "
+                f"ask for {worker.role.name}:1")
 
 
 def workers_by_name(workers: Iterable[Worker]) -> Mapping[str, Worker]:
     return {w.name: w for w in workers}
+
+
+# Synapse ignores keys it does not know: a key written for a newer release is dropped
+# without a word and its config check passes.  For the keys below that would leave a
+# deployment open or broken, the feature that needs them is refused instead.
+
+#: Key path -> (the first release that reads it, what goes wrong without it, the way out).
+KEY_GATES: Mapping[str, tuple[Version, str, str]] = {
+    "redis.password_path": (
+        (1, 117, 0),
+        "Redis with a password (worker hosts, or guide mode on a Redis with requirepass) "
+        "would be refused",
+        "choose a Redis without a password on this host only"),
+    "worker_replication_secret_path": (
+        (1, 126, 0),
+        "replication between hosts would run without its secret (anyone on the private "
+        "network could call it)",
+        "keep every worker on this host"),
+}
+
+
+def _keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        found.append(path)
+        if isinstance(value, Mapping):
+            found.extend(_keys(value, f"{path}."))
+    return found
+
+
+def refuse_unknown_keys(config: Mapping[str, Any], version: Version | None) -> None:
+    """Raise SelectionError when ``config`` sets a gated key ``version`` does not know
+    (None: the version is unknown, taken as the newest)."""
+    if version is None:
+        return
+    for path in _keys(config):
+        if path in KEY_GATES and version < KEY_GATES[path][0]:
+            since, harm, way_out = KEY_GATES[path]
+            raise SelectionError(
+                f"{path} needs Synapse {'.'.join(map(str, since))} or newer, but "
+                f"{'.'.join(map(str, version))} is installed, which would ignore it: {harm}. "
+                f"Upgrade Synapse, or {way_out}")

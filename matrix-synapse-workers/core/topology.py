@@ -208,8 +208,9 @@ def parse_worker_hosts(spec: str, allow_public: bool = False) -> tuple[WorkerHos
     return tuple(hosts)
 
 
-#: The role whose workers keep files on their own host (Synapse's media_store_path).
-MEDIA_ROLE = "media"
+def _serves_media(counts: Mapping[str, int]) -> bool:
+    """Workers that keep files on their own host (Synapse's media_store_path)."""
+    return any(ROLES[role].serves_media for role in counts)
 
 
 def media_store_refusal(labels: list[str]) -> str:
@@ -225,7 +226,7 @@ def media_store_refusal(labels: list[str]) -> str:
 
 def check_media_hosts(hosts: tuple[WorkerHost, ...], shared_media: bool) -> None:
     """Media workers on a worker host need the admin's word that the media store is shared."""
-    labels = [h.label for h in hosts if MEDIA_ROLE in h.counts]
+    labels = [h.label for h in hosts if _serves_media(h.counts)]
     if labels and not shared_media:
         raise SelectionError(media_store_refusal(labels))
 
@@ -255,7 +256,7 @@ def main_topology(worker_hosts: str, replication_address: str,
         raise SelectionError(f"worker host {clash[0]!r} has main's own address "
                              f"{replication.host}; give each worker host its own address")
     return Topology(HostRole.MAIN, replication, hosts, allow_public=allow_public,
-                    shared_media=shared_media and any(MEDIA_ROLE in h.counts for h in hosts))
+                    shared_media=shared_media and any(_serves_media(h.counts) for h in hosts))
 
 
 def worker_host_topology(label: str) -> Topology:

@@ -17,12 +17,14 @@ import yaml
 
 from .. import __version__
 from ..core import paths
+from ..core.errors import HostConfigError
 from ..core.facts import HostFacts
+
 from ..core.cluster import cluster_data, redis_address
-from ..core.plan import Plan, Worker, admin_metrics_listeners
+from ..core.plan import Plan, Worker, admin_metrics_listeners, refuse_unknown_keys
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
 from .logconfig import worker_log_config
-from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, nginx_model
+from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, body_size, nginx_model
 from ..core.settings import RedisMode, Settings
 from ..core.topology import LOOPBACK, MAIN_METRICS_PORT, Address
 from ..core.webserver import WebServer
@@ -219,16 +221,18 @@ def tmpfiles_line(owner: str, group: str, mode: int) -> str:
 
 def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
     """Where :func:`render` puts nginx files for this plan: on the main host only."""
-    return (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET) if plan.here is None else ()
+    return ((paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET, paths.NGINX_ADMIN_SNIPPET)
+            if plan.here is None else ())
 
 
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
-                mas: bool = False) -> tuple[RenderedFile, RenderedFile]:
+                mas: bool = False, max_body: str = MAX_BODY_SIZE) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
     Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
     None, when it is not known, gives the newest.  ``mas``: Synapse hands logins to
-    the Matrix Authentication Service (HostFacts.auth_service).
+    the Matrix Authentication Service (HostFacts.auth_service).  ``max_body``: nginx's
+    client_max_body_size, from Synapse's max_upload_size (:func:`max_body_for`).
     """
     model = nginx_model(plan, synapse_version, mas)
     checked = ".".join(map(str, ENDPOINTS_CHECKED_AGAINST))
@@ -237,9 +241,27 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
             "nginx-http.conf.j2", model=model, read_methods=READ_METHODS, checked=checked,
             snippet="/" + str(paths.NGINX_SNIPPET))),
         RenderedFile(paths.NGINX_SNIPPET, render_template(
-            "nginx-locations.conf.j2", model=model, max_body=MAX_BODY_SIZE,
+            "nginx-locations.conf.j2", model=model, max_body=max_body,
             http_conf="/" + str(paths.NGINX_HTTP_CONF), mas_to_synapse=MAS_TO_SYNAPSE)),
     )
+
+
+def nginx_admin_file(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
+                     max_body: str = MAX_BODY_SIZE) -> RenderedFile:
+    """The server-context snippet for Synapse's admin API (the media admin API to the
+    workers that run the media repository, the rest to main)."""
+    return RenderedFile(paths.NGINX_ADMIN_SNIPPET, render_template(
+        "nginx-admin.conf.j2", model=nginx_model(plan, synapse_version), max_body=max_body,
+        http_conf="/" + str(paths.NGINX_HTTP_CONF)))
+
+
+def max_body_for(facts: HostFacts) -> str:
+    """The request body size the web server allows: Synapse's max_upload_size."""
+    try:
+        return body_size(facts.max_upload_size)
+    except ValueError as exc:
+        raise HostConfigError(f"{exc}; fix it in /{paths.HOMESERVER_YAML} (Synapse refuses it "
+                              "too), then run: dpkg-reconfigure matrix-synapse-workers") from None
 
 
 def render_single_process(facts: HostFacts, server: WebServer = WebServer.NGINX,
@@ -251,7 +273,8 @@ def render_single_process(facts: HostFacts, server: WebServer = WebServer.NGINX,
     """
     from .webserver import web_files  # it builds on this module's renderers
     return (_yaml_file(paths.SHARED_CONF, {"listeners": main_listeners(facts, replication=False)}),
-            *web_files(server, Plan(()), facts.synapse_version, facts.auth_service is not None))
+            *web_files(server, Plan(()), facts.synapse_version, facts.auth_service is not None,
+                       max_body_for(facts)))
 
 
 def redis_config(plan: Plan, settings: Settings) -> dict[str, Any]:
@@ -309,10 +332,9 @@ def cluster_file(plan: Plan) -> RenderedFile:
 
 def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFile, ...]:
     """Every file the plan needs on this host, in a stable order."""
-    files = [
-        _yaml_file(paths.SHARED_CONF, shared_config(plan, facts)),
-        _yaml_file(paths.REDIS_CONF_D, {"redis": redis_config(plan, settings)}),
-    ]
+    shared, redis = shared_config(plan, facts), {"redis": redis_config(plan, settings)}
+    refuse_unknown_keys({**shared, **redis}, facts.synapse_version)
+    files = [_yaml_file(paths.SHARED_CONF, shared), _yaml_file(paths.REDIS_CONF_D, redis)]
     for worker in plan.local_workers:
         files.append(_yaml_file(paths.WORKERS_DIR / f"{worker.name}.yaml",
                                 worker_config(worker, facts, plan)))
@@ -340,5 +362,5 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
                 settings.socket_dir_owner, settings.socket_group, settings.socket_dir_mode))))
     from .webserver import web_files  # it builds on this module's renderers
     files.extend(web_files(settings.web_server or WebServer.NGINX, plan, facts.synapse_version,
-                           facts.auth_service is not None))
+                           facts.auth_service is not None, max_body_for(facts)))
     return tuple(files)

@@ -57,6 +57,35 @@ MAX_BODY_SIZE = "50M"
 #: (workers only from 1.162, and only some of it before).
 MAS_TO_SYNAPSE = "/_synapse/mas/"
 
+#: Synapse's size suffixes (synapse/config/_base.py parse_size), in bytes.
+_SIZE_UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def body_size(max_upload_size: object) -> str:
+    """nginx's ``client_max_body_size`` for Synapse's ``max_upload_size`` (None: Synapse's
+    default): the same number of bytes, in the largest unit nginx knows that fits.
+
+    >>> body_size(None), body_size("100M"), body_size("1T"), body_size(1536), body_size("2K")
+    ('50M', '100M', '1024G', '1536', '2K')
+
+    Raises ValueError for a value Synapse would not accept either.
+    """
+    if max_upload_size is None:
+        return MAX_BODY_SIZE
+    if isinstance(max_upload_size, bool) or not isinstance(max_upload_size, (int, str)):
+        raise ValueError(f"max_upload_size {max_upload_size!r} is not a size")
+    text = str(max_upload_size).strip()
+    unit = _SIZE_UNITS.get(text[-1:], 1) if text else 1
+    number = text[:-1] if unit > 1 else text
+    if not number.isdigit():
+        raise ValueError(f"max_upload_size {max_upload_size!r} is not a size (a number of bytes, "
+                         "or a number followed by K, M, G or T)")
+    size = int(number) * unit
+    for suffix in ("G", "M", "K"):
+        if size and size % _SIZE_UNITS[suffix] == 0:
+            return f"{size // _SIZE_UNITS[suffix]}{suffix}"
+    return str(size)
+
 #: The nginx variable each balance hashes on (set by maps in the http-context file).
 HASH_KEYS: dict[Balance, str | None] = {
     Balance.ANY: None,
@@ -149,6 +178,10 @@ class Location:
 
 @dataclass(frozen=True)
 class NginxModel:
+    """``locations`` go to the snippet for Matrix server blocks; ``admin_locations``
+    (Synapse's admin API) to the admin snippet, which admins include only where they
+    serve the admin API (Synapse advises against exposing it to everyone)."""
+
     main: Upstream
     upstreams: tuple[Upstream, ...]
     locations: tuple[Location, ...]
@@ -159,6 +192,7 @@ class NginxModel:
     synapse_version: Version | None = None
     #: The Matrix Authentication Service handles logins (Synapse's own setting).
     mas: bool = False
+    admin_locations: tuple[Location, ...] = ()
 
     @property
     def routes_for(self) -> str:
@@ -169,7 +203,8 @@ class NginxModel:
 
     @property
     def balances(self) -> frozenset[Balance]:
-        return frozenset(l.endpoints.balance for l in self.locations if l.upstream is not None)
+        return frozenset(l.endpoints.balance for l in self.locations + self.admin_locations
+                         if l.upstream is not None)
 
 
 def combined_regex(patterns: tuple[str, ...]) -> str:
@@ -246,8 +281,10 @@ def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False) -
         for upstream in (location.upstream, location.read_upstream, location.initial_upstream):
             if upstream is not None:
                 upstreams.setdefault(upstream.name, upstream)
-    return NginxModel(main_upstream(), tuple(upstreams.values()), locations,
-                      synapse_version=version, mas=mas)
+    return NginxModel(main_upstream(), tuple(upstreams.values()),
+                      tuple(l for l in locations if not l.endpoints.admin),
+                      synapse_version=version, mas=mas,
+                      admin_locations=tuple(l for l in locations if l.endpoints.admin))
 
 
 @functools.lru_cache(maxsize=None)

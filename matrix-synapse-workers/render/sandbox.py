@@ -174,7 +174,7 @@ def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settin
     after = start_after(worker, plan)
     unit = (["[Unit]", "# Stream writers start first (they are what the other processes wait on).",
              f"After={' '.join(after)}", ""] if after else [])
-    lines = [*unit, "[Service]", *_rw_lines(facts, media=worker.role.name == "media"),
+    lines = [*unit, "[Service]", *_rw_lines(facts, media=worker.role.serves_media),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]

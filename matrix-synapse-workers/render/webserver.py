@@ -11,11 +11,18 @@ from ..core.plan import Plan
 from ..core.webserver import WebServer
 from .apache import apache_files
 from .caddy import caddy_files
-from .files import RenderedFile, nginx_files
+from .files import RenderedFile, nginx_admin_file, nginx_files
+from .routing import MAX_BODY_SIZE
 from .haproxy import haproxy_files
 
+def _nginx(plan: Plan, version: Version | None, mas: bool,
+           max_body: str = MAX_BODY_SIZE) -> tuple[RenderedFile, ...]:
+    """nginx's routing files and its snippet for the admin API."""
+    return (*nginx_files(plan, version, mas, max_body), nginx_admin_file(plan, version, max_body))
+
+
 _RENDERERS: dict[WebServer, Callable[[Plan, Version | None, bool], tuple[RenderedFile, ...]]] = {
-    WebServer.NGINX: nginx_files,
+    WebServer.NGINX: _nginx,
     WebServer.APACHE: apache_files,
     WebServer.CADDY: caddy_files,
     WebServer.HAPROXY: haproxy_files,
@@ -23,7 +30,7 @@ _RENDERERS: dict[WebServer, Callable[[Plan, Version | None, bool], tuple[Rendere
 
 #: Every routing file of every server: a switch of server removes the old ones.
 ALL_PATHS: dict[WebServer, tuple[PurePosixPath, ...]] = {
-    WebServer.NGINX: (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET),
+    WebServer.NGINX: (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET, paths.NGINX_ADMIN_SNIPPET),
     WebServer.APACHE: (paths.APACHE_CONF,),
     WebServer.CADDY: (paths.CADDY_SNIPPET,),
     WebServer.HAPROXY: (paths.HAPROXY_CONF,),
@@ -37,10 +44,11 @@ def routing_paths(server: WebServer, plan: Plan) -> tuple[PurePosixPath, ...]:
 
 
 def web_files(server: WebServer, plan: Plan, version: Version | None = None, mas: bool = False,
-              ) -> tuple[RenderedFile, ...]:
+              max_body: str = MAX_BODY_SIZE) -> tuple[RenderedFile, ...]:
     """The files that route requests through ``server`` (none on a worker host or for NONE).
 
     ``mas``: Synapse hands logins to the Matrix Authentication Service (see nginx_files).
+    ``max_body``: the request body size Synapse accepts (nginx only, for now).
 
     >>> from ..core.selection import select
     >>> from ..core.plan import plan_workers
@@ -52,4 +60,6 @@ def web_files(server: WebServer, plan: Plan, version: Version | None = None, mas
     """
     if plan.here is not None or server is WebServer.NONE:
         return ()
+    if server is WebServer.NGINX:
+        return _nginx(plan, version, mas, max_body)
     return _RENDERERS[server](plan, version, mas)

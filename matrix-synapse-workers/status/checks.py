@@ -667,8 +667,14 @@ def check_nginx(facts: Facts) -> list[Row]:
     rows = []
     if nginx.missing:
         rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
+    admin = "/" + str(paths.NGINX_ADMIN_SNIPPET)
+    if admin in nginx.not_included:  # optional: only where admins reach the admin API
+        rows.append(Row("nginx", "admin API", INFO, f"{admin} is not included",
+                        "include it in the server block where admins reach /_synapse/admin "
+                        "(the media admin API needs it once media workers run)"))
     # The snippet's include is judged with the routing, below.
-    not_included = [f for f in nginx.not_included if nginx.routing is None or f != vhost.SNIPPET]
+    not_included = [f for f in nginx.not_included if f != admin
+                    and (nginx.routing is None or f != vhost.SNIPPET)]
     if not_included:
         rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(not_included)}",
                         f"include {not_included[0]} in the context its first lines name, then "
@@ -683,7 +689,8 @@ def check_nginx(facts: Facts) -> list[Row]:
     if nginx.routing is not None:
         rows += check_routing(nginx.routing)
     elif not rows or all(r.status == INFO for r in rows):
-        rows.insert(0, Row("nginx", "routing", OK, f"{plural(len(nginx.rendered), 'file')} included"
+        included = len(nginx.rendered) - len(nginx.not_included)
+        rows.insert(0, Row("nginx", "routing", OK, f"{plural(included, 'file')} included"
                            + (", nginx -t passes" if nginx.test_ok else "")))
     return rows
 

@@ -254,6 +254,7 @@ def read_host_facts(root: Path) -> HostFacts:
         writable_paths=_writable_paths(root, config, log_config),
         signing_key_dir=_signing_key_dir(root, config),
         auth_service=auth_service(config, version),
+        max_upload_size=config.get("max_upload_size"),
         sources=sources,
     )
 

@@ -23,7 +23,7 @@ from .files import commit, removing_new_empty_directories, stage_all
 from .run import run
 
 UNIT = "nginx.service"
-FILES = (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET)
+FILES = (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET, paths.NGINX_ADMIN_SNIPPET)
 
 
 def installed(root: Path) -> bool:

@@ -185,11 +185,12 @@ class World:
     def text(self, who: dict[str, Any], room: str, body: str = "hello differential") -> str:
         return self.send(who, room, {"msgtype": "m.text", "body": body})
 
-    def upload(self, who: dict[str, Any]) -> str:
-        r = self.proxy.request("POST", "/_matrix/media/v3/upload?filename=a.png", PNG,
+    def upload(self, who: dict[str, Any], data: bytes = b"") -> str:
+        data = data or PNG
+        r = self.proxy.request("POST", "/_matrix/media/v3/upload?filename=a.png", data,
                                who["token"], {"Content-Type": "image/png"})
         if r.status != 200:
-            r = self.main.request("POST", "/_matrix/media/v3/upload?filename=a.png", PNG,
+            r = self.main.request("POST", "/_matrix/media/v3/upload?filename=a.png", data,
                                   who["token"], {"Content-Type": "image/png"})
         return self.ok(r, "upload")["content_uri"]
 
@@ -218,7 +219,8 @@ class World:
                                         {"room": {"timeline": {"limit": 1}}}, alice["token"]), "filter")
         self.shared = {"alice": alice, "bob": bob, "room": room, "alias": f"#{alias}:{self.server}",
                        "first": first, "root": root, "filter": flt["filter_id"],
-                       "media": self.upload(alice), "ts": int(time.time() * 1000)}
+                       "media": self.upload(alice), "ts": int(time.time() * 1000),
+                       "admin": self.user(admin=True)}
 
 
 def device_keys(who: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +299,25 @@ def fresh_keys(w: World) -> dict[str, Any]:
 
 def fresh_delayed(w: World) -> dict[str, Any]:
     return fresh_room(w)
+
+
+# The media admin API: an admin of its own and a fresh upload per side (it writes).
+# Bytes of its own: Synapse quarantines every local file with the same hash, which
+# would take down the other cases' media (and the federation cases' download).
+def admin_media(w: World) -> dict[str, Any]:
+    u, admin = w.user(), w.user(admin=True)
+    media = w.upload(u, PNG + uuid.uuid4().bytes)[len("mxc://"):]
+    return {"u": u, "token": admin["token"], "media": media}
+
+
+def quarantined(w: World) -> dict[str, Any]:
+    """An upload quarantined through nginx (main has no media repository once a
+    worker runs it), to be downloaded by its owner."""
+    ctx = admin_media(w)
+    w.ok(w.proxy.request("POST", f"/_synapse/admin/v1/media/quarantine/{ctx['media']}", {},
+                         ctx["token"]), "quarantine")
+    ctx["token"] = ctx["u"]["token"]
+    return ctx
 
 
 def _id(ctx: dict[str, Any], who: str = "alice") -> str:
@@ -454,6 +475,31 @@ def cases() -> list[Case]:
              writes=True, since=(1, 144, 0)),
         Case("sso redirect", s, lambda c: ("GET", f"{CS}/v3/login/sso/redirect?redirectUrl=http%3A%2F%2Fx",
                                            None, None, "")),
+        # --- thread subscriptions (MSC4306; the test turns the experimental servlets on)
+        Case("thread subscribe", r, lambda c: (
+            "PUT", f"{CS}/unstable/io.element.msc4306/rooms/{R(c)}/thread/{q(c['event'])}/subscription",
+            {}), writes=True, since=(1, 135, 0)),
+        Case("thread subscription (none)", s, lambda c: (
+            "GET", f"{CS}/unstable/io.element.msc4306/rooms/{R(c)}/thread/{q(c['root'])}/subscription",
+            None), since=(1, 135, 0)),
+        Case("thread subscriptions list", s, lambda c: (
+            "GET", f"{CS}/unstable/io.element.msc4308/thread_subscriptions", None), since=(1, 139, 0)),
+        # --- the media admin API (issue 23: main answered 404 once a media worker ran)
+        Case("admin user media", admin_media, lambda c: (
+            "GET", f"/_synapse/admin/v1/users/{q(c['u']['id'])}/media", None), writes=True),
+        Case("admin room media", s, lambda c: (
+            "GET", f"/_synapse/admin/v1/room/{R(c)}/media", None, None, c["admin"]["token"])),
+        Case("admin quarantine media", admin_media, lambda c: (
+            "POST", f"/_synapse/admin/v1/media/quarantine/{c['media']}", {}), writes=True),
+        Case("quarantined media download", quarantined, lambda c: (
+            "GET", f"{CS}/v1/media/download/{c['media']}", None), writes=True),
+        Case("admin purge remote media cache", s, lambda c: (
+            "POST", f"/_synapse/admin/v1/purge_media_cache?before_ts={c['ts']}", {}, None,
+            c["admin"]["token"])),
+        Case("admin delete media", admin_media, lambda c: (
+            "DELETE", f"/_synapse/admin/v1/media/{c['media']}", None), writes=True),
+        Case("admin media info", admin_media, lambda c: (
+            "GET", f"/_synapse/admin/v1/media/{c['media']}", None), writes=True, since=(1, 140, 0)),
         # --- media
         Case("media config (legacy)", s, lambda c: ("GET", "/_matrix/media/v3/config", None)),
         Case("media config", s, lambda c: ("GET", f"{CS}/v1/media/config", None)),

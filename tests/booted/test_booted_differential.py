@@ -76,7 +76,18 @@ def every_type_known_to(version: str) -> str:
     return preseed("custom", ", ".join(types), ",".join(f"{t}:1" for t in types))
 
 
-DEPLOYMENTS = [EVERY_TYPE, ("small", preseed("small")), _auto(2), _auto(8), ("busy", preseed("busy"))]
+#: The experimental writer no preset has, beside the media workers and their quarantine writer.
+EXPERIMENTAL = ("media, quarantine and thread subscription writers",
+                preseed("custom", "sync, client, media, quarantined_media, thread_subscriptions",
+                        "media:2"))
+DEPLOYMENTS = [EVERY_TYPE, ("small", preseed("small")), _auto(2), _auto(8), ("busy", preseed("busy")),
+               EXPERIMENTAL]
+#: The admin's vhost: Matrix, and the admin API through the package's admin snippet.
+ADMIN_VHOST = VHOST.replace("    include snippets/matrix-synapse-workers.conf;\n",
+                            "    include snippets/matrix-synapse-workers.conf;\n"
+                            "    include snippets/matrix-synapse-workers-admin.conf;\n")
+#: The thread subscription servlets exist only with this experimental flag.
+EXPERIMENTAL_YAML = "experimental_features: {msc4306_enabled: true}\n"
 #: busy runs 28 processes: with cp_max 5 each they may want 140 connections, and a stock
 #: PostgreSQL (100, 3 reserved) refused them under this test's load (500s).  The package
 #: warns about it (test_booted_dblimit); the admin's answer, made here once at the start
@@ -247,6 +258,7 @@ class Deployment:
         c.run(["runuser", "-u", "postgres", "--", "psql", "-qc",
                f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}"])
         c.run(["systemctl", "restart", "postgresql.service"], timeout=120)
+        c.write_file("/etc/matrix-synapse/conf.d/test-experimental.yaml", EXPERIMENTAL_YAML)
         c.run(["systemctl", "restart", "matrix-synapse.service"], timeout=180)
         harness.wait_for_http(c, STANDIN_MAIN_URL, "/health")
         # Before the package: one process doing everything.  The reference where
@@ -259,7 +271,8 @@ class Deployment:
     def deploy(self, answers: str) -> None:
         if not self.installed:
             install_workers(self.c, self.deb, answers)
-            self.c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
+            assert ADMIN_VHOST != VHOST
+            self.c.write_file("/etc/nginx/sites-enabled/matrix-test", ADMIN_VHOST)
             if self.remote:
                 self.c.write_file("/etc/nginx/sites-enabled/matrix-federation",
                                   federation_vhost(SERVER_NAME, OUR_FED_ADDRESS, OUR_SNIPPET))

@@ -5,7 +5,8 @@ stand-ins (nothing is started, no database); the configuration is the real one,
 so servlets that Synapse registers only on main, or only under some setting,
 come out exactly as on a running worker.  Prints a JSON list of
 ``[method, regex, servlet]`` for the client resource (``/_matrix/client``),
-``/_synapse/client`` and the federation resource.
+``/_synapse/client``, the federation resource and the admin API (main's, and
+on a worker the media admin servlets a media repository adds).
 """
 
 import json
@@ -17,7 +18,7 @@ from signedjson.key import generate_signing_key, write_signing_keys
 
 from synapse.config.homeserver import HomeServerConfig
 from synapse.federation.transport.server import register_servlets as register_federation
-from synapse.rest import ClientRestResource
+from synapse.rest import ClientRestResource, admin
 
 
 class Recorder:
@@ -47,6 +48,11 @@ def main() -> None:
     ClientRestResource.register_servlets(recorder, hs)
     register_federation(hs, recorder, authenticator=mock.MagicMock(),
                         ratelimiter=mock.MagicMock(), servlet_groups=None)
+    if config.worker.worker_app is None:
+        admin.register_servlets(hs, recorder)
+    elif config.media.can_load_media_repo:
+        # What synapse/app/generic_worker.py adds with the media resource.
+        admin.register_servlets_for_media_repo(hs, recorder)
     json.dump(recorder.found, sys.stdout)
 
 

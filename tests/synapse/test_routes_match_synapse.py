@@ -54,7 +54,7 @@ LEFT_ON_MAIN: dict[str, tuple[frozenset[str], tuple[int, int, int] | None, str]]
                           "1.130 to 1.134 register changes of one device on workers, which "
                           "answer them with 500 'must be routed to main process'"),
 }
-#: Table classes served by other resources than the client and federation ones.
+#: Table classes served by other resources than the client, federation and admin ones.
 OTHER_RESOURCES = {"media"}
 Registration = tuple[str, str, str]          # method, regex, servlet class
 Request = tuple[str, str]                    # method, path
@@ -250,7 +250,10 @@ def synapse_version(synapse_python) -> tuple[int, int, int]:
 
 #: Stream writers with endpoints, and the release that first accepts them.
 WRITERS = {"typing": None, "to_device": None, "account_data": None, "receipts": None,
-           "presence": None, "push_rules": (1, 105, 0), "device_lists": (1, 135, 0)}
+           "presence": None, "push_rules": (1, 105, 0), "device_lists": (1, 135, 0),
+           "thread_subscriptions": (1, 135, 0), "quarantined_media": (1, 159, 0)}
+#: Servlets Synapse registers only under an experimental flag that the table routes.
+EXPERIMENTAL = {(1, 135, 0): {"msc4306_enabled": True}}
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +263,13 @@ def servlets(synapse_python, synapse_version, tmp_path_factory) -> Servlets:
     tmp = tmp_path_factory.mktemp("routes")
     root = make_root(tmp)
     writers = [w for w, since in WRITERS.items() if since is None or synapse_version >= since]
-    spec = ",".join(["client", "federation_reader", *writers])
+    spec = ",".join(["client", "federation_reader", "media", *writers])
     assert main(["render", "--root", str(root), "--workers", spec]) == 0
     etc = root / "etc/matrix-synapse"
+    flags = {k: v for since, more in EXPERIMENTAL.items() if synapse_version >= since
+             for k, v in more.items()}
+    (etc / "conf.d" / "test-experimental.yaml").write_text(
+        json.dumps({"experimental_features": flags}) + "\n")
     shared = [etc / "homeserver.yaml", etc / "conf.d"]
     worker: set[Registration] = set()
     for role in spec.split(","):

@@ -1,8 +1,9 @@
+import re
 from pathlib import PurePosixPath
 
 import pytest
 
-from matrix_synapse_workers.core.catalog import PRESETS
+from matrix_synapse_workers.core.catalog import PRESETS, ROLES
 from matrix_synapse_workers.core.errors import HostConfigError
 from matrix_synapse_workers.core.facts import HostFacts
 from matrix_synapse_workers.core.plan import Plan, make_plan, plan_workers
@@ -55,7 +56,8 @@ def test_stream_writers_are_in_instance_map_with_their_replication_socket():
     settings = shared("events:2,typing,quarantined_media")
     assert settings["stream_writers"] == {
         "events": ["events-1", "events-2"], "typing": ["typing-1"],
-        "quarantined_media_changes": ["quarantined-media-1"]}
+        # main stays a writer: its background update records already quarantined media.
+        "quarantined_media_changes": ["quarantined-media-1", "master"]}
     assert settings["instance_map"]["typing-1"] == {
         "path": "/run/matrix-synapse/typing-1-replication.sock"}
     assert set(settings["instance_map"]) == {"main", "events-1", "events-2", "typing-1",
@@ -98,3 +100,57 @@ def test_a_role_newer_than_the_installed_synapse_is_refused(tmp_path):
         make_plan(select(workers="sync,push_rules"), old)
     make_plan(select(workers="sync,push_rules"), copy_with(facts, synapse_version=(1, 105, 0)))
     make_plan(select(workers="sync,push_rules"), copy_with(facts, synapse_version=None))
+
+
+def test_several_receipts_writers_need_1_96(tmp_path):
+    from dataclasses import replace as copy_with
+    from hostroot import make_root
+    from matrix_synapse_workers.core.errors import SelectionError
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    from matrix_synapse_workers.core.plan import make_plan
+    from matrix_synapse_workers.core.selection import select
+    facts = read_host_facts(make_root(tmp_path))
+    with pytest.raises(SelectionError, match=r"several 'receipts' workers need Synapse 1\.96\.0 "
+                                             r"or newer, but 1\.95\.1 is installed.*receipts:1"):
+        make_plan(select(workers="receipts:2"), copy_with(facts, synapse_version=(1, 95, 1)))
+    make_plan(select(workers="receipts:1"), copy_with(facts, synapse_version=(1, 95, 1)))
+    make_plan(select(workers="receipts:2"), copy_with(facts, synapse_version=(1, 96, 0)))
+
+
+@pytest.mark.parametrize("role,since", [("thread_subscriptions", "1.135.0"),
+                                        ("quarantined_media", "1.159.0")])
+def test_newer_writers_are_gated(tmp_path, role, since):
+    from dataclasses import replace as copy_with
+    from hostroot import make_root
+    from matrix_synapse_workers.core.errors import SelectionError
+    from matrix_synapse_workers.system.hostfacts import read_host_facts
+    from matrix_synapse_workers.core.plan import make_plan
+    from matrix_synapse_workers.core.selection import select
+    facts = read_host_facts(make_root(tmp_path))
+    major, minor, _ = map(int, since.split("."))
+    with pytest.raises(SelectionError, match=rf"'{role}' needs Synapse {re.escape(since)}"):
+        make_plan(select(workers=role), copy_with(facts, synapse_version=(major, minor - 1, 9)))
+    make_plan(select(workers=role), copy_with(facts, synapse_version=(major, minor, 0)))
+
+
+def test_the_quarantine_writer_is_a_media_repository():
+    settings = shared("quarantined_media")
+    assert settings["enable_media_repo"] is False
+    assert settings["media_instance_running_background_jobs"] == "quarantined-media-1"
+    assert ROLES["quarantined_media"].own_config == {"enable_media_repo": True}
+    assert "media" in ROLES["quarantined_media"].resources
+    # with media workers, the first of them runs the media jobs.
+    assert shared("media:2,quarantined_media")["media_instance_running_background_jobs"] == "media-1"
+
+
+@pytest.mark.parametrize("key,config,ok,old", [
+    ("redis.password_path", {"redis": {"enabled": True, "password_path": "/p"}}, (1, 117, 0), (1, 116, 3)),
+    ("worker_replication_secret_path", {"worker_replication_secret_path": "/s"}, (1, 126, 0), (1, 125, 1)),
+])
+def test_keys_older_synapse_would_ignore_are_refused(key, config, ok, old):
+    from matrix_synapse_workers.core.errors import SelectionError
+    from matrix_synapse_workers.core.plan import refuse_unknown_keys
+    refuse_unknown_keys(config, ok)
+    refuse_unknown_keys(config, None)
+    with pytest.raises(SelectionError, match=rf"^{re.escape(key)} needs Synapse "):
+        refuse_unknown_keys(config, old)

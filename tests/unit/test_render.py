@@ -23,6 +23,7 @@ def test_one_file_per_worker_plus_shared_redis_and_log_configs(tmp_path):
         "etc/matrix-synapse/worker-logs/typing-1.yaml",
         "etc/redis/redis-matrix-synapse.conf",
         "etc/nginx/conf.d/matrix-synapse-workers.conf", "etc/nginx/snippets/matrix-synapse-workers.conf",
+        "etc/nginx/snippets/matrix-synapse-workers-admin.conf",
         "etc/systemd/system/matrix-synapse.service.d/matrix-synapse-workers-sandbox.conf",
         *(f"etc/systemd/system/matrix-synapse-worker@{n}.service.d/matrix-synapse-workers.conf"
           for n in ("sync-1", "sync-2", "typing-1")),

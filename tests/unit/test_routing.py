@@ -59,7 +59,17 @@ EXAMPLES = {
     ("PUT", "/_matrix/federation/v1/send/123"): "federation_reader",
     ("GET", "/_matrix/federation/v1/event/$e"): "federation_reader",
     ("POST", "/_matrix/key/v2/query"): "federation_reader",
-    ("PUT", "/_matrix/client/v3/rooms/!a:x/join/txn1"): "client",
+    # Membership changes: where profile updates run (main without a background worker).
+    ("PUT", "/_matrix/client/v3/rooms/!a:x/join/txn1"): "main",
+    ("POST", "/_matrix/client/v3/rooms/!a:x/leave"): "main",
+    ("POST", "/_matrix/client/v3/join/#a:x"): "main",
+    ("PUT", "/_matrix/client/v3/profile/@u:x/displayname"): "client",
+    # The media admin API: only media repositories register it.
+    ("GET", "/_synapse/admin/v1/users/@u:x/media"): "media",
+    ("POST", "/_synapse/admin/v1/purge_media_cache"): "media",
+    ("DELETE", "/_synapse/admin/v1/media/x/y"): "media",
+    ("POST", "/_synapse/admin/v1/media/quarantine/x/y"): "media",
+    ("GET", "/_synapse/admin/v1/users/@u:x"): "main",
     ("PUT", "/_matrix/client/v3/createRoom/txn1"): "client",
     ("GET", "/_matrix/client/unstable/sync"): "sync",
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"): "sync",
@@ -110,6 +120,8 @@ WRITER_ONLY_REQUESTS = {
     "presence": [("GET", "/_matrix/client/v3/presence/@b:x/status"),
                  ("PUT", "/_matrix/client/v3/presence/@u:x/status"),
                  ("GET", "/_matrix/client/api/v1/presence/@b:x/status")],
+    "thread_subscriptions": [
+        ("PUT", "/_matrix/client/unstable/io.element.msc4306/rooms/!a:x/thread/$t/subscription")],
 }
 
 
@@ -253,3 +265,57 @@ def test_an_admin_file_in_the_way_is_kept_or_restored(tmp_path, monkeypatch):
 def test_the_check_knows_the_temporary_directories_nginx_t_makes():
     # Debian's nginx: the ones 'nginx -t' makes where nginx never ran, removed after the check.
     assert Path("/var/lib/nginx/body") in nginx_edge.temp_paths(nginx_edge.binary())
+
+
+# Issue 23: with a background worker, membership changes go where the profile task runs.
+def test_membership_changes_go_where_background_tasks_run():
+    plan = plan_of("sync,client,background")
+    for method, path in (("POST", "/_matrix/client/v3/rooms/!a:x/leave"),
+                         ("PUT", "/_matrix/client/v3/rooms/!a:x/invite/t1"),
+                         ("POST", "/_matrix/client/v3/knock/!a:x"),
+                         ("POST", "/_matrix/client/r0/join/!a:x")):
+        assert routing.destination(plan, path, method) == ("background", ("background-1",)), path
+    # before 1.150 the profile request wrote the joins itself: client workers keep them.
+    assert routing.destination(plan, "/_matrix/client/v3/rooms/!a:x/leave", "POST",
+                               (1, 149, 0))[0] == "client"
+
+
+def test_quarantine_goes_to_its_writer_and_the_media_admin_to_media_workers():
+    plan = plan_of("media:2,quarantined_media")
+    for path in ("/_synapse/admin/v1/quarantine_media/!a:x", "/_synapse/admin/v1/room/!a:x/media/quarantine",
+                 "/_synapse/admin/v1/user/@u:x/media/quarantine", "/_synapse/admin/v1/media/quarantine/x/y",
+                 "/_synapse/admin/v1/media/unquarantine/x/y", "/_synapse/admin/v1/media/quarantine_changes"):
+        assert routing.destination(plan, path, "POST")[0] == "quarantined_media", path
+    assert routing.destination(plan, "/_synapse/admin/v1/room/!a:x/media", "GET")[0] == "media"
+    # a quarantine writer alone is the media repository too.
+    alone = plan_of("quarantined_media")
+    assert routing.destination(alone, "/_matrix/media/v3/upload", "POST")[0] == "quarantined_media"
+    assert routing.destination(alone, "/_synapse/admin/v1/users/@u:x/media", "GET")[0] == "quarantined_media"
+
+
+def test_the_admin_api_has_a_snippet_of_its_own(tmp_path):
+    from matrix_synapse_workers.render.files import nginx_admin_file
+    http, snippet = nginx_files(plan_of("media"))
+    admin = nginx_admin_file(plan_of("media"))
+    assert str(admin.path) == "etc/nginx/snippets/matrix-synapse-workers-admin.conf"
+    assert "_synapse/admin" not in snippet.content  # the client snippet never exposes it
+    assert "location /_synapse/admin/ {" in admin.content
+    assert "purge_media_cache" in admin.content and "proxy_pass http://msw_media;" in admin.content
+    assert "upstream msw_media {" in http.content
+    if shutil.which("nginx"):
+        r = nginx_test(tmp_path, http.content, snippet.content + admin.content)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("size,expected", [(None, "50M"), ("100M", "100M"), ("1G", "1G"),
+                                           (104857600, "100M"), ("1T", "1024G"), ("1000", "1000")])
+def test_the_body_size_follows_max_upload_size(size, expected):
+    assert routing.body_size(size) == expected
+    http, snippet = nginx_files(plan_of("media"), max_body=routing.body_size(size))
+    assert f"client_max_body_size {expected};" in snippet.content
+
+
+@pytest.mark.parametrize("size", ["100m", "lots", "", True, 1.5])
+def test_a_max_upload_size_synapse_refuses_is_refused(size):
+    with pytest.raises(ValueError, match="max_upload_size"):
+        routing.body_size(size)

@@ -27,7 +27,7 @@ import pytest
 import harness
 from harness import Container, http, psql, register_user
 from booted_config import NGINX, container_name
-from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed
+from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed, serve_through_nginx
 
 from matrix_synapse_workers.render import routing
 
@@ -51,10 +51,7 @@ def deployed(synapse_root: Path, package_deb: Path) -> Iterator[Container]:
     with Container(synapse_root, name=container_name("test_fallback")) as c:
         install_workers(c, deb, preseed("custom", "client", ""))
         assert_all_healthy(c, WORKERS)
-        c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
-        c.run(["nginx", "-t", "-q"])
-        c.run(["systemctl", "reload-or-restart", "nginx.service"])
-        harness.wait_for_http(c, NGINX, "/_matrix/client/versions", timeout=60)
+        serve_through_nginx(c, VHOST)
         yield c
 
 

@@ -20,7 +20,7 @@ import pytest
 import harness
 from harness import Container, http
 from booted_config import NGINX, REPO, SERVER_NAME as SERVER
-from test_scenarios import assert_all_healthy, install_workers, preseed
+from test_scenarios import assert_all_healthy, install_workers, preseed, serve_through_nginx
 from test_booted_routing import logs_with
 
 MAS_PORT = 8090
@@ -84,10 +84,7 @@ def mas_homeserver(synapse_root: Path, package_deb: Path, request):
         harness.wait_for_http(c, "http://127.0.0.1:8008", "/health", timeout=120)
         install_workers(c, package_deb, preseed("custom", "sync, client", "sync:3"))
         assert_all_healthy(c, WORKERS)
-        c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
-        c.run(["nginx", "-t", "-q"])
-        c.run(["systemctl", "reload-or-restart", "nginx.service"])
-        harness.wait_for_http(c, NGINX, "/_matrix/client/versions", timeout=60)
+        serve_through_nginx(c, VHOST)
         yield c
 
 

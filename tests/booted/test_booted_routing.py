@@ -18,7 +18,8 @@ import pytest
 import harness
 from harness import Container, http, login, register_user
 from booted_config import NGINX, VHOST
-from test_scenarios import SERVER, SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure
+from test_scenarios import (SERVER, SOCKETS, assert_all_healthy, install_workers, preseed, reconfigure,
+                            serve_through_nginx)
 
 from matrix_synapse_workers.render import routing
 from matrix_synapse_workers.core.plan import Plan, plan_workers
@@ -67,10 +68,7 @@ def routed(synapse_root, package_deb, request):
     with Container(synapse_root, name=re.sub(r"^test_", "", request.node.name)) as c:
         install_workers(c, deb, preseed("custom", TYPES, COUNTS))
         assert_all_healthy(c, WORKERS)
-        c.write_file("/etc/nginx/sites-enabled/matrix-test", VHOST)
-        c.run(["nginx", "-t", "-q"])
-        c.run(["systemctl", "reload-or-restart", "nginx.service"])
-        harness.wait_for_http(c, NGINX, "/_matrix/client/versions", timeout=60)
+        serve_through_nginx(c, VHOST)
         yield c
 
 

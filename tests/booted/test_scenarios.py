@@ -55,6 +55,14 @@ def synapse_unbooted(synapse_root: Path, request: pytest.FixtureRequest):
         yield c
 
 
+def serve_through_nginx(c: Container, vhost: str = VHOST) -> None:
+    """The admin's vhost in place, checked and loaded, and the client API answering through it."""
+    c.write_file("/etc/nginx/sites-enabled/matrix-test", vhost)
+    c.run(["nginx", "-t", "-q"])
+    c.run(["systemctl", "reload-or-restart", "nginx.service"])
+    harness.wait_for_http(c, NGINX, "/_matrix/client/versions", timeout=60)
+
+
 def install_workers(c: Container, deb: Path, answers: str):
     return c.install_debs([deb], preseed=answers)
 

@@ -1,8 +1,9 @@
 """``matrix-synapse-workers status``: look once, judge, print once.
 
 :mod:`.probe` looks (the system edge) and returns :class:`.model.Facts`;
-:mod:`.checks` judges them into :class:`.model.Row` s; :mod:`.report` prints
-the rows.  This package's own namespace is the pure part: importing it does
+:mod:`.checks` judges them into :class:`.model.Row` s (the web server's rows in
+:mod:`.web_checks`, the other machines' in :mod:`.cluster_checks`, shared advice
+in :mod:`.advice`); :mod:`.report` prints the rows.  This package's own namespace is the pure part: importing it does
 not import the probe.
 """
 

@@ -4,8 +4,8 @@
 debconf) and hands over a :class:`Facts`; everything here is a function of
 those facts, so every verdict can be tested with recorded facts.
 
-Exit codes: 0 healthy, 1 degraded (warnings), 2 broken (a failure: main down,
-Redis down, a process without replication, a stream without its writer).
+The verdict (core/exitcodes): healthy, degraded (warnings), broken (a failure:
+main down, Redis down, a process without replication, a stream without its writer).
 
 When Synapse spans machines (:class:`ClusterFacts`), the main host also
 judges each remote worker's /health over the private network, Redis's way in
@@ -16,26 +16,19 @@ Redis answer it and accept those secrets.
 
 from __future__ import annotations
 
+
 from typing import Mapping
 
-from ..core import dbconnections, paths, vhost
-from ..core.vhost import Routing
+from ..core import dbconnections, paths
 from ..core.words import plural
-from ..core.redisserver import REDIS, server_of_socket
-from ..core.webserver import CHECK_TOOL, INCLUDE_ADVICE, WebServer
-from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts, ConfigFacts,
-                    DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row, UnitState,
-                    upstream_version)
-
-RECONFIGURE = f"dpkg-reconfigure {paths.PACKAGE}"
-RESTART_ALL = f"systemctl restart {paths.TARGET_UNIT}"
-CLUSTER_FILE = f"/{paths.CLUSTER_FILE}"
-COPY_AGAIN = (f"copy /{paths.CLUSTER_DIR} again from the main host, keeping owners and modes "
-              f"(rsync -a MAINHOST:/{paths.CLUSTER_DIR}/ /{paths.CLUSTER_DIR}/), then {RESTART_ALL}")
-
-
-def _mode(mode: int) -> str:
-    return f"{mode:04o}" if mode > 0o777 else f"{mode:03o}"
+from ..core.redisserver import server_of_socket
+from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_HOST, ClusterFacts,
+                    ConfigFacts, DatabaseFacts, Facts, Health, PathStat, Process, RedisClient, Row,
+                    UnitState, upstream_version)
+from .advice import CLUSTER_FILE, RECONFIGURE, RESTART_ALL, octal
+from .cluster_checks import (check_cluster, check_main_unit_absent, check_remote_redis,
+                             check_worker_host_redis, check_writers)
+from .web_checks import check_nginx
 
 
 # --- checks --------------------------------------------------------------------
@@ -119,11 +112,11 @@ def check_socket_dir(facts: Facts) -> Row:
     expected = facts.expected
     directory = str(paths.SOCKET_DIR)
     stat = facts.paths.get(directory, PathStat(False))
-    want = f"{expected.dir_owner}:{expected.socket_group} {_mode(expected.dir_mode)}"
+    want = f"{expected.dir_owner}:{expected.socket_group} {octal(expected.dir_mode)}"
     if not stat.exists:
         return Row("sockets", directory, FAIL, "directory missing",
                    f"systemd-tmpfiles --create, then {RESTART_ALL}")
-    have = f"{stat.owner}:{stat.group} {_mode(stat.mode)}"
+    have = f"{stat.owner}:{stat.group} {octal(stat.mode)}"
     if have != want:
         return Row("sockets", directory, WARN, f"{have}, expected {want}",
                    f"run: {RECONFIGURE} (it sets owner, group and mode)")
@@ -148,7 +141,7 @@ def _socket_problems(facts: Facts) -> list[tuple[Process, str, str]]:
             elif not stat.is_socket:
                 problems.append((process, str(path), "not a socket"))
             elif stat.mode & 0o777 != mode:
-                problems.append((process, str(path), f"mode {_mode(stat.mode & 0o777)}, expected {_mode(mode)}"))
+                problems.append((process, str(path), f"mode {octal(stat.mode & 0o777)}, expected {octal(mode)}"))
             elif stat.group != facts.expected.socket_group:
                 problems.append((process, str(path), f"group {stat.group}, expected "
                                                      f"{facts.expected.socket_group}"))
@@ -375,350 +368,6 @@ def _file_rows(config: ConfigFacts) -> list[Row]:
     return rows
 
 
-def _worker_host_config(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """A worker host's workers come from cluster.yaml: the files on disk should match it."""
-    config = facts.config
-    here = sorted(p.name for p in facts.expected.processes)
-    rows = []
-    if cluster.listed_here is not None:
-        listed = sorted(cluster.listed_here)
-        if listed == here:
-            rows.append(Row("config", "workers", OK, f"{', '.join(here) or 'none'}, as {CLUSTER_FILE} "
-                                                     f"lists for {cluster.label}"))
-        else:
-            rows.append(Row("config", "workers", WARN,
-                            f"on disk {', '.join(here) or 'none'}; {CLUSTER_FILE} lists "
-                            f"{', '.join(listed) or 'none'} for {cluster.label}",
-                            f"run: {RECONFIGURE} (it configures the workers {CLUSTER_FILE} gives this host)"))
-    if config.error:
-        return rows + [Row("config", "files", WARN, config.error, f"run: {RECONFIGURE}")]
-    return rows + _file_rows(config)
-
-
-def _reads(stat: PathStat, user: str, bits: tuple[int, int, int]) -> bool:
-    """Whether ``user`` (in its own group only) gets ``bits`` (owner, group, other) on a file."""
-    owner, group, other = bits
-    if stat.owner == user:
-        return bool(stat.mode & owner)
-    if stat.group == user:
-        return bool(stat.mode & group)
-    return bool(stat.mode & other)
-
-
-def _fix_secret(path: str, directory: bool = False) -> str:
-    mode = "0750" if directory else "0640"
-    return f"chown root:{paths.SYNAPSE_USER} {path} && chmod {mode} {path}"
-
-
-def check_secrets(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """The cluster directory and its secret files: present, Synapse can read them, nobody else."""
-    worker_host = cluster.role == WORKER_HOST
-    missing_advice = COPY_AGAIN if worker_host else f"run: {RECONFIGURE} (it writes them)"
-    directory = "/" + str(paths.CLUSTER_DIR)
-    rows = []
-    stat = cluster.directory
-    if stat is not None and stat.exists and not _reads(stat, paths.SYNAPSE_USER, (0o100, 0o010, 0o001)):
-        rows.append(Row("secrets", directory, FAIL,
-                        f"{stat.owner}:{stat.group} {_mode(stat.mode)}: {paths.SYNAPSE_USER} cannot enter it",
-                        _fix_secret(directory, directory=True)))
-    for secret in cluster.secrets:
-        stat = secret.stat
-        if stat is None:
-            rows.append(Row("secrets", secret.path, INFO, f"not checked: {secret.error or 'not readable'}"))
-            continue
-        if not stat.exists:
-            rows.append(Row("secrets", secret.path, FAIL, "missing", missing_advice))
-            continue
-        have = f"{stat.owner}:{stat.group} {_mode(stat.mode)}"
-        if not _reads(stat, paths.SYNAPSE_USER, (0o400, 0o040, 0o004)):
-            rows.append(Row("secrets", secret.path, FAIL, f"{have}: {paths.SYNAPSE_USER} cannot read it",
-                            _fix_secret(secret.path)))
-        elif secret.error == "empty":
-            rows.append(Row("secrets", secret.path, FAIL, f"{have}, empty", missing_advice))
-        elif stat.mode & 0o007:
-            rows.append(Row("secrets", secret.path, WARN, f"{have}: every user of this machine can "
-                                                          f"{'read' if stat.mode & 0o004 else 'reach'} it",
-                            _fix_secret(secret.path)))
-        elif secret.error:
-            rows.append(Row("secrets", secret.path, INFO, f"{have}; content not checked: {secret.error}"))
-        else:
-            rows.append(Row("secrets", secret.path, OK, have))
-    return rows
-
-
-def _not_ours(address: str, what: str) -> str:
-    return (f"something else answers at {address}: check that it is {what} (the address comes from "
-            f"{CLUSTER_FILE}; {RECONFIGURE} on the main host writes it)")
-
-
-def _link_advice(address: str, what: str) -> str:
-    host, _, port = address.rpartition(":")
-    return (f"check the private link to the main host (ping {host.strip('[]')}; a firewall must let "
-            f"this host reach TCP port {port}) and that {what} runs there")
-
-
-def check_cluster(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """This host's place in a deployment over several machines, and the way to the other side."""
-    worker_host = cluster.role == WORKER_HOST
-    if cluster.error:
-        advice = COPY_AGAIN if worker_host else f"run: {RECONFIGURE} (it writes {CLUSTER_FILE})"
-        return [Row("cluster", CLUSTER_FILE, FAIL, cluster.error, advice)]
-    rows = []
-    if worker_host:
-        address = cluster.hosts.get(cluster.label or "")
-        if address is None:
-            rows.append(Row("cluster", cluster.label or "?", FAIL,
-                            f"{CLUSTER_FILE} has no worker host {cluster.label!r} (it has: "
-                            f"{', '.join(sorted(cluster.hosts)) or 'none'})",
-                            f"name this host on the main host ({RECONFIGURE} there), then {COPY_AGAIN}"))
-        elif cluster.address_here is False:
-            rows.append(Row("cluster", cluster.label or "?", FAIL,
-                            f"{CLUSTER_FILE} gives {cluster.label} the address {address}, which is not "
-                            "this machine's: its workers cannot listen on it",
-                            f"give this host {address} on the private network, or correct the worker "
-                            f"hosts on the main host ({RECONFIGURE} there) and copy the directory again"))
-        else:
-            rows.append(Row("cluster", cluster.label or "?", OK,
-                            f"worker host at {address}; main at {cluster.replication}"))
-    else:
-        host = cluster.replication.rpartition(":")[0].strip("[]")
-        if cluster.address_here is False:
-            rows.append(Row("cluster", "main", FAIL,
-                            f"the replication address {cluster.replication} is not this machine's: main "
-                            "cannot listen on it, and worker hosts cannot reach it",
-                            f"run: {RECONFIGURE} and give this host's private address"))
-        else:
-            labels = ", ".join(f"{label} ({address})" for label, address in sorted(cluster.hosts.items()))
-            rows.append(Row("cluster", "main", OK, f"main host at {host}; worker hosts: {labels or 'none'}"))
-    rows += check_secrets(facts, cluster)
-    rows += _check_main_reach(facts, cluster)
-    rows += _check_redis_reach(cluster)
-    return rows
-
-
-def _check_main_reach(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """GET /health on main's private replication address, and (worker host) the secret."""
-    worker_host = cluster.role == WORKER_HOST
-    rows = []
-    health = cluster.main_health
-    address = cluster.replication
-    if health is not None:
-        if health.ok:
-            rows.append(Row("main", address, OK, "replication listener answers /health"
-                            + (f", Synapse {health.version}" if health.version else "")))
-        elif worker_host:
-            got = health.error or f"HTTP {health.status}"
-            rows.append(Row("main", address, FAIL, f"main's replication listener: {got}",
-                            _link_advice(address, f"main ({paths.MAIN_UNIT})")))
-        elif facts.units.get(paths.MAIN_UNIT, UnitState("unknown")).active == "active":
-            got = health.error or f"HTTP {health.status}"
-            rows.append(Row("main", address, FAIL,
-                            f"worker hosts cannot reach main: its replication listener here: {got}",
-                            f"run: {RECONFIGURE} (/{paths.SHARED_CONF} must list it), then "
-                            f"systemctl restart {paths.MAIN_UNIT}"))
-    reach = cluster.replication_reach
-    if not worker_host or reach is None:
-        return rows
-    if reach.ok and cluster.secret_tested:
-        rows.append(Row("replication", "secret", OK, "main accepts this host's replication secret"))
-    elif reach.ok:
-        rows.append(Row("replication", "secret", INFO, "main's replication listener answers; the secret "
-                                                       "was not tested (its file is not readable)"))
-    elif reach.refused:
-        rows.append(Row("replication", "secret", FAIL, reach.detail,
-                        f"the secret differs from the main host's: {COPY_AGAIN}"))
-    elif reach.reached:
-        rows.append(Row("replication", "secret", FAIL, reach.detail, _not_ours(address, "main's replication "
-                                                                                        "listener")))
-    elif health is not None and not health.ok:
-        rows.append(Row("replication", "secret", INFO, "not tested: main is unreachable (above)"))
-    else:
-        rows.append(Row("replication", "secret", FAIL, reach.detail,
-                        _link_advice(address, f"main ({paths.MAIN_UNIT})")))
-    return rows
-
-
-def _check_redis_reach(cluster: ClusterFacts) -> list[Row]:
-    """Redis on main's private address, with the password worker hosts use."""
-    reach = cluster.redis_reach
-    if not cluster.redis:
-        return []
-    if reach is None:
-        return [Row("redis", cluster.redis, INFO, "AUTH not tested: the password file is not readable")]
-    if reach.ok:
-        return [Row("redis", cluster.redis, OK, "accepts the password from "
-                                                f"/{paths.REDIS_PASSWORD}")]
-    # The main host's instance: named as Redis's (a worker host cannot see which server runs it).
-    unit = REDIS.instance_unit
-    if reach.reached and not reach.refused:
-        advice = _not_ours(cluster.redis, f"the main host's Redis ({unit}, with its password)")
-    elif cluster.role == WORKER_HOST:
-        if reach.refused:
-            advice = f"the password differs from the main host's: {COPY_AGAIN}"
-        else:
-            advice = _link_advice(cluster.redis, f"Redis ({unit})")
-    elif reach.refused:
-        advice = (f"the password file and Redis's /{REDIS.instance_auth_conf} differ: run: "
-                  f"{RECONFIGURE}, then systemctl restart {unit}")
-    else:
-        advice = (f"Redis does not listen there: run: {RECONFIGURE} (it writes 'bind' in "
-                  f"/{REDIS.instance_conf}), then systemctl restart {unit}")
-    return [Row("redis", cluster.redis, FAIL, reach.detail, advice)]
-
-
-def check_writers(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """Stream writers on other hosts: their replication listeners answer from here."""
-    rows = []
-    worker_host = cluster.role == WORKER_HOST
-    for writer in cluster.writers:
-        what = f"{writer.stream} stream" if writer.stream else "stream"
-        if writer.health.ok:
-            rows.append(Row("replication", writer.name, OK,
-                            f"its replication listener on {writer.host} ({writer.address}) answers"))
-            continue
-        got = writer.health.error or f"HTTP {writer.health.status}"
-        unit = paths.WORKER_UNIT_TEMPLATE.format(name=writer.name)
-        port = writer.address.rpartition(":")[2]
-        if worker_host:
-            if cluster.main_health is None or not cluster.main_health.ok:
-                continue  # main itself is unreachable: its row says so
-            advice = (f"check the private link to {writer.host} (a firewall must let this host reach "
-                      f"{writer.address}) and that {unit} runs there")
-        else:
-            if not facts.health.get(writer.name, Health()).ok:
-                continue  # the worker itself does not answer: its process row says so
-            advice = (f"on {writer.host}: a firewall must let the main host reach TCP port {port}; "
-                      f"{paths.PACKAGE} status there checks the worker")
-        rows.append(Row("replication", writer.name, FAIL,
-                        f"its replication listener on {writer.host} ({writer.address}): {got}; the {what}'s "
-                        "writes cannot reach it from here", advice))
-    return rows
-
-
-def check_remote_redis(facts: Facts, cluster: ClusterFacts) -> list[Row]:
-    """Main host: each worker host's Redis connections, told apart by their address."""
-    redis = facts.redis
-    if not redis.reachable or not any(c.addr for c in redis.clients):
-        return []
-    rows = []
-    for label, address in sorted(cluster.hosts.items()):
-        mine = [c for c in redis.clients if c.peer_host == address]
-        subscribed = sum(1 for c in mine if c.subscribed)
-        answering = sum(1 for p in facts.expected.processes if p.remote and p.host == label
-                        and facts.health.get(p.name, Health()).ok)
-        detail = (f"{plural(len(mine), 'connection')} from {address}, {subscribed} subscribed, for "
-                  f"{plural(answering, 'worker')} answering /health")
-        if subscribed < answering:
-            rows.append(Row("redis", label, FAIL, detail,
-                            f"replication is not working for some of its workers: {paths.PACKAGE} "
-                            f"status on {label} names them"))
-        else:
-            rows.append(Row("redis", label, OK, detail))
-    return rows
-
-
-def check_worker_host_redis(facts: Facts) -> list[Row]:
-    """A worker host's own look at Redis: the connection the probes made, for the client list."""
-    redis = facts.redis
-    cluster = facts.cluster
-    if redis.reachable or not redis.location or (
-            cluster is not None and cluster.redis_reach is not None and not cluster.redis_reach.ok):
-        return []  # reachable, or the row above says why not
-    return [Row("redis", "clients", INFO, f"this host's Redis connections not counted: {redis.error}")]
-
-
-def check_main_unit_absent(facts: Facts) -> Row:
-    """On a worker host main must not run: it would be a second main of the same homeserver."""
-    state = facts.units.get(paths.MAIN_UNIT, UnitState("unknown"))
-    if state.active in ("active", "activating", "reloading"):
-        return Row("units", paths.MAIN_UNIT, FAIL, f"{state.active} on a worker host: a second main process",
-                   f"systemctl stop {paths.MAIN_UNIT}; the drop-in keeps it from starting while "
-                   f"/{paths.WORKER_HOST_MARK} exists ({RECONFIGURE} writes both)")
-    return Row("units", paths.MAIN_UNIT, OK, f"{state.active}: main runs on the main host")
-
-
-def check_routing(routing: Routing) -> list[Row]:
-    """Whether requests reach the workers as nginx really routes (:mod:`..core.vhost`)."""
-    if routing.error:
-        return [Row("nginx", "routing", WARN, routing.error)]
-    rows = []
-    if not routing.including:
-        rows.append(Row("nginx", "include", FAIL, f"no server block includes {vhost.SNIPPET}: every "
-                        "request goes to main", vhost.todo(routing)[0]))
-    for shadow, advice in zip(routing.shadows, vhost.todo(routing)[0 if routing.including else 1:]):
-        rows.append(Row("nginx", "shadowed", FAIL,
-                        f"{shadow.location.where} '{shadow.location.text}' takes "
-                        f"{plural(len(shadow.paths), 'worker path')} of {routing.checked} "
-                        f"(e.g. {shadow.paths[0]}) before the snippet", advice))
-    if routing.ok:
-        names = ", ".join(s.where for s in routing.including)
-        rows.append(Row("nginx", "routing", OK,
-                        f"{plural(routing.checked, 'worker path')} reach the snippet in "
-                        f"{plural(len(routing.including), 'server block')} ({names})"))
-    return rows
-
-
-def check_nginx(facts: Facts) -> list[Row]:
-    nginx = facts.nginx
-    if nginx.server != WebServer.NGINX.value:
-        return check_web_server(facts)
-    if not nginx.rendered:
-        return [Row("nginx", "routing", INFO, "this version renders no nginx files: not checked")]
-    rows = []
-    if nginx.missing:
-        rows.append(Row("nginx", "files", WARN, f"missing: {', '.join(nginx.missing)}", f"run: {RECONFIGURE}"))
-    admin = "/" + str(paths.NGINX_ADMIN_SNIPPET)
-    if admin in nginx.not_included:  # optional: only where admins reach the admin API
-        rows.append(Row("nginx", "admin API", INFO, f"{admin} is not included",
-                        "include it in the server block where admins reach /_synapse/admin "
-                        "(the media admin API needs it once media workers run)"))
-    # The snippet's include is judged with the routing, below.
-    not_included = [f for f in nginx.not_included if f != admin
-                    and (nginx.routing is None or f != vhost.SNIPPET)]
-    if not_included:
-        rows.append(Row("nginx", "include", WARN, f"not in nginx's configuration: {', '.join(not_included)}",
-                        f"include {not_included[0]} in the context its first lines name, then "
-                        f"{vhost.RELOAD.removeprefix('then: ')}"))
-    if nginx.test_ok is False:
-        first = next((line for line in nginx.test_output.splitlines() if "emerg" in line or "error" in line),
-                     nginx.test_output.strip().splitlines()[-1] if nginx.test_output.strip() else "")
-        rows.append(Row("nginx", "nginx -t", FAIL, first[:200] or "fails",
-                        "fix what nginx -t reports; the running nginx keeps its old configuration until then"))
-    elif nginx.test_ok is None:
-        rows.append(Row("nginx", "nginx -t", INFO, "nginx not found: not tested"))
-    if nginx.routing is not None:
-        rows += check_routing(nginx.routing)
-    elif not rows or all(r.status == INFO for r in rows):
-        included = len(nginx.rendered) - len(nginx.not_included)
-        rows.insert(0, Row("nginx", "routing", OK, f"{plural(included, 'file')} included"
-                           + (", nginx -t passes" if nginx.test_ok else "")))
-    return rows
-
-
-
-def check_web_server(facts: Facts) -> list[Row]:
-    """As :func:`check_nginx`, for Apache, Caddy or HAProxy in front."""
-    web = facts.nginx
-    server = WebServer(web.server)
-    tool = CHECK_TOOL[server].replace("FILE", web.rendered[0] if web.rendered else "")
-    rows = []
-    if web.missing:
-        rows.append(Row(web.server, "files", WARN, f"missing: {', '.join(web.missing)}", f"run: {RECONFIGURE}"))
-    if web.not_included:
-        rows.append(Row(web.server, "include", WARN,
-                        f"not in {web.server}'s configuration: {', '.join(web.not_included)}",
-                        INCLUDE_ADVICE[server].replace("FILE", web.not_included[0])))
-    if web.test_ok is False:
-        lines = web.test_output.strip().splitlines()
-        first = next((line for line in lines if "rror" in line or "ALERT" in line), lines[-1] if lines else "")
-        rows.append(Row(web.server, tool, FAIL, first[:200] or "fails",
-                        f"fix what {tool} reports; the running {web.server} keeps its old configuration until then"))
-    elif web.test_ok is None:
-        rows.append(Row(web.server, tool, INFO, f"{web.server} not found: not tested"))
-    if not rows:
-        rows.append(Row(web.server, "routing", OK, f"{len(web.rendered)} files included, {tool} passes"))
-    return rows
-
 def check_sandbox(facts: Facts) -> list[Row]:
     """Each unit's exposure; a warning when a drop-in of the admin's has loosened it."""
     rows = []
@@ -767,6 +416,26 @@ def check_hand_made(facts: Facts) -> list[Row]:
     rows += [Row("take-over", directory, INFO, f"{count} hand-made files kept here (not used)")
              for directory, count in facts.adopted]
     return rows
+
+
+def _worker_host_config(facts: Facts, cluster: ClusterFacts) -> list[Row]:
+    """A worker host's workers come from cluster.yaml: the files on disk should match it."""
+    config = facts.config
+    here = sorted(p.name for p in facts.expected.processes)
+    rows = []
+    if cluster.listed_here is not None:
+        listed = sorted(cluster.listed_here)
+        if listed == here:
+            rows.append(Row("config", "workers", OK, f"{', '.join(here) or 'none'}, as {CLUSTER_FILE} "
+                                                     f"lists for {cluster.label}"))
+        else:
+            rows.append(Row("config", "workers", WARN,
+                            f"on disk {', '.join(here) or 'none'}; {CLUSTER_FILE} lists "
+                            f"{', '.join(listed) or 'none'} for {cluster.label}",
+                            f"run: {RECONFIGURE} (it configures the workers {CLUSTER_FILE} gives this host)"))
+    if config.error:
+        return rows + [Row("config", "files", WARN, config.error, f"run: {RECONFIGURE}")]
+    return rows + _file_rows(config)
 
 
 def check_database(db: DatabaseFacts) -> Row:

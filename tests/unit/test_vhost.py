@@ -178,7 +178,7 @@ def test_nested_and_quoted_locations_are_read():
 
 @needs_nginx
 def test_status_fails_naming_the_file_and_location_or_the_missing_include(tmp_path):
-    from matrix_synapse_workers.status.checks import check_routing
+    from matrix_synapse_workers.status.web_checks import check_routing
     shadowing = server(18080, "matrix.example.org", SYNAPSE_DOC_LOCATION % {"main": 8008} + INCLUDE)
     (tmp_path / "a").mkdir()
     [row] = check_routing(judged(tmp_path / "a", "sync", {"matrix": shadowing}))
@@ -196,7 +196,7 @@ def test_status_fails_naming_the_file_and_location_or_the_missing_include(tmp_pa
 
 
 def test_an_unreadable_dump_is_a_warning_not_a_crash():
-    from matrix_synapse_workers.status.checks import check_routing
+    from matrix_synapse_workers.status.web_checks import check_routing
     routing = vhost.judge("# configuration file /etc/nginx/nginx.conf:\nhttp { server { }\n")
     assert routing.error.startswith("nginx -T could not be read: ") and vhost.todo(routing) == []
     [row] = check_routing(routing)

@@ -15,13 +15,9 @@ replication listener (/health and the secret) and Redis with the password.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
-import re
-import socket
-import stat as statmod
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -29,479 +25,32 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import yaml
-
 from ..core import paths
 from ..core.adoption import ADOPTED_DIR, ADOPTING_RECORD, KNOWN_UNITS
-from ..debconf.answers import QUESTIONS, counts_from_workers, from_answers, normalized_counts
-from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, main_topology_of, plan_from_cluster
-from ..system.clusterfile import read_cluster
+from ..debconf.answers import counts_from_workers, normalized_counts
+from ..core.cluster import MAIN as CLUSTER_MAIN, main_topology_of
 from ..core.dbconnections import pool_sizes
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, merged_admin_config, \
-    metrics_deployed, read_host_facts
-from ..core.plan import Plan, Worker, parse_worker_name
-from ..render.files import RenderedFile, dump_yaml, main_listeners, nginx_paths, render
+from ..system.hostfacts import merged_admin_config
+from ..core.plan import Worker
 from ..render.webserver import routing_paths
 from ..core.webserver import WebServer
 from ..system import webservers
 from ..core.settings import RedisMode, Settings
-from .model import (MAIN_HOST, WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Exposure, Facts,
-                    Health, Process,
-                     NginxFacts, PathStat, PeerListener, Reach, RedisClient, RedisFacts, SecretFile,
-                     UnitState, expected_processes, worker_process)
+from .model import (WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
+                    Process, NginxFacts, PathStat, PeerListener, RedisClient, RedisFacts, SecretFile,
+                    UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
-from ..system import applied, netprobe, nginx, statoverride
-from ..core import vhost
+from ..system import applied, netprobe, statoverride
 from ..core.vhost import Routing
 from ..system.accounts import group_name, user_name
 from ..core.topology import Address, Topology
-from ..deployment import read_deployment, redis_config, redis_settings_of, socket_group
-
-TIMEOUT = 1.0
-
-
-# --- small clients --------------------------------------------------------------
-
-
-def http_health(where: str | Address, timeout: float = TIMEOUT) -> Health:
-    """GET /health over a UNIX socket (a path) or TCP (an :class:`Address`), HTTP/1.1,
-    with X-Forwarded-For (Synapse needs it on sockets)."""
-    headers = {"X-Forwarded-For": "127.0.0.1", "User-Agent": "matrix-synapse-workers-status"}
-    try:
-        answer = netprobe.http_get(where, "/health", headers, timeout)
-    except FileNotFoundError:
-        return Health(error="socket missing")
-    except ConnectionRefusedError:
-        return Health(error="connection refused (nothing listens)")
-    except socket.timeout:
-        return Health(error=f"no answer within {timeout:g} s")
-    except PermissionError:
-        return Health(error="permission denied (run as root)")
-    except OSError as exc:
-        return Health(error=exc.strerror or str(exc))
-    except netprobe.NotHttp:
-        return Health(error="not an HTTP answer")
-    return Health(answer.status, answer.body, answer.headers.get("server", ""))
-
-
-def parse_client_list(text: str) -> tuple[RedisClient, ...]:
-    clients = []
-    for line in text.splitlines():
-        fields = dict(item.partition("=")[::2] for item in line.split())
-        if "fd" in fields:
-            clients.append(RedisClient(int(fields["fd"]), int(fields.get("sub", 0) or 0)
-                                       + int(fields.get("psub", 0) or 0), fields.get("flags", ""),
-                                       fields.get("addr", "")))
-    return tuple(clients)
-
-
-def probe_redis(config: Mapping[str, Any], timeout: float = TIMEOUT,
-                password: str | None = None) -> tuple[str, int | None, tuple[RedisClient, ...]]:
-    """(error, tcp port, clients) from the Redis conf.d/redis.yaml names.
-
-    ``password``: read from its ``password_path`` by the caller; else its ``password``.
-    """
-    where: str | Address = (str(config["path"]) if config.get("path") else
-                            Address(str(config.get("host", "localhost")), int(config.get("port", 6379))))
-    try:
-        session = netprobe.RedisSession(where, timeout)
-    except OSError as exc:
-        return exc.strerror or str(exc), None, ()
-    with session:
-        try:
-            password = password if password is not None else config.get("password")
-            if password:
-                session.call("AUTH", str(password))
-            session.call("PING")
-            clients = parse_client_list(session.call("CLIENT", "LIST") or "")
-        except (netprobe.RespError, OSError) as exc:
-            return _one_line(str(exc)), None, ()
-        try:
-            reply = session.call("CONFIG", "GET", "port")
-            port = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else None
-        except (netprobe.RespError, OSError, ValueError):
-            port = None
-    return "", port, clients
-
-
-def parse_ss(text: str, server_path: str) -> dict[int, int]:
-    """``ss -xpnH`` -> Redis server fd -> pid of the client at the other end."""
-    server_fd_to_peer: dict[int, str] = {}
-    inode_to_pid: dict[str, int] = {}
-    for line in text.splitlines():
-        fields = line.split(None, 8)
-        if len(fields) < 8 or fields[1] != "ESTAB":
-            continue
-        local, local_inode, peer_inode = fields[4], fields[5], fields[7]
-        users = fields[8] if len(fields) > 8 else ""
-        owner = re.search(r"pid=(\d+),fd=(\d+)", users)
-        if owner is None:
-            continue
-        if local == server_path:
-            server_fd_to_peer[int(owner[2])] = peer_inode
-        else:
-            inode_to_pid[local_inode] = int(owner[1])
-    return {fd: inode_to_pid[peer] for fd, peer in server_fd_to_peer.items() if peer in inode_to_pid}
-
-
-def _endpoint(text: str) -> str:
-    """``[fd00::2]:41234`` and ``fd00::2:41234`` -> one spelling, for joining ss to Redis."""
-    host, _, port = text.rpartition(":")
-    return f"{host.strip('[]')}:{port}"
-
-
-def parse_ss_tcp(text: str, clients: Sequence[RedisClient], server: Address) -> dict[int, int] | None:
-    """``ss -tpnH`` on a worker host -> Redis server fd -> pid of the local client.
-
-    Redis names each client by its end of the connection (``addr=``), which is
-    the local end of this host's connection to Redis in ``ss``.  None when this
-    host has connections to Redis but Redis knows none of them by that name
-    (address translation on the way): they cannot be attributed.
-    """
-    by_endpoint: dict[str, int] = {}
-    peer = _endpoint(str(server))
-    for line in text.splitlines():
-        fields = line.split(None, 5)
-        if len(fields) < 6 or fields[0] != "ESTAB" or _endpoint(fields[4]) != peer:
-            continue
-        owner = re.search(r"pid=(\d+),fd=(\d+)", fields[5])
-        if owner is not None:
-            by_endpoint[_endpoint(fields[3])] = int(owner[1])
-    found = {c.fd: by_endpoint[_endpoint(c.addr)] for c in clients
-             if c.addr and _endpoint(c.addr) in by_endpoint}
-    return None if by_endpoint and not found else found
-
-
-def _run(argv: Sequence[str], timeout: float = 1.5) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def unit_states(units: Sequence[str]) -> dict[str, UnitState]:
-    done = _run(["systemctl", "show", "--property=Id,ActiveState,SubState,MainPID", "--", *units])
-    states: dict[str, UnitState] = {}
-    if done is None or done.returncode != 0:
-        return states
-    for block, unit in zip(done.stdout.strip().split("\n\n"), units):
-        values = dict(line.partition("=")[::2] for line in block.splitlines())
-        states[unit] = UnitState(values.get("ActiveState", "unknown"), values.get("SubState", ""),
-                                 int(values.get("MainPID", "0") or 0))
-    return states
-
-
-_EXPOSURE = re.compile(r"Overall exposure level for (\S+): ([0-9.]+)")
-
-
-def exposures(units: Sequence[str]) -> dict[str, Exposure]:
-    """systemd's score of each unit's sandbox (one systemd-analyze for all) and its drop-ins."""
-    if not units:
-        return {}
-    scored = _run(["systemd-analyze", "security", "--no-pager", *units], timeout=10)
-    scores = {u: float(v) for u, v in _EXPOSURE.findall(scored.stdout)} if scored else {}
-    shown = _run(["systemctl", "show", "--property=Id,DropInPaths", "--", *units])
-    dropins: dict[str, tuple[str, ...]] = {}
-    if shown is not None and shown.returncode == 0:
-        for block in shown.stdout.strip().split("\n\n"):
-            values = dict(line.partition("=")[::2] for line in block.splitlines())
-            dropins[values.get("Id", "")] = tuple(values.get("DropInPaths", "").split())
-    return {u: Exposure(scores.get(u), dropins.get(u, ())) for u in units}
-
-
-def path_stat(path: str) -> PathStat:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return PathStat(False)
-    return PathStat(True, statmod.S_ISSOCK(st.st_mode), user_name(st.st_uid), group_name(st.st_gid),
-                    st.st_mode & 0o7777)
-
-
-def group_members(groups: Sequence[str], users: Sequence[str]) -> dict[str, frozenset[str]]:
-    found: dict[str, frozenset[str]] = {}
-    for name in groups:
-        try:
-            entry = grp.getgrnam(name)
-        except KeyError:
-            continue
-        members = set(entry.gr_mem)
-        for user in users:
-            try:
-                if pwd.getpwnam(user).pw_gid == entry.gr_gid:
-                    members.add(user)
-            except KeyError:
-                pass
-        found[name] = frozenset(members)
-    return found
-
-
-def debconf_answers() -> dict[str, str] | str:
-    """Our debconf answers, or the reason they cannot be read."""
-    done = _run(["debconf-show", paths.PACKAGE])
-    if done is None:
-        return "debconf-show is not available"
-    if done.returncode != 0:
-        return (done.stderr.strip().splitlines() or ["debconf-show failed"])[-1]
-    answers = {}
-    for line in done.stdout.splitlines():
-        key, sep, value = line.lstrip("* ").partition(":")
-        if sep:
-            answers[key.strip()] = value.strip()
-    return answers if answers else "no answers recorded"
-
-
-def nginx_dump() -> tuple[bool | None, str, frozenset[str], Routing | None]:
-    """(nginx -T passed, its messages, the files its configuration is made of, how it routes
-    the worker paths)."""
-    done = nginx.dump(timeout=1.5)
-    if done is None:
-        return None, "", frozenset(), None
-    files = frozenset(re.findall(r"^# configuration file (.+):$", done.stdout, re.M))
-    routing = vhost.judge(done.stdout) if done.returncode == 0 else None
-    return done.returncode == 0, done.stderr, files, routing
-
-
-# --- the deployed configuration -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Deployed:
-    workers: tuple[str, ...]
-    redis_config: Mapping[str, Any]
-    recorded_workers: str | None
-    #: Our shared file switches metrics on.
-    metrics: bool = False
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def read_deployed(root: Path) -> Deployed:
-    record = applied.read(root)
-    return Deployed(existing_worker_names(root), redis_config(root),
-                    record.workers if record is not None else None, metrics_deployed(root))
-
-
-def redis_location(config: Mapping[str, Any]) -> str:
-    if config.get("path"):
-        return f"unix:{config['path']}"
-    if config.get("host") or config.get("port"):
-        return f"{config.get('host', 'localhost')}:{config.get('port', 6379)}"
-    return ""
-
-
-def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
-                  group: str, topology: Topology = Topology()) -> tuple[Settings, str | None, str]:
-    """(settings, the workers the answers ask for, why the answers are unusable).
-
-    On a worker host the answers choose no workers (cluster.yaml does): None.
-    """
-    fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
-                        topology=topology, metrics=deployed.metrics)
-    if answers is None:
-        return fallback, None, ""
-    try:
-        raw = [answers.get(q, "") for q in QUESTIONS]
-        selection, settings = from_answers(*raw)
-    except WorkersError as exc:
-        return fallback, None, str(exc)
-    # The answers do not say which server runs (what is installed does) nor hold the
-    # guide-mode password file: those come from what is deployed.
-    if settings.redis.mode is fallback.redis.mode:
-        settings = replace(settings, redis=replace(settings.redis.with_server(fallback.redis.server),
-                                                   password_path=fallback.redis.password_path))
-    if selection is None:
-        return settings, None, ""
-    return settings, normalized_counts(selection.counts), ""
-
-
-def compare_files(root: Path, rendered: Sequence[RenderedFile]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    missing, drifted = [], []
-    for item in rendered:
-        target = root / item.path
-        try:
-            if target.read_text(encoding="utf-8") != item.content:
-                drifted.append(f"/{item.path}")
-        except FileNotFoundError:
-            missing.append(f"/{item.path}")
-        except (OSError, UnicodeDecodeError):
-            drifted.append(f"/{item.path}")
-    return tuple(missing), tuple(drifted)
-
-
-def listeners_match(root: Path, facts: Any, replication: Address | None = None) -> bool | None:
-    data = _read_yaml(root / paths.SHARED_CONF)
-    if not isinstance(data, dict):
-        return None
-    metrics = data.get("enable_metrics") is True
-    listeners = (main_listeners(facts, remote_replication=replication, metrics=metrics)
-                 if replication is not None else main_listeners(facts, metrics=metrics))
-    wanted = yaml.safe_load(dump_yaml({"listeners": listeners}))["listeners"]
-    return data.get("listeners") == wanted
-
-
-def _ours(item: RenderedFile) -> bool:
-    if item.path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
-        return False  # random content, written once: nothing to compare against
-    return item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
-
-
-def plan_here(root: Path, settings: Settings, side: "Side | None" = None,
-              facts: Any = None) -> tuple[Any, Plan]:
-    """(host facts, the plan for the workers on disk): a worker host's from cluster.yaml,
-    a main host's the workers on disk plus the worker hosts of ``settings``' topology."""
-    if side is not None and side.role == WORKER_HOST:
-        facts = facts if facts is not None else read_host_facts(root)
-        if side.plan is None:
-            raise WorkersError(side.error or f"/{paths.CLUSTER_FILE} is not usable")
-        return facts, side.plan
-    deployment = read_deployment(root, settings=settings, facts=facts)
-    return deployment.facts, deployment.plan
-
-
-def desired_files(root: Path, settings: Settings, side: "Side | None" = None,
-                  facts: Any = None) -> tuple[Any, tuple[RenderedFile, ...]]:
-    """(host facts, the files the package would write now for the workers on disk)."""
-    facts, plan = plan_here(root, settings, side, facts)
-    return facts, tuple(f for f in render(plan, facts, settings) if _ours(f))
-
-
-# --- several machines --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Side:
-    """Which host this is: one machine, the main host of several, or a worker host."""
-
-    role: str = MAIN_HOST
-    label: str | None = None
-    cluster: Cluster | None = None
-    #: Why the worker-host mark or cluster.yaml cannot be used.
-    error: str = ""
-    #: Worker host: the deployment's plan rendered for this host.
-    plan: Plan | None = None
-
-    @property
-    def spans_hosts(self) -> bool:
-        return self.role == WORKER_HOST or self.cluster is not None or bool(self.error)
-
-
-def read_side(root: Path) -> Side:
-    try:
-        label = (root / paths.WORKER_HOST_MARK).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        if not (root / paths.CLUSTER_FILE).exists():
-            return Side()
-        try:
-            return Side(MAIN_HOST, cluster=read_cluster(root))
-        except WorkersError as exc:
-            return Side(MAIN_HOST, error=str(exc))
-    except OSError as exc:
-        return Side(WORKER_HOST, error=f"/{paths.WORKER_HOST_MARK} cannot be read: {exc.strerror}")
-    if not label:
-        return Side(WORKER_HOST, error=f"/{paths.WORKER_HOST_MARK} names no host: run: "
-                                       f"dpkg-reconfigure {paths.PACKAGE}")
-    try:
-        cluster = read_cluster(root)
-    except WorkersError as exc:
-        return Side(WORKER_HOST, label, error=str(exc))
-    try:
-        plan = plan_from_cluster(cluster, label)
-    except WorkersError:
-        plan = None  # the verdict names the missing label from the cluster's hosts
-    return Side(WORKER_HOST, label, cluster, plan=plan)
-
-
-def cluster_workers(cluster: Cluster, label: str | None) -> tuple[Worker, ...]:
-    """Workers cluster.yaml gives host ``label`` (None: every worker host)."""
-    found = []
-    for host, names in cluster.workers.items():
-        if host == CLUSTER_MAIN or (label is not None and host != label):
-            continue
-        for name in names:
-            parsed = parse_worker_name(name)
-            if parsed is not None:
-                found.append(parsed.worker(host, cluster.addresses.get(host)))
-    return tuple(found)
-
-
-def writers_elsewhere(side: Side) -> tuple[tuple[Worker, Address], ...]:
-    """Stream writers on other hosts whose replication listeners this host's processes use."""
-    cluster = side.cluster
-    if cluster is None:
-        return ()
-    if side.role == WORKER_HOST:
-        workers = side.plan.workers if side.plan is not None else ()
-    else:
-        workers = cluster_workers(cluster, None)
-    found = []
-    for worker in workers:
-        if worker.host == side.label:
-            continue  # this host's own
-        address = worker.replication_address(cluster.replication)
-        if address is not None:
-            found.append((worker, address))
-    return tuple(found)
-
-
-def local_workers(names: Sequence[str], side: Side) -> tuple[Worker, ...]:
-    """A worker host's workers on disk, at the address cluster.yaml gives the host."""
-    address = side.cluster.addresses.get(side.label or "") if side.cluster is not None else None
-    found = []
-    for name in names:
-        parsed = parse_worker_name(name)
-        if parsed is not None:
-            found.append(parsed.worker(parsed.host or side.label, address if address else None))
-    return tuple(found)
-
-
-def read_secret(root: Path, relative: Any) -> tuple[SecretFile, str | None]:
-    """(what the status shows of a secret file, its content when readable and not empty)."""
-    shown = f"/{relative}"
-    path = root / relative
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return SecretFile(shown, PathStat(False)), None
-    except PermissionError:
-        return SecretFile(shown, None, "its directory is closed to this user (run as root)"), None
-    except OSError as exc:
-        return SecretFile(shown, None, exc.strerror or str(exc)), None
-    stat = PathStat(True, False, user_name(st.st_uid), group_name(st.st_gid), st.st_mode & 0o7777)
-    try:
-        content = path.read_text(encoding="utf-8").strip()
-    except PermissionError:
-        return SecretFile(shown, stat, "not readable by this user (run as root)"), None
-    except (OSError, UnicodeDecodeError) as exc:
-        return SecretFile(shown, stat, str(exc)), None
-    if not content:
-        return SecretFile(shown, stat, "empty"), None
-    return SecretFile(shown, stat), content
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    """A peer's answer quoted in a row: its first line, not a whole HTTP header block."""
-    return (text.strip().splitlines() or [""])[0][:limit]
-
-
-def _reach(probe: netprobe.Probe) -> Reach:
-    return Reach(probe.ok, _one_line(probe.detail), probe.outcome is not netprobe.Outcome.UNREACHABLE,
-                 probe.outcome is netprobe.Outcome.REFUSED)
-
-
-def _address_here(host: str) -> bool | None:
-    try:
-        return netprobe.is_local_address(host)
-    except (OSError, ValueError):
-        return None
-
+from ..deployment import redis_settings_of, socket_group
+from .clients import (TIMEOUT, debconf_answers, exposures, group_members, http_health, nginx_dump,
+                      parse_ss, parse_ss_tcp, path_stat, probe_redis, run_quietly, unit_states)
+from .deployed import (Deployed, Side, holds_address, cluster_workers, compare_files, desired_files,
+                       listeners_match, local_workers, plan_here, reach_of, read_deployed, read_secret,
+                       read_side, redis_location, settings_from, writers_elsewhere)
 
 # --- all of it ------------------------------------------------------------------
 
@@ -674,7 +223,7 @@ def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any
         "units": lambda: unit_states(units),
         "redis": lambda: probe_redis(seen.redis_config, timeout, seen.password)
         if seen.redis_config and not seen.password_error else (seen.password_error, None, ()),
-        "ss": lambda: _run(["ss", "-tpnH" if worker_host else "-xpnH"]),
+        "ss": lambda: run_quietly(["ss", "-tpnH" if worker_host else "-xpnH"]),
         "debconf": debconf_answers,
         "exposure": lambda: exposures([p.unit for p in seen.processes if not p.remote]),
         "installed": lambda: installed_release(root),
@@ -692,10 +241,10 @@ def probes(root: Path, seen: Look, timeout: float) -> dict[str, Callable[[], Any
     if cluster is not None:
         jobs["main"] = lambda: http_health(cluster.replication, timeout)
         if seen.redis_secret is not None and seen.private_redis is not None:
-            jobs["redis-auth"] = lambda: _reach(netprobe.redis_auth(seen.private_redis, seen.redis_secret,
+            jobs["redis-auth"] = lambda: reach_of(netprobe.redis_auth(seen.private_redis, seen.redis_secret,
                                                                     timeout))
         if worker_host:
-            jobs["replication"] = lambda: _reach(
+            jobs["replication"] = lambda: reach_of(
                 netprobe.replication_secret(cluster.replication, seen.secret, timeout)
                 if seen.secret is not None else netprobe.tcp(cluster.replication, timeout))
     return jobs
@@ -846,10 +395,10 @@ def _cluster_facts(root: Path, side: Side, secrets: tuple[SecretFile, ...],
                             directory=directory, secrets=secrets)
     if side.role == WORKER_HOST:
         own = cluster.addresses.get(side.label or "")
-        address_here = _address_here(own) if own else None
+        address_here = holds_address(own) if own else None
         listed = cluster.workers.get(side.label or "")
     else:
-        address_here = _address_here(cluster.replication.host)
+        address_here = holds_address(cluster.replication.host)
         listed = None
     return ClusterFacts(
         side.role, side.label, "", str(cluster.replication), str(cluster.redis), dict(cluster.addresses),

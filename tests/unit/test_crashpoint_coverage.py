@@ -174,7 +174,8 @@ def test_the_check_finds_a_write_without_its_kill_point(body, found):
 DIRECT_PROGRAMS = {
     "apply.py": "Synapse's config check, on a temporary copy",
     "debconf/maintscript.py": "re-executes the maintainer script under debconf's frontend (exec, not a change)",
-    "status/probe.py": "status asks (ss, Synapse's and PostgreSQL's limits), never changes",
+    "status/clients.py": "status asks (ss, systemctl show, systemd-analyze, debconf), never changes",
+    "status/probe.py": "status asks PostgreSQL's connection limit, never changes",
     "system/run.py": "run() itself, which calls crashpoint.done after a program run for its effect",
     "system/nginx.py": "nginx -T, which only prints the configuration nginx loads (status's vhost check)",
     "system/webservers.py": "apache2ctl -t / caddy validate / haproxy -c, which only check",

@@ -13,6 +13,8 @@ import pytest
 from matrix_synapse_workers import status
 from matrix_synapse_workers.status import model, report
 from matrix_synapse_workers.status import probe as statusprobe
+from matrix_synapse_workers.status import clients as statusclients
+from matrix_synapse_workers.status import deployed as statusdeployed
 from matrix_synapse_workers.status import evaluate, exit_code
 from matrix_synapse_workers.status.model import (FAIL, INFO, OK, WARN, ConfigFacts, Expected, Facts, Health,
                                                  NginxFacts, PathStat, RedisClient, RedisFacts, UnitState,
@@ -256,7 +258,7 @@ def test_parse_client_list():
             "id=4 addr=/run/redis-matrix-synapse/redis-server.sock:0 fd=9 name= flags=N sub=0 psub=0 "
             "cmd=publish\n")
     sock = "/run/redis-matrix-synapse/redis-server.sock:0"
-    assert statusprobe.parse_client_list(text) == (RedisClient(8, 2, "P", sock), RedisClient(9, 0, "N", sock))
+    assert statusclients.parse_client_list(text) == (RedisClient(8, 2, "P", sock), RedisClient(9, 0, "N", sock))
 
 
 def test_parse_ss_joins_redis_fds_to_client_pids():
@@ -266,7 +268,7 @@ def test_parse_ss_joins_redis_fds_to_client_pids():
             "u_str ESTAB 0 0 * 2001 * 1001 users:((\"python\",pid=101,fd=20))\n"
             "u_str ESTAB 0 0 * 2002 * 1002 users:((\"python\",pid=102,fd=21))\n"
             "u_str ESTAB 0 0 /run/matrix-synapse/main.sock 3000 * 3001 users:((\"python\",pid=100,fd=9))\n")
-    assert statusprobe.parse_ss(text, REDIS_SOCKET) == {8: 101, 9: 102}
+    assert statusclients.parse_ss(text, REDIS_SOCKET) == {8: 101, 9: 102}
 
 
 @pytest.fixture
@@ -314,19 +316,19 @@ def test_http_health_errors(tmp_path, unix_server):
 
 
 def test_settings_from_answers_and_redis_location():
-    deployed = statusprobe.Deployed(("sync-1",), {"enabled": True, "path": REDIS_SOCKET}, None)
+    deployed = statusdeployed.Deployed(("sync-1",), {"enabled": True, "path": REDIS_SOCKET}, None)
     answers = {"matrix-synapse-workers/preset": "custom", "matrix-synapse-workers/worker-types": "sync, client",
                "matrix-synapse-workers/worker-counts": "sync:2", "matrix-synapse-workers/socket-group": "clubmatrix",
                "matrix-synapse-workers/web-user": "www-data", "matrix-synapse-workers/redis": "dedicated",
                "matrix-synapse-workers/redis-location": ""}
-    settings, workers, error = statusprobe.settings_from(answers, deployed, "clubmatrix")
+    settings, workers, error = statusdeployed.settings_from(answers, deployed, "clubmatrix")
     assert (workers, error, settings.web_user) == ("sync:2,client:1", "", "www-data")
-    _, workers, error = statusprobe.settings_from({**answers, "matrix-synapse-workers/preset": "huge"},
+    _, workers, error = statusdeployed.settings_from({**answers, "matrix-synapse-workers/preset": "huge"},
                                                   deployed, "clubmatrix")
     assert workers is None and "unknown preset 'huge'" in error
-    assert statusprobe.redis_location({"path": REDIS_SOCKET}) == f"unix:{REDIS_SOCKET}"
-    assert statusprobe.redis_location({"host": "10.0.0.5", "port": 6380}) == "10.0.0.5:6380"
-    assert statusprobe.redis_settings_of({"path": "/run/redis/redis-server.sock"}).mode.value == "guide"
+    assert statusdeployed.redis_location({"path": REDIS_SOCKET}) == f"unix:{REDIS_SOCKET}"
+    assert statusdeployed.redis_location({"host": "10.0.0.5", "port": 6380}) == "10.0.0.5:6380"
+    assert statusdeployed.redis_settings_of({"path": "/run/redis/redis-server.sock"}).mode.value == "guide"
 
 
 def test_sandbox_rows_warn_when_an_admin_drop_in_loosens_a_unit():

@@ -23,6 +23,8 @@ from hostroot import make_root
 from matrix_synapse_workers.core import paths
 from matrix_synapse_workers import status
 from matrix_synapse_workers.status import probe as statusprobe
+from matrix_synapse_workers.status import clients as statusclients
+from matrix_synapse_workers.status import deployed as statusdeployed
 from matrix_synapse_workers.cli import main
 from matrix_synapse_workers.status.model import FAIL, OK, RedisClient, WORKER_HOST
 from matrix_synapse_workers.system import netprobe
@@ -59,14 +61,14 @@ def subscriber(address: Address, source: str | None = None) -> socket.socket:
 def test_probe_redis_with_a_password_lists_clients_with_their_addresses(redis_server):
     with subscriber(redis_server):
         config = {"host": redis_server.host, "port": redis_server.port}
-        error, port, clients = statusprobe.probe_redis(config, 2, password=PASSWORD)
+        error, port, clients = statusclients.probe_redis(config, 2, password=PASSWORD)
         assert error == "" and port == redis_server.port
         subscribed = [c for c in clients if c.subscribed]
         assert len(subscribed) == 1 and subscribed[0].peer_host == "127.0.0.1"
-        error, _, clients = statusprobe.probe_redis(config, 2, password="wrong")
+        error, _, clients = statusclients.probe_redis(config, 2, password="wrong")
         # Redis's own words, as python3-redis passes them on (without the error code).
         assert "invalid username-password pair" in error and clients == ()
-        error, _, _ = statusprobe.probe_redis(config, 2)
+        error, _, _ = statusclients.probe_redis(config, 2)
         assert error == "Authentication required."
 
 
@@ -89,23 +91,23 @@ def test_parse_ss_tcp_on_recorded_output():
             "ESTAB 0 0 [fd00::2]:41003 [fd00::1]:6379 users:((\"python\",pid=203,fd=23))\n")
     clients = (RedisClient(8, 1, "P", "10.99.0.2:41000"), RedisClient(9, 0, "N", "10.99.0.2:41001"),
                RedisClient(10, 0, "N", "10.99.0.2:41002"), RedisClient(11, 1, "P", "10.99.0.3:41000"))
-    assert statusprobe.parse_ss_tcp(text, clients, Address("10.99.0.1", 6379)) == {8: 201, 9: 202}
+    assert statusclients.parse_ss_tcp(text, clients, Address("10.99.0.1", 6379)) == {8: 201, 9: 202}
     six = (RedisClient(12, 1, "P", "[fd00::2]:41003"),)
-    assert statusprobe.parse_ss_tcp(text, six, Address("fd00::1", 6379)) == {12: 203}
+    assert statusclients.parse_ss_tcp(text, six, Address("fd00::1", 6379)) == {12: 203}
     # Connections to Redis that Redis knows by other names (translated on the way): not attributable.
     translated = (RedisClient(8, 1, "P", "192.0.2.7:5000"),)
-    assert statusprobe.parse_ss_tcp(text, translated, Address("10.99.0.1", 6379)) is None
+    assert statusclients.parse_ss_tcp(text, translated, Address("10.99.0.1", 6379)) is None
     # No connection to Redis at all: every process has none.
-    assert statusprobe.parse_ss_tcp("", clients, Address("10.99.0.1", 6379)) == {}
+    assert statusclients.parse_ss_tcp("", clients, Address("10.99.0.1", 6379)) == {}
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ss") is None, reason="ss shows owners to root only")
 def test_tcp_connections_to_redis_are_attributed_to_their_process(redis_server):
     with subscriber(redis_server):
-        _, _, clients = statusprobe.probe_redis({"host": redis_server.host, "port": redis_server.port}, 2,
+        _, _, clients = statusclients.probe_redis({"host": redis_server.host, "port": redis_server.port}, 2,
                                                 password=PASSWORD)
         ss = subprocess.run(["ss", "-tpnH"], capture_output=True, text=True, check=True).stdout
-    pids = statusprobe.parse_ss_tcp(ss, clients, redis_server)
+    pids = statusclients.parse_ss_tcp(ss, clients, redis_server)
     subscribed = [c.fd for c in clients if c.subscribed]
     assert len(subscribed) == 1 and pids.get(subscribed[0]) == os.getpid(), (clients, pids)
 
@@ -280,11 +282,11 @@ def test_gather_on_a_main_host_costs_one_timeout_for_a_hung_worker_host(two_root
 
 
 def test_netprobe_answers_are_classified_by_who_answered(redis_server):
-    wrong = statusprobe._reach(netprobe.redis_auth(redis_server, "wrong", 2))
+    wrong = statusdeployed.reach_of(netprobe.redis_auth(redis_server, "wrong", 2))
     assert (wrong.ok, wrong.reached, wrong.refused) == (False, True, True)
-    right = statusprobe._reach(netprobe.redis_auth(redis_server, PASSWORD, 2))
+    right = statusdeployed.reach_of(netprobe.redis_auth(redis_server, PASSWORD, 2))
     assert (right.ok, right.reached, right.refused) == (True, True, False)
-    closed = statusprobe._reach(netprobe.redis_auth(Address("127.0.0.1", free_port()), PASSWORD, 1))
+    closed = statusdeployed.reach_of(netprobe.redis_auth(Address("127.0.0.1", free_port()), PASSWORD, 1))
     assert (closed.ok, closed.reached, closed.refused) == (False, False, False)
     # Something that is not Redis (here an HTTP server's answer) is reached, not a refusal.
     server = socket.socket()
@@ -299,7 +301,7 @@ def test_netprobe_answers_are_classified_by_who_answered(redis_server):
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    other = statusprobe._reach(netprobe.redis_auth(Address("127.0.0.1", server.getsockname()[1]), PASSWORD, 2))
+    other = statusdeployed.reach_of(netprobe.redis_auth(Address("127.0.0.1", server.getsockname()[1]), PASSWORD, 2))
     thread.join(2)
     server.close()
     assert (other.ok, other.reached, other.refused) == (False, True, False)

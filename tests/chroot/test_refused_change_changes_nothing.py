@@ -59,9 +59,10 @@ def refused(c: Chroot, admin_file: str, text: str) -> str:
 
 
 def test_synapse_rejecting_the_new_files_changes_nothing(configured):
-    # A typo Synapse's loader refuses ("50 MB" is not a size): the package adds no worker
-    # to a configuration Synapse would not start with.
-    out = refused(configured, f"{ETC}/conf.d/zz-admin.yaml", "max_upload_size: 50 MB\n")
+    # A partial email block Synapse's loader refuses (notif_from missing), which nothing of
+    # the package reads: the package adds no worker to a configuration Synapse would not
+    # start with.  (A bad max_upload_size is the package's own refusal now: it sizes nginx.)
+    out = refused(configured, f"{ETC}/conf.d/zz-admin.yaml", "email: {enable_notifs: true}\n")
     assert "Synapse rejects the new configuration" in out and "nothing was changed" in out, out
 
 

@@ -159,14 +159,19 @@ class RedisSession:
         import redis  # status and the probes alone need it: other commands start faster
 
         self._errors = redis.exceptions
+        # From python3-redis 5 (trixie has 6) a new connection says who it is (CLIENT SETINFO)
+        # before anything else; a server with a password answers that with NOAUTH, so the
+        # connection would fail before our AUTH.  Nothing is sent before our first command.
+        quiet = ({"lib_name": None, "lib_version": None}
+                 if int(redis.__version__.split(".")[0]) >= 5 else {})
         if isinstance(where, Address):
             self.connection = redis.Connection(host=where.host, port=where.port,
                                                socket_timeout=timeout,
                                                socket_connect_timeout=timeout,
-                                               decode_responses=True)
+                                               decode_responses=True, **quiet)
         else:
             self.connection = redis.UnixDomainSocketConnection(path=where, socket_timeout=timeout,
-                                                               decode_responses=True)
+                                                               decode_responses=True, **quiet)
         try:
             self.connection.connect()
         except self._errors.RedisError as exc:

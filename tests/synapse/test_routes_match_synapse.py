@@ -356,7 +356,14 @@ def mas_servlets(synapse_python, synapse_version, tmp_path_factory) -> Servlets:
     """What main and a client worker register on a homeserver that hands logins to MAS,
     rendered by the package from that homeserver.yaml (so it reads the setting itself)."""
     tmp = tmp_path_factory.mktemp("mas-routes")
-    root = make_root(tmp, homeserver(tmp, **_mas_config(synapse_version)))
+    config = _mas_config(synapse_version)
+    # The experimental servlets the table routes, as in the probe without MAS (in the same
+    # key as msc3861 before 1.136: a second file would replace it, not add to it).
+    experimental = config.setdefault("experimental_features", {})
+    assert isinstance(experimental, dict)
+    experimental.update({k: v for since, more in EXPERIMENTAL.items() if synapse_version >= since
+                         for k, v in more.items()})
+    root = make_root(tmp, homeserver(tmp, **config))
     assert main(["render", "--root", str(root), "--workers", "client"]) == 0
     etc = root / "etc/matrix-synapse"
     snippet = (root / str(NGINX_SNIPPET).lstrip("/")).read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def need(binary: str) -> str:
             pytest.fail(f"{binary} is not installed (scripts/test installs it)")
         pytest.skip(f"{binary} is not installed")
     return found
+
+
+def apache_check(apache: str, etc: Path, scratch: Path) -> subprocess.CompletedProcess[str]:
+    """``apache2 -t`` on the configuration in ``etc``, with Debian's environment variables
+    pointed at ``scratch``."""
+    env = dict(os.environ, APACHE_RUN_DIR=str(scratch), APACHE_LOCK_DIR=str(scratch),
+               APACHE_PID_FILE=str(scratch / "pid"), APACHE_LOG_DIR=str(scratch),
+               APACHE_RUN_USER="www-data", APACHE_RUN_GROUP="www-data")
+    return subprocess.run([apache, "-d", str(etc), "-f", str(etc / "apache2.conf"), "-t"],
+                          capture_output=True, text=True, env=env)
 
 
 def apache_site(directory: Path, snippet: Path, port: int) -> Path:

@@ -4,13 +4,12 @@ in place of the admin's."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from support.vhosts import EXAMPLES
-from support.webservers import APACHE_MODULES, need
+from support.webservers import APACHE_MODULES, apache_check, need
 from test_webservers import write
 
 CERT = "/etc/letsencrypt/live/matrix.example.org/"
@@ -40,11 +39,7 @@ def test_apache_example(tmp_path: Path) -> None:
     (etc / "sites-enabled" / "matrix.conf").write_text(
         text.replace("/etc/apache2/matrix-synapse-workers.conf", str(snippet))
         .replace(CERT, f"{tmp_path}/"))
-    env = dict(os.environ, APACHE_RUN_DIR=str(tmp_path), APACHE_LOCK_DIR=str(tmp_path),
-               APACHE_PID_FILE=str(tmp_path / "pid"), APACHE_LOG_DIR=str(tmp_path),
-               APACHE_RUN_USER="www-data", APACHE_RUN_GROUP="www-data")
-    result = subprocess.run([apache, "-d", str(etc), "-f", str(etc / "apache2.conf"), "-t"],
-                            capture_output=True, text=True, env=env)
+    result = apache_check(apache, etc, tmp_path)
     assert result.returncode == 0, result.stderr
 
 

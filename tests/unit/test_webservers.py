@@ -13,7 +13,7 @@ from matrix_synapse_workers.render.apache import apache_files
 from matrix_synapse_workers.render.caddy import caddy_files
 from matrix_synapse_workers.render.haproxy import haproxy_files
 from matrix_synapse_workers.render.routing import nginx_model
-from support.webservers import APACHE_MODULES, apache_site, caddy_site, haproxy_site, need
+from support.webservers import APACHE_MODULES, apache_check, apache_site, caddy_site, haproxy_site, need
 
 #: "single": no workers, as after package removal (everything to main).
 PRESETS = ("single", "minimal", "small", "one_of_each")
@@ -88,7 +88,6 @@ def test_haproxy_accepts(tmp_path: Path, preset: str) -> None:
 def test_inside_debians_stock_configurations(tmp_path: Path) -> None:
     """As an admin adds them: in Debian's default Apache vhost (the modules a2enmod'ed),
     after Debian's haproxy.cfg, and in Debian's Caddyfile beside its file_server."""
-    import os
     import shutil
     apache, haproxy, caddy = need("apache2"), need("haproxy"), need("caddy")
     etc = tmp_path / "apache2"
@@ -101,11 +100,7 @@ def test_inside_debians_stock_configurations(tmp_path: Path) -> None:
     site = etc / "sites-available" / "000-default.conf"
     snippet = write(tmp_path, "apache", "one_of_each")
     site.write_text(site.read_text().replace("</VirtualHost>", f"Include {snippet}\n</VirtualHost>"))
-    env = dict(os.environ, APACHE_RUN_DIR=str(tmp_path), APACHE_LOCK_DIR=str(tmp_path),
-               APACHE_PID_FILE=str(tmp_path / "pid"), APACHE_LOG_DIR=str(tmp_path),
-               APACHE_RUN_USER="www-data", APACHE_RUN_GROUP="www-data")
-    result = subprocess.run([apache, "-d", str(etc), "-f", str(etc / "apache2.conf"), "-t"],
-                            capture_output=True, text=True, env=env)
+    result = apache_check(apache, etc, tmp_path)
     assert result.returncode == 0, result.stderr
     ours = write(tmp_path, "haproxy", "one_of_each")
     result = subprocess.run([haproxy, "-c", "-f", "/etc/haproxy/haproxy.cfg", "-f", str(ours)],

@@ -31,19 +31,25 @@ def nginx_test(tmp_path: Path, http: str, snippet: str) -> subprocess.CompletedP
                           capture_output=True, text=True)
 
 
-def nginx_conf(tmp_path: Path, http: str, snippet: str, listen: int) -> Path:
-    """A whole nginx.conf with the two files in the contexts Debian's layout puts them in."""
+def nginx_conf(tmp_path: Path, http: str, snippet: str, listen: int,
+               beside: str = "", beside_first: bool = False) -> Path:
+    """A whole nginx.conf with the two files in the contexts Debian's layout puts them in.
+
+    ``beside``: the admin's own lines in the server block, after the include (before it
+    with ``beside_first``)."""
     (tmp_path / "http.conf").write_text(http)
     (tmp_path / "snippet.conf").write_text(snippet)
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    include = f"    include {tmp_path}/snippet.conf;\n"
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         f"{user}daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
         f"error_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  access_log off;\n{temp}  include {tmp_path}/http.conf;\n"
-        f"  server {{\n    listen 127.0.0.1:{listen};\n    include {tmp_path}/snippet.conf;\n  }}\n}}\n")
+        f"  server {{\n    listen 127.0.0.1:{listen};\n"
+        + (beside + include if beside_first else include + beside) + "  }\n}\n")
     return conf
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from hostroot import homeserver, make_root
 from loopback import free_port, wait_listening
-from nginx_standins import get, nginx_test, socket_standins, stop, tcp_standin
+from nginx_standins import get, nginx_conf, nginx_test, socket_standins, stop, tcp_standin
 from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.core.catalog import ENDPOINTS
 from matrix_synapse_workers.core.errors import HostConfigError
@@ -161,21 +161,9 @@ def test_nginx_accepts_the_mas_files(tmp_path, spec):
 def _conf(tmp_path: Path, http: str, snippet: str, listen: int, mas_port: int, mas_first: bool) -> Path:
     """Debian's layout, with the server block MAS's documentation suggests: its compat
     location (a regex) beside our include, before or after it."""
-    (tmp_path / "http.conf").write_text(http)
-    (tmp_path / "snippet.conf").write_text(snippet)
     mas = (f"    location ~ ^/_matrix/client/(.*)/(login|logout|refresh) {{\n"
            f"      proxy_pass http://127.0.0.1:{mas_port};\n    }}\n")
-    include = f"    include {tmp_path}/snippet.conf;\n"
-    temp = "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n{temp}  include {tmp_path}/http.conf;\n"
-        f"  server {{\n    listen 127.0.0.1:{listen};\n"
-        + (mas + include if mas_first else include + mas) + "  }\n}\n")
-    return conf
+    return nginx_conf(tmp_path, http, snippet, listen, beside=mas, beside_first=mas_first)
 
 
 @contextlib.contextmanager

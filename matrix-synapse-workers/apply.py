@@ -34,7 +34,7 @@ from .core.restarts import restart_steps
 from .core.changes import Changes, OnDisk, compute_changes, services_owed, touches_units, with_owed
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres, require_writable_paths
-from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
+from .system.hostfacts import (deployed_redis_server, host_redis_server,
                                read_host_facts, require_server_name)
 from .core.plan import Plan
 from .deployment import Deployment, read_deployment
@@ -43,7 +43,8 @@ from .render.redisconf import edit_guide_conf, effective_password, undo_guide_co
 from .render.files import RenderedFile, is_generated
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, applied, crashpoint, netprobe, nginx, rolling, secrets, statoverride, takeover, webservers
+from .system import (accounts, applied, crashpoint, netprobe, nginx, rolling, secrets, statoverride,
+                     takeover, upgrade, webservers)
 from .core.adoption import Adoption, describe as describe_adoption
 from .core.webserver import WebServer
 from .render.webserver import ALL_PATHS
@@ -883,12 +884,8 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:
-    """After a Synapse upgrade: main first (it migrates the schema), then every worker,
-    then the routes for the new version."""
+    """After a Synapse upgrade: main first (it migrates the schema), then what still
+    runs the old code (system/upgrade.py), then the routes for the new version."""
     systemd = Systemd(out)
-    names = existing_worker_names(root)
-    if not names:
-        return
-    systemd.restart(paths.MAIN_UNIT)
-    systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
-    refresh_routes(root, systemd, out)
+    if upgrade.restart_in_order(root, systemd):
+        refresh_routes(root, systemd, out)

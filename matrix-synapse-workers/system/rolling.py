@@ -22,6 +22,7 @@ from ..core.plan import Worker
 from ..core.restarts import MAIN, Step
 from ..core.topology import Address
 from . import netprobe
+from .synapseversion import parse_version
 from .systemd import Systemd
 
 #: How long a restarted process may take to answer /health again (systemd has
@@ -69,6 +70,19 @@ def served_version(server_header: str) -> str | None:
     return version.strip() or None if name == "Synapse" else None
 
 
+def runs(seen: Health, version: str | None) -> bool:
+    """It answers, and as Synapse ``version`` when given (release numbers compared:
+    ``1.163.2`` is ``1.163.2+standin`` and dpkg's ``1.163.2+bookworm1``).
+
+    >>> runs(Health(True, "Synapse/1.163.2"), "1.163.2+bookworm1"), runs(Health(True, "Synapse/1.163.1"), "1.163.2")
+    (True, False)
+    """
+    if not seen.ok or version is None:
+        return seen.ok
+    served = served_version(seen.detail)
+    return served is not None and parse_version(served) == parse_version(version)
+
+
 def wait_healthy(name: str, where: str | Address, *, bound: float = HEALTH_WAIT,
                  version: str | None = None, probe: Callable[[str | Address], Health] = health,
                  clock: Callable[[], float] = time.monotonic,
@@ -77,7 +91,7 @@ def wait_healthy(name: str, where: str | Address, *, bound: float = HEALTH_WAIT,
     deadline = clock() + bound
     while True:
         seen = probe(where)
-        if seen.ok and (version is None or served_version(seen.detail) == version):
+        if runs(seen, version):
             return
         if clock() >= deadline:
             wanted = f"/health as Synapse {version}" if version else "/health"

@@ -116,3 +116,107 @@ def test_waiting_for_a_version_ignores_a_process_still_on_the_old_one():
 def test_health_over_a_real_socket(tmp_path):
     """Nothing listening: refused or missing, never an exception."""
     assert not rolling.health(str(tmp_path / "none.sock")).ok
+
+
+# --- after a Synapse upgrade (system/upgrade.py) ----------------------------------------
+
+from matrix_synapse_workers.core import paths  # noqa: E402
+from matrix_synapse_workers.system import upgrade  # noqa: E402
+
+
+class UpgradeSystemd(RecordingSystemd):
+    def __init__(self, started):
+        super().__init__()
+        self.started = dict(started)
+
+    def is_active(self, unit):
+        return unit in self.started
+
+    def started_at(self, unit):
+        return self.started.get(unit)
+
+    def restart(self, *units):
+        for unit in units:
+            self.started[unit] = 1000 + len(self.calls)
+        return super().restart(*units)
+
+
+def _upgraded_root(tmp_path, names, version="1.2.0"):
+    for name in names:
+        (tmp_path / paths.WORKERS_DIR).mkdir(parents=True, exist_ok=True)
+        (tmp_path / paths.WORKERS_DIR / f"{name}.yaml").write_text("worker_app: x\n")
+    (tmp_path / f"opt/venvs/matrix-synapse/lib/python3.11/site-packages/matrix_synapse-{version}.dist-info"
+     ).mkdir(parents=True)
+    return tmp_path
+
+
+def _fake_health(monkeypatch, main_version):
+    waited = []
+    monkeypatch.setattr(rolling, "health", lambda where: rolling.Health(True, f"Synapse/{main_version}"))
+    monkeypatch.setattr(rolling, "wait_healthy", lambda name, where, **kw: waited.append(name))
+    return waited
+
+
+def test_after_the_postinst_restarted_everything_the_trigger_restarts_nothing(tmp_path, monkeypatch):
+    root = _upgraded_root(tmp_path, ["sync-1", "typing-1"])
+    waited = _fake_health(monkeypatch, "1.2.0")
+    systemd = UpgradeSystemd({"matrix-synapse.service": 100, "matrix-synapse-worker@sync-1.service": 120,
+                              "matrix-synapse-worker@typing-1.service": 110})
+    assert upgrade.restart_in_order(root, systemd)
+    assert systemd.calls == []
+    assert waited == ["main", "sync-1", "typing-1"]
+
+
+def test_main_on_the_old_version_restarts_first_then_workers_it_did_not_take_along(tmp_path, monkeypatch):
+    root = _upgraded_root(tmp_path, ["client-1", "events-1", "pusher-1", "sync-1"])
+    _fake_health(monkeypatch, "1.1.0")
+    # pusher-1 had failed (not running); the others ran before the upgrade.
+    systemd = UpgradeSystemd({"matrix-synapse.service": 100, "matrix-synapse-worker@client-1.service": 50,
+                              "matrix-synapse-worker@events-1.service": 50,
+                              "matrix-synapse-worker@sync-1.service": 50})
+    upgrade.restart_in_order(root, systemd)
+    # Main's restart restarted its running workers (PartOf=: the fake leaves their times
+    # as they were, so here they count as old and restart in upgrade order).
+    assert [c[1] for c in systemd.calls] == [
+        ("matrix-synapse.service",), ("matrix-synapse-worker@events-1.service",),
+        ("matrix-synapse-worker@pusher-1.service",), ("matrix-synapse-worker@client-1.service",),
+        ("matrix-synapse-worker@sync-1.service",)]
+
+
+def test_workers_started_after_main_are_not_restarted_again(tmp_path, monkeypatch):
+    root = _upgraded_root(tmp_path, ["sync-1", "sync-2"])
+    _fake_health(monkeypatch, "1.2.0")
+    systemd = UpgradeSystemd({"matrix-synapse.service": 100, "matrix-synapse-worker@sync-1.service": 90,
+                              "matrix-synapse-worker@sync-2.service": 130})
+    upgrade.restart_in_order(root, systemd)
+    assert systemd.calls == [("restart", ("matrix-synapse-worker@sync-1.service",))]
+
+
+def test_no_workers_no_restart(tmp_path):
+    assert not upgrade.restart_in_order(tmp_path, UpgradeSystemd({}))
+
+
+# --- the start gate (system/startgate.py) -------------------------------------------------
+
+from matrix_synapse_workers.render.sandbox import GATE_COMMAND  # noqa: E402
+from matrix_synapse_workers.system import startgate  # noqa: E402
+
+
+def test_gate_passes_once_main_answers_as_the_installed_version(monkeypatch):
+    answers = iter([rolling.Health(False, "connection refused"), rolling.Health(True, "Synapse/1.1.0"),
+                    rolling.Health(True, "Synapse/1.2.0")])
+    monkeypatch.setattr(startgate, "health", lambda where: next(answers))
+    monkeypatch.setattr(startgate.time, "sleep", lambda s: None)
+    assert startgate.wait_for_main("/run/x.sock", "1.2.0") is None
+
+
+def test_gate_gives_up_after_its_bound_saying_why(monkeypatch):
+    monkeypatch.setattr(startgate, "health", lambda where: rolling.Health(True, "Synapse/1.1.0"))
+    monkeypatch.setattr(startgate.time, "sleep", lambda s: None)
+    problem = startgate.wait_for_main("/run/x.sock", "1.2.0", bound=0)
+    assert "still runs Synapse/1.1.0" in problem and "Synapse/1.2.0" in problem
+
+
+def test_gate_command_runs_the_module():
+    assert GATE_COMMAND.endswith("-m matrix_synapse_workers.system.startgate")
+    assert startgate.main(["startgate"]) == 2

@@ -122,7 +122,8 @@ def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
 
     >>> dropin = PurePosixPath("etc/systemd/system/matrix-synapse-worker@sync-1.service.d/"
     ...                        "matrix-synapse-workers.conf")
-    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nExecStartPre=/bin/true\\nUMask=0027\\n")
+    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nExecStartPre=/bin/true\\n"
+    ...                                "UMask=0027\\n")
     '[Service]\\nUMask=0027\\n'
     """
     text = meaning(text)

@@ -74,8 +74,10 @@ def runs(seen: Health, version: str | None) -> bool:
     """It answers, and as Synapse ``version`` when given (release numbers compared:
     ``1.163.2`` is ``1.163.2+standin`` and dpkg's ``1.163.2+bookworm1``).
 
-    >>> runs(Health(True, "Synapse/1.163.2"), "1.163.2+bookworm1"), runs(Health(True, "Synapse/1.163.1"), "1.163.2")
-    (True, False)
+    >>> runs(Health(True, "Synapse/1.163.2"), "1.163.2+bookworm1")
+    True
+    >>> runs(Health(True, "Synapse/1.163.1"), "1.163.2")
+    False
     """
     if not seen.ok or version is None:
         return seen.ok

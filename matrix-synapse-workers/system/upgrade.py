@@ -21,8 +21,10 @@ restarts on its own meanwhile waits for main instead of failing in a loop.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from ..core import paths
 from ..core.plan import parse_worker_name
@@ -31,6 +33,15 @@ from . import rolling
 from .hostfacts import existing_worker_names
 from .synapseversion import installed_release
 from .systemd import Systemd
+
+
+def _settle(systemd: Systemd, bound: float = rolling.HEALTH_WAIT * 2,
+            clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> None:
+    """Until no Synapse unit has a start or stop queued (bounded: then decide anyway)."""
+    deadline = clock() + bound
+    while systemd.queued("matrix-synapse") and clock() < deadline:
+        sleep(rolling.POLL)
 
 
 def restart_in_order(root: Path, systemd: Systemd) -> bool:
@@ -53,10 +64,13 @@ def restart_in_order(root: Path, systemd: Systemd) -> bool:
         if systemd.running and not systemd.dry_run:
             rolling.wait_healthy(MAIN, main_socket, bound=rolling.MAIN_WAIT, version=version)
         main_start = systemd.started_at(paths.MAIN_UNIT)
+    # The workers systemd restarts with main start once main is up, writers first: a
+    # start in progress runs the new code already, and must not be restarted again.
+    _settle(systemd)
     stale = []
     for name in names:
         unit = rolling.unit_of(name)
-        started = systemd.started_at(unit) if systemd.is_active(unit) else None
+        started = systemd.started_at(unit) if systemd.is_active(unit) else None  # failed, stopped
         if started is None or main_start is None or started < main_start:
             role = parsed[name].role if parsed[name] is not None else None
             if role is not None:

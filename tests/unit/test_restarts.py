@@ -140,6 +140,9 @@ class UpgradeSystemd(RecordingSystemd):
             self.started[unit] = 1000 + len(self.calls)
         return super().restart(*units)
 
+    def queued(self, prefix):
+        return []
+
 
 def _upgraded_root(tmp_path, names, version="1.2.0"):
     for name in names:
@@ -220,3 +223,23 @@ def test_gate_gives_up_after_its_bound_saying_why(monkeypatch):
 def test_gate_command_runs_the_module():
     assert GATE_COMMAND.endswith("-m matrix_synapse_workers.system.startgate")
     assert startgate.main(["startgate"]) == 2
+
+
+def test_the_trigger_waits_for_starts_in_progress_before_deciding(tmp_path, monkeypatch):
+    """Right after the postinst's restart of main the workers are still starting: not restarted twice."""
+    root = _upgraded_root(tmp_path, ["sync-1"])
+    _fake_health(monkeypatch, "1.2.0")
+    jobs = [["matrix-synapse-worker@sync-1.service"]] * 3
+
+    class Starting(UpgradeSystemd):
+        def queued(self, prefix):
+            if jobs:
+                jobs.pop()
+                return ["matrix-synapse-worker@sync-1.service"]
+            self.started["matrix-synapse-worker@sync-1.service"] = 200  # up, after main
+            return []
+
+    monkeypatch.setattr(upgrade.time, "sleep", lambda s: None)
+    systemd = Starting({"matrix-synapse.service": 100})
+    upgrade.restart_in_order(root, systemd)
+    assert systemd.calls == []

@@ -12,6 +12,7 @@ trigger); a worker started while main is down (the start gate).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +42,7 @@ class Client:
         self.since = ""
         self.txn = 0
         self.seen: list[tuple[str, Any]] = []
+        self.when: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,12 +51,15 @@ class Client:
             r = harness.http(self.c, NGINX, method, path, body, self.auth, timeout=20)
         except harness.HarnessError as exc:
             self.seen.append((what, str(exc)[:200]))
+            self.when.append(time.monotonic())
             return None
         self.seen.append((what, r.status))
+        self.when.append(time.monotonic())
         return r.json() if r.status == 200 else None
 
     def step(self) -> None:
-        synced = self._one("sync", "GET", f"/_matrix/client/v3/sync?timeout=1000&since={self.since}")
+        since = f"&since={self.since}" if self.since else ""
+        synced = self._one("sync", "GET", f"/_matrix/client/v3/sync?timeout=1000{since}")
         if synced is not None:
             self.since = synced["next_batch"]
         self.txn += 1
@@ -63,6 +68,7 @@ class Client:
 
     def __enter__(self) -> "Client":
         self.seen.clear()
+        self.when.clear()
         self._stop.clear()
 
         def loop() -> None:
@@ -77,6 +83,13 @@ class Client:
         self._stop.set()
         assert self._thread is not None
         self._thread.join(timeout=60)
+
+    def summary(self) -> str:
+        """Requests by answer, and how long the answers other than 200 went on."""
+        counts = Counter(f"{what} {status}" for what, status in self.seen)
+        odd = [t for t, (_, status) in zip(self.when, self.seen) if status != 200]
+        span = f", not 200 for {odd[-1] - odd[0]:.1f} s" if odd else ""
+        return f"{len(self.seen)} requests: {dict(sorted(counts.items()))}{span}"
 
     def failures(self, allowed: frozenset[int] = frozenset({200})) -> list[tuple[str, Any]]:
         return [s for s in self.seen if s[1] not in allowed]
@@ -136,8 +149,8 @@ def test_reconfigure_restarts_stateless_workers_one_at_a_time_and_no_request_fai
         assert times[then]["ActiveExitTimestampMonotonic"] >= times[before]["ActiveEnterTimestampMonotonic"], times
     # The event persister (stateful) restarted first, on its own step.
     assert times["events-1"]["ActiveEnterTimestampMonotonic"] <= times[rolled[0]]["ActiveExitTimestampMonotonic"]
-    print(f"\nreconfigure with rolling restarts: {took:.1f} s, {len(deployed.seen)} requests, "
-          f"order {rolled}, failures {deployed.failures()}")
+    print(f"\nreconfigure with rolling restarts: {took:.1f} s, "
+          f"order {rolled}; {deployed.summary()}")
     assert len(deployed.seen) >= 10 and deployed.failures() == []
 
 
@@ -167,7 +180,7 @@ def test_synapse_upgrade_main_first_then_writers_and_no_restart_loop(deployed: C
     assert main["NRestarts"] == 0
     writer_lag = (units["events-1"]["ActiveEnterTimestampMonotonic"] - main["ActiveEnterTimestampMonotonic"]) / 1e6
     print(f"\nupgrade {OLD_SYNAPSE} -> {NEW_SYNAPSE}: dpkg -i {took:.1f} s; event persister up {writer_lag:.1f} s "
-          f"after main; {len(deployed.seen)} requests, not 200: {deployed.failures()}")
+          f"after main; {deployed.summary()}")
     # While main restarts, what it would answer gets nginx's Matrix 429 (clients retry it).
     assert deployed.failures(frozenset({200, 429})) == []
 

@@ -203,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     # The prerm's: the worker files stay until purge (the generator goes with the package).
     deconfigure.add_argument("--package-removal", action="store_true", help=argparse.SUPPRESS)
     restart = commands.add_parser(
-        "restart-after-upgrade", help="restart main, then every worker, then refresh the routes "
-                                      "for the new version (the package's trigger does this after a "
-                                      "Synapse upgrade)")
+        "restart-after-upgrade", help="restart what still runs the old Synapse, main first, then "
+                                      "the workers, each back before the next; then refresh the "
+                                      "routes for the new version (the package's trigger does this "
+                                      "after a Synapse upgrade)")
     for sub in (deconfigure, restart):
         sub.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     return parser

@@ -85,6 +85,10 @@ class Role:
     own_config: Mapping[str, object] = field(default_factory=dict)
     #: Every instance must be stopped and started together when the set changes.
     moves_together: bool = False
+    #: It holds nothing another process waits on (no stream, no duty): one instance
+    #: can restart while the others (or main) serve its requests, so a change that
+    #: touches only such workers restarts them one at a time (core/restarts.py).
+    stateless: bool = False
     #: Synapse marks it experimental: never chosen by a preset.
     experimental: bool = False
     #: The first Synapse release that knows this role (None: every supported one).
@@ -149,18 +153,18 @@ def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...]
 
 _ROLE_LIST: tuple[Role, ...] = (
     # Generic workers: no shared config at all, so they come and go freely.
-    Role("sync", "client /sync and related reads (sticky per user)", scales=True,
+    Role("sync", "client /sync and related reads (sticky per user)", scales=True, stateless=True,
          resources=("client",),
          network_why="answers /sync from the database and replication; fetches nothing remote"),
-    Role("client", "client API reads and writes main does not have to do", scales=True,
+    Role("client", "client API reads and writes main does not have to do", scales=True, stateless=True,
          resources=("client",), outbound=True,
          network_why="asks other servers itself: remote profiles, /keys/query and /keys/claim "
                      "for remote users, remote room directories, identity servers"),
-    Role("federation_reader", "inbound federation requests", scales=True,
+    Role("federation_reader", "inbound federation requests", scales=True, stateless=True,
          resources=("federation",), outbound=True,
          network_why="fetches the sending servers' signing keys (directly or from "
                      "trusted_key_servers) and missing events and state"),
-    Role("media", "media repository (uploads, downloads, thumbnails)", scales=True,
+    Role("media", "media repository (uploads, downloads, thumbnails)", scales=True, stateless=True,
          resources=("media",),
          shared_when_present={"enable_media_repo": False},
          leader_key="media_instance_running_background_jobs",

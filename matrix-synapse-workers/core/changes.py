@@ -20,6 +20,7 @@ from .catalog import ROLES, Role, Scope
 from .plan import Plan, parse_worker_name
 from .redisserver import SERVERS
 from ..render.files import RenderedFile, is_generated, meaning
+from ..render.sandbox import GATE_COMMENT
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
@@ -114,13 +115,15 @@ def _worker_of(path: PurePosixPath) -> str | None:
 def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
     """A file's :func:`meaning`; for a worker's unit drop-in without its ``[Unit]`` part.
 
-    ``[Unit]`` holds only the start order (writers first): systemd takes it at the
+    ``[Unit]`` holds only the start order (writers first), and ``ExecStartPre=`` the
+    start gate (wait for main on the installed Synapse): systemd takes them at the
     daemon-reload that every written drop-in gets, and the running process is
     unchanged, so a change there restarts nothing.
 
     >>> dropin = PurePosixPath("etc/systemd/system/matrix-synapse-worker@sync-1.service.d/"
     ...                        "matrix-synapse-workers.conf")
-    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nUMask=0027\\n")
+    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nExecStartPre=/bin/true\\n"
+    ...                                "UMask=0027\\n")
     '[Service]\\nUMask=0027\\n'
     """
     text = meaning(text)
@@ -130,7 +133,7 @@ def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
     for line in text.splitlines(keepends=True):
         if line.startswith("["):
             in_unit = line.strip() == "[Unit]"
-        if not in_unit:
+        if not in_unit and not line.startswith((GATE_COMMENT, "ExecStartPre=")):
             kept.append(line)
     return "".join(kept)
 

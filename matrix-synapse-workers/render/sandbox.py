@@ -169,12 +169,26 @@ def start_after(worker: Worker, plan: Plan) -> tuple[str, ...]:
     return tuple(w.unit for w in plan.local_workers if w.role.stream is not None)
 
 
+#: Starts the comment of the start gate's lines (changes.what_the_process_reads skips them).
+GATE_COMMENT = "# Start gate:"
+GATE_COMMAND = "/usr/bin/python3 -m matrix_synapse_workers.system.startgate"
+
+
+def start_gate(plan: Plan) -> list[str]:
+    """A worker waits (60 s at most) until main serves the installed Synapse: main
+    migrates the schema before it listens, and a worker started on newer code than the
+    schema would exit and be restarted every 3 s (system/startgate.py)."""
+    where = str(paths.MAIN_REPLICATION_SOCKET) if plan.here is None else str(plan.replication)
+    return [f"{GATE_COMMENT} wait until main runs the installed Synapse (it migrates the database first).",
+            f"ExecStartPre={GATE_COMMAND} {where}"]
+
+
 def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settings) -> RenderedFile:
     policy = network_policy(worker.role, tcp_hosts(plan, facts, settings))
     after = start_after(worker, plan)
     unit = (["[Unit]", "# Stream writers start first (they are what the other processes wait on).",
              f"After={' '.join(after)}", ""] if after else [])
-    lines = [*unit, "[Service]", *_rw_lines(facts, media=worker.role.serves_media),
+    lines = [*unit, "[Service]", *start_gate(plan), *_rw_lines(facts, media=worker.role.serves_media),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]

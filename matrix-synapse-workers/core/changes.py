@@ -23,8 +23,8 @@ from ..render.files import RenderedFile, is_generated, meaning
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
-#: Shared keys only main reads.
-_MAIN_ONLY_KEYS = frozenset({"listeners"})
+#: Shared keys only main reads (every worker's own file sets its own ``caches``).
+_MAIN_ONLY_KEYS = frozenset({"listeners", "caches"})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ..core.dbconnections import pool_sizes
 from ..core.adoption import superseded_listeners
 from ..core.facts import HostFacts, WritablePath, auth_service
 from ..core.redisserver import SERVERS, RedisServer, choose_server, server_of_socket
+from .memoryfacts import jemalloc_path, ram_mib, reserved_memory
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -231,6 +232,14 @@ def deployed_socket_group(root: Path) -> str:
     return group
 
 
+def _admin_caches(config: Mapping[str, Any]) -> dict[str, Any]:
+    caches = config.get("caches")
+    if caches is not None and not isinstance(caches, dict):
+        raise HostConfigError("'caches' in the Synapse configuration must be a mapping of "
+                              "options (global_factor, per_cache_factors, ...)")
+    return dict(caches or {})
+
+
 def read_host_facts(root: Path) -> HostFacts:
     """Read the Synapse configuration under ``root``; raise HostConfigError if unusable."""
     config, sources = merged_admin_config(root)
@@ -255,6 +264,10 @@ def read_host_facts(root: Path) -> HostFacts:
         signing_key_dir=_signing_key_dir(root, config),
         auth_service=auth_service(config, version),
         max_upload_size=config.get("max_upload_size"),
+        memory_mib=ram_mib(),
+        memory_reserved=reserved_memory(root),
+        jemalloc=jemalloc_path(root),
+        admin_caches=_admin_caches(config),
         sources=sources,
     )
 

@@ -65,6 +65,9 @@ SLACK = 1.15
 TARGET_RATIO = 0.75
 #: Entries used more recently than this are never evicted for memory.
 MIN_CACHE_TTL = "2m"
+#: The line of conf.d/workers.yaml that keeps the budget as answered (read back by
+#: system/hostfacts.py and debian/config).
+BUDGET_LINE = "# memory-budget: "
 #: The largest budget taken (1 TiB): beyond any machine this package runs on.
 MAX_BUDGET_MIB = 1 << 20
 

@@ -23,7 +23,7 @@ from ..core.facts import HostFacts
 from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker, admin_metrics_listeners, refuse_unknown_keys
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
-from ..core.memory import MemoryPlan, host_memory_plan
+from ..core.memory import BUDGET_LINE, MemoryPlan, format_budget, host_memory_plan
 from .logconfig import worker_log_config
 from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, body_size, nginx_model
 from ..core.settings import RedisMode, Settings
@@ -343,7 +343,14 @@ def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFi
     memory = host_memory_plan(plan, facts, settings.memory_budget)
     shared, redis = shared_config(plan, facts, memory), {"redis": redis_config(plan, settings)}
     refuse_unknown_keys({**shared, **redis}, facts.synapse_version)
-    files = [_yaml_file(paths.SHARED_CONF, shared), _yaml_file(paths.REDIS_CONF_D, redis)]
+    shared_file = _yaml_file(paths.SHARED_CONF, shared)
+    # The budget as answered (the files are the registry: debian/config and the command read it).
+    budget = (f"{BUDGET_LINE}{format_budget(settings.memory_budget)}\n"
+              "# (MiB for all Synapse processes of this host; `matrix-synapse-workers status`\n"
+              "# shows how it is split and what they hold)\n")
+    shared_file = RenderedFile(shared_file.path, _HEADER.format(version=__version__) + budget
+                               + dump_yaml(shared))
+    files = [shared_file, _yaml_file(paths.REDIS_CONF_D, redis)]
     for worker in plan.local_workers:
         files.append(_yaml_file(paths.WORKERS_DIR / f"{worker.name}.yaml",
                                 worker_config(worker, facts, plan, memory)))

@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import yaml
 
 from ..core import paths
-from ..core.errors import HostConfigError
+from ..core.errors import HostConfigError, SelectionError
+from ..core.memory import BUDGET_LINE, parse_budget
 from ..core.dbconnections import pool_sizes
 from ..core.adoption import superseded_listeners
 from ..core.facts import HostFacts, WritablePath, auth_service
@@ -216,6 +217,21 @@ def metrics_deployed(root: Path) -> bool:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and data.get("enable_metrics") is True
+
+
+def deployed_memory_budget(root: Path) -> int | None:
+    """The memory budget our shared file was rendered with (None: ``auto``, or none yet)."""
+    try:
+        text = (root / paths.SHARED_CONF).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(BUDGET_LINE):
+            try:
+                return parse_budget(line[len(BUDGET_LINE):])
+            except SelectionError:
+                return None
+    return None
 
 
 def deployed_socket_group(root: Path) -> str:

@@ -306,7 +306,8 @@ def run_status(args: argparse.Namespace) -> int:
     from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
     try:
-        rows = status.evaluate(statusprobe.gather())
+        facts = statusprobe.gather()
+        rows = status.evaluate(facts)
     except Exception as exc:  # a plugin must say UNKNOWN, not die with a traceback
         if not args.check:
             raise
@@ -314,7 +315,8 @@ def run_status(args: argparse.Namespace) -> int:
         return status.report.PLUGIN_UNKNOWN
     seconds = time.monotonic() - started
     if args.json:
-        print(json.dumps(status.as_json(rows, seconds), indent=2))
+        memory = facts.memory.as_json() if isinstance(facts.memory, status.MemoryFacts) else None
+        print(json.dumps(status.as_json(rows, seconds, memory), indent=2))
     elif args.check:
         print(status.as_check_line(rows, seconds))
     elif args.prometheus is not None:

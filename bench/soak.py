@@ -34,6 +34,18 @@ def synapse_rss(root_pid: int) -> dict[str, float]:
     return found
 
 
+def evictions(c: Container) -> dict[str, int]:
+    """How often each process began evicting for memory (Synapse logs it at INFO), by log file."""
+    out = c.run("grep -c 'Begin memory-based cache eviction' /var/log/matrix-synapse/*.log",
+                check=False).stdout
+    found = {}
+    for line in out.splitlines():
+        path, _, count = line.rpartition(":")
+        if count.strip().isdigit():
+            found[Path(path).stem] = int(count)
+    return found
+
+
 def deployed_budget(c: Container) -> dict[str, Any]:
     """The budget as the package's own status reports it (its ``memory`` object), or {}."""
     out = c.run(["matrix-synapse-workers", "status", "--json"], check=False).stdout
@@ -104,7 +116,7 @@ def session(root: Path, deb: Path, cfg: runner.Config, load: runner.Load, minute
         return {"config": cfg.name, "label": cfg.label, "workers": workers, "budget": memory,
                 "minutes": minutes, "share": share, "capacity": capacity, "rate": rate.rate,
                 "closed": closed.to_json() if closed else None, "load": result, "samples": samples,
-                "outside_cores": outside, "after_memory": deployed_budget(c)}
+                "outside_cores": outside, "after_memory": deployed_budget(c), "evictions": evictions(c)}
 
 
 def summary(samples: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -139,6 +151,9 @@ def markdown(got: dict[str, Any], meta: dict[str, Any]) -> str:
            f"{'held by cache autotuning' if held else 'not held: no libjemalloc2'}).", "",
            f"Sum of the Synapse processes' RSS: first {s['first_mib']:.0f} MiB, maximum "
            f"{s['max_mib']:.0f} MiB, final {s['final_mib']:.0f} MiB: {within}.", "",
+           "Memory-based cache evictions begun (Synapse's log, per log file): "
+           + (", ".join(f"{k} {v}" for k, v in sorted(got.get("evictions", {}).items())) or "none logged")
+           + ".", "",
            f"Throughput: {load.get('requests_per_s', 0):.1f} answered requests/s of "
            f"{got['rate']:.1f} offered, {load.get('errors', '?')} failed.", "",
            "| class | requests | p50 ms | p95 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]

@@ -40,7 +40,6 @@ from ..core.settings import RedisMode, Settings
 from ..core.catalog import MAIN_CACHE_WEIGHT
 from ..core.memory import memory_plan
 from ..core.plan import parse_worker_name
-from ..system.hostfacts import deployed_memory_budget
 from ..system.memoryfacts import rss_mib
 from .model import (MAIN as MAIN_PROCESS, WORKER_HOST, ClusterFacts, MemoryFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
                     Process, NginxFacts, PathStat, PeerListener, RedisClient, RedisFacts, SecretFile,
@@ -195,7 +194,7 @@ def look(root: Path) -> Look:
     # nginx files do not depend on the answers: known before anything is asked.
     web = webservers.deployed(root) or WebServer.NGINX
     settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
-                        metrics=deployed.metrics, web_server=web)
+                        metrics=deployed.metrics, web_server=web, memory_budget=deployed.memory_budget)
     try:
         host, plan = plan_here(root, settings, side)
         config_error = ""
@@ -385,7 +384,7 @@ def memory_facts(root: Path, seen: Look, units: Mapping[str, UnitState]) -> Memo
         weighted.append((process.name, MAIN_CACHE_WEIGHT if process.name == MAIN_PROCESS
                          else parsed.role.cache_weight if parsed else 1))
     try:
-        plan = memory_plan(deployed_memory_budget(root), weighted, jemalloc=facts.jemalloc is not None,
+        plan = memory_plan(seen.deployed.memory_budget, weighted, jemalloc=facts.jemalloc is not None,
                            ram_mib=facts.memory_mib, reserved=facts.memory_reserved,
                            admin_caches=facts.admin_caches)
     except WorkersError as exc:

@@ -160,3 +160,32 @@ def test_postgres_and_redis_memory_are_read_from_their_configuration(tmp_path):
     assert postgres_shared_buffers(tmp_path) == [("PostgreSQL 15/main shared_buffers", 2048),
                                                  ("PostgreSQL 16/other shared_buffers", 128)]
     assert redis_maxmemory(tmp_path) == [("redis maxmemory", 512)]
+
+
+def _jemalloc_root(tmp_path):
+    import sysconfig
+    root = make_root(tmp_path)
+    library = root / "usr/lib" / (sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu") / "libjemalloc.so.2"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"")
+    return root
+
+
+def _changes(root, on_disk, spec, settings):
+    from matrix_synapse_workers.core.changes import compute_changes
+    existing = tuple(p.stem for p in on_disk if p.parent == PurePosixPath("etc/matrix-synapse/workers"))
+    plan = Plan(plan_workers(select(workers=spec), existing))
+    return compute_changes(plan, render(plan, read_host_facts(root), settings), on_disk)
+
+
+def test_a_new_worker_moves_the_others_shares_without_restarting_them_and_a_new_budget_restarts(tmp_path):
+    from matrix_synapse_workers.core.changes import OnDisk
+    root = _jemalloc_root(tmp_path)
+    settings = Settings(memory_budget=2000)
+    first = _changes(root, {}, "sync,typing", settings)
+    on_disk = {f.path: OnDisk(f.content, f.mode) for f in first.write}
+    added = _changes(root, on_disk, "sync:2,typing", settings)
+    assert added.start == ("sync-2",) and added.restart_workers == () and not added.restart_main
+    assert PurePosixPath("etc/matrix-synapse/workers/sync-1.yaml") in {f.path for f in added.write}
+    rebudgeted = _changes(root, on_disk, "sync,typing", Settings(memory_budget=3000))
+    assert rebudgeted.restart_main and set(rebudgeted.restart_workers) == {"sync-1", "typing-1"}

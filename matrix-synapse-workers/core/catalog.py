@@ -104,6 +104,9 @@ class Role:
     outbound: bool = False
     #: Why, from Synapse's source: shown in the sandbox drop-in and docs/design.md.
     network_why: str = ""
+    #: Its share of the host's memory budget beside the others' (core/memory.py):
+    #: processes that answer reads from their caches (sync, client) weigh more.
+    cache_weight: int = 1
 
     @property
     def needs_replication_listener(self) -> bool:
@@ -154,14 +157,14 @@ def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...]
 _ROLE_LIST: tuple[Role, ...] = (
     # Generic workers: no shared config at all, so they come and go freely.
     Role("sync", "client /sync and related reads (sticky per user)", scales=True, stateless=True,
-         resources=("client",),
+         resources=("client",), cache_weight=3,
          network_why="answers /sync from the database and replication; fetches nothing remote"),
     Role("client", "client API reads and writes main does not have to do", scales=True, stateless=True,
-         resources=("client",), outbound=True,
+         resources=("client",), outbound=True, cache_weight=2,
          network_why="asks other servers itself: remote profiles, /keys/query and /keys/claim "
                      "for remote users, remote room directories, identity servers"),
     Role("federation_reader", "inbound federation requests", scales=True, stateless=True,
-         resources=("federation",), outbound=True,
+         resources=("federation",), outbound=True, cache_weight=2,
          network_why="fetches the sending servers' signing keys (directly or from "
                      "trusted_key_servers) and missing events and state"),
     Role("media", "media repository (uploads, downloads, thumbnails)", scales=True, stateless=True,
@@ -194,7 +197,7 @@ _ROLE_LIST: tuple[Role, ...] = (
                      "account validity renewal mail"),
     # Stream writers.
     _writer("events", "event persister (sharded by room)", scales=True, resources=(),
-            moves_together=True, outbound=True,
+            moves_together=True, outbound=True, cache_weight=2,
             network_why="persisting a client's invite of a remote user asks that user's server to "
                         "sign it (EventCreationHandler.persist_and_notify_client_events calls "
                         "send_invite on the writer)"),
@@ -225,9 +228,13 @@ _ROLE_LIST: tuple[Role, ...] = (
     # A generic worker like sync, listed last so that the ports topology derives
     # from each role's place stay what they were.
     Role("initial_sync", "initial /sync (no since) and /initialSync, sticky per user", scales=True,
-         resources=("client",),
+         resources=("client",), cache_weight=3,
          network_why="answers from the database and replication; fetches nothing remote"),
 )
+
+#: Main's weight in the memory budget (Role.cache_weight): it serves whatever no
+#: worker took, so it keeps the caches of a sync worker.
+MAIN_CACHE_WEIGHT = 3
 
 #: Every role by its short name.
 ROLES: Mapping[str, Role] = MappingProxyType({role.name: role for role in _ROLE_LIST})

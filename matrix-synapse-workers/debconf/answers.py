@@ -47,7 +47,9 @@ from typing import Iterable, Mapping
 from ..core import paths
 from ..core.catalog import PRESETS, ROLES, resolve_role
 from ..core.errors import SelectionError
-from ..system.hostfacts import deployed_socket_group, existing_worker_names, metrics_deployed
+from ..core.memory import format_budget, parse_budget
+from ..system.hostfacts import (deployed_memory_budget, deployed_socket_group, existing_worker_names,
+                                metrics_deployed)
 from ..core.plan import counts_from_workers
 from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
@@ -74,6 +76,7 @@ Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
+Q_MEMORY_BUDGET = f"{PACKAGE}/memory-budget"
 #: Take over a hand-made worker setup ("adopt", the default) or configure nothing while it
 #: is there ("leave"); read by the postinst alone (not an input of :func:`from_answers`).
 Q_HAND_MADE = f"{PACKAGE}/hand-made"
@@ -81,7 +84,7 @@ HAND_MADE_CHOICES = ("adopt", "leave")
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
-             Q_SHARED_MEDIA)
+             Q_SHARED_MEDIA, Q_MEMORY_BUDGET)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The key that keeps what ``auto`` resolved to, in the applied record and the pending answers.
@@ -183,6 +186,13 @@ def _boolean(question: str, value: str) -> bool:
                                   "accepted: true, false")
 
 
+def _memory_budget(value: str) -> int | None:
+    try:
+        return parse_budget(value)
+    except SelectionError as exc:
+        raise InvalidAnswer(Q_MEMORY_BUDGET, str(exc)) from None
+
+
 def _worker_host(label: str) -> Topology:
     if not label.strip():
         raise InvalidAnswer(Q_HOST_NAME, "no host name given: a worker host needs the name the "
@@ -273,7 +283,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  host_name: str = "", worker_hosts: str = "", replication_address: str = "",
                  allow_public_address: str = "false",
                  metrics: str = "false",
-                 shared_media_store: str = "false") -> tuple[Selection | None, Settings]:
+                 shared_media_store: str = "false",
+                 memory_budget: str = "auto") -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
     ``types`` and ``counts`` count only with the preset ``custom``, and
@@ -285,11 +296,14 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
     holds for every host.  ``shared_media_store`` (the admin's word that every
     host mounts one media store) counts only for media workers on worker hosts.
+    ``memory_budget`` is each host's own.
     """
+    budget = _memory_budget(memory_budget)
     if _host_role(host_role) is HostRole.WORKER_HOST:
         topology = _worker_host(host_name)
         group, _ = _names(socket_group, "")
-        return None, Settings(socket_group=group, web_user="", topology=topology)
+        return None, Settings(socket_group=group, web_user="", topology=topology,
+                              memory_budget=budget)
     selection = _selection(preset, types, counts)
     group, user = _names(socket_group, web_user)
     redis_settings = _redis(redis, redis_location)
@@ -298,7 +312,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                           _boolean(Q_SHARED_MEDIA, shared_media_store))
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
-                               topology=topology, metrics=_boolean(Q_METRICS, metrics))
+                               topology=topology, metrics=_boolean(Q_METRICS, metrics),
+                               memory_budget=budget)
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:
@@ -365,4 +380,5 @@ def applied_record(root: Path) -> AppliedRecord:
     """
     workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
     return AppliedRecord(workers, deployed_socket_group(root),
-                         metrics="true" if metrics_deployed(root) else "false")
+                         metrics="true" if metrics_deployed(root) else "false",
+                         memory_budget=format_budget(deployed_memory_budget(root)))

@@ -146,6 +146,19 @@ def _dropin(lines: list[str]) -> str:
     return _HEADER.format(version=__version__) + "\n".join(lines) + "\n"
 
 
+def allocator_lines(facts: HostFacts) -> list[str]:
+    """jemalloc for the memory budget's cache autotuning (core/memory.py says why both).
+
+    An admin's own values in /etc/default/matrix-synapse (the units' EnvironmentFile=)
+    win over these.
+    """
+    if facts.jemalloc is None:
+        return []
+    return ["# The memory budget: Synapse's cache autotuning needs jemalloc to see every",
+            "# allocation (Python's own small-object allocator hides most of them from it).",
+            f"Environment=LD_PRELOAD={facts.jemalloc} PYTHONMALLOC=malloc"]
+
+
 def _rw_lines(facts: HostFacts, *, media: bool) -> list[str]:
     lines = ["# Where Synapse writes, from its configuration (symlinks resolved).",
              "ReadWritePaths="]
@@ -188,7 +201,8 @@ def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settin
     after = start_after(worker, plan)
     unit = (["[Unit]", "# Stream writers start first (they are what the other processes wait on).",
              f"After={' '.join(after)}", ""] if after else [])
-    lines = [*unit, "[Service]", *start_gate(plan), *_rw_lines(facts, media=worker.role.serves_media),
+    lines = [*unit, "[Service]", *start_gate(plan), *allocator_lines(facts),
+             *_rw_lines(facts, media=worker.role.serves_media),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]
@@ -218,7 +232,7 @@ def main_dropin(facts: HostFacts) -> RenderedFile:
     """Main talks to other servers (it does whatever no worker took): network stays open."""
     lines = ["[Service]",
              "# The sandbox of the worker units, for main (matrix-synapse-workers).",
-             *MAIN_SANDBOX, *_rw_lines(facts, media=True)]
+             *MAIN_SANDBOX, *allocator_lines(facts), *_rw_lines(facts, media=True)]
     if facts.signing_key_dir is not None:
         lines += ["# Until Synapse has made its signing key (ExecStartPre=... --generate-keys);",
                   "# the next apply renders this file without it.",

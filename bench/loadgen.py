@@ -21,7 +21,7 @@ X-Forwarded-For (the benchmark's vhost trusts it from loopback), since
 Synapse rate-limits per client address.
 
 run --trace keeps every request (class, when it was due, when it was
-answered, status) and the event id of every send that got 200, for the
+answered, status, the first status before the client's own retries, attempts) and the event id of every send that got 200, for the
 restart measurements (bench/restarts.py); verify then checks that each of
 those events reaches every member of its room through /sync:
 
@@ -254,9 +254,13 @@ class Recorder:
     #: With --trace: [user index, room, event id] of every send answered 200.
     sent: list[list[Any]] | None = None
 
-    def note(self, cls: str, due: float, now: float, status: int) -> None:
+    def note(self, cls: str, due: float, now: float, status: int, first: int | None = None,
+             attempts: int = 1) -> None:
+        """``status``: the last answer (what the client saw); ``first``: the proxy's first
+        answer, before any retry of the client's own."""
         if self.trace is not None:
-            self.trace.append([cls, round(due - self.started, 4), round(now - self.started, 4), status])
+            self.trace.append([cls, round(due - self.started, 4), round(now - self.started, 4), status,
+                               status if first is None else first, attempts])
 
     def ok(self, cls: str, latency: float, now: float) -> None:
         self.latencies[cls].append(latency)
@@ -314,11 +318,11 @@ async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], m
 
 
 def record(rec: Recorder, cls: str, i: int, user: dict[str, Any], room: str, r: Response,
-           since: float) -> None:
+           since: float, first: int | None = None, attempts: int = 1) -> None:
     """One answer of user i, timed from ``since`` (sent, or scheduled in an open loop); a /sync
     answer moves the user's since token on, a send's is kept (with --trace) for verify."""
     now = time.monotonic()
-    rec.note(cls, since, now, r.status)
+    rec.note(cls, since, now, r.status, first, attempts)
     if r.status == 200:
         rec.ok(cls, now - since, now)
         if cls == "sync":
@@ -357,21 +361,55 @@ class Pool:
             c.close()
 
 
+def retry_after_s(r: Response, scheduled: float, now: float, bound_s: float) -> float | None:
+    """How long a client like Element or matrix-nio waits before sending ``r``'s request
+    again, or None when it does not: only a 429 is retried, after its retry_after_ms
+    (1 s without one), and only while the whole wait stays within ``bound_s`` of when
+    the request was due.  A 500 or 502 is shown to the user at once.
+
+    >>> ok = Response(429, b'{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":3000}')
+    >>> retry_after_s(ok, 0.0, 1.0, 30.0), retry_after_s(ok, 0.0, 28.0, 30.0)
+    (3.0, None)
+    >>> retry_after_s(Response(502, b"<html>"), 0.0, 1.0, 30.0) is None
+    True
+    """
+    if r.status != 429:
+        return None
+    try:
+        wait = float(r.json().get("retry_after_ms", 1000)) / 1000
+    except (ValueError, AttributeError):
+        wait = 1.0
+    return wait if now + wait - scheduled <= bound_s else None
+
+
 async def open_request(pool: Pool, conn: Connection, cls: str, i: int, user: dict[str, Any],
                        users: list[dict[str, Any]], rng: random.Random, txn: str,
-                       scheduled: float, rec: Recorder) -> None:
+                       scheduled: float, rec: Recorder, retry_bound_s: float = 0.0) -> None:
+    """One request of the open loop; with ``retry_bound_s`` the client retries a 429 as a
+    Matrix client does (same transaction id), and the trace keeps the first answer (what
+    the proxy said) beside the last (what the user saw)."""
     method, path, body, room = request_for(cls, user, users, rng, txn)
     headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
+    first: int | None = None
+    attempts = 0
     try:
-        r = await conn.request(method, path, headers, body)
-    except HttpFailure as e:
-        now = time.monotonic()
-        rec.error(cls, str(e)[:200], now)
-        rec.note(cls, scheduled, now, 0)
-        return
+        while True:
+            attempts += 1
+            try:
+                r = await conn.request(method, path, headers, body)
+            except HttpFailure as e:
+                now = time.monotonic()
+                rec.error(cls, str(e)[:200], now)
+                rec.note(cls, scheduled, now, 0, 0 if first is None else first, attempts)
+                return
+            first = r.status if first is None else first
+            wait = retry_after_s(r, scheduled, time.monotonic(), retry_bound_s)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
     finally:
         pool.give(conn)
-    record(rec, cls, i, user, room, r, scheduled)
+    record(rec, cls, i, user, room, r, scheduled, first, attempts)
 
 
 async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namespace,
@@ -398,11 +436,12 @@ async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namesp
         scheduled.append(at)
         sent.append(time.monotonic())
         task = asyncio.create_task(open_request(pool, conn, cls, i % len(users), users[i % len(users)],
-                                                users, rng, f"{args.txn_tag}{i}", at, rec))
+                                                users, rng, f"{args.txn_tag}{i}", at, rec,
+                                                args.client_retry_s))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
-        await asyncio.wait(set(tasks), timeout=35.0)
+        await asyncio.wait(set(tasks), timeout=35.0 + args.client_retry_s)
     pool.close()
     return {"rate": args.rate, "scheduled": len(schedule), "shed": shed,
             "lateness_ms": lateness_ms(scheduled, sent).__dict__}
@@ -540,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="open loop: requests in flight at most; beyond that a request fails as shed")
     r.add_argument("--trace", action="store_true",
                    help="keep every request's times and status, and the event id of every send answered 200")
+    r.add_argument("--client-retry-s", type=float, default=0.0,
+                   help="open loop: retry a 429 after its retry_after_ms as Matrix clients do, while "
+                        "the whole wait stays within this many seconds (0: never retry)")
     r.add_argument("--txn-tag", default=os.urandom(4).hex(),
                    help="prefix of the sends' transaction ids (default: new for each run)")
     r.add_argument("--out", required=True)

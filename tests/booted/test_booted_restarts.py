@@ -13,6 +13,8 @@ the goals of issue 25: no request failed as the client saw it, and no
 message lost.  Timings are printed and go into docs/restarts.md from
 scripts/bench --restarts, not asserted beyond a generous bound.  (The
 Synapse upgrade scenario needs a second stand-in install: the benchmark's.)
+"""
+
 from __future__ import annotations
 
 import json

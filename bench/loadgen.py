@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import CLASSES, DEFAULT_MIX, Mix, lateness_ms, open_loop_schedule, parse_mix, summarize  # noqa: E402
+from stats import (CLASSES, DEFAULT_MIX, Mix, lateness_ms, open_loop_schedule, parse_mix,  # noqa: E402
+                   retry_after_s, summarize)
 
 NEXT_BATCH = re.compile(rb'"next_batch"\s*:\s*"([^"]+)"')
 CS = "/_matrix/client/v3"
@@ -361,27 +362,6 @@ class Pool:
             c.close()
 
 
-def retry_after_s(r: Response, scheduled: float, now: float, bound_s: float) -> float | None:
-    """How long a client like Element or matrix-nio waits before sending ``r``'s request
-    again, or None when it does not: only a 429 is retried, after its retry_after_ms
-    (1 s without one), and only while the whole wait stays within ``bound_s`` of when
-    the request was due.  A 500 or 502 is shown to the user at once.
-
-    >>> ok = Response(429, b'{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":3000}')
-    >>> retry_after_s(ok, 0.0, 1.0, 30.0), retry_after_s(ok, 0.0, 28.0, 30.0)
-    (3.0, None)
-    >>> retry_after_s(Response(502, b"<html>"), 0.0, 1.0, 30.0) is None
-    True
-    """
-    if r.status != 429:
-        return None
-    try:
-        wait = float(r.json().get("retry_after_ms", 1000)) / 1000
-    except (ValueError, AttributeError):
-        wait = 1.0
-    return wait if now + wait - scheduled <= bound_s else None
-
-
 async def open_request(pool: Pool, conn: Connection, cls: str, i: int, user: dict[str, Any],
                        users: list[dict[str, Any]], rng: random.Random, txn: str,
                        scheduled: float, rec: Recorder, retry_bound_s: float = 0.0) -> None:
@@ -403,7 +383,7 @@ async def open_request(pool: Pool, conn: Connection, cls: str, i: int, user: dic
                 rec.note(cls, scheduled, now, 0, 0 if first is None else first, attempts)
                 return
             first = r.status if first is None else first
-            wait = retry_after_s(r, scheduled, time.monotonic(), retry_bound_s)
+            wait = retry_after_s(r.status, r.body, time.monotonic() - scheduled, retry_bound_s)
             if wait is None:
                 break
             await asyncio.sleep(wait)

@@ -21,7 +21,7 @@ X-Forwarded-For (the benchmark's vhost trusts it from loopback), since
 Synapse rate-limits per client address.
 
 run --trace keeps every request (class, when it was due, when it was
-answered, status) and the event id of every send that got 200, for the
+answered, status, the first status before the client's own retries, attempts) and the event id of every send that got 200, for the
 restart measurements (bench/restarts.py); verify then checks that each of
 those events reaches every member of its room through /sync:
 
@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import CLASSES, DEFAULT_MIX, Mix, lateness_ms, open_loop_schedule, parse_mix, summarize  # noqa: E402
+from stats import (CLASSES, DEFAULT_MIX, Mix, lateness_ms, open_loop_schedule, parse_mix,  # noqa: E402
+                   retry_after_s, summarize)
 
 NEXT_BATCH = re.compile(rb'"next_batch"\s*:\s*"([^"]+)"')
 CS = "/_matrix/client/v3"
@@ -254,9 +255,13 @@ class Recorder:
     #: With --trace: [user index, room, event id] of every send answered 200.
     sent: list[list[Any]] | None = None
 
-    def note(self, cls: str, due: float, now: float, status: int) -> None:
+    def note(self, cls: str, due: float, now: float, status: int, first: int | None = None,
+             attempts: int = 1) -> None:
+        """``status``: the last answer (what the client saw); ``first``: the proxy's first
+        answer, before any retry of the client's own."""
         if self.trace is not None:
-            self.trace.append([cls, round(due - self.started, 4), round(now - self.started, 4), status])
+            self.trace.append([cls, round(due - self.started, 4), round(now - self.started, 4), status,
+                               status if first is None else first, attempts])
 
     def ok(self, cls: str, latency: float, now: float) -> None:
         self.latencies[cls].append(latency)
@@ -314,11 +319,11 @@ async def user_loop(i: int, user: dict[str, Any], users: list[dict[str, Any]], m
 
 
 def record(rec: Recorder, cls: str, i: int, user: dict[str, Any], room: str, r: Response,
-           since: float) -> None:
+           since: float, first: int | None = None, attempts: int = 1) -> None:
     """One answer of user i, timed from ``since`` (sent, or scheduled in an open loop); a /sync
     answer moves the user's since token on, a send's is kept (with --trace) for verify."""
     now = time.monotonic()
-    rec.note(cls, since, now, r.status)
+    rec.note(cls, since, now, r.status, first, attempts)
     if r.status == 200:
         rec.ok(cls, now - since, now)
         if cls == "sync":
@@ -359,19 +364,32 @@ class Pool:
 
 async def open_request(pool: Pool, conn: Connection, cls: str, i: int, user: dict[str, Any],
                        users: list[dict[str, Any]], rng: random.Random, txn: str,
-                       scheduled: float, rec: Recorder) -> None:
+                       scheduled: float, rec: Recorder, retry_bound_s: float = 0.0) -> None:
+    """One request of the open loop; with ``retry_bound_s`` the client retries a 429 as a
+    Matrix client does (same transaction id), and the trace keeps the first answer (what
+    the proxy said) beside the last (what the user saw)."""
     method, path, body, room = request_for(cls, user, users, rng, txn)
     headers = {"Authorization": f"Bearer {user['token']}", "X-Forwarded-For": user["ip"]}
+    first: int | None = None
+    attempts = 0
     try:
-        r = await conn.request(method, path, headers, body)
-    except HttpFailure as e:
-        now = time.monotonic()
-        rec.error(cls, str(e)[:200], now)
-        rec.note(cls, scheduled, now, 0)
-        return
+        while True:
+            attempts += 1
+            try:
+                r = await conn.request(method, path, headers, body)
+            except HttpFailure as e:
+                now = time.monotonic()
+                rec.error(cls, str(e)[:200], now)
+                rec.note(cls, scheduled, now, 0, 0 if first is None else first, attempts)
+                return
+            first = r.status if first is None else first
+            wait = retry_after_s(r.status, r.body, time.monotonic() - scheduled, retry_bound_s)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
     finally:
         pool.give(conn)
-    record(rec, cls, i, user, room, r, scheduled)
+    record(rec, cls, i, user, room, r, scheduled, first, attempts)
 
 
 async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namespace,
@@ -398,11 +416,12 @@ async def open_loop(users: list[dict[str, Any]], mix: Mix, args: argparse.Namesp
         scheduled.append(at)
         sent.append(time.monotonic())
         task = asyncio.create_task(open_request(pool, conn, cls, i % len(users), users[i % len(users)],
-                                                users, rng, f"{args.txn_tag}{i}", at, rec))
+                                                users, rng, f"{args.txn_tag}{i}", at, rec,
+                                                args.client_retry_s))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
-        await asyncio.wait(set(tasks), timeout=35.0)
+        await asyncio.wait(set(tasks), timeout=35.0 + args.client_retry_s)
     pool.close()
     return {"rate": args.rate, "scheduled": len(schedule), "shed": shed,
             "lateness_ms": lateness_ms(scheduled, sent).__dict__}
@@ -540,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="open loop: requests in flight at most; beyond that a request fails as shed")
     r.add_argument("--trace", action="store_true",
                    help="keep every request's times and status, and the event id of every send answered 200")
+    r.add_argument("--client-retry-s", type=float, default=0.0,
+                   help="open loop: retry a 429 after its retry_after_ms as Matrix clients do, while "
+                        "the whole wait stays within this many seconds (0: never retry)")
     r.add_argument("--txn-tag", default=os.urandom(4).hex(),
                    help="prefix of the sends' transaction ids (default: new for each run)")
     r.add_argument("--out", required=True)

@@ -1,8 +1,11 @@
 """What a restart under load cost: failed requests and seconds until every class answers again.
 
 Pure functions over the generator's trace (``loadgen.py run --trace``): one
-row per request, ``[class, due, answered, status]`` in seconds since the
-load started (status 0: no HTTP answer, -1: shed by the generator).
+row per request, ``[class, due, answered, status, first status, attempts]`` in
+seconds since the load started (status 0: no HTTP answer, -1: shed by the
+generator).  ``status`` is what the client saw after its own retries of a 429
+(``--client-retry-s``), ``first status`` what the proxy answered first; rows
+of four (older traces) had no retries.
 bench/restarts.py makes the restarts and calls these.
 """
 
@@ -41,6 +44,13 @@ class Window:
     failed: int = 0
     #: "class status" -> count, e.g. "sync 502".
     failures: dict[str, int] = field(default_factory=dict)
+    #: Requests whose first answer from the proxy was not 200 (a 429 the client then
+    #: retried counts here, not in ``failed``), by "class status".
+    proxy_failed: int = 0
+    proxy_failures: dict[str, int] = field(default_factory=dict)
+    #: Seconds from the restart until every process answered /health and held its
+    #: Redis connections again (measured beside the load; None: not measured).
+    serving_s: float | None = None
     #: Seconds from the restart until each class answered 200 again (None: not within the window).
     recovered_by_class: dict[str, float | None] = field(default_factory=dict)
     #: The first and last answer of a failed request, seconds after the restart.
@@ -63,9 +73,16 @@ class Window:
         return {"name": self.restart.name, "unit": self.restart.unit, "at_s": self.restart.at,
                 "restart_took_s": self.restart.took_s, "window_end_s": self.end,
                 "requests": self.requests, "failed": self.failed, "failures": self.failures,
+                "proxy_failed": self.proxy_failed, "proxy_failures": self.proxy_failures,
+                "serving_s": self.serving_s,
                 "recovered_s": self.recovered_s, "recovered_by_class": self.recovered_by_class,
                 "failing_from_s": self.failing_from_s, "failing_until_s": self.failing_until_s,
                 "sends_ok_after": self.sends_ok_after, "slowest_ok_s": self.slowest_ok_s}
+
+
+def first_status(row: Row) -> int:
+    """What the proxy answered first (rows without retries: the status)."""
+    return row[4] if len(row) > 4 else row[3]
 
 
 def status_text(status: int) -> str:
@@ -109,6 +126,11 @@ def windows(trace: Sequence[Row], restarts: Sequence[Restart], end: float,
         for r in bad:
             key = f"{r[0]} {status_text(r[3])}"
             w.failures[key] = w.failures.get(key, 0) + 1
+        for r in mine:
+            if first_status(r) != 200:
+                w.proxy_failed += 1
+                key = f"{r[0]} {status_text(first_status(r))}"
+                w.proxy_failures[key] = w.proxy_failures.get(key, 0) + 1
         if bad:
             w.failing_from_s = min(r[2] for r in bad) - restart.at
             w.failing_until_s = max(r[2] for r in bad) - restart.at
@@ -191,17 +213,23 @@ def _seconds(value: float | None) -> str:
 
 def table(ws: Sequence[Window]) -> str:
     """The restarts as a Markdown table."""
-    lines = ["| restarted | `systemctl restart` took s | requests | failed | failed by class and status "
-             "| failing from–until s | longest 200 s | recovered after s | slowest class |",
-             "|---|---:|---:|---:|---|---|---:|---:|---|"]
+    lines = ["| restarted | took s | requests | failed as the client saw them | failed by class and status "
+             "| failed at the proxy | at the proxy by class and status "
+             "| failing from–until s | longest 200 s | recovered after s | slowest class "
+             "| every process serving after s |",
+             "|---|---:|---:|---:|---|---:|---|---|---:|---:|---|---:|"]
+
+    def by_class(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
     for w in ws:
-        by = ", ".join(f"{k} ×{v}" for k, v in sorted(w.failures.items(), key=lambda kv: -kv[1])) or "none"
+        by = by_class(w.failures)
         span = ("–" if w.failing_from_s is None
                 else f"{w.failing_from_s:.1f}–{w.failing_until_s:.1f}")
         slow = [c for c, v in w.recovered_by_class.items() if v is None]
         if not slow and w.recovered_by_class:
             slow = [max(w.recovered_by_class, key=lambda c: w.recovered_by_class[c] or 0.0)]
         lines.append(f"| {w.restart.name} (`{w.restart.unit}`) | {w.restart.took_s:.1f} | {w.requests} "
-                     f"| {w.failed} | {by} | {span} | {_seconds(w.slowest_ok_s)} | {_seconds(w.recovered_s)} "
-                     f"| {', '.join(slow)} |")
+                     f"| {w.failed} | {by} | {w.proxy_failed} | {by_class(w.proxy_failures)} "
+                     f"| {span} | {_seconds(w.slowest_ok_s)} | {_seconds(w.recovered_s)} "
+                     f"| {', '.join(slow)} | {'-' if w.serving_s is None else f'{w.serving_s:.1f}'} |")
     return "\n".join(lines)

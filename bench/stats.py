@@ -7,6 +7,7 @@ to loadgen.py and runs under Debian's python3 there.
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -120,3 +121,24 @@ def lateness_ms(scheduled: Sequence[float], sent: Sequence[float]) -> Summary:
     keep up is visible.
     """
     return summarize(max(0.0, s - t) for t, s in zip(scheduled, sent))
+
+
+def retry_after_s(status: int, body: bytes, waited_s: float, bound_s: float) -> float | None:
+    """How long a client like Element or matrix-nio waits before sending a request again that
+    was answered ``status`` after ``waited_s`` seconds, or None when it does not: only a 429 is
+    retried, after its retry_after_ms (1 s without one), and only while the whole wait stays
+    within ``bound_s``.  A 500 or 502 is shown to the user at once.
+
+    >>> limited = b'{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":3000}'
+    >>> retry_after_s(429, limited, 1.0, 30.0), retry_after_s(429, limited, 28.0, 30.0)
+    (3.0, None)
+    >>> retry_after_s(502, b"<html>", 1.0, 30.0) is None
+    True
+    """
+    if status != 429:
+        return None
+    try:
+        wait = float(json.loads(body).get("retry_after_ms", 1000)) / 1000
+    except (ValueError, AttributeError):
+        wait = 1.0
+    return wait if waited_s + wait <= bound_s else None

@@ -234,15 +234,18 @@ def nginx_paths(plan: Plan) -> tuple[PurePosixPath, ...]:
 
 
 def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
-                mas: bool = False, max_body: str = MAX_BODY_SIZE) -> tuple[RenderedFile, RenderedFile]:
+                mas: bool = False, max_body: str = MAX_BODY_SIZE,
+                client_retries: bool = True) -> tuple[RenderedFile, RenderedFile]:
     """The http-context file (upstreams, maps) and the server-context snippet (locations).
 
     Routes are those of ``synapse_version`` (see system/synapseversion.installed_version);
     None, when it is not known, gives the newest.  ``mas``: Synapse hands logins to
     the Matrix Authentication Service (HostFacts.auth_service).  ``max_body``: nginx's
     client_max_body_size, from Synapse's max_upload_size (:func:`max_body_for`).
+    ``client_retries``: False only for the restart benchmark's "before" (the error
+    handling from before issue 25, see NginxModel.client_retries).
     """
-    model = nginx_model(plan, synapse_version, mas)
+    model = nginx_model(plan, synapse_version, mas, client_retries)
     checked = ".".join(map(str, ENDPOINTS_CHECKED_AGAINST))
     return (
         RenderedFile(paths.NGINX_HTTP_CONF, render_template(
@@ -255,11 +258,12 @@ def nginx_files(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
 
 
 def nginx_admin_file(plan: Plan, synapse_version: tuple[int, int, int] | None = None,
-                     max_body: str = MAX_BODY_SIZE) -> RenderedFile:
+                     max_body: str = MAX_BODY_SIZE, client_retries: bool = True) -> RenderedFile:
     """The server-context snippet for Synapse's admin API (the media admin API to the
     workers that run the media repository, the rest to main)."""
     return RenderedFile(paths.NGINX_ADMIN_SNIPPET, render_template(
-        "nginx-admin.conf.j2", model=nginx_model(plan, synapse_version), max_body=max_body,
+        "nginx-admin.conf.j2", model=nginx_model(plan, synapse_version, client_retries=client_retries),
+        max_body=max_body,
         http_conf="/" + str(paths.NGINX_HTTP_CONF)))
 
 

@@ -132,6 +132,8 @@ class Upstream:
     hash_key: str | None = None
     #: Names of the workers behind the servers (none for main).
     workers: tuple[str, ...] = ()
+    #: The role of those workers (empty for main).
+    role: str = ""
 
     @property
     def keeps_connections(self) -> bool:
@@ -155,6 +157,12 @@ class Location:
     @property
     def regex(self) -> str:
         return combined_regex(self.endpoints.patterns)
+
+    @property
+    def main_stands_in(self) -> bool:
+        """Whether main can answer what this location's pools failed (see :func:`main_stands_in`)."""
+        return all(main_stands_in(u.role) for u in
+                   (self.upstream, self.read_upstream, self.initial_upstream) if u is not None)
 
     @property
     def method_map(self) -> str:
@@ -188,6 +196,11 @@ class NginxModel:
     connect_timeout: str = CONNECT_TIMEOUT
     repeatable_methods: tuple[str, ...] = REPEATABLE_METHODS
     retry_after_ms: int = RETRY_AFTER_MS
+    #: Answer what a process could not take with a Matrix 429 clients retry, and keep
+    #: from main what only a writer or the media repository can answer; False renders the
+    #: error handling from before (the proxy's 502 or 504, every pool falling back to
+    #: main), which only the restart benchmark uses, to measure the difference.
+    client_retries: bool = True
     #: The Synapse version the routes were chosen for; None: unknown (the newest).
     synapse_version: Version | None = None
     #: The Matrix Authentication Service handles logins (Synapse's own setting).
@@ -200,6 +213,14 @@ class NginxModel:
         if self.synapse_version is None:
             return "the newest Synapse (the installed version was not known)"
         return "Synapse " + ".".join(map(str, self.synapse_version))
+
+    def after_failure(self, location: Location) -> str:
+        """Which judgement follows a failure in ``location`` (the ``$msw_after_*`` maps):
+        ``worker`` sends what may be repeated to main, ``main`` answers it with a Matrix
+        429 (main failed, or nobody else can answer it while its own process is back)."""
+        if location.main_stands_in or not self.client_retries:
+            return "worker"
+        return "main"
 
     @property
     def balances(self) -> frozenset[Balance]:
@@ -235,6 +256,24 @@ def server(worker: Worker) -> str:
     return worker.http_upstream
 
 
+def main_stands_in(role: str) -> bool:
+    """Whether main can answer, while a worker of ``role`` is down, what that worker serves.
+
+    Only for generic workers (sync, client, federation readers): what they serve, main
+    serves too.  A stream writer's requests need that writer (main would refuse them, or
+    forward them over replication to the same writer and wait for it); media workers
+    take the media repository from main (enable_media_repo: false); a duty's worker
+    (background tasks, user directory) takes work that main then no longer does.  The
+    catalog says which: a role that sets no shared key leaves main as it was.
+
+    >>> [main_stands_in(r) for r in ("sync", "client", "federation_reader", "initial_sync")]
+    [True, True, True, True]
+    >>> [main_stands_in(r) for r in ("typing", "receipts", "media", "background", "user_dir")]
+    [False, False, False, False, False]
+    """
+    return not role or ROLES[role].shared_scope is None
+
+
 def _first_staffed(plan: Plan, roles: tuple[str, ...]) -> str | None:
     return next((role for role in roles if plan.of_role(role)), None)
 
@@ -242,7 +281,7 @@ def _first_staffed(plan: Plan, roles: tuple[str, ...]) -> str | None:
 def _pool(plan: Plan, role: str, balance: Balance) -> Upstream:
     workers = plan.of_role(role)
     return Upstream(upstream_name(role, balance), tuple(server(w) for w in workers),
-                    HASH_KEYS[balance], tuple(w.name for w in workers))
+                    HASH_KEYS[balance], tuple(w.name for w in workers), role)
 
 
 def location_for(plan: Plan, endpoints: Endpoints) -> Location | None:
@@ -273,8 +312,10 @@ def table_for(version: Version | None, mas: bool = False) -> tuple[Endpoints, ..
                  and not (e.left_to_mas if mas else e.mas_only))
 
 
-def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False) -> NginxModel:
-    """Upstreams and locations for a plan, a Synapse version and whether MAS is on."""
+def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False,
+                client_retries: bool = True) -> NginxModel:
+    """Upstreams and locations for a plan, a Synapse version and whether MAS is on
+    (``client_retries``: see :attr:`NginxModel.client_retries`)."""
     locations = tuple(filter(None, (location_for(plan, e) for e in table_for(version, mas))))
     upstreams: dict[str, Upstream] = {}
     for location in locations:
@@ -283,7 +324,7 @@ def nginx_model(plan: Plan, version: Version | None = None, mas: bool = False) -
                 upstreams.setdefault(upstream.name, upstream)
     return NginxModel(main_upstream(), tuple(upstreams.values()),
                       tuple(l for l in locations if not l.endpoints.admin),
-                      synapse_version=version, mas=mas,
+                      client_retries=client_retries, synapse_version=version, mas=mas,
                       admin_locations=tuple(l for l in locations if l.endpoints.admin))
 
 

@@ -73,7 +73,8 @@ def test_windows_split_at_each_restart_and_count_failures_by_class_and_status():
     assert main.slowest_ok_s == 0.125
     assert before(trace, [Restart("Redis", "r.service", 10.0, 0.2)]) == {"requests": 41, "failed": 1}
     text = table(ws)
-    assert "| Redis (`r.service`) | 0.2 | 80 | 2 | send 500 ×2 | 0.4–0.9 | 0.1 | 1.4 | send |" in text
+    assert ("| Redis (`r.service`) | 0.2 | 80 | 2 | send 500 ×2 | 2 | send 500 ×2 | 0.4–0.9 | 0.1 "
+            "| 1.4 | send | - |") in text
     assert "| main (`m.service`) | 8.0 | 121 | 21 | " in text and "sync 502 ×10" in text
 
 
@@ -82,7 +83,7 @@ def test_a_window_that_never_recovers_says_so_and_names_the_class():
     (w,) = windows(trace, [Restart("PostgreSQL", "p.service", 10.0, 1.0)], end=40.0)
     assert w.recovered_s is None and w.recovered_by_class["send"] is None
     assert w.sends_ok_after == 0
-    assert "| not recovered | send |" in table([w])
+    assert "| not recovered | send | - |" in table([w])
 
 
 def test_unit_changes_name_the_restarts_a_process_was_replaced_in():
@@ -127,3 +128,16 @@ def test_log_summary_counts_warnings_and_errors_with_numbers_folded():
         [2, "WARNING", "synapse.replication.http._base",
          "send_events request connection failed; retrying in Ns: ConnectError"],
         [1, "ERROR", "synapse.http.server", "Failed handle request via 'SyncRestServlet': <request>"]]
+
+
+def test_a_429_the_client_retried_fails_at_the_proxy_only():
+    # [class, due, answered, status the client saw, the proxy's first status, attempts]
+    trace = [r + [200, 1] for r in steady("sync", 0, 20)]
+    trace += [["send", 10.5, 13.6, 200, 429, 2], ["send", 10.6, 13.7, 502, 502, 1]]
+    (w,) = windows(trace, [Restart("main", "m.service", 10.0, 3.0)], end=20.0)
+    w.serving_s = 4.25
+    assert (w.failed, w.failures) == (1, {"send 502": 1})
+    assert (w.proxy_failed, w.proxy_failures) == (2, {"send 429": 1, "send 502": 1})
+    assert w.to_json()["serving_s"] == 4.25
+    assert "| 1 | send 502 ×1 | 2 | send 429 ×1, send 502 ×1 |" in table([w])
+    assert table([w]).endswith("| 4.2 |") or table([w]).endswith("| 4.3 |")

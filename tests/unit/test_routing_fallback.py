@@ -35,7 +35,7 @@ from matrix_synapse_workers.core import paths
 from matrix_synapse_workers.core.plan import Plan, plan_workers
 from matrix_synapse_workers.core.selection import select
 from matrix_synapse_workers.render import routing
-from matrix_synapse_workers.render.files import nginx_files
+from matrix_synapse_workers.render.files import nginx_admin_file, nginx_files
 
 needs_nginx = pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
 
@@ -59,7 +59,8 @@ def blocks(snippet: str) -> dict[str, str]:
 
 def test_worker_locations_fall_back_through_the_repeatable_judgement():
     _, snippet = files("sync,client,federation_reader,media")
-    workers = {where: body for where, body in blocks(snippet).items() if where.startswith("~")}
+    workers = {where: body for where, body in blocks(snippet).items()
+               if where.startswith("~") and "msw_media" not in body}
     assert len(workers) > 5
     for where, body in workers.items():
         assert "recursive_error_pages on;" in body, where
@@ -318,3 +319,116 @@ def test_a_post_to_a_worker_host_never_reached_goes_to_main(tmp_path, worker_hos
         status, _, body = ask(listen, "POST", CREATE_ROOM)
     assert (status, body.decode()) == (200, answer), (tmp_path / "error.log").read_text()
     assert log.seen == [("main", "POST", CREATE_ROOM)]
+
+
+# --- issue 25: every route class, while its process restarts ------------------------
+# A stream writer's requests and the media repository's cannot go to main (main would
+# refuse them, forward them to the same writer, or has no media repository): while
+# their process is down the client gets the 429 it retries, and main sees nothing.
+
+TYPING = "/_matrix/client/v3/rooms/!r:x/typing/@a:x"
+TO_DEVICE = "/_matrix/client/v3/sendToDevice/m.test/t1"
+MEDIA = "/_matrix/media/v3/config"
+SYNC = "/_matrix/client/v3/sync?since=s1"
+FEDERATION = "/_matrix/federation/v1/send/t1"
+MEDIA_ADMIN = "/_synapse/admin/v1/purge_media_cache"
+USERS_ADMIN = "/_synapse/admin/v2/users/@a:x"
+
+
+@needs_nginx
+@pytest.mark.parametrize("behaviour", ["refuses", "dies"])
+def test_a_writer_restarting_gets_a_retry_never_main(tmp_path, behaviour):
+    with deployment(tmp_path, "typing,to_device,client", "answers", typing_1=behaviour,
+                    to_device_1=behaviour) as (listen, log):
+        for method, path in (("PUT", TYPING), ("PUT", TO_DEVICE)):
+            assert_retry(ask(listen, method, path))
+    assert all(p != "main" for p, _, _ in log.seen), log.seen
+
+
+@needs_nginx
+def test_a_media_worker_restarting_gets_a_retry_never_main(tmp_path):
+    with deployment(tmp_path, "media", "answers", media_1="refuses") as (listen, log):
+        assert_retry(ask(listen, "GET", MEDIA))
+        assert_retry(ask(listen, "POST", "/_matrix/media/v3/upload"))
+    assert log.seen == []
+
+
+@needs_nginx
+def test_a_post_a_writer_read_and_died_on_keeps_its_error(tmp_path):
+    with deployment(tmp_path, "receipts", "answers", receipts_1="dies") as (listen, log):
+        status, _, _ = ask(listen, "POST", "/_matrix/client/v3/rooms/!r:x/receipt/m.read/$e")
+        assert status == 502
+    assert [p for p, _, _ in log.seen] == ["receipts-1"]
+
+
+@needs_nginx
+@pytest.mark.parametrize("path", [SYNC, FEDERATION, MESSAGES])
+def test_a_generic_pool_down_falls_back_to_main_and_with_main_down_retries(tmp_path, path):
+    with deployment(tmp_path, "sync:2,client,federation_reader", "answers", sync_1="refuses",
+                    sync_2="refuses", client_1="refuses",
+                    federation_reader_1="refuses") as (listen, log):
+        method = "PUT" if path == FEDERATION else "GET"
+        status, _, body = ask(listen, method, path)
+        assert (status, body) == (200, b"main")
+    shutil.rmtree(tmp_path / "run")
+    with deployment(tmp_path, "sync:2,client,federation_reader", "refuses", sync_1="refuses",
+                    sync_2="refuses", client_1="refuses",
+                    federation_reader_1="refuses") as (listen, _):
+        assert_retry(ask(listen, "PUT" if path == FEDERATION else "GET", path))
+
+
+@needs_nginx
+def test_one_sync_worker_of_a_sticky_pool_down_the_other_answers(tmp_path):
+    with deployment(tmp_path, "sync:2", "answers", sync_1="refuses") as (listen, log):
+        for n in range(4):
+            status, _, body = ask(listen, "GET", f"/_matrix/client/v3/sync?since=s{n}&access_token=syt_dTE_{n}")
+            assert (status, body) == (200, b"sync-2")
+    assert {p for p, _, _ in log.seen} == {"sync-2"}
+
+
+def admin_deployment(tmp_path: Path, workers: str, main: str, **behaviours: str):
+    """The admin snippet in its own server block (as admins include it)."""
+    plan = Plan(plan_workers(select(workers=workers)))
+    http, _ = nginx_files(plan)
+    return deployment(tmp_path, workers, main, (http.content, nginx_admin_file(plan).content),
+                      **behaviours)
+
+
+@needs_nginx
+def test_admin_media_api_with_its_worker_down_retries_never_main(tmp_path):
+    with admin_deployment(tmp_path, "media", "answers", media_1="refuses") as (listen, log):
+        assert_retry(ask(listen, "POST", MEDIA_ADMIN))
+        status, _, body = ask(listen, "GET", USERS_ADMIN)
+        assert (status, body) == (200, b"main")
+    assert [p for p, _, _ in log.seen] == ["main"]
+
+
+@needs_nginx
+def test_admin_api_with_main_down_retries(tmp_path):
+    with admin_deployment(tmp_path, "media", "refuses") as (listen, log):
+        assert_retry(ask(listen, "GET", USERS_ADMIN))
+        status, _, body = ask(listen, "POST", MEDIA_ADMIN)
+        assert (status, body) == (200, b"media-1")
+
+
+@needs_nginx
+def test_mas_paths_with_main_down_retry(tmp_path):
+    plan = Plan(plan_workers(select(workers="client")))
+    http, snippet = nginx_files(plan, mas=True)
+    with deployment(tmp_path, "client", "refuses", (http.content, snippet.content)) as (listen, _):
+        assert_retry(ask(listen, "GET", routing.MAS_TO_SYNAPSE + "users/x"))
+
+
+@needs_nginx
+def test_the_error_handling_from_before_gives_the_proxys_errors(tmp_path):
+    """client_retries=False (only the restart benchmark renders it): what clients got
+    before issue 25, to measure against: 502 from main, a writer's request sent to main."""
+    plan = Plan(plan_workers(select(workers="typing,client")))
+    http, snippet = nginx_files(plan, client_retries=False)
+    with deployment(tmp_path, "", "refuses", (http.content, snippet.content)) as (listen, _):
+        assert ask(listen, "GET", PRESENCE)[0] == 502
+    shutil.rmtree(tmp_path / "run")
+    with deployment(tmp_path, "", "answers", (http.content, snippet.content),
+                    typing_1="refuses") as (listen, _):
+        status, _, body = ask(listen, "PUT", TYPING)
+        assert (status, body) == (200, b"main")

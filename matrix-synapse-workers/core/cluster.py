@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from . import paths
 from .errors import HostConfigError
-from .plan import Plan, parse_worker_name
+from .plan import Plan, Worker, parse_worker_name
 from .topology import (DEFAULT_REDIS_PORT, Address, HostRole, Topology, WorkerHost,
                        media_store_refusal)
 

@@ -53,6 +53,7 @@ from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
 from ..system.machine import this_machine
 from ..core.settings import RedisMode, Settings, check_system_name, parse_redis
+from ..core.webserver import AUTO as AUTO_SERVER, DEBCONF_CHOICES, WebServer, parse_web_server
 from ..core.topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, check_media_hosts, main_topology, parse_address, parse_worker_hosts,
                        worker_host_topology)
@@ -74,6 +75,8 @@ Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
+#: The server in front: one of :data:`..core.webserver.DEBCONF_CHOICES` (``auto``: detected).
+Q_WEB_SERVER = f"{PACKAGE}/web-server"
 #: Take over a hand-made worker setup ("adopt", the default) or configure nothing while it
 #: is there ("leave"); read by the postinst alone (not an input of :func:`from_answers`).
 Q_HAND_MADE = f"{PACKAGE}/hand-made"
@@ -81,7 +84,7 @@ HAND_MADE_CHOICES = ("adopt", "leave")
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
-             Q_SHARED_MEDIA)
+             Q_SHARED_MEDIA, Q_WEB_SERVER)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The key that keeps what ``auto`` resolved to, in the applied record and the pending answers.
@@ -253,6 +256,19 @@ def _check_deployment(selection: Selection, topology: Topology, redis_mode: Redi
                                      "'dedicated', or name no worker hosts")
 
 
+def web_server_answer(value: str) -> WebServer | None:
+    """The web server answer; None for ``auto`` (or empty: a debconf database from before
+    the question): detected on the host (system/webservers.py)."""
+    text = value.strip().lower()
+    if text in ("", AUTO_SERVER):
+        return None
+    try:
+        return parse_web_server(text)
+    except SelectionError:
+        raise InvalidAnswer(Q_WEB_SERVER, f"web server {value.strip()!r} is not known; accepted: "
+                                          f"{', '.join(DEBCONF_CHOICES)}") from None
+
+
 def _names(socket_group: str, web_user: str) -> tuple[str, str]:
     group = socket_group.strip()
     try:
@@ -273,7 +289,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  host_name: str = "", worker_hosts: str = "", replication_address: str = "",
                  allow_public_address: str = "false",
                  metrics: str = "false",
-                 shared_media_store: str = "false") -> tuple[Selection | None, Settings]:
+                 shared_media_store: str = "false",
+                 web_server: str = AUTO_SERVER) -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
     ``types`` and ``counts`` count only with the preset ``custom``, and
@@ -285,6 +302,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
     holds for every host.  ``shared_media_store`` (the admin's word that every
     host mounts one media store) counts only for media workers on worker hosts.
+    ``web_server`` counts only on the main host, where the server in front runs.
     """
     if _host_role(host_role) is HostRole.WORKER_HOST:
         topology = _worker_host(host_name)
@@ -292,13 +310,15 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
         return None, Settings(socket_group=group, web_user="", topology=topology)
     selection = _selection(preset, types, counts)
     group, user = _names(socket_group, web_user)
+    server = web_server_answer(web_server)
     redis_settings = _redis(redis, redis_location)
     topology = _main_host(worker_hosts, replication_address,
                           _boolean(Q_ALLOW_PUBLIC, allow_public_address),
                           _boolean(Q_SHARED_MEDIA, shared_media_store))
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
-                               topology=topology, metrics=_boolean(Q_METRICS, metrics))
+                               topology=topology, metrics=_boolean(Q_METRICS, metrics),
+                               web_server=server)
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:

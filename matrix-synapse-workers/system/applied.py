@@ -4,8 +4,10 @@
 :func:`..answers.normalized_counts` spells it), ``socket_group``, ``metrics``
 (``true`` or ``false``), ``synapse`` (the Synapse package and version the workers were last started
 with), ``web_user`` (the web server user put in the socket group; empty for
-none: the one choice no deployed file shows) and ``auto`` (the counts the
-preset ``auto`` resolved to when it was last decided, kept across upgrades).
+none: the one choice no deployed file shows), ``auto`` (the counts the
+preset ``auto`` resolved to when it was last decided, kept across upgrades) and
+``web_server`` (the server in front last applied, as :class:`..core.webserver.WebServer`
+spells it: ``none`` leaves no file to show it, and it is what ``auto`` keeps).
 This module is the format's one definition.  ``debian/config`` (sh:
 at preconfigure it may run before python3 is unpacked) reads the same file
 with sed, the last line of a key winning as it does here;
@@ -49,6 +51,7 @@ class AppliedRecord:
     metrics: str | None = None
     web_user: str | None = None
     auto: str | None = None
+    web_server: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AppliedRecord:

@@ -94,10 +94,10 @@ def is_installed(root: Path, server: WebServer) -> bool:
 def left_to_do(root: Path, server: WebServer) -> list[str]:
     """The include the admin has still to add for ``server`` (Apache, Caddy, HAProxy);
     [] when it is there or cannot be told (not installed, a root other than /)."""
-    from ..render.webserver import ALL_PATHS
+    from ..render.webserver import ADMIN_PATHS, ALL_PATHS
     if server in (WebServer.NGINX, WebServer.NONE) or not is_installed(root, server):
         return []
-    ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file())
+    ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file() and p not in ADMIN_PATHS)
     passed, _, used = dump(server, root, ours)
     return [INCLUDE_ADVICE[server].replace("FILE", f) for f in ours
             if passed is not None and f not in used]

@@ -346,7 +346,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     server = (getattr(report, "settings", None) or settings).web_server
     applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
                                  web_user=settings.web_user, auto=auto,
-                                 web_server=server.value if server is not None else None))
+                                 web_server=server.value if server is not None else None,
+                                 debconf_web_server=server.value if server is not None else None))
     say(summary(report.plan, getattr(report, "settings", None) or settings, report.redis_server)
         + ("" if report.changed else "; nothing changed"), out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse

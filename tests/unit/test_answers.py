@@ -619,6 +619,21 @@ def test_config_reads_metrics_back_only_when_the_files_differ_from_the_record(tm
 
 
 @needs_sh
+def test_config_takes_the_web_server_the_command_applied_since_the_postinst(tmp_path):
+    from matrix_synapse_workers.system.applied import AppliedRecord
+    root = tmp_path / "root"
+    postinst = AppliedRecord(web_server="nginx", debconf_web_server="nginx")
+    deploy(root, [], applied=postinst.format())
+    # A newer preseed wins over what the postinst applied.
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "caddy"}) == {}
+    # 'matrix-synapse-workers apply --web-server apache' since: that is the answer now.
+    deploy(root, [], applied=AppliedRecord(web_server="apache", debconf_web_server="nginx").format())
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "nginx"}) == {answers.Q_WEB_SERVER: "apache2"}
+    deploy(root, [], applied=AppliedRecord(web_server="none", debconf_web_server="nginx").format())
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "auto"}) == {answers.Q_WEB_SERVER: "none"}
+
+
+@needs_sh
 def test_config_sets_nothing_on_a_fresh_host(tmp_path):
     (tmp_path / "root").mkdir()
     assert run_config(tmp_path, {}) == {}

@@ -450,7 +450,7 @@ def test_a_chosen_server_is_applied_and_kept_for_later_commands(servers, answer,
     engine = Engine()
     configure(root, FakeDebconf(interactive=False, web_server=answer), engine)
     assert web_server_applied(engine) == [expected, expected]
-    assert applied.read(root).web_server == expected
+    assert applied.read(root).web_server == applied.read(root).debconf_web_server == expected
     # What a later command (apply, status, the trigger's refresh) takes as deployed.
     assert deployed_settings(root).web_server is WebServer(expected)
     # An upgrade with auto keeps it, none included (no file shows none).

@@ -91,18 +91,6 @@ def is_installed(root: Path, server: WebServer) -> bool:
     return server is not WebServer.NONE and (root / SERVERS[server][0]).is_dir()
 
 
-def left_to_do(root: Path, server: WebServer) -> list[str]:
-    """The include the admin has still to add for ``server`` (Apache, Caddy, HAProxy);
-    [] when it is there or cannot be told (not installed, a root other than /)."""
-    from ..render.webserver import ADMIN_PATHS, ALL_PATHS
-    if server in (WebServer.NGINX, WebServer.NONE) or not is_installed(root, server):
-        return []
-    ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file() and p not in ADMIN_PATHS)
-    passed, _, used = dump(server, root, ours)
-    return [INCLUDE_ADVICE[server].replace("FILE", f) for f in ours
-            if passed is not None and f not in used]
-
-
 def listeners() -> dict[int, str]:
     """``{port: process name}`` of the TCP listeners (``ss -Hltnp``); empty when unknown."""
     if shutil.which("ss", path=_PATH) is None:
@@ -172,3 +160,16 @@ def dump(server: WebServer, root: Path, ours: tuple[str, ...],
                         if (root / p).is_file())
         used = frozenset(f for f in ours if f in texts)
     return done.returncode == 0, done.stderr + done.stdout, used
+
+
+def left_to_do(root: Path, server: WebServer) -> list[str]:
+    """The include the admin has still to add for ``server`` (Apache, Caddy, HAProxy);
+    [] when it is there or cannot be told (not installed, a root other than /).  The
+    admin API's file is left out: it is included only where admins reach the API."""
+    from ..render.webserver import ADMIN_PATHS, ALL_PATHS
+    if server in (WebServer.NGINX, WebServer.NONE) or not is_installed(root, server):
+        return []
+    ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file() and p not in ADMIN_PATHS)
+    passed, _, used = dump(server, root, ours)[:3]
+    return [INCLUDE_ADVICE[server].replace("FILE", f) for f in ours
+            if passed is not None and f not in used]

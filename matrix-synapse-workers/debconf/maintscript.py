@@ -40,6 +40,7 @@ from ..core.plan import Plan
 from ..core.selection import AUTO, Selection
 from ..core.settings import RedisMode, Settings
 from ..core.topology import HostRole
+from ..core.webserver import WebServer
 from ..core.words import plural
 from ..system import applied
 from ..system.synapseversion import SYNAPSE_PACKAGE, package_version
@@ -239,7 +240,7 @@ def worker_host_steps(settings: Settings) -> list[str]:
 # --- the actions ---------------------------------------------------------------
 
 
-def web_server_now(root: Path, settings: Settings, reconfiguring: bool) -> Any:
+def web_server_now(root: Path, settings: Settings, reconfiguring: bool) -> WebServer:
     """The server in front, decided once for the dry run and the apply: the answer, or for
     ``auto`` the one last applied (kept across upgrades while it is installed), detected
     anew when the admin reconfigures (as the preset ``auto`` is sized anew)."""

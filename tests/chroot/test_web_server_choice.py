@@ -2,8 +2,9 @@
 without nginx gets Apache's files, checked by Apache's own apache2ctl, and nothing
 of nginx's; nothing else is reloaded or asked of policy-rc.d.
 
-One chroot, one install: nginx (in the base layer) is purged first and Apache
-installed from the mirror, as on a host whose site Apache serves.
+One chroot, one install and one reconfigure with auto (detected: Apache, nothing
+changes): nginx (in the base layer) is purged first and Apache installed from the
+mirror, as on a host whose site Apache serves.
 """
 
 from __future__ import annotations
@@ -46,3 +47,10 @@ def test_apache_preseeded_on_a_host_without_nginx(synapse_host, ours_deb):
     dry = c.run(PACKAGE, "apply", "--dry-run", check=False)
     assert dry.returncode == 0 and "nothing to change" in dry.stdout, dry.stdout
     assert not (c / "/etc/nginx").exists()
+    # auto, reconfigured: detected again, the one installed (what an install without a
+    # preseeded answer does): Apache, and nothing changes.
+    c.preseed({"web-server": "auto"})
+    again = c.run("dpkg-reconfigure", "-fnoninteractive", PACKAGE).stdout
+    assert "nothing changed" in again, again
+    assert "web_server=apache\n" in (c / "/var/lib/matrix-synapse-workers/applied").read_text()
+    assert not (c / "/etc/nginx").exists() and c.policy_log() == []

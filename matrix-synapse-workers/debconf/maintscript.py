@@ -254,7 +254,7 @@ def nginx_left_to_do(root: Path) -> list[str]:
     from ..system import webservers
     from ..system.nginx import left_to_do
     server = webservers.deployed(root)
-    if server is None or server.value == "nginx":
+    if server is None or server is WebServer.NGINX:
         return left_to_do(root)
     return webservers.left_to_do(root, server)
 

@@ -92,6 +92,31 @@ def pair_ratios(base: Sequence[float | None], other: Sequence[float | None]) -> 
     return out
 
 
+def rounds_needed(ratios: Sequence[float], effect: float | None = None) -> int | None:
+    """Rounds needed before a difference of ``effect`` (0.2: 20%; default: the one the
+    ratios' median claims) stands out of the round-to-round noise the ratios show.
+
+    The per-round ratios' standard deviation ``sd`` is the noise of one round; the
+    mean of n rounds has sd/sqrt(n), and a difference stands out at about two of
+    those (95%): n >= (2 sd / effect)^2, and at least 3.  None: fewer than two
+    ratios (no noise to judge by) or no difference to find.
+
+    >>> rounds_needed([1.20, 1.54])  # run A of issue 26: 1.37x claimed
+    3
+    >>> rounds_needed([1.20, 1.54], 0.1)  # telling 1.3x from 1.2x in that noise
+    24
+    >>> rounds_needed([1.20, 1.16, 1.26], 0.05)
+    5
+    """
+    xs = [r for r in ratios if math.isfinite(r)]
+    if len(xs) < 2:
+        return None
+    size = effect if effect is not None else abs(statistics.median(xs) - 1.0)
+    if size <= 0:
+        return None
+    return max(3, math.ceil((2 * statistics.stdev(xs) / size) ** 2))
+
+
 def interleaved_order(configs: Sequence[str], rounds: int) -> list[tuple[int, str]]:
     """(round, configuration) in the order they run: every configuration once per round.
 

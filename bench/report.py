@@ -291,7 +291,10 @@ def interleaved_markdown(meta: dict[str, Any], outcomes: Sequence[dict[str, Any]
         runs = _runs(outcomes, n, "closed")
         ratios = compare.pair_ratios(brps, _by_round(runs, rounds, lambda o: o["load"]["requests_per_s"]))
         valid = _all_valid([*base, *runs])
+        needed = compare.rounds_needed(ratios)
         out.append(f"- {labels.get(n, n)} against the single process: median {compare.spread(ratios).show('x')}"
+                   + (f"; a difference of this size stands out of this noise after {needed} rounds"
+                      f"{' (this run had enough)' if needed <= len(ratios) else ''}" if needed else "")
                    + ("" if valid else " — INVALID: " + "; ".join(sorted(
                        {p for o in [*base, *runs] for p in o["problems"]}))[:300]))
     out += ["", "Per process, medians over the closed-loop runs: CPU seconds per 1000 answered requests "

@@ -87,8 +87,10 @@ def synapse_root(standin: Path) -> Path:
                 harness._SYNAPSE_SETUP_PY, STANDIN_MAIN_URL])
 
 
-def preseed(preset: str, types: str = "", counts: str = "") -> str:
+def preseed(preset: str, types: str = "", counts: str = "", memory_budget: str | None = None) -> str:
     lines = [f"matrix-synapse-workers matrix-synapse-workers/preset select {preset}"]
+    if memory_budget:
+        lines.append(f"matrix-synapse-workers matrix-synapse-workers/memory-budget string {memory_budget}")
     if types:
         lines.append(f"matrix-synapse-workers matrix-synapse-workers/worker-types multiselect {types}")
     lines.append(f"matrix-synapse-workers matrix-synapse-workers/worker-counts string {counts}")
@@ -164,7 +166,7 @@ def mapped(c: Container, unit: str, library: str) -> bool:
 
 def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None = None,
             env: tuple[str, ...] = (), worker_extra: str = "", shared_extra: str = "",
-            types: str = "", counts: str = "") -> list[str]:
+            types: str = "", counts: str = "", memory_budget: str | None = None) -> list[str]:
     """Install the package with preset (None: leave it out), nginx in front, the generator copied in.
 
     types and counts: the custom preset's answers (say "sync, events" and "sync:2").
@@ -180,7 +182,7 @@ def prepare(c: Container, deb: Path, preset: str | None, jemalloc: bool | None =
         lib = c.run("ls /usr/lib/*-linux-gnu/libjemalloc.so.2").stdout.split()[0]
         env += (f"LD_PRELOAD={lib}",)
     if preset:
-        c.install_debs([deb], preseed=preseed(preset, types, counts))
+        c.install_debs([deb], preseed=preseed(preset, types, counts, memory_budget))
         names = workers_on_disk(c)
         vhost = VHOST_WORKERS
     else:

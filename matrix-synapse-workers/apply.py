@@ -30,10 +30,11 @@ from typing import Any, Callable, Mapping, TextIO
 
 from .core import dbconnections
 from .core import paths
+from .core.restarts import restart_steps
 from .core.changes import Changes, OnDisk, compute_changes, services_owed, touches_units, with_owed
 from .core.errors import ApplyError, HostConfigError, SelectionError, WorkersError
 from .core.facts import HostFacts, require_postgres, require_writable_paths
-from .system.hostfacts import (deployed_redis_server, existing_worker_names, host_redis_server,
+from .system.hostfacts import (deployed_redis_server, host_redis_server,
                                read_host_facts, require_server_name)
 from .core.plan import Plan
 from .deployment import Deployment, read_deployment
@@ -42,7 +43,8 @@ from .render.redisconf import edit_guide_conf, effective_password, undo_guide_co
 from .render.files import RenderedFile, is_generated
 from .core.selection import Selection
 from .core.settings import RedisMode, Settings
-from .system import accounts, applied, crashpoint, netprobe, nginx, secrets, statoverride, takeover, webservers
+from .system import (accounts, applied, crashpoint, netprobe, nginx, rolling, secrets, statoverride,
+                     takeover, upgrade, webservers)
 from .core.adoption import Adoption, describe as describe_adoption
 from .core.webserver import WebServer
 from .render.webserver import ALL_PATHS
@@ -785,20 +787,13 @@ def _services(decision: Decision, systemd: Systemd, nginx_changed: bool) -> None
     """5. Main before workers; 6. nginx, after the workers are up (until then their pools
     fall back to main)."""
     changes = decision.changes
-    main_restarted = False
-    if decision.worker_host:
-        if systemd.is_active(paths.MAIN_UNIT):
-            systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
-    elif changes.restart_main or not systemd.is_active(paths.MAIN_UNIT):
-        systemd.restart(paths.MAIN_UNIT)
-        main_restarted = True
-    workers = [paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.restart_workers]
-    if main_restarted and systemd.running:
-        # PartOf=matrix-synapse.service: main's restart restarted the running workers already
-        # (a second restart would only lengthen the outage); start the others.
-        systemd.start(*workers)
-    else:
-        systemd.restart(*workers)
+    if decision.worker_host and systemd.is_active(paths.MAIN_UNIT):
+        systemd.stop(paths.MAIN_UNIT)  # two mains on one database must never run
+    main = not decision.worker_host and (changes.restart_main or not systemd.is_active(paths.MAIN_UNIT))
+    roles = {w.name: w.role for w in decision.plan.local_workers}
+    # Main with its workers, in order; else stateful workers together, stateless one by one.
+    steps = restart_steps([(n, roles[n]) for n in changes.restart_workers if n in roles], main=main)
+    rolling.run_steps(steps, systemd, rolling.places(decision.plan.local_workers))
     systemd.start(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in changes.start))
     if systemd.running and not systemd.is_active(paths.TARGET_UNIT):
         systemd.start(paths.TARGET_UNIT)
@@ -889,12 +884,8 @@ def refresh_routes(root: Path, systemd: Systemd, out: TextIO) -> None:
 
 
 def restart_after_upgrade(root: Path, out: TextIO = sys.stderr) -> None:
-    """After a Synapse upgrade: main first (it migrates the schema), then every worker,
-    then the routes for the new version."""
+    """After a Synapse upgrade: main first (it migrates the schema), then what still
+    runs the old code (system/upgrade.py), then the routes for the new version."""
     systemd = Systemd(out)
-    names = existing_worker_names(root)
-    if not names:
-        return
-    systemd.restart(paths.MAIN_UNIT)
-    systemd.restart(*(paths.WORKER_UNIT_TEMPLATE.format(name=n) for n in names))
-    refresh_routes(root, systemd, out)
+    if upgrade.restart_in_order(root, systemd):
+        refresh_routes(root, systemd, out)

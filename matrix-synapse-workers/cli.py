@@ -27,6 +27,7 @@ from .core.webserver import WebServer, parse_web_server
 from .system.clusterfile import deployed_topology
 from .core.plan import Plan
 from .render.files import RenderedFile
+from .core.memory import parse_budget
 from .core.selection import AUTO, Selection, select
 from .core.settings import Settings, parse_redis
 from .deployment import deployed_selection, deployed_settings, read_deployment
@@ -148,6 +149,11 @@ def _add_choice_arguments(parser: argparse.ArgumentParser, *, render: bool = Fal
                         help="every process serves Prometheus metrics on loopback (a worker "
                              "host's on its private address), with scrape targets in "
                              f"/{paths.PROMETHEUS_TARGETS}. Default: as deployed")
+    parser.add_argument("--memory-budget", metavar="MIB",
+                        help="MiB all Synapse processes of this host may hold, split over them "
+                             "for their caches; auto: half the RAM less PostgreSQL's "
+                             "shared_buffers and Redis's maxmemory here. Default: as deployed "
+                             "(auto on a new host)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     # The prerm's: the worker files stay until purge (the generator goes with the package).
     deconfigure.add_argument("--package-removal", action="store_true", help=argparse.SUPPRESS)
     restart = commands.add_parser(
-        "restart-after-upgrade", help="restart main, then every worker, then refresh the routes "
-                                      "for the new version (the package's trigger does this after a "
-                                      "Synapse upgrade)")
+        "restart-after-upgrade", help="restart what still runs the old Synapse, main first, then "
+                                      "the workers, each back before the next; then refresh the "
+                                      "routes for the new version (the package's trigger does this "
+                                      "after a Synapse upgrade)")
     for sub in (deconfigure, restart):
         sub.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     return parser
@@ -243,7 +250,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis=parse_redis(args.redis) if args.redis is not None else deployed.redis,
         topology=_topology(args), metrics=metrics,
         web_server=webservers.resolve(args.root, parse_web_server(args.web_server) if args.web_server
-                                      else deployed.web_server))
+                                      else deployed.web_server),
+        memory_budget=(parse_budget(args.memory_budget) if args.memory_budget is not None
+                       else deployed.memory_budget))
 
 
 def _render_root(root: Path | None) -> Path:
@@ -305,7 +314,8 @@ def run_status(args: argparse.Namespace) -> int:
     from .status import probe as statusprobe  # probing is only for this command
     started = time.monotonic()
     try:
-        rows = status.evaluate(statusprobe.gather())
+        facts = statusprobe.gather()
+        rows = status.evaluate(facts)
     except Exception as exc:  # a plugin must say UNKNOWN, not die with a traceback
         if not args.check:
             raise
@@ -313,7 +323,8 @@ def run_status(args: argparse.Namespace) -> int:
         return status.report.PLUGIN_UNKNOWN
     seconds = time.monotonic() - started
     if args.json:
-        print(json.dumps(status.as_json(rows, seconds), indent=2))
+        memory = facts.memory.as_json() if isinstance(facts.memory, status.MemoryFacts) else None
+        print(json.dumps(status.as_json(rows, seconds, memory), indent=2))
     elif args.check:
         print(status.as_check_line(rows, seconds))
     elif args.prometheus is not None:

@@ -28,7 +28,8 @@ from .core.topology import HostRole, Topology
 from .render.files import RenderedFile, render
 from .system import applied, statoverride, webservers
 from .system.clusterfile import deployed_topology, read_cluster
-from .system.hostfacts import deployed_socket_group, metrics_deployed, read_host_facts
+from .system.hostfacts import (deployed_memory_budget, deployed_socket_group, metrics_deployed,
+                               read_host_facts)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def deployed_settings(root: Path, topology: Topology | None = None) -> Settings:
     return Settings(socket_group=socket_group(root), web_user=deployed_web_user(root),
                     redis=redis_settings_of(config) if config else Settings().redis,
                     topology=topology if topology is not None else deployed_topology(root),
-                    metrics=metrics_deployed(root), web_server=webservers.deployed(root))
+                    metrics=metrics_deployed(root), web_server=webservers.deployed(root),
+                    memory_budget=deployed_memory_budget(root))
 
 
 def deployed_selection(facts: HostFacts) -> Selection:

@@ -85,6 +85,10 @@ class Role:
     own_config: Mapping[str, object] = field(default_factory=dict)
     #: Every instance must be stopped and started together when the set changes.
     moves_together: bool = False
+    #: It holds nothing another process waits on (no stream, no duty): one instance
+    #: can restart while the others (or main) serve its requests, so a change that
+    #: touches only such workers restarts them one at a time (core/restarts.py).
+    stateless: bool = False
     #: Synapse marks it experimental: never chosen by a preset.
     experimental: bool = False
     #: The first Synapse release that knows this role (None: every supported one).
@@ -100,6 +104,9 @@ class Role:
     outbound: bool = False
     #: Why, from Synapse's source: shown in the sandbox drop-in and docs/design.md.
     network_why: str = ""
+    #: Its share of the host's memory budget beside the others' (core/memory.py):
+    #: processes that answer reads from their caches (sync, client) weigh more.
+    cache_weight: int = 1
 
     @property
     def needs_replication_listener(self) -> bool:
@@ -149,18 +156,18 @@ def _writer(name: str, summary: str, *, scales: bool, resources: tuple[str, ...]
 
 _ROLE_LIST: tuple[Role, ...] = (
     # Generic workers: no shared config at all, so they come and go freely.
-    Role("sync", "client /sync and related reads (sticky per user)", scales=True,
-         resources=("client",),
+    Role("sync", "client /sync and related reads (sticky per user)", scales=True, stateless=True,
+         resources=("client",), cache_weight=3,
          network_why="answers /sync from the database and replication; fetches nothing remote"),
-    Role("client", "client API reads and writes main does not have to do", scales=True,
-         resources=("client",), outbound=True,
+    Role("client", "client API reads and writes main does not have to do", scales=True, stateless=True,
+         resources=("client",), outbound=True, cache_weight=2,
          network_why="asks other servers itself: remote profiles, /keys/query and /keys/claim "
                      "for remote users, remote room directories, identity servers"),
-    Role("federation_reader", "inbound federation requests", scales=True,
-         resources=("federation",), outbound=True,
+    Role("federation_reader", "inbound federation requests", scales=True, stateless=True,
+         resources=("federation",), outbound=True, cache_weight=2,
          network_why="fetches the sending servers' signing keys (directly or from "
                      "trusted_key_servers) and missing events and state"),
-    Role("media", "media repository (uploads, downloads, thumbnails)", scales=True,
+    Role("media", "media repository (uploads, downloads, thumbnails)", scales=True, stateless=True,
          resources=("media",),
          shared_when_present={"enable_media_repo": False},
          leader_key="media_instance_running_background_jobs",
@@ -190,7 +197,7 @@ _ROLE_LIST: tuple[Role, ...] = (
                      "account validity renewal mail"),
     # Stream writers.
     _writer("events", "event persister (sharded by room)", scales=True, resources=(),
-            moves_together=True, outbound=True,
+            moves_together=True, outbound=True, cache_weight=2,
             network_why="persisting a client's invite of a remote user asks that user's server to "
                         "sign it (EventCreationHandler.persist_and_notify_client_events calls "
                         "send_invite on the writer)"),
@@ -221,9 +228,13 @@ _ROLE_LIST: tuple[Role, ...] = (
     # A generic worker like sync, listed last so that the ports topology derives
     # from each role's place stay what they were.
     Role("initial_sync", "initial /sync (no since) and /initialSync, sticky per user", scales=True,
-         resources=("client",),
+         resources=("client",), cache_weight=3,
          network_why="answers from the database and replication; fetches nothing remote"),
 )
+
+#: Main's weight in the memory budget (Role.cache_weight): it serves whatever no
+#: worker took, so it keeps the caches of a sync worker.
+MAIN_CACHE_WEIGHT = 3
 
 #: Every role by its short name.
 ROLES: Mapping[str, Role] = MappingProxyType({role.name: role for role in _ROLE_LIST})
@@ -370,9 +381,12 @@ _F = "^/_matrix/federation/"
 #: Synapse's admin API (served to admins through their own snippet: see render/routing.py).
 ADMIN_PREFIX = "^/_synapse/admin/"
 _A = "^/_synapse/admin/v1/"
-#: Local membership changes: POST, or PUT with a transaction id; joins by alias; knocks.
+#: Local membership changes: POST, or PUT with a transaction id; joins by alias; knocks;
+#: and a member event PUT as room state, which Synapse hands to the same
+#: RoomMemberHandler.update_membership (reading that state goes along: one location).
 _MEMBERSHIP = (f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)(/[^/]*)?$",
-               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/")
+               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/",
+               f"{_CS}{_V}/rooms/.*/state/m\\.room\\.member/")
 
 # Patterns follow the servlet regexes Synapse registers on a generic worker
 # (version prefixes included: a prefix a worker does not register would get a

@@ -17,14 +17,16 @@ import yaml
 
 from . import paths
 from .catalog import ROLES, Role, Scope
+from .memory import BUDGET_LINE
 from .plan import Plan, parse_worker_name
 from .redisserver import SERVERS
 from ..render.files import RenderedFile, is_generated, meaning
+from ..render.sandbox import GATE_COMMENT
 
 #: Shared keys every process reads, whoever set them.
 _EVERY_PROCESS_KEYS = frozenset({"instance_map", "stream_writers"})
-#: Shared keys only main reads.
-_MAIN_ONLY_KEYS = frozenset({"listeners"})
+#: Shared keys only main reads (every worker's own file sets its own ``caches``).
+_MAIN_ONLY_KEYS = frozenset({"listeners", "caches"})
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,15 @@ def _worker_of(path: PurePosixPath) -> str | None:
 def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
     """A file's :func:`meaning`; for a worker's unit drop-in without its ``[Unit]`` part.
 
-    ``[Unit]`` holds only the start order (writers first): systemd takes it at the
+    ``[Unit]`` holds only the start order (writers first), and ``ExecStartPre=`` the
+    start gate (wait for main on the installed Synapse): systemd takes them at the
     daemon-reload that every written drop-in gets, and the running process is
     unchanged, so a change there restarts nothing.
 
     >>> dropin = PurePosixPath("etc/systemd/system/matrix-synapse-worker@sync-1.service.d/"
     ...                        "matrix-synapse-workers.conf")
-    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nUMask=0027\\n")
+    >>> what_the_process_reads(dropin, "[Unit]\\nAfter=x\\n\\n[Service]\\nExecStartPre=/bin/true\\n"
+    ...                                "UMask=0027\\n")
     '[Service]\\nUMask=0027\\n'
     """
     text = meaning(text)
@@ -130,9 +134,31 @@ def what_the_process_reads(path: PurePosixPath, text: str | None) -> str | None:
     for line in text.splitlines(keepends=True):
         if line.startswith("["):
             in_unit = line.strip() == "[Unit]"
-        if not in_unit:
+        if not in_unit and not line.startswith((GATE_COMMENT, "ExecStartPre=")):
             kept.append(line)
     return "".join(kept)
+
+
+def budget_line(content: str | None) -> str | None:
+    """The memory budget a shared file was rendered with (its ``# memory-budget:`` line)."""
+    for line in (content or "").splitlines():
+        if line.startswith(BUDGET_LINE):
+            return line
+    return None
+
+
+def _same_but_caches(path: PurePosixPath, old: str | None, new: str | None) -> bool:
+    """A worker file whose only change is its ``caches``: its share of the memory budget
+    moved because another process came or went.  Autotuning is read at start, so the
+    running process keeps its old share until its next restart, which this does not force."""
+    if path.parent != paths.WORKERS_DIR or old is None or new is None:
+        return False
+    before, after = _parse(old), _parse(new)
+    if before == after:
+        return False  # a change beyond the YAML it holds (a comment): rewritten and restarted
+    before.pop("caches", None)
+    after.pop("caches", None)
+    return bool(before) and before == after
 
 
 def touches_units(changes: "Changes") -> bool:
@@ -163,6 +189,10 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
     restart: set[str] = set()
     reasons = []
     main_sandbox = False
+    old_shared = on_disk[paths.SHARED_CONF].content if paths.SHARED_CONF in on_disk else None
+    new_shared = next((f.content for f in desired if f.path == paths.SHARED_CONF), None)
+    # The admin changed the budget: every process takes its new share now.
+    budget_changed = budget_line(old_shared) != budget_line(new_shared)
     for rendered in desired:
         current = on_disk.get(rendered.path)
         if current is not None and current.content == rendered.content and current.mode == rendered.mode:
@@ -174,6 +204,9 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
                                != what_the_process_reads(rendered.path, rendered.content)):
             read_changed.add(rendered.path)
         worker = _worker_of(rendered.path)
+        if (not budget_changed and current is not None
+                and _same_but_caches(rendered.path, current.content, rendered.content)):
+            read_changed.discard(rendered.path)
         if worker in kept and rendered.path in read_changed:
             restart.add(worker)
             reasons.append(f"{worker}: its own configuration changed")
@@ -181,9 +214,9 @@ def compute_changes(plan: Plan, desired: tuple[RenderedFile, ...],
             main_sandbox = True
             reasons.append("main: its sandbox changed")
 
-    shared_keys = changed_shared_keys(
-        _parse(on_disk[paths.SHARED_CONF].content) if paths.SHARED_CONF in on_disk else {},
-        _parse(next((f.content for f in desired if f.path == paths.SHARED_CONF), None)))
+    shared_keys = changed_shared_keys(_parse(old_shared), _parse(new_shared))
+    if not budget_changed:
+        shared_keys.discard("caches")  # main's share moved with the workers: at its next restart
     redis_changed = paths.REDIS_CONF_D in read_changed
     readers = workers_reading(shared_keys, kept)
     if redis_changed:

@@ -83,6 +83,14 @@ class HostFacts:
     auth_service: AuthService | None = None
     #: Synapse's max_upload_size as the admin wrote it (None: not set, Synapse's 50M).
     max_upload_size: object = None
+    #: This machine's RAM in MiB (0: unknown), and the resident memory PostgreSQL and
+    #: Redis here are configured to hold (what, MiB): the ``auto`` memory budget.
+    memory_mib: int = 0
+    memory_reserved: tuple[tuple[str, int], ...] = ()
+    #: libjemalloc2's library when installed (the units preload it: core/memory.py).
+    jemalloc: str | None = None
+    #: The admin's own ``caches`` settings (homeserver.yaml, conf.d): they win over ours.
+    admin_caches: Mapping[str, Any] = field(default_factory=dict)
     #: Admin files that were read, for messages.
     sources: tuple[str, ...] = field(default=())
 

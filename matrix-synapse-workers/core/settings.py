@@ -125,6 +125,8 @@ class Settings:
     #: The web server in front, whose routing files are rendered; None: as deployed,
     #: else detected (system/webservers.py resolves it before anything is rendered).
     web_server: WebServer | None = None
+    #: MiB the Synapse processes of this host may hold (core/memory.py); None: ``auto``.
+    memory_budget: int | None = None
 
     @property
     def socket_dir_is_default(self) -> bool:

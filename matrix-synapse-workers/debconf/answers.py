@@ -47,7 +47,9 @@ from typing import Iterable, Mapping
 from ..core import paths
 from ..core.catalog import PRESETS, ROLES, resolve_role
 from ..core.errors import SelectionError
-from ..system.hostfacts import deployed_socket_group, existing_worker_names, metrics_deployed
+from ..core.memory import format_budget, parse_budget
+from ..system.hostfacts import (deployed_memory_budget, deployed_socket_group, existing_worker_names,
+                                metrics_deployed)
 from ..core.plan import counts_from_workers
 from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
@@ -75,6 +77,7 @@ Q_REPLICATION = f"{PACKAGE}/replication-address"
 Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
+Q_MEMORY_BUDGET = f"{PACKAGE}/memory-budget"
 #: The server in front: one of :data:`..core.webserver.DEBCONF_CHOICES` (``auto``: detected).
 Q_WEB_SERVER = f"{PACKAGE}/web-server"
 #: Take over a hand-made worker setup ("adopt", the default) or configure nothing while it
@@ -84,7 +87,7 @@ HAND_MADE_CHOICES = ("adopt", "leave")
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
-             Q_SHARED_MEDIA, Q_WEB_SERVER)
+             Q_SHARED_MEDIA, Q_MEMORY_BUDGET, Q_WEB_SERVER)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The key that keeps what ``auto`` resolved to, in the applied record and the pending answers.
@@ -184,6 +187,13 @@ def _boolean(question: str, value: str) -> bool:
         return text == "true"
     raise InvalidAnswer(question, f"{question} is {text!r}, which is not a debconf boolean; "
                                   "accepted: true, false")
+
+
+def _memory_budget(value: str) -> int | None:
+    try:
+        return parse_budget(value)
+    except SelectionError as exc:
+        raise InvalidAnswer(Q_MEMORY_BUDGET, str(exc)) from None
 
 
 def _worker_host(label: str) -> Topology:
@@ -290,6 +300,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  allow_public_address: str = "false",
                  metrics: str = "false",
                  shared_media_store: str = "false",
+                 memory_budget: str = "auto",
                  web_server: str = AUTO_SERVER) -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
@@ -302,12 +313,15 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     workers over TCP; nor ``metrics``: the main host's answer, in cluster.yaml,
     holds for every host.  ``shared_media_store`` (the admin's word that every
     host mounts one media store) counts only for media workers on worker hosts.
+    ``memory_budget`` is each host's own.
     ``web_server`` counts only on the main host, where the server in front runs.
     """
+    budget = _memory_budget(memory_budget)
     if _host_role(host_role) is HostRole.WORKER_HOST:
         topology = _worker_host(host_name)
         group, _ = _names(socket_group, "")
-        return None, Settings(socket_group=group, web_user="", topology=topology)
+        return None, Settings(socket_group=group, web_user="", topology=topology,
+                              memory_budget=budget)
     selection = _selection(preset, types, counts)
     group, user = _names(socket_group, web_user)
     server = web_server_answer(web_server)
@@ -318,7 +332,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
                                topology=topology, metrics=_boolean(Q_METRICS, metrics),
-                               web_server=server)
+                               memory_budget=budget, web_server=server)
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:
@@ -385,4 +399,5 @@ def applied_record(root: Path) -> AppliedRecord:
     """
     workers = normalized_counts(counts_from_workers(existing_worker_names(root)))
     return AppliedRecord(workers, deployed_socket_group(root),
-                         metrics="true" if metrics_deployed(root) else "false")
+                         metrics="true" if metrics_deployed(root) else "false",
+                         memory_budget=format_budget(deployed_memory_budget(root)))

@@ -18,8 +18,8 @@ now apply (:func:`followups`).
 >>> answers = {Q_HOST_ROLE: "main", Q_PRESET: "custom", Q_REDIS: "dedicated"}
 >>> [q.name.split("/")[1] for q in FLOW if q.when(answers)]  # doctest: +NORMALIZE_WHITESPACE
 ['preset', 'worker-types', 'worker-counts', 'redis', 'socket-group', 'web-server', 'web-user',
- 'metrics', 'multi-host', 'hand-made']
->>> [q.name.split("/")[1] for q in FLOW if q.when({**answers, Q_MULTI_HOST: "true"})][-3:-1]
+ 'metrics', 'multi-host', 'hand-made', 'memory-budget']
+>>> [q.name.split("/")[1] for q in FLOW if q.when({**answers, Q_MULTI_HOST: "true"})][-4:-2]
 ['host-role', 'worker-hosts']
 >>> [q.split("/")[1] for q in followups(Q_PRESET, answers)]
 ['worker-types', 'worker-counts']
@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .answers import (CUSTOM, PACKAGE, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HAND_MADE, Q_HOST_NAME, Q_HOST_ROLE, Q_METRICS,
+from .answers import (CUSTOM, PACKAGE, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HAND_MADE, Q_HOST_NAME, Q_HOST_ROLE,
+                      Q_MEMORY_BUDGET, Q_METRICS,
                       Q_PRESET, Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP,
                       Q_TYPES, Q_WEB_SERVER, Q_WEB_USER, Q_WORKER_HOSTS)
 
@@ -107,6 +108,8 @@ FLOW: tuple[Question, ...] = (
     Question(Q_SHARED_MEDIA, "low", spans_hosts, "spans_hosts"),
     # Matters only where a hand-made worker setup is found; the default takes it over.
     Question(Q_HAND_MADE, "low", main_host, "main_host"),
+    # Each host's own; the default (auto) suits most, so it is asked low.
+    Question(Q_MEMORY_BUDGET, "low", always),
 )
 
 

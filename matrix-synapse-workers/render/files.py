@@ -23,6 +23,7 @@ from ..core.facts import HostFacts
 from ..core.cluster import cluster_data, redis_address
 from ..core.plan import Plan, Worker, admin_metrics_listeners, refuse_unknown_keys
 from ..core.catalog import ENDPOINTS_CHECKED_AGAINST
+from ..core.memory import BUDGET_LINE, MemoryPlan, format_budget, host_memory_plan
 from .logconfig import worker_log_config
 from .routing import MAS_TO_SYNAPSE, MAX_BODY_SIZE, READ_METHODS, body_size, nginx_model
 from ..core.settings import RedisMode, Settings
@@ -154,13 +155,16 @@ def _with_octal_mode(listener: Mapping[str, Any]) -> dict[str, Any]:
     return copied
 
 
-def shared_config(plan: Plan, facts: HostFacts) -> dict[str, Any]:
+def shared_config(plan: Plan, facts: HostFacts, memory: MemoryPlan | None = None) -> dict[str, Any]:
+    """conf.d/workers.yaml.  ``caches``: main's share of the memory budget (every worker's
+    own file sets its own; Synapse's shallow merge makes theirs replace this one)."""
     metrics = {"enable_metrics": True} if plan.metrics else {}
     if plan.here is not None:  # no main process on a worker host
         return {**plan.shared_settings(), **metrics}
+    caches = memory.caches_for("main") if memory is not None else {}
     return {"listeners": main_listeners(facts, remote_replication=plan.replication,
                                         metrics=plan.metrics),
-            **plan.shared_settings(), **metrics}
+            **plan.shared_settings(), **metrics, **({"caches": caches} if caches else {})}
 
 
 def worker_listeners(worker: Worker, plan: Plan) -> list[dict[str, Any]]:
@@ -185,7 +189,8 @@ def worker_listeners(worker: Worker, plan: Plan) -> list[dict[str, Any]]:
     return listeners
 
 
-def worker_config(worker: Worker, facts: HostFacts, plan: Plan | None = None) -> dict[str, Any]:
+def worker_config(worker: Worker, facts: HostFacts, plan: Plan | None = None,
+                  memory: MemoryPlan | None = None) -> dict[str, Any]:
     listeners = worker_listeners(worker, plan if plan is not None else Plan((worker,)))
     config: dict[str, Any] = {
         "worker_app": "synapse.app.generic_worker",
@@ -195,6 +200,9 @@ def worker_config(worker: Worker, facts: HostFacts, plan: Plan | None = None) ->
     if facts.log_config is not None:
         config["worker_log_config"] = "/" + str(worker_log_config_path(worker.name))
     config.update(worker.role.own_config)
+    caches = memory.caches_for(worker.name) if memory is not None else {}
+    if caches:
+        config["caches"] = caches
     return config
 
 
@@ -332,12 +340,20 @@ def cluster_file(plan: Plan) -> RenderedFile:
 
 def render(plan: Plan, facts: HostFacts, settings: Settings) -> tuple[RenderedFile, ...]:
     """Every file the plan needs on this host, in a stable order."""
-    shared, redis = shared_config(plan, facts), {"redis": redis_config(plan, settings)}
+    memory = host_memory_plan(plan, facts, settings.memory_budget)
+    shared, redis = shared_config(plan, facts, memory), {"redis": redis_config(plan, settings)}
     refuse_unknown_keys({**shared, **redis}, facts.synapse_version)
-    files = [_yaml_file(paths.SHARED_CONF, shared), _yaml_file(paths.REDIS_CONF_D, redis)]
+    shared_file = _yaml_file(paths.SHARED_CONF, shared)
+    # The budget as answered (the files are the registry: debian/config and the command read it).
+    budget = (f"{BUDGET_LINE}{format_budget(settings.memory_budget)}\n"
+              "# (MiB for all Synapse processes of this host; `matrix-synapse-workers status`\n"
+              "# shows how it is split and what they hold)\n")
+    shared_file = RenderedFile(shared_file.path, _HEADER.format(version=__version__) + budget
+                               + dump_yaml(shared))
+    files = [shared_file, _yaml_file(paths.REDIS_CONF_D, redis)]
     for worker in plan.local_workers:
         files.append(_yaml_file(paths.WORKERS_DIR / f"{worker.name}.yaml",
-                                worker_config(worker, facts, plan)))
+                                worker_config(worker, facts, plan, memory)))
         if facts.log_config is not None:
             files.append(_yaml_file(worker_log_config_path(worker.name),
                                     worker_log_config(worker.name, facts.log_config)))

@@ -146,6 +146,19 @@ def _dropin(lines: list[str]) -> str:
     return _HEADER.format(version=__version__) + "\n".join(lines) + "\n"
 
 
+def allocator_lines(facts: HostFacts) -> list[str]:
+    """jemalloc for the memory budget's cache autotuning (core/memory.py says why both).
+
+    An admin's own values in /etc/default/matrix-synapse (the units' EnvironmentFile=)
+    win over these.
+    """
+    if facts.jemalloc is None:
+        return []
+    return ["# The memory budget: Synapse's cache autotuning needs jemalloc to see every",
+            "# allocation (Python's own small-object allocator hides most of them from it).",
+            f"Environment=LD_PRELOAD={facts.jemalloc} PYTHONMALLOC=malloc"]
+
+
 def _rw_lines(facts: HostFacts, *, media: bool) -> list[str]:
     lines = ["# Where Synapse writes, from its configuration (symlinks resolved).",
              "ReadWritePaths="]
@@ -169,12 +182,27 @@ def start_after(worker: Worker, plan: Plan) -> tuple[str, ...]:
     return tuple(w.unit for w in plan.local_workers if w.role.stream is not None)
 
 
+#: Starts the comment of the start gate's lines (changes.what_the_process_reads skips them).
+GATE_COMMENT = "# Start gate:"
+GATE_COMMAND = "/usr/bin/python3 -m matrix_synapse_workers.system.startgate"
+
+
+def start_gate(plan: Plan) -> list[str]:
+    """A worker waits (60 s at most) until main serves the installed Synapse: main
+    migrates the schema before it listens, and a worker started on newer code than the
+    schema would exit and be restarted every 3 s (system/startgate.py)."""
+    where = str(paths.MAIN_REPLICATION_SOCKET) if plan.here is None else str(plan.replication)
+    return [f"{GATE_COMMENT} wait until main runs the installed Synapse (it migrates the database first).",
+            f"ExecStartPre={GATE_COMMAND} {where}"]
+
+
 def worker_dropin(worker: Worker, plan: Plan, facts: HostFacts, settings: Settings) -> RenderedFile:
     policy = network_policy(worker.role, tcp_hosts(plan, facts, settings))
     after = start_after(worker, plan)
     unit = (["[Unit]", "# Stream writers start first (they are what the other processes wait on).",
              f"After={' '.join(after)}", ""] if after else [])
-    lines = [*unit, "[Service]", *_rw_lines(facts, media=worker.role.serves_media),
+    lines = [*unit, "[Service]", *start_gate(plan), *allocator_lines(facts),
+             *_rw_lines(facts, media=worker.role.serves_media),
              f"# Network ({worker.role.name}): {policy.why}.",
              "RestrictAddressFamilies=",
              f"RestrictAddressFamilies={' '.join(policy.families)}"]
@@ -204,7 +232,7 @@ def main_dropin(facts: HostFacts) -> RenderedFile:
     """Main talks to other servers (it does whatever no worker took): network stays open."""
     lines = ["[Service]",
              "# The sandbox of the worker units, for main (matrix-synapse-workers).",
-             *MAIN_SANDBOX, *_rw_lines(facts, media=True)]
+             *MAIN_SANDBOX, *allocator_lines(facts), *_rw_lines(facts, media=True)]
     if facts.signing_key_dir is not None:
         lines += ["# Until Synapse has made its signing key (ExecStartPre=... --generate-keys);",
                   "# the next apply renders this file without it.",

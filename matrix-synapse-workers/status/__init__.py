@@ -8,9 +8,9 @@ not import the probe.
 """
 
 from .checks import evaluate, evaluate_worker_host
-from .model import FAIL, INFO, OK, WARN, Facts, Row
+from .model import FAIL, INFO, OK, WARN, Facts, MemoryFacts, Row
 from .report import (as_check_line, as_json, as_prometheus, as_table, exit_code, severity,
                      unknown_check_line, worst)
 
-__all__ = ["FAIL", "INFO", "OK", "WARN", "Facts", "Row", "as_check_line", "as_json", "as_prometheus",
+__all__ = ["FAIL", "INFO", "OK", "WARN", "Facts", "MemoryFacts", "Row", "as_check_line", "as_json", "as_prometheus",
            "as_table", "evaluate", "evaluate_worker_host", "exit_code", "severity", "unknown_check_line", "worst"]

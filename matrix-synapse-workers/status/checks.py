@@ -28,6 +28,7 @@ from .model import (FAIL, INFO, MAIN, MAIN_HOST, MAX_EXPOSURE, OK, WARN, WORKER_
 from .advice import CLUSTER_FILE, RECONFIGURE, RESTART_ALL, octal
 from .cluster_checks import (check_cluster, check_main_unit_absent, check_remote_redis,
                              check_worker_host_redis, check_writers)
+from .memory_checks import check_memory
 from .web_checks import check_nginx
 
 
@@ -477,6 +478,7 @@ def evaluate(facts: Facts) -> list[Row]:
     rows += check_sandbox(facts)
     if facts.database is not None:
         rows.append(check_database(facts.database))
+    rows += check_memory(facts)
     rows += check_nginx(facts)
     rows += check_config(facts)
     rows += check_hand_made(facts)
@@ -495,6 +497,7 @@ def evaluate_worker_host(facts: Facts, cluster: ClusterFacts) -> list[Row]:
         rows.append(total)
     rows.append(check_versions(facts))
     rows += check_sandbox(facts)
+    rows += check_memory(facts)
     rows.append(Row("main host", "sockets, nginx", INFO,
                     f"main, its sockets, nginx and Redis run on the main host ({cluster.replication or '?'}); "
                     f"{paths.PACKAGE} status there checks them"))

@@ -16,7 +16,8 @@ from ..debconf.answers import QUESTIONS, from_answers, normalized_counts
 from ..core.cluster import MAIN as CLUSTER_MAIN, Cluster, plan_from_cluster
 from ..system.clusterfile import read_cluster
 from ..core.errors import WorkersError
-from ..system.hostfacts import existing_worker_names, metrics_deployed, read_host_facts
+from ..system.hostfacts import (deployed_memory_budget, existing_worker_names, metrics_deployed,
+                               read_host_facts)
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
 from ..render.webserver import ALL_PATHS
@@ -39,6 +40,8 @@ class Deployed:
     recorded_workers: str | None
     #: Our shared file switches metrics on.
     metrics: bool = False
+    #: The memory budget our shared file was rendered with (None: auto).
+    memory_budget: int | None = None
 
 
 def _read_yaml(path: Path) -> Any:
@@ -51,7 +54,8 @@ def _read_yaml(path: Path) -> Any:
 def read_deployed(root: Path) -> Deployed:
     record = applied.read(root)
     return Deployed(existing_worker_names(root), redis_config(root),
-                    record.workers if record is not None else None, metrics_deployed(root))
+                    record.workers if record is not None else None, metrics_deployed(root),
+                    deployed_memory_budget(root))
 
 
 def redis_location(config: Mapping[str, Any]) -> str:
@@ -69,7 +73,8 @@ def settings_from(answers: Mapping[str, str] | None, deployed: Deployed,
     On a worker host the answers choose no workers (cluster.yaml does): None.
     """
     fallback = Settings(socket_group=group, redis=redis_settings_of(deployed.redis_config),
-                        topology=topology, metrics=deployed.metrics)
+                        topology=topology, metrics=deployed.metrics,
+                        memory_budget=deployed.memory_budget)
     if answers is None:
         return fallback, None, ""
     try:

@@ -302,6 +302,33 @@ class DatabaseFacts:
 
 
 @dataclass(frozen=True)
+class MemoryFacts:
+    """The memory budget of this host's Synapse processes against what they hold."""
+
+    budget_mib: int
+    #: How the budget was found (``set``, or how ``auto`` sized it).
+    source: str
+    #: Cache autotuning holds each process to its share (libjemalloc2 is installed).
+    enforced: bool
+    #: Each local process's share of the budget (MiB), by name.
+    shares: Mapping[str, int] = field(default_factory=dict)
+    #: Each running process's RSS (MiB), by name; a stopped one is absent.
+    rss: Mapping[str, int] = field(default_factory=dict)
+    #: Our caches keys the admin's own settings replace.
+    overridden: tuple[str, ...] = ()
+
+    @property
+    def total_mib(self) -> int:
+        return sum(self.rss.values())
+
+    def as_json(self) -> dict[str, object]:
+        return {"budget_mib": self.budget_mib, "source": self.source, "enforced": self.enforced,
+                "rss_mib": self.total_mib, "processes": {
+                    name: {"rss_mib": self.rss.get(name), "share_mib": share}
+                    for name, share in self.shares.items()}}
+
+
+@dataclass(frozen=True)
 class Facts:
     expected: Expected
     units: Mapping[str, UnitState]
@@ -332,6 +359,8 @@ class Facts:
     unit_copies: tuple[str, ...] = ()
     #: Where take-overs moved hand-made files, each with how many files it holds.
     adopted: tuple[tuple[str, int], ...] = ()
+    #: The memory budget and the processes' RSS; a string: why it cannot be judged.
+    memory: "MemoryFacts | str | None" = None
 
 
 @dataclass(frozen=True)

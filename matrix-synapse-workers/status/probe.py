@@ -37,7 +37,11 @@ from ..render.webserver import routing_paths
 from ..core.webserver import WebServer
 from ..system import webservers
 from ..core.settings import RedisMode, Settings
-from .model import (WORKER_HOST, ClusterFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
+from ..core.catalog import MAIN_CACHE_WEIGHT
+from ..core.memory import memory_plan
+from ..core.plan import parse_worker_name
+from ..system.memoryfacts import rss_mib
+from .model import (MAIN as MAIN_PROCESS, WORKER_HOST, ClusterFacts, MemoryFacts, ConfigFacts, DatabaseFacts, Expected, Facts, Health,
                     Process, NginxFacts, PathStat, PeerListener, RedisClient, RedisFacts, SecretFile,
                     UnitState, expected_processes, worker_process)
 from ..system.synapseversion import installed_release
@@ -190,7 +194,7 @@ def look(root: Path) -> Look:
     # nginx files do not depend on the answers: known before anything is asked.
     web = webservers.deployed(root) or WebServer.NGINX
     settings = Settings(socket_group=group, redis=redis_settings, topology=topology,
-                        metrics=deployed.metrics, web_server=web)
+                        metrics=deployed.metrics, web_server=web, memory_budget=deployed.memory_budget)
     try:
         host, plan = plan_here(root, settings, side)
         config_error = ""
@@ -366,7 +370,35 @@ def gather(root: Path = Path("/"), timeout: float = TIMEOUT) -> Facts:
         unit_copies=tuple(f"/{p}" for p in (paths.SYSTEMD_ETC / name for name in KNOWN_UNITS)
                           if (root / p).is_file()),
         adopted=_adopted(root),
-        refused=applied.refusal(root))
+        refused=applied.refusal(root),
+        memory=memory_facts(root, seen, unit_map))
+
+
+def memory_facts(root: Path, seen: Look, units: Mapping[str, UnitState]) -> MemoryFacts | str | None:
+    """The budget as deployed, split as render splits it, and each running process's RSS."""
+    facts = seen.host
+    if facts is None:
+        return None
+    local = [p for p in seen.processes if not p.remote]
+    weighted = []
+    for process in local:
+        parsed = parse_worker_name(process.name)
+        weighted.append((process.name, MAIN_CACHE_WEIGHT if process.name == MAIN_PROCESS
+                         else parsed.role.cache_weight if parsed else 1))
+    try:
+        plan = memory_plan(seen.deployed.memory_budget, weighted, jemalloc=facts.jemalloc is not None,
+                           ram_mib=facts.memory_mib, reserved=facts.memory_reserved,
+                           admin_caches=facts.admin_caches)
+    except WorkersError as exc:
+        return str(exc)
+    rss = {}
+    for process in local:
+        state = units.get(process.unit)
+        found = rss_mib(state.main_pid) if state is not None and state.main_pid else None
+        if found is not None:
+            rss[process.name] = found
+    return MemoryFacts(plan.budget_mib, plan.source, plan.enforced,
+                       {s.name: s.mib for s in plan.shares}, rss, plan.overridden)
 
 
 def _adopted(root: Path) -> tuple[tuple[str, int], ...]:

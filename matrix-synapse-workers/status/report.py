@@ -12,7 +12,7 @@ one line for a monitoring plugin, or gauges for node_exporter's textfile collect
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..core.exitcodes import PLUGIN_CODES, Exit, status_exit
 from ..core.words import plural
@@ -47,11 +47,17 @@ _VERDICT = {0: "healthy", 1: "degraded", 2: "broken"}
 JSON_SCHEMA_VERSION = 2
 
 
-def as_json(rows: Sequence[Row], seconds: float) -> dict[str, object]:
+def as_json(rows: Sequence[Row], seconds: float,
+            memory: Mapping[str, object] | None = None) -> dict[str, object]:
+    """``memory`` (:meth:`.model.MemoryFacts.as_json`): the budget and each process's RSS."""
     code = severity(rows)
-    return {"schema_version": JSON_SCHEMA_VERSION, "status": _VERDICT[code],
-            "exit_code": int(status_exit(code)),
-            "seconds": round(seconds, 3), "checks": [asdict(row) for row in rows]}
+    document: dict[str, object] = {
+        "schema_version": JSON_SCHEMA_VERSION, "status": _VERDICT[code],
+        "exit_code": int(status_exit(code)),
+        "seconds": round(seconds, 3), "checks": [asdict(row) for row in rows]}
+    if memory is not None:
+        document["memory"] = dict(memory)
+    return document
 
 
 # --- monitoring plugins (Nagios, Icinga, Naemon, Sensu...) ------------------------

@@ -5,7 +5,8 @@
 (``true`` or ``false``), ``synapse`` (the Synapse package and version the workers were last started
 with), ``web_user`` (the web server user put in the socket group; empty for
 none: the one choice no deployed file shows), ``auto`` (the counts the
-preset ``auto`` resolved to when it was last decided, kept across upgrades) and
+preset ``auto`` resolved to when it was last decided, kept across upgrades),
+``memory_budget`` (``auto`` or MiB, as conf.d/workers.yaml says it),
 ``web_server`` (the server in front last applied, by the postinst or the command, as
 :class:`..core.webserver.WebServer` spells it: ``none`` leaves no file to show it, and
 it is what ``auto`` keeps) and ``debconf_web_server`` (the one the postinst applied:
@@ -54,6 +55,8 @@ class AppliedRecord:
     metrics: str | None = None
     web_user: str | None = None
     auto: str | None = None
+    #: The memory budget applied (``auto`` or MiB), as conf.d/workers.yaml keeps it.
+    memory_budget: str | None = None
     web_server: str | None = None
     debconf_web_server: str | None = None
 

@@ -16,11 +16,13 @@ from typing import Any, Mapping
 import yaml
 
 from ..core import paths
-from ..core.errors import HostConfigError
+from ..core.errors import HostConfigError, SelectionError
+from ..core.memory import BUDGET_LINE, parse_budget
 from ..core.dbconnections import pool_sizes
 from ..core.adoption import superseded_listeners
 from ..core.facts import HostFacts, WritablePath, auth_service
 from ..core.redisserver import SERVERS, RedisServer, choose_server, server_of_socket
+from .memoryfacts import jemalloc_path, ram_mib, reserved_memory
 from .synapseversion import installed_version
 
 #: conf.d files this package writes; they never count as the admin's config.
@@ -217,6 +219,21 @@ def metrics_deployed(root: Path) -> bool:
     return isinstance(data, dict) and data.get("enable_metrics") is True
 
 
+def deployed_memory_budget(root: Path) -> int | None:
+    """The memory budget our shared file was rendered with (None: ``auto``, or none yet)."""
+    try:
+        text = (root / paths.SHARED_CONF).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(BUDGET_LINE):
+            try:
+                return parse_budget(line[len(BUDGET_LINE):])
+            except SelectionError:
+                return None
+    return None
+
+
 def deployed_socket_group(root: Path) -> str:
     """The group of the socket directory as the files say (what ``debian/config`` reads)."""
     group = paths.DEFAULT_SOCKET_GROUP
@@ -229,6 +246,14 @@ def deployed_socket_group(root: Path) -> str:
         if len(fields) >= 5 and fields[0] == "d" and fields[1] == str(paths.SOCKET_DIR):
             group = fields[4]
     return group
+
+
+def _admin_caches(config: Mapping[str, Any]) -> dict[str, Any]:
+    caches = config.get("caches")
+    if caches is not None and not isinstance(caches, dict):
+        raise HostConfigError("'caches' in the Synapse configuration must be a mapping of "
+                              "options (global_factor, per_cache_factors, ...)")
+    return dict(caches or {})
 
 
 def read_host_facts(root: Path) -> HostFacts:
@@ -255,6 +280,10 @@ def read_host_facts(root: Path) -> HostFacts:
         signing_key_dir=_signing_key_dir(root, config),
         auth_service=auth_service(config, version),
         max_upload_size=config.get("max_upload_size"),
+        memory_mib=ram_mib(),
+        memory_reserved=reserved_memory(root),
+        jemalloc=jemalloc_path(root),
+        admin_caches=_admin_caches(config),
         sources=sources,
     )
 

@@ -78,6 +78,23 @@ class Systemd:
             return False
         return run(["systemctl", "--quiet", "is-active", unit], check=False, capture=True).returncode == 0
 
+    def started_at(self, unit: str) -> int | None:
+        """When the unit's current main process started (monotonic µs); None if never."""
+        if not self.running:
+            return None
+        done = run(["systemctl", "show", "-P", "ExecMainStartTimestampMonotonic", unit],
+                   check=False, capture=True)
+        text = done.stdout.strip()
+        return int(text) if done.returncode == 0 and text.isdigit() and int(text) else None
+
+    def queued(self, prefix: str) -> list[str]:
+        """Units starting with ``prefix`` that have a job queued or running."""
+        if not self.running:
+            return []
+        done = run(["systemctl", "list-jobs", "--no-legend", "--plain"], check=False, capture=True)
+        words = [line.split() for line in done.stdout.splitlines()]
+        return [w[1] for w in words if len(w) > 1 and w[1].startswith(prefix)]
+
     def start(self, *units: str) -> bool:
         return self._act("start", list(units))
 

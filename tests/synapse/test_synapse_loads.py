@@ -1,5 +1,6 @@
 """Every rendered file set must load in the real Synapse, as main and as each worker."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -134,3 +135,45 @@ def test_the_check_removes_the_media_store_it_made_and_still_refuses_one_it_cann
     store.write_text("")
     results = load_with_synapse(file_sets(root), (str(tmp_path / "signing.key"),))
     assert "File exists" in results["media-1"], results
+
+
+#: What Synapse's CacheConfig makes of the rendered cache_autotuning: bytes and milliseconds.
+_READ_CACHES = r'''
+import json, sys
+from signedjson.key import generate_signing_key, write_signing_keys
+from synapse.config.homeserver import HomeServerConfig
+key_path, sets = sys.argv[1], json.loads(sys.stdin.read())
+with open(key_path, "w") as handle:
+    write_signing_keys(handle, [generate_signing_key("a")])
+found = {}
+for label, paths in sets:
+    argv = [a for p in paths for a in ("--config-path", p)]
+    config = HomeServerConfig.load_config("memory budget check", argv)
+    found[label] = config.caches.cache_autotuning
+print(json.dumps(found))
+'''
+
+
+def test_the_memory_budget_s_cache_settings_are_what_synapse_reads(tmp_path, load_with_synapse,
+                                                                     synapse_python):
+    """With libjemalloc2 present, each process's share becomes cache_autotuning that Synapse's
+    own parser turns into byte ceilings: main and sync above typing, all within the budget."""
+    import sysconfig
+    root = make_root(tmp_path)
+    library = root / "usr/lib" / (sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu") / "libjemalloc.so.2"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"")
+    assert main(["render", "--root", str(root), "--workers", "sync,typing", "--memory-budget", "1200"]) == 0
+    sets = file_sets(root)
+    results = load_with_synapse(sets, (str(tmp_path / "signing.key"),))
+    assert all(r.startswith("OK") for r in results.values()), results
+    read = subprocess.run([synapse_python, "-c", _READ_CACHES, str(tmp_path / "signing.key")],
+                          input=json.dumps(list(sets.items())), capture_output=True, text=True,
+                          check=True, timeout=600)
+    tuning = json.loads(read.stdout)
+    ceilings = {label: t["max_cache_memory_usage"] for label, t in tuning.items()}
+    assert ceilings["main"] == ceilings["sync-1"] > ceilings["typing-1"] > 0
+    assert sum(ceilings.values()) < 1200 * 2**20
+    for t in tuning.values():
+        assert 0 < t["target_cache_memory_usage"] < t["max_cache_memory_usage"]
+        assert t["min_cache_ttl"] == 120_000

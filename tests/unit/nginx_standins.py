@@ -12,7 +12,6 @@ import contextlib
 import http.server
 import os
 import re
-import socket
 import socketserver
 import subprocess
 import threading

@@ -28,7 +28,8 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_REDIS: "dedicated", answers.Q_REDIS_LOCATION: "", answers.Q_HOST_ROLE: "main",
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
             answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
-            answers.Q_SHARED_MEDIA: "false", answers.Q_HAND_MADE: "adopt", answers.Q_WEB_SERVER: "auto"}
+            answers.Q_SHARED_MEDIA: "false", answers.Q_HAND_MADE: "adopt",
+            answers.Q_MEMORY_BUDGET: "auto", answers.Q_WEB_SERVER: "auto"}
 
 
 class FakeDebconf:

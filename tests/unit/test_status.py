@@ -346,3 +346,40 @@ def test_sandbox_rows_warn_when_an_admin_drop_in_loosens_a_unit():
     loosened = rows["matrix-synapse-worker@sync-1.service"]
     assert loosened.status == "warn" and admin in loosened.detail and ours not in loosened.detail
     assert "5.4" in loosened.detail and loosened.advice
+
+
+# --- the memory budget ------------------------------------------------------------
+
+
+def _memory(rss, enforced=True, overridden=()):
+    shares = {"main": 700, "sync-1": 700, "typing-1": 300}
+    return model.MemoryFacts(1700, "set", enforced, shares, rss, overridden)
+
+
+def test_memory_within_the_budget_is_one_ok_row():
+    rows = evaluate(replace(healthy(), memory=_memory({"main": 400, "sync-1": 300, "typing-1": 150})))
+    memory = [r for r in rows if r.check == "memory"]
+    assert [(r.status, r.detail) for r in memory] == [(OK, "850 MiB RSS of a 1700 MiB budget (set)")]
+
+
+def test_memory_above_the_budget_warns_and_names_the_biggest_processes():
+    facts = replace(healthy(), memory=_memory({"main": 900, "sync-1": 750, "typing-1": 120}))
+    rows = evaluate(facts)
+    found = row(rows, "memory", "3 Synapse processes")
+    assert found.status == WARN and exit_code(rows) == 4
+    assert "1770 MiB RSS of a 1700 MiB budget" in found.detail
+    assert "biggest: main 900 MiB (share 700), sync-1 750 MiB (share 700), typing-1 120" in found.detail
+    data = status.as_json(rows, 0.1, facts.memory.as_json())
+    assert data["memory"]["rss_mib"] == 1770 and data["memory"]["processes"]["sync-1"] == {
+        "rss_mib": 750, "share_mib": 700}
+    assert any(c["check"] == "memory" and c["status"] == WARN for c in data["checks"])
+
+
+def test_memory_says_when_nothing_holds_it_and_when_the_admin_s_settings_decide():
+    rows = evaluate(replace(healthy(), memory=_memory({"main": 100}, enforced=False,
+                                                      overridden=("cache_autotuning",))))
+    infos = [r for r in rows if r.check == "memory" and r.status == INFO]
+    assert "libjemalloc2 is not installed" in infos[0].detail
+    assert "caches.cache_autotuning" in infos[1].detail
+    rows = evaluate(replace(healthy(), memory="memory budget 300 MiB is too small"))
+    assert row(rows, "memory", "budget").status == WARN

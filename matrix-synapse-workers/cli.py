@@ -122,10 +122,11 @@ def _add_choice_arguments(parser: argparse.ArgumentParser, *, render: bool = Fal
     parser.add_argument("--web-user",
                         help="web server user put in the socket group ('' for none). Default: "
                              f"as last applied ({paths.DEFAULT_WEB_USER} on a new host)")
-    parser.add_argument("--web-server", choices=[s.value for s in WebServer],
+    parser.add_argument("--web-server", choices=[s.value for s in WebServer] + ["apache2"],
                         help="the server in front, whose routing files are written and reloaded "
-                             "(none: your own proxy). Default: as deployed, else the one installed "
-                             "(of several, the one on port 80 or 443, else nginx)")
+                             "(none: your own proxy; no other server's files are written or "
+                             "reloaded). Default: as last applied while it is installed, else the "
+                             "one installed (of several, the one on port 80 or 443, else nginx)")
     parser.add_argument("--redis",
                         help="dedicated, guide, unix:/PATH or HOST:PORT. Default: as deployed "
                              "(dedicated on a new host)")
@@ -266,13 +267,17 @@ def _render_root(root: Path | None) -> Path:
     return root
 
 
-def _record_web_user(root: Path, web_user: str) -> None:
-    """The web user applied, kept for the next run's default (no file shows it)."""
+def _record_web(root: Path, web_user: str, web_server: WebServer | None) -> None:
+    """The web user and server applied, kept for the next run's default (no file shows
+    the user, nor the server 'none')."""
     from dataclasses import replace
     from .system import applied
     record = applied.read(root)
-    if record is not None and record.web_user != web_user:
-        applied.write(root, replace(record, web_user=web_user))
+    if record is None:
+        return
+    server = web_server.value if web_server is not None else record.web_server
+    if (record.web_user, record.web_server) != (web_user, server):
+        applied.write(root, replace(record, web_user=web_user, web_server=server))
 
 
 def run_apply(args: argparse.Namespace) -> int:
@@ -294,7 +299,9 @@ def run_apply(args: argparse.Namespace) -> int:
                               dry_run=args.dry_run, out=sys.stdout, facts=facts, adopt=args.adopt)
     if args.dry_run:
         return Exit.PENDING if not report.changes.nothing else Exit.OK
-    _record_web_user(args.root, settings.web_user)
+    _record_web(args.root, settings.web_user,
+                None if settings.topology.role is HostRole.WORKER_HOST
+                else (report.settings or settings).web_server)
     for line in report.system_steps + report.services:
         print(line)
     print(apply.describe(report.changes) if report.changed else "nothing to change")

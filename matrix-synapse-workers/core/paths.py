@@ -55,9 +55,13 @@ NGINX_SNIPPET = NGINX_DIR / "snippets" / f"{PACKAGE}.conf"
 APACHE_DIR = PurePosixPath("etc/apache2")
 # Included inside the admin's <VirtualHost> (conf-available/ would be server-wide).
 APACHE_CONF = APACHE_DIR / f"{PACKAGE}.conf"
+# Included after it where admins reach Synapse's admin API (as nginx's admin snippet).
+APACHE_ADMIN_CONF = APACHE_DIR / f"{PACKAGE}-admin.conf"
 CADDY_DIR = PurePosixPath("etc/caddy")
 # Imported inside the admin's site block of the Caddyfile.
 CADDY_SNIPPET = CADDY_DIR / f"{PACKAGE}.caddy"
+# Imported too in the site block where admins reach Synapse's admin API.
+CADDY_ADMIN_SNIPPET = CADDY_DIR / f"{PACKAGE}-admin.caddy"
 HAPROXY_DIR = PurePosixPath("etc/haproxy")
 # Loaded after haproxy.cfg (a second -f), it holds its own frontend and backends.
 HAPROXY_CONF = HAPROXY_DIR / f"{PACKAGE}.cfg"

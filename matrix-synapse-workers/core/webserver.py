@@ -2,10 +2,12 @@
 
 >>> parse_web_server("Apache")
 <WebServer.APACHE: 'apache'>
+>>> parse_web_server("apache2"), debconf_value(WebServer.APACHE)
+(<WebServer.APACHE: 'apache'>, 'apache2')
 >>> detect({"nginx", "apache"}, {"apache"})
 <WebServer.APACHE: 'apache'>
 >>> detect({"caddy", "haproxy"}, set())
-<WebServer.NGINX: 'nginx'>
+<WebServer.CADDY: 'caddy'>
 >>> detect({"haproxy"}, set())
 <WebServer.HAPROXY: 'haproxy'>
 >>> detect(set(), set())
@@ -30,22 +32,39 @@ class WebServer(Enum):
 
 
 WEB_SERVER_CHOICES = ", ".join(s.value for s in WebServer)
-#: Preferred when several are installed and none (or several) serve ports 80/443.
+#: The debconf answer that leaves the choice to detection (:func:`detect`).
+AUTO = "auto"
+#: Debian's package names where they differ from ours: what a Debian admin types.
+_PACKAGE_NAMES = {WebServer.APACHE: "apache2"}
+#: The debconf question's choices, in template order.
+DEBCONF_CHOICES = (AUTO, *(_PACKAGE_NAMES.get(s, s.value) for s in WebServer))
+#: When none is installed (nothing is written until it is).
 DEFAULT = WebServer.NGINX
-#: Among several serving, the first of these.
+#: Among several installed and serving (or none serving), the first of these.
 _ORDER = (WebServer.NGINX, WebServer.APACHE, WebServer.CADDY, WebServer.HAPROXY)
 
 
 def parse_web_server(text: str) -> WebServer:
+    """Our name or Debian's package name (``apache2``) of a server."""
+    key = text.strip().lower()
+    for server, package in _PACKAGE_NAMES.items():
+        if key == package:
+            return server
     try:
-        return WebServer(text.strip().lower())
+        return WebServer(key)
     except ValueError:
         raise SelectionError(f"web server {text!r} is not known; accepted: {WEB_SERVER_CHOICES}") from None
 
 
+def debconf_value(server: WebServer) -> str:
+    """``server`` as the debconf question spells it (Debian's package name)."""
+    return _PACKAGE_NAMES.get(server, server.value)
+
+
 def detect(installed: AbstractSet[str], serving: AbstractSet[str]) -> WebServer:
     """The server to render for: the one installed, else the installed one that
-    listens on 80 or 443, else nginx (this package's Recommends).
+    listens on 80 or 443, else the first installed (nginx first: the first of this
+    package's Recommends), else nginx.
 
     ``installed`` and ``serving`` hold :class:`WebServer` values.
     """
@@ -53,7 +72,7 @@ def detect(installed: AbstractSet[str], serving: AbstractSet[str]) -> WebServer:
     if len(ours) == 1:
         return ours[0]
     listening = [s for s in ours if s.value in serving]
-    return listening[0] if listening else DEFAULT
+    return (listening or ours or [DEFAULT])[0]
 
 
 #: Each server's own check, as an admin runs it.

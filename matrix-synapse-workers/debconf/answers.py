@@ -55,6 +55,7 @@ from ..core.selection import AUTO, Selection, parse_workers, select
 from ..system.applied import AppliedRecord
 from ..system.machine import this_machine
 from ..core.settings import RedisMode, Settings, check_system_name, parse_redis
+from ..core.webserver import AUTO as AUTO_SERVER, DEBCONF_CHOICES, WebServer, parse_web_server
 from ..core.topology import (DEFAULT_REPLICATION_PORT, HOST_ROLES, LABEL_RULE, HostRole, Topology,
                        check_index, check_media_hosts, main_topology, parse_address, parse_worker_hosts,
                        worker_host_topology)
@@ -77,6 +78,8 @@ Q_ALLOW_PUBLIC = f"{PACKAGE}/allow-public-address"
 Q_METRICS = f"{PACKAGE}/metrics"
 Q_SHARED_MEDIA = f"{PACKAGE}/shared-media-store"
 Q_MEMORY_BUDGET = f"{PACKAGE}/memory-budget"
+#: The server in front: one of :data:`..core.webserver.DEBCONF_CHOICES` (``auto``: detected).
+Q_WEB_SERVER = f"{PACKAGE}/web-server"
 #: Take over a hand-made worker setup ("adopt", the default) or configure nothing while it
 #: is there ("leave"); read by the postinst alone (not an input of :func:`from_answers`).
 Q_HAND_MADE = f"{PACKAGE}/hand-made"
@@ -84,7 +87,7 @@ HAND_MADE_CHOICES = ("adopt", "leave")
 #: Every question :func:`from_answers` takes, in the order of its parameters.
 QUESTIONS = (Q_PRESET, Q_TYPES, Q_COUNTS, Q_SOCKET_GROUP, Q_WEB_USER, Q_REDIS, Q_REDIS_LOCATION,
              Q_HOST_ROLE, Q_HOST_NAME, Q_WORKER_HOSTS, Q_REPLICATION, Q_ALLOW_PUBLIC, Q_METRICS,
-             Q_SHARED_MEDIA, Q_MEMORY_BUDGET)
+             Q_SHARED_MEDIA, Q_MEMORY_BUDGET, Q_WEB_SERVER)
 #: The choices of the preset question, in template order.
 PRESET_CHOICES = (AUTO, *PRESETS, CUSTOM)
 #: The key that keeps what ``auto`` resolved to, in the applied record and the pending answers.
@@ -263,6 +266,19 @@ def _check_deployment(selection: Selection, topology: Topology, redis_mode: Redi
                                      "'dedicated', or name no worker hosts")
 
 
+def web_server_answer(value: str) -> WebServer | None:
+    """The web server answer; None for ``auto`` (or empty: a debconf database from before
+    the question): detected on the host (system/webservers.py)."""
+    text = value.strip().lower()
+    if text in ("", AUTO_SERVER):
+        return None
+    try:
+        return parse_web_server(text)
+    except SelectionError:
+        raise InvalidAnswer(Q_WEB_SERVER, f"web server {value.strip()!r} is not known; accepted: "
+                                          f"{', '.join(DEBCONF_CHOICES)}") from None
+
+
 def _names(socket_group: str, web_user: str) -> tuple[str, str]:
     group = socket_group.strip()
     try:
@@ -284,7 +300,8 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                  allow_public_address: str = "false",
                  metrics: str = "false",
                  shared_media_store: str = "false",
-                 memory_budget: str = "auto") -> tuple[Selection | None, Settings]:
+                 memory_budget: str = "auto",
+                 web_server: str = AUTO_SERVER) -> tuple[Selection | None, Settings]:
     """Check every answer; return what to apply or raise :class:`InvalidAnswer`.
 
     ``types`` and ``counts`` count only with the preset ``custom``, and
@@ -297,6 +314,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     holds for every host.  ``shared_media_store`` (the admin's word that every
     host mounts one media store) counts only for media workers on worker hosts.
     ``memory_budget`` is each host's own.
+    ``web_server`` counts only on the main host, where the server in front runs.
     """
     budget = _memory_budget(memory_budget)
     if _host_role(host_role) is HostRole.WORKER_HOST:
@@ -306,6 +324,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
                               memory_budget=budget)
     selection = _selection(preset, types, counts)
     group, user = _names(socket_group, web_user)
+    server = web_server_answer(web_server)
     redis_settings = _redis(redis, redis_location)
     topology = _main_host(worker_hosts, replication_address,
                           _boolean(Q_ALLOW_PUBLIC, allow_public_address),
@@ -313,7 +332,7 @@ def from_answers(preset: str, types: str, counts: str, socket_group: str, web_us
     _check_deployment(selection, topology, redis_settings.mode)
     return selection, Settings(socket_group=group, web_user=user, redis=redis_settings,
                                topology=topology, metrics=_boolean(Q_METRICS, metrics),
-                               memory_budget=budget)
+                               memory_budget=budget, web_server=server)
 
 
 def normalized_counts(counts: Mapping[str, int]) -> str:

@@ -40,6 +40,7 @@ from ..core.plan import Plan
 from ..core.selection import AUTO, Selection
 from ..core.settings import RedisMode, Settings
 from ..core.topology import HostRole
+from ..core.webserver import WebServer
 from ..core.words import plural
 from ..system import applied
 from ..system.synapseversion import SYNAPSE_PACKAGE, package_version
@@ -239,9 +240,23 @@ def worker_host_steps(settings: Settings) -> list[str]:
 # --- the actions ---------------------------------------------------------------
 
 
+def web_server_now(root: Path, settings: Settings, reconfiguring: bool) -> WebServer:
+    """The server in front, decided once for the dry run and the apply: the answer, or for
+    ``auto`` the one last applied (kept across upgrades while it is installed), detected
+    anew when the admin reconfigures (as the preset ``auto`` is sized anew)."""
+    from ..system import webservers
+    return webservers.resolve(root, settings.web_server, again=reconfiguring)
+
+
 def nginx_left_to_do(root: Path) -> list[str]:
+    """What is left in the configuration of the server just applied (nginx's, or
+    another's include): nothing about nginx when another server is in front."""
+    from ..system import webservers
     from ..system.nginx import left_to_do
-    return left_to_do(root)
+    server = webservers.deployed(root)
+    if server is None or server is WebServer.NGINX:
+        return left_to_do(root)
+    return webservers.left_to_do(root, server)
 
 
 def _engine() -> tuple[Callable[..., Any], Callable[..., Any], Callable[[str], bool]]:
@@ -273,13 +288,16 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
         return 1
 
     preset = db.get(answers.Q_PRESET)
+    reconfiguring = os.environ.get("DEBCONF_RECONFIGURE") == "1"
     kept = answers.decided_auto(preset, applied.read(root), applied.pending(root),
-                                reconfiguring=os.environ.get("DEBCONF_RECONFIGURE") == "1")
+                                reconfiguring=reconfiguring)
     if kept is not None and selection is not None:
         selection = kept
     auto = (answers.normalized_counts(selection.counts)
             if selection is not None and preset.strip().lower() == AUTO else None)
 
+    if settings.topology.role is not HostRole.WORKER_HOST:
+        settings = replace(settings, web_server=web_server_now(root, settings, reconfiguring))
     adopt = db.get(answers.Q_HAND_MADE) != "leave"
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.
@@ -326,8 +344,11 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
     # says it was done).
     if before is not None and before.synapse and before.synapse != synapse_now:
         restart_after_upgrade(root, out=out)
+    server = (getattr(report, "settings", None) or settings).web_server
     applied.finish(root, replace(answers.applied_record(root), synapse=synapse_now,
-                                 web_user=settings.web_user, auto=auto))
+                                 web_user=settings.web_user, auto=auto,
+                                 web_server=server.value if server is not None else None,
+                                 debconf_web_server=server.value if server is not None else None))
     say(summary(report.plan, getattr(report, "settings", None) or settings, report.redis_server)
         + ("" if report.changed else "; nothing changed"), out)
     for notice in report.notices:  # a switch of server, a password copied for Synapse

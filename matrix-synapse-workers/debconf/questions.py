@@ -2,7 +2,7 @@
 ``debian/config`` (sh) and the postinst's follow-ups.
 
 The order is the one a single-host admin thinks in: the workers, Redis, the web
-server (the socket group and its user), metrics; then one question, whether the
+server (the socket group, which server, its user), metrics; then one question, whether the
 deployment spans several machines (:data:`Q_MULTI_HOST`), behind which come the
 host's role and the other machines.  That question only gates asking:
 ``debian/config`` answers it yes itself when the answers already name other
@@ -17,8 +17,8 @@ now apply (:func:`followups`).
 
 >>> answers = {Q_HOST_ROLE: "main", Q_PRESET: "custom", Q_REDIS: "dedicated"}
 >>> [q.name.split("/")[1] for q in FLOW if q.when(answers)]  # doctest: +NORMALIZE_WHITESPACE
-['preset', 'worker-types', 'worker-counts', 'redis', 'socket-group', 'web-user', 'metrics',
- 'multi-host', 'hand-made', 'memory-budget']
+['preset', 'worker-types', 'worker-counts', 'redis', 'socket-group', 'web-server', 'web-user',
+ 'metrics', 'multi-host', 'hand-made', 'memory-budget']
 >>> [q.name.split("/")[1] for q in FLOW if q.when({**answers, Q_MULTI_HOST: "true"})][-4:-2]
 ['host-role', 'worker-hosts']
 >>> [q.split("/")[1] for q in followups(Q_PRESET, answers)]
@@ -33,7 +33,7 @@ from typing import Callable, Mapping
 from .answers import (CUSTOM, PACKAGE, Q_ALLOW_PUBLIC, Q_COUNTS, Q_HAND_MADE, Q_HOST_NAME, Q_HOST_ROLE,
                       Q_MEMORY_BUDGET, Q_METRICS,
                       Q_PRESET, Q_REDIS, Q_REDIS_LOCATION, Q_REPLICATION, Q_SHARED_MEDIA, Q_SOCKET_GROUP,
-                      Q_TYPES, Q_WEB_USER, Q_WORKER_HOSTS)
+                      Q_TYPES, Q_WEB_SERVER, Q_WEB_USER, Q_WORKER_HOSTS)
 
 Answers = Mapping[str, str]
 
@@ -93,6 +93,8 @@ FLOW: tuple[Question, ...] = (
     Question(Q_REDIS, "medium", main_host, "main_host"),
     Question(Q_REDIS_LOCATION, "high", existing_redis, "main_host && is redis existing", follows=Q_REDIS),
     Question(Q_SOCKET_GROUP, "low", always),
+    # The server in front runs on the main host; detected by default (auto).
+    Question(Q_WEB_SERVER, "medium", main_host, "main_host"),
     Question(Q_WEB_USER, "medium", main_host, "main_host"),
     Question(Q_METRICS, "medium", main_host, "main_host"),
     Question(Q_MULTI_HOST, "medium", always),

@@ -12,7 +12,8 @@ from ..core.catalog import ENDPOINTS_CHECKED_AGAINST, Version
 from ..core.plan import Plan
 from .files import RenderedFile, render_template
 from .routing import READ_METHODS, Upstream, nginx_model
-from .webcommon import ROOM_ID, SYT_LOCALPART, Backend, backends, main_prefixes
+from .webcommon import (LIMIT_EXCEEDED_BODY, RETRY_AFTER_MS, ROOM_ID, SYT_LOCALPART, Backend, backends,
+                        main_prefixes)
 
 HEX = "0123456789abcdef"
 #: Seconds a worker that failed is left out of its pool.
@@ -20,6 +21,9 @@ RETRY = 10
 CONNECT_TIMEOUT = 3
 #: The environment variable (set by the snippet's rewrite rules) each hash key reads.
 ENV = {"$msw_user": "MSW_USER", "$msw_room": "MSW_ROOM", "$msw_origin": "MSW_ORIGIN"}
+#: Where a 503 of the balancer (main cannot be reached) is sent internally, to become
+#: the Matrix 429: Apache lets the request of an ErrorDocument answer with another status.
+LIMIT_PATH = "/_matrix/msw-limit-exceeded"
 
 
 def url(backend: Backend) -> str:
@@ -45,11 +49,15 @@ def buckets(upstream: Upstream) -> list[tuple[Backend, str]]:
 
 def apache_files(plan: Plan, version: Version | None = None,
                  mas: bool = False) -> tuple[RenderedFile, ...]:
+    """The snippet for the Matrix vhosts, and the one for Synapse's admin API (its media
+    part to the media workers, the rest to main), included after it where admins reach it."""
     model = nginx_model(plan, version, mas)
-    text = render_template(
-        "apache.conf.j2", model=model, main_prefixes=main_prefixes(model), path=paths.APACHE_CONF,
-        backends=backends, url=url,
+    context = dict(
+        model=model, main_prefixes=main_prefixes(model), path=paths.APACHE_CONF,
+        admin_path=paths.APACHE_ADMIN_CONF, backends=backends, url=url,
         buckets=buckets, env=ENV, checked=".".join(map(str, ENDPOINTS_CHECKED_AGAINST)),
         retry=RETRY, connect_timeout=CONNECT_TIMEOUT, read_methods=READ_METHODS,
-        syt=SYT_LOCALPART, room=ROOM_ID)
-    return (RenderedFile(paths.APACHE_CONF, text),)
+        syt=SYT_LOCALPART, room=ROOM_ID, limit_path=LIMIT_PATH, body=LIMIT_EXCEEDED_BODY,
+        retry_after_s=-(-RETRY_AFTER_MS // 1000))
+    return (RenderedFile(paths.APACHE_CONF, render_template("apache.conf.j2", **context)),
+            RenderedFile(paths.APACHE_ADMIN_CONF, render_template("apache-admin.conf.j2", **context)))

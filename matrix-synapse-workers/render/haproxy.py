@@ -12,7 +12,7 @@ from ..core.catalog import ENDPOINTS_CHECKED_AGAINST, Version
 from ..core.plan import Plan
 from .files import RenderedFile, render_template
 from .routing import CONNECT_TIMEOUT, READ_METHODS, nginx_model
-from .webcommon import (LIMIT_EXCEEDED_BODY, REPEATABLE_METHODS, RETRY_AFTER_MS, ROOM_ID, main_prefixes,
+from .webcommon import (ADMIN_PREFIX, LIMIT_EXCEEDED_BODY, REPEATABLE_METHODS, RETRY_AFTER_MS, ROOM_ID, main_prefixes,
                         SYT_LOCALPART, backends)
 
 
@@ -24,5 +24,5 @@ def haproxy_files(plan: Plan, version: Version | None = None,
         backends=backends,
         checked=".".join(map(str, ENDPOINTS_CHECKED_AGAINST)), connect_timeout=CONNECT_TIMEOUT,
         repeatable=REPEATABLE_METHODS, read_methods=READ_METHODS, retry_after_ms=RETRY_AFTER_MS,
-        body=LIMIT_EXCEEDED_BODY, syt=SYT_LOCALPART, room=ROOM_ID)
+        body=LIMIT_EXCEEDED_BODY, syt=SYT_LOCALPART, room=ROOM_ID, admin_prefix=ADMIN_PREFIX)
     return (RenderedFile(paths.HAPROXY_CONF, text),)

@@ -17,6 +17,8 @@ from .routing import MAS_TO_SYNAPSE, REPEATABLE_METHODS, RETRY_AFTER_MS, NginxMo
 LIMIT_EXCEEDED_BODY = ('{"errcode":"M_LIMIT_EXCEEDED","error":"The server is restarting, '
                        'try again shortly","retry_after_ms":%d}' % RETRY_AFTER_MS)
 
+#: Synapse's admin API: the admin snippets route it (see nginx's admin snippet).
+ADMIN_PREFIX = "/_synapse/admin/"
 #: The user's key: the localpart of a Synapse-issued token (``syt_<base64>_...``).
 SYT_LOCALPART = r"syt_([A-Za-z0-9+/=]+)_"
 #: The room id after /rooms/ in a client path.

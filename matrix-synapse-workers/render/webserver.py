@@ -31,11 +31,13 @@ _RENDERERS: dict[WebServer, Callable[[Plan, Version | None, bool], tuple[Rendere
 #: Every routing file of every server: a switch of server removes the old ones.
 ALL_PATHS: dict[WebServer, tuple[PurePosixPath, ...]] = {
     WebServer.NGINX: (paths.NGINX_HTTP_CONF, paths.NGINX_SNIPPET, paths.NGINX_ADMIN_SNIPPET),
-    WebServer.APACHE: (paths.APACHE_CONF,),
-    WebServer.CADDY: (paths.CADDY_SNIPPET,),
+    WebServer.APACHE: (paths.APACHE_CONF, paths.APACHE_ADMIN_CONF),
+    WebServer.CADDY: (paths.CADDY_SNIPPET, paths.CADDY_ADMIN_SNIPPET),
     WebServer.HAPROXY: (paths.HAPROXY_CONF,),
     WebServer.NONE: (),
 }
+#: The files for Synapse's admin API: included only where admins reach it (optional).
+ADMIN_PATHS = frozenset((paths.NGINX_ADMIN_SNIPPET, paths.APACHE_ADMIN_CONF, paths.CADDY_ADMIN_SNIPPET))
 
 
 def routing_paths(server: WebServer, plan: Plan) -> tuple[PurePosixPath, ...]:
@@ -54,7 +56,7 @@ def web_files(server: WebServer, plan: Plan, version: Version | None = None, mas
     >>> from ..core.plan import plan_workers
     >>> plan = Plan(plan_workers(select(preset="minimal")))
     >>> [str(f.path) for f in web_files(WebServer.CADDY, plan)]
-    ['etc/caddy/matrix-synapse-workers.caddy']
+    ['etc/caddy/matrix-synapse-workers.caddy', 'etc/caddy/matrix-synapse-workers-admin.caddy']
     >>> web_files(WebServer.NONE, plan)
     ()
     """

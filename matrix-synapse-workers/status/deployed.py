@@ -20,6 +20,7 @@ from ..system.hostfacts import (deployed_memory_budget, existing_worker_names, m
                                read_host_facts)
 from ..core.plan import Plan, Worker, parse_worker_name
 from ..render.files import RenderedFile, dump_yaml, main_listeners, render
+from ..render.webserver import ALL_PATHS
 from ..core.settings import Settings
 from .model import MAIN_HOST, WORKER_HOST, PathStat, Reach, SecretFile
 from ..system import applied, netprobe
@@ -119,7 +120,8 @@ def listeners_match(root: Path, facts: Any, replication: Address | None = None) 
 def _ours(item: RenderedFile) -> bool:
     if item.path in (paths.REPLICATION_SECRET, paths.REDIS_PASSWORD):
         return False  # random content, written once: nothing to compare against
-    return item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
+    return (item.path.parts[:2] == paths.SYNAPSE_ETC.parts or item.path.parts[:2] == paths.NGINX_DIR.parts
+            or any(item.path in files for files in ALL_PATHS.values()))
 
 
 def plan_here(root: Path, settings: Settings, side: "Side | None" = None,

@@ -262,6 +262,8 @@ def config_facts(root: Path, seen: Look, debconf: dict[str, str] | str) -> tuple
     if answers is None:
         answer_error = str(debconf)
         settings = seen.settings
+    elif settings.web_server is None:  # auto: the server deployed, as the apply keeps it
+        settings = replace(settings, web_server=seen.settings.web_server)
     config_error = seen.config_error
     missing: tuple[str, ...] = ()
     drifted: tuple[str, ...] = ()

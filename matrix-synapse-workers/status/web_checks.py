@@ -3,10 +3,13 @@ whether the workers' paths reach the workers)."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from ..core import paths, vhost
 from ..core.vhost import Routing
 from ..core.words import plural
 from ..core.webserver import CHECK_TOOL, INCLUDE_ADVICE, WebServer
+from ..render.webserver import ADMIN_PATHS
 from .model import FAIL, INFO, OK, WARN, Facts, Row
 from .advice import RECONFIGURE
 
@@ -78,10 +81,16 @@ def check_web_server(facts: Facts) -> list[Row]:
     rows = []
     if web.missing:
         rows.append(Row(web.server, "files", WARN, f"missing: {', '.join(web.missing)}", f"run: {RECONFIGURE}"))
-    if web.not_included:
+    admin = [f for f in web.not_included if PurePosixPath(f.lstrip("/")) in ADMIN_PATHS]
+    not_included = [f for f in web.not_included if f not in admin]
+    if not_included:
         rows.append(Row(web.server, "include", WARN,
-                        f"not in {web.server}'s configuration: {', '.join(web.not_included)}",
-                        INCLUDE_ADVICE[server].replace("FILE", web.not_included[0])))
+                        f"not in {web.server}'s configuration: {', '.join(not_included)}",
+                        INCLUDE_ADVICE[server].replace("FILE", not_included[0])))
+    if admin:  # optional: only where admins reach the admin API
+        rows.append(Row(web.server, "admin API", INFO, f"{admin[0]} is not included",
+                        f"name it after {web.rendered[0]} where admins reach /_synapse/admin "
+                        "(the media admin API needs it once media workers run)"))
     if web.test_ok is False:
         lines = web.test_output.strip().splitlines()
         first = next((line for line in lines if "rror" in line or "ALERT" in line), lines[-1] if lines else "")
@@ -89,7 +98,8 @@ def check_web_server(facts: Facts) -> list[Row]:
                         f"fix what {tool} reports; the running {web.server} keeps its old configuration until then"))
     elif web.test_ok is None:
         rows.append(Row(web.server, tool, INFO, f"{web.server} not found: not tested"))
-    if not rows:
-        rows.append(Row(web.server, "routing", OK, f"{len(web.rendered)} files included, {tool} passes"))
+    if all(r.status == INFO for r in rows) and web.test_ok:
+        included = len(web.rendered) - len(web.not_included)
+        rows.insert(0, Row(web.server, "routing", OK, f"{plural(included, 'file')} included, {tool} passes"))
     return rows
 

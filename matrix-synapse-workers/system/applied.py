@@ -5,8 +5,13 @@
 (``true`` or ``false``), ``synapse`` (the Synapse package and version the workers were last started
 with), ``web_user`` (the web server user put in the socket group; empty for
 none: the one choice no deployed file shows), ``auto`` (the counts the
-preset ``auto`` resolved to when it was last decided, kept across upgrades) and
-``memory_budget`` (``auto`` or MiB, as conf.d/workers.yaml says it).
+preset ``auto`` resolved to when it was last decided, kept across upgrades),
+``memory_budget`` (``auto`` or MiB, as conf.d/workers.yaml says it),
+``web_server`` (the server in front last applied, by the postinst or the command, as
+:class:`..core.webserver.WebServer` spells it: ``none`` leaves no file to show it, and
+it is what ``auto`` keeps) and ``debconf_web_server`` (the one the postinst applied:
+when the command applied another since, ``debian/config`` takes that as the answer,
+as it takes files changed by hand).
 This module is the format's one definition.  ``debian/config`` (sh:
 at preconfigure it may run before python3 is unpacked) reads the same file
 with sed, the last line of a key winning as it does here;
@@ -52,6 +57,8 @@ class AppliedRecord:
     auto: str | None = None
     #: The memory budget applied (``auto`` or MiB), as conf.d/workers.yaml keeps it.
     memory_budget: str | None = None
+    web_server: str | None = None
+    debconf_web_server: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> AppliedRecord:

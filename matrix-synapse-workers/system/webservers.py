@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core.webserver import WebServer, detect
+from ..core.webserver import INCLUDE_ADVICE, WebServer, detect
+from . import applied
 from .run import run
 
 #: The package's configuration directory, its binary, its unit, and its check.
@@ -61,11 +62,19 @@ def unit(server: WebServer) -> str | None:
 
 
 def deployed(root: Path) -> WebServer | None:
-    """The server whose routing files of ours were written last (None: none are on disk).
+    """The server last applied, as the applied record keeps it, else the one whose
+    routing files of ours were written last (None: neither says).
 
-    A switch of server leaves the other server's files in place (its sites may still
-    include them), so the newest tells which one the last apply chose.
+    The record is read first: ``none`` writes no file, and a switch of server leaves
+    the other server's files in place (its sites may still include them).  The
+    newest files tell it on a host applied before the record kept it.
     """
+    record = applied.read(root)
+    if record is not None and record.web_server:
+        try:
+            return WebServer(record.web_server)
+        except ValueError:  # a record edited by hand: the files tell
+            pass
     from ..render.files import is_generated
     from ..render.webserver import ALL_PATHS
     found: list[tuple[float, WebServer]] = []
@@ -98,11 +107,18 @@ def listeners() -> dict[int, str]:
     return found
 
 
-def resolve(root: Path, chosen: WebServer | None) -> WebServer:
-    """The admin's choice, else the server deployed, else the one detected on this host."""
+def resolve(root: Path, chosen: WebServer | None, *, again: bool = False) -> WebServer:
+    """The admin's choice, else the server deployed while it is still installed (``auto``
+    is decided once, as the preset ``auto`` is), else the one detected on this host now.
+
+    ``again``: detect now whatever is deployed (``auto`` answered in dpkg-reconfigure).
+    """
     if chosen is not None:
         return chosen
-    return deployed(root) or detected(root, listeners() if root == Path("/") else {})
+    kept = None if again else deployed(root)
+    if kept is not None and (kept is WebServer.NONE or is_installed(root, kept)):
+        return kept
+    return detected(root, listeners() if root == Path("/") else {})
 
 
 def checked_by(server: WebServer) -> dict[str, Any]:
@@ -144,3 +160,16 @@ def dump(server: WebServer, root: Path, ours: tuple[str, ...],
                         if (root / p).is_file())
         used = frozenset(f for f in ours if f in texts)
     return done.returncode == 0, done.stderr + done.stdout, used
+
+
+def left_to_do(root: Path, server: WebServer) -> list[str]:
+    """The include the admin has still to add for ``server`` (Apache, Caddy, HAProxy);
+    [] when it is there or cannot be told (not installed, a root other than /).  The
+    admin API's file is left out: it is included only where admins reach the API."""
+    from ..render.webserver import ADMIN_PATHS, ALL_PATHS
+    if server in (WebServer.NGINX, WebServer.NONE) or not is_installed(root, server):
+        return []
+    ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file() and p not in ADMIN_PATHS)
+    passed, _, used = dump(server, root, ours)[:3]
+    return [INCLUDE_ADVICE[server].replace("FILE", f) for f in ours
+            if passed is not None and f not in used]

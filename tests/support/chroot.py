@@ -432,7 +432,7 @@ class Chroot:
     def preseed(self, answers: Mapping[str, str]) -> None:
         """debconf-set-selections for our questions; values are typed by question."""
         types = {"preset": "select", "worker-types": "multiselect", "redis": "select",
-                 "host-role": "select", "allow-public-address": "boolean",
+                 "host-role": "select", "web-server": "select", "allow-public-address": "boolean",
                  "shared-media-store": "boolean", "metrics": "boolean"}
         lines = "".join(
             f"matrix-synapse-workers matrix-synapse-workers/{q} {types.get(q, 'string')} {v}\n"

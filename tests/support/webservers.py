@@ -36,6 +36,17 @@ def apache_check(apache: str, etc: Path, scratch: Path) -> subprocess.CompletedP
                           capture_output=True, text=True, env=env)
 
 
+def admin_of(snippet: Path) -> Path | None:
+    """The admin API's file written beside ``snippet`` (Apache's and Caddy's), if any."""
+    admin = snippet.with_name(f"{snippet.stem}-admin{snippet.suffix}")
+    return admin if admin.is_file() else None
+
+
+def _includes(word: str, snippet: Path, indent: str) -> str:
+    """``snippet``, and after it the admin API's file, as an admin names them."""
+    return "\n".join(f"{indent}{word} {f}" for f in (snippet, admin_of(snippet)) if f is not None)
+
+
 def apache_site(directory: Path, snippet: Path, port: int) -> Path:
     loads = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so"
                       for m in APACHE_MODULES)
@@ -51,7 +62,7 @@ DefaultRuntimeDir {directory}
 Mutex file:{directory}
 Listen 127.0.0.1:{port}
 <VirtualHost 127.0.0.1:{port}>
-    Include {snippet}
+{_includes("Include", snippet, "    ")}
 </VirtualHost>
 """)
     return site
@@ -65,7 +76,7 @@ def caddy_site(directory: Path, snippet: Path, port: int) -> Path:
 \tstorage file_system {directory}/data
 }}
 http://127.0.0.1:{port} {{
-\timport {snippet}
+{_includes("import", snippet, chr(9))}
 }}
 """)
     return site
@@ -82,6 +93,6 @@ defaults
     timeout server 50s
 frontend www
     bind 127.0.0.1:{port}
-    use_backend msw_entry if {{ path_beg /_matrix/ /_synapse/client/ }}
+    use_backend msw_entry if {{ path_beg /_matrix/ /_synapse/client/ /_synapse/admin/ }}
 """)
     return site

@@ -68,6 +68,33 @@ def test_redis_choices_are_the_modes():
     assert choices_c(templates()[Q_REDIS]) == [m.value for m in RedisMode]
 
 
+def test_web_server_choices_are_auto_and_each_server_by_its_debian_name():
+    from matrix_synapse_workers.core.webserver import DEBCONF_CHOICES, WebServer, parse_web_server
+    assert choices_c(templates()[answers.Q_WEB_SERVER]) == list(DEBCONF_CHOICES)
+    assert templates()[answers.Q_WEB_SERVER]["Default"] == "auto"
+    assert {parse_web_server(c) for c in DEBCONF_CHOICES[1:]} == set(WebServer)
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("auto", None), ("", None), (" Auto ", None), ("nginx", "nginx"), ("apache2", "apache"),
+    ("apache", "apache"), ("caddy", "caddy"), ("haproxy", "haproxy"), ("none", "none")])
+def test_web_server_answers(given, expected):
+    server = answer(web_server=given)[1].web_server
+    assert (server.value if server is not None else None) == expected
+
+
+def test_a_bad_web_server_names_itself_and_the_choices():
+    with pytest.raises(InvalidAnswer) as caught:
+        answer(web_server="lighttpd")
+    assert caught.value.question == answers.Q_WEB_SERVER
+    assert str(caught.value) == ("web server 'lighttpd' is not known; accepted: auto, nginx, "
+                                 "apache2, caddy, haproxy, none")
+
+
+def test_a_worker_host_has_no_web_server():
+    assert answer(host_role="worker-host", host_name="hostb", web_server="caddy")[1].web_server is None
+
+
 def test_translated_choices_line_up_with_the_codes():
     for template in templates().values():
         if "Choices-C" not in template:
@@ -593,6 +620,21 @@ def test_config_reads_metrics_back_only_when_the_files_differ_from_the_record(tm
 
 
 @needs_sh
+def test_config_takes_the_web_server_the_command_applied_since_the_postinst(tmp_path):
+    from matrix_synapse_workers.system.applied import AppliedRecord
+    root = tmp_path / "root"
+    postinst = AppliedRecord(web_server="nginx", debconf_web_server="nginx")
+    deploy(root, [], applied=postinst.format())
+    # A newer preseed wins over what the postinst applied.
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "caddy"}) == {}
+    # 'matrix-synapse-workers apply --web-server apache' since: that is the answer now.
+    deploy(root, [], applied=AppliedRecord(web_server="apache", debconf_web_server="nginx").format())
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "nginx"}) == {answers.Q_WEB_SERVER: "apache2"}
+    deploy(root, [], applied=AppliedRecord(web_server="none", debconf_web_server="nginx").format())
+    assert run_config(tmp_path, {answers.Q_WEB_SERVER: "auto"}) == {answers.Q_WEB_SERVER: "none"}
+
+
+@needs_sh
 def test_config_reads_the_memory_budget_back_from_the_shared_file(tmp_path):
     root = tmp_path / "root"
     deploy(root, ["sync-1"])
@@ -623,8 +665,8 @@ def test_config_role_list_is_the_catalog(tmp_path):
 
 # The order a single-host admin thinks in: workers, Redis, the web server, metrics; then
 # whether other machines take part.
-MAIN_FLOW = [("high", "preset"), ("medium", "redis"), ("low", "socket-group"), ("medium", "web-user"),
-             ("medium", "metrics"), ("medium", "multi-host"),
+MAIN_FLOW = [("high", "preset"), ("medium", "redis"), ("low", "socket-group"), ("medium", "web-server"),
+             ("medium", "web-user"), ("medium", "metrics"), ("medium", "multi-host"),
              ("low", "hand-made"), ("low", "memory-budget")]
 
 
@@ -660,7 +702,7 @@ def test_config_asks_the_address_and_confirmation_only_with_worker_hosts(tmp_pat
                             Q_REDIS: "existing"})
     assert flow == [("high", "preset"), ("high", "worker-types"), ("medium", "worker-counts"),
                     ("medium", "redis"), ("high", "redis-location"), ("low", "socket-group"),
-                    ("medium", "web-user"), ("medium", "metrics"), ("medium", "multi-host"),
+                    ("medium", "web-server"), ("medium", "web-user"), ("medium", "metrics"), ("medium", "multi-host"),
                     ("medium", "host-role"), ("medium", "worker-hosts"),
                     ("high", "replication-address"), ("low", "allow-public-address"),
                     ("low", "shared-media-store"), ("low", "hand-made"), ("low", "memory-budget")]

@@ -29,7 +29,7 @@ DEFAULTS = {answers.Q_PRESET: "small", answers.Q_TYPES: "", answers.Q_COUNTS: ""
             answers.Q_HOST_NAME: "", answers.Q_WORKER_HOSTS: "", answers.Q_REPLICATION: "",
             answers.Q_ALLOW_PUBLIC: "false", answers.Q_METRICS: "false",
             answers.Q_SHARED_MEDIA: "false", answers.Q_HAND_MADE: "adopt",
-            answers.Q_MEMORY_BUDGET: "auto"}
+            answers.Q_MEMORY_BUDGET: "auto", answers.Q_WEB_SERVER: "auto"}
 
 
 class FakeDebconf:
@@ -377,3 +377,110 @@ def test_a_refusal_exits_0_and_is_kept_for_status(tmp_path, fail):
     assert applied.refusal(root) == "5 Synapse processes open at least 25 database connections"
     applied.clear_refusal(root)
     assert applied.refusal(root) is None
+
+
+# --- the web server in front (issue 27) ------------------------------------------
+
+
+@pytest.fixture
+def servers(tmp_path, monkeypatch):
+    """A root where the servers made by ``install(NAME)`` are installed (their directory
+    under the root, a binary on the PATH webservers searches), and no other."""
+    from matrix_synapse_workers.system import webservers
+    root = make_root(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setattr(webservers, "_PATH", str(bin_dir))
+    monkeypatch.delenv("DEBCONF_RECONFIGURE", raising=False)
+
+    def install(server):
+        etc, binary, _, _ = webservers.SERVERS[server]
+        (root / etc).mkdir(parents=True, exist_ok=True)
+        (bin_dir / binary).write_text("#!/bin/sh\n")
+        (bin_dir / binary).chmod(0o755)
+    return root, install
+
+
+def web_server_applied(engine):
+    return [call[1].web_server.value for call in engine.calls]
+
+
+def test_auto_is_detected_at_install_kept_at_upgrade_and_detected_again_by_reconfigure(
+        servers, monkeypatch):
+    from matrix_synapse_workers.core.webserver import WebServer
+    root, install = servers
+    install(WebServer.APACHE)
+    engine = Engine()
+    assert configure(root, FakeDebconf(interactive=False), engine)[0] is None
+    assert web_server_applied(engine) == ["apache", "apache"]  # the dry run and the apply agree
+    assert applied.read(root).web_server == "apache"
+    # nginx comes in later (another site): an upgrade keeps what auto decided.
+    install(WebServer.NGINX)
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False), engine)
+    assert web_server_applied(engine) == ["apache", "apache"]
+    # The admin reconfigures with auto: detected again (of two, none serving: nginx first).
+    monkeypatch.setenv("DEBCONF_RECONFIGURE", "1")
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False), engine)
+    assert web_server_applied(engine) == ["nginx", "nginx"]
+    assert applied.read(root).web_server == "nginx"
+
+
+def test_auto_detects_again_once_the_server_kept_is_gone(servers):
+    import shutil
+    from matrix_synapse_workers.core.webserver import WebServer
+    root, install = servers
+    install(WebServer.CADDY)
+    configure(root, FakeDebconf(interactive=False), Engine())
+    shutil.rmtree(root / "etc/caddy")
+    install(WebServer.HAPROXY)
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False), engine)
+    assert web_server_applied(engine) == ["haproxy", "haproxy"]
+
+
+@pytest.mark.parametrize("answer,expected", [("none", "none"), ("apache2", "apache"), ("caddy", "caddy")])
+def test_a_chosen_server_is_applied_and_kept_for_later_commands(servers, answer, expected):
+    from matrix_synapse_workers.core.webserver import WebServer
+    from matrix_synapse_workers.deployment import deployed_settings
+    root, install = servers
+    install(WebServer.NGINX)  # installed, and served first by auto: not the one chosen
+    if expected != "none":
+        install(WebServer(expected))
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False, web_server=answer), engine)
+    assert web_server_applied(engine) == [expected, expected]
+    assert applied.read(root).web_server == applied.read(root).debconf_web_server == expected
+    # What a later command (apply, status, the trigger's refresh) takes as deployed.
+    assert deployed_settings(root).web_server is WebServer(expected)
+    # An upgrade with auto keeps it, none included (no file shows none).
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False), engine)
+    assert web_server_applied(engine) == [expected, expected]
+
+
+def test_a_bad_preseeded_web_server_fails_naming_it_before_anything(tmp_path):
+    root = make_root(tmp_path)
+    engine = Engine()
+    result, said = configure(root, FakeDebconf(interactive=False, web_server="lighttpd"), engine)
+    assert result == 1 and engine.calls == [] and applied.read(root) is None
+    assert "Error: web server 'lighttpd' is not known; accepted: auto, nginx, apache2, caddy, " \
+           "haproxy, none" in said
+    assert f"question {answers.Q_WEB_SERVER}" in said
+
+
+def test_a_bad_web_server_is_asked_again_when_debconf_can_show_it(tmp_path):
+    root = make_root(tmp_path)
+    db, engine = FakeDebconf(web_server="lighttpd", typed={answers.Q_WEB_SERVER: "none"}), Engine()
+    assert configure(root, db, engine)[0] is None
+    assert answers.Q_WEB_SERVER in db.shown
+    assert web_server_applied(engine) == ["none", "none"]
+
+
+def test_a_worker_host_records_no_web_server(tmp_path):
+    root = make_root(tmp_path)
+    engine = Engine()
+    configure(root, FakeDebconf(interactive=False, host_role="worker-host", host_name="hostb",
+                                web_server="caddy"), engine)
+    assert engine.calls[-1][1].web_server is None and applied.read(root).web_server is None

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from support.vhosts import EXAMPLES
 from support.webservers import APACHE_MODULES, apache_check, need
 from test_webservers import write
@@ -23,7 +25,21 @@ def certificate(directory: Path) -> tuple[Path, Path]:
     return key, cert
 
 
-def test_apache_example(tmp_path: Path) -> None:
+#: The line an admin uncomments where admins reach Synapse's admin API.
+ADMIN_LINE = {"apache": "#Include /etc/apache2/matrix-synapse-workers-admin.conf",
+              "caddy": "#import /etc/caddy/matrix-synapse-workers-admin.caddy",
+              "haproxy": "#use_backend msw_entry if { path_beg /_synapse/admin/ }"}
+
+
+def example(name: str, server: str, admin: bool) -> str:
+    """The example as shipped, or with its admin API line uncommented."""
+    text = (EXAMPLES / name).read_text()
+    assert ADMIN_LINE[server] in text
+    return text.replace(ADMIN_LINE[server], ADMIN_LINE[server][1:]) if admin else text
+
+
+@pytest.mark.parametrize("admin", [False, True])
+def test_apache_example(tmp_path: Path, admin: bool) -> None:
     apache = need("apache2")
     etc = tmp_path / "apache2"
     shutil.copytree("/etc/apache2", etc, symlinks=True)
@@ -34,36 +50,41 @@ def test_apache_example(tmp_path: Path) -> None:
                 target.symlink_to(available)
     certificate(tmp_path)
     snippet = write(tmp_path, "apache", "small")
-    text = (EXAMPLES / "apache-vhost.conf").read_text()
+    text = example("apache-vhost.conf", "apache", admin)
     assert "Include /etc/apache2/matrix-synapse-workers.conf" in text and CERT in text
     (etc / "sites-enabled" / "matrix.conf").write_text(
-        text.replace("/etc/apache2/matrix-synapse-workers.conf", str(snippet))
+        text.replace("/etc/apache2/matrix-synapse-workers", str(snippet.with_suffix("")))
         .replace(CERT, f"{tmp_path}/"))
     result = apache_check(apache, etc, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
-def test_caddy_example(tmp_path: Path) -> None:
+@pytest.mark.parametrize("admin", [False, True])
+def test_caddy_example(tmp_path: Path, admin: bool) -> None:
     caddy = need("caddy")
     snippet = write(tmp_path, "caddy", "small")
-    text = (EXAMPLES / "Caddyfile").read_text()
+    text = example("Caddyfile", "caddy", admin)
     assert "import /etc/caddy/matrix-synapse-workers.caddy" in text
     caddyfile = tmp_path / "Caddyfile"
-    caddyfile.write_text(text.replace("/etc/caddy/matrix-synapse-workers.caddy", str(snippet)))
+    caddyfile.write_text(text.replace("/etc/caddy/matrix-synapse-workers", str(snippet.with_suffix(""))))
     result = subprocess.run([caddy, "validate", "--config", str(caddyfile), "--adapter", "caddyfile"],
                             capture_output=True, text=True, env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_haproxy_example(tmp_path: Path) -> None:
+@pytest.mark.parametrize("admin", [False, True])
+def test_haproxy_example(tmp_path: Path, admin: bool) -> None:
     haproxy = need("haproxy")
     key, cert = certificate(tmp_path)
     pem = tmp_path / "matrix.pem"
     pem.write_text(cert.read_text() + key.read_text())
     ours = write(tmp_path, "haproxy", "small")
-    text = (EXAMPLES / "haproxy-frontend.cfg").read_text()
+    text = example("haproxy-frontend.cfg", "haproxy", admin)
     frontend = tmp_path / "haproxy.cfg"
-    frontend.write_text(Path("/etc/haproxy/haproxy.cfg").read_text() + "\n"
+    stock = Path("/etc/haproxy/haproxy.cfg").read_text()
+    # As the example says: no chroot, where the Synapse sockets are not.
+    assert "\tchroot /var/lib/haproxy\n" in stock
+    frontend.write_text(stock.replace("\tchroot /var/lib/haproxy\n", "") + "\n"
                         + text.replace("/etc/haproxy/certs/matrix.example.org.pem", str(pem)))
     result = subprocess.run([haproxy, "-c", "-f", str(frontend), "-f", str(ours)],
                             capture_output=True, text=True)

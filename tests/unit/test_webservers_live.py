@@ -8,6 +8,7 @@ temporary one (the only change to them).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -76,15 +77,16 @@ def get(server: str, path: str, token: str = "", method: str = "GET",
 @pytest.fixture(params=sorted(RENDERERS))
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, FakeWorker]]]:
     server = request.param
-    plan = Plan(plan_workers(select(workers="sync:3,client:2,federation_reader:2")))
+    plan = Plan(plan_workers(select(workers="sync:3,client:2,federation_reader:2,media:2")))
     sockets = tmp_path / "run"
     sockets.mkdir()
     workers = {name: FakeWorker(sockets, name)
                for name in ("main", *(w.name for w in plan.workers))}
-    (rendered,) = RENDERERS[server](plan)
-    snippet = tmp_path / rendered.path.name
-    snippet.write_text(rendered.content.replace("/run/matrix-synapse/", f"{sockets}/"))
-    process = start(server, tmp_path, snippet)
+    files = RENDERERS[server](plan)
+    for rendered in files:  # the admin API's file beside the first (support.webservers)
+        (tmp_path / rendered.path.name).write_text(
+            rendered.content.replace("/run/matrix-synapse/", f"{sockets}/"))
+    process = start(server, tmp_path, tmp_path / files[0].path.name)
     try:
         yield server, workers
     finally:
@@ -136,20 +138,42 @@ def test_a_post_no_worker_could_take_reaches_main(proxy: tuple[str, dict[str, Fa
 
 
 def test_main_unreachable_is_a_matrix_429(proxy: tuple[str, dict[str, FakeWorker]]) -> None:
-    """Caddy and HAProxy answer M_LIMIT_EXCEEDED, which clients retry; Apache can only
-    answer 503 (an ErrorDocument keeps the status)."""
+    """Each server answers M_LIMIT_EXCEEDED with retry_after_ms, which clients retry
+    (Apache: its balancer's 503 turned into the 429 by an ErrorDocument request)."""
     server, workers = proxy
     workers["main"].stop()
+    status, body = wait_for(server, MAIN_ONLY, 429)
+    assert status == 429, (status, body)
+    assert json.loads(body) == {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 3000,
+                                "error": "The server is restarting, try again shortly"}
+
+
+def wait_for(server: str, path: str, status: int, method: str = "GET") -> tuple[int, str]:
+    """The answer once it has ``status`` (health checks take seconds), or the last one."""
     deadline = time.monotonic() + 10
-    expected = 503 if server == "apache" else 429
     while True:
-        status, body = get(server, MAIN_ONLY, "syt_alice_abc_def")
-        if status == expected or time.monotonic() > deadline:
-            break
+        found = get(server, path, "syt_alice_abc_def", method)
+        if found[0] == status or time.monotonic() > deadline:
+            return found
         time.sleep(0.5)
-    assert status == expected, (status, body)
-    if expected == 429:
-        assert '"errcode":"M_LIMIT_EXCEEDED"' in body and '"retry_after_ms":' in body
+
+
+#: Paths of the media admin API (served only where the media repository runs) and not.
+MEDIA_ADMIN = ("/_synapse/admin/v1/media/example.org/abcdef", "/_synapse/admin/v1/purge_media_cache")
+OTHER_ADMIN = "/_synapse/admin/v2/users/@a:example.org"
+
+
+def test_the_media_admin_api_reaches_the_media_workers(proxy: tuple[str, dict[str, FakeWorker]]) -> None:
+    """As nginx's admin snippet: the media admin API to the media pool, the rest to main,
+    and to main while no media worker can be reached."""
+    server, workers = proxy
+    for path in MEDIA_ADMIN:
+        status, body = get(server, path, "syt_admin_abc_def", "POST" if "purge" in path else "GET")
+        assert status == 200 and body.startswith("media-"), (path, status, body)
+    assert get(server, OTHER_ADMIN, "syt_admin_abc_def") == (200, "main")
+    workers["media-1"].stop()
+    workers["media-2"].stop()
+    assert wait_for(server, MEDIA_ADMIN[0], 200) == (200, "main")
 
 
 def test_rooms_and_remote_servers_stick(proxy: tuple[str, dict[str, FakeWorker]]) -> None:

@@ -62,11 +62,12 @@ CHECK_TOOL = {WebServer.NGINX: "nginx -t", WebServer.APACHE: "apache2ctl -t",
               WebServer.HAPROXY: "haproxy -c -f /etc/haproxy/haproxy.cfg -f FILE"}
 #: How the admin's configuration takes our file in (FILE: its path).
 INCLUDE_ADVICE = {
-    WebServer.APACHE: "add 'Include FILE' inside the <VirtualHost> that serves Matrix, in place of "
+    WebServer.APACHE: "run 'a2enmod proxy_http proxy_balancer lbmethod_bybusyness headers rewrite', "
+                      "add 'Include FILE' inside the <VirtualHost> that serves Matrix, in place of "
                       "your ProxyPass lines, then apache2ctl -t && systemctl reload apache2",
     WebServer.CADDY: "add 'import FILE' inside the Caddyfile's site block that serves Matrix, in "
                      "place of your reverse_proxy, then systemctl reload caddy",
     WebServer.HAPROXY: "add '-f FILE' to EXTRAOPTS in /etc/default/haproxy and 'use_backend "
                        "msw_entry if { path_beg /_matrix/ /_synapse/client/ }' to your frontend, "
-                       "then systemctl reload haproxy",
+                       "then systemctl restart haproxy (a reload keeps the old EXTRAOPTS)",
 }

@@ -240,8 +240,15 @@ def worker_host_steps(settings: Settings) -> list[str]:
 
 
 def nginx_left_to_do(root: Path) -> list[str]:
+    """What the admin still has to do in the web server's configuration (nginx, or the
+    server the files were written for)."""
+    from ..core.webserver import WebServer
+    from ..system import webservers
     from ..system.nginx import left_to_do
-    return left_to_do(root)
+    server = webservers.deployed(root)
+    if server is None or server is WebServer.NGINX:
+        return left_to_do(root)
+    return webservers.left_to_do(root, server)
 
 
 def _engine() -> tuple[Callable[..., Any], Callable[..., Any], Callable[[str], bool]]:

@@ -104,3 +104,11 @@ def test_status_rows_name_the_chosen_server() -> None:
     assert row(rows, "caddy", "include").advice.startswith(f"add 'import {files[0]}'")
     assert row(rows, "caddy", "caddy validate --config /etc/caddy/Caddyfile").detail == \
         "Error: adapting config"
+
+
+@pytest.mark.parametrize("server", [WebServer.APACHE, WebServer.CADDY, WebServer.HAPROXY])
+def test_another_servers_dump_unpacks_as_nginxs(tmp_path: Path, server: WebServer) -> None:
+    """status unpacks either dump alike, as status/probe.py's nginx_facts does (found by
+    the booted test: status crashed with Apache in front)."""
+    test_ok, _output, included, routing = webservers.dump(server, tmp_path, ("/etc/x",))
+    assert (test_ok, included, routing) == (None, frozenset(), None)

@@ -187,6 +187,8 @@ def serve_site(c: Container, server: str, before: bool, advice: str = "") -> Non
         c.run(["systemctl", "reload", "caddy.service"])
     else:
         stock = c.read_file("/etc/haproxy/haproxy.cfg").split("\nfrontend matrix\n")[0]
+        if "'chroot /var/lib/haproxy'" in advice:  # Debian's global section has it
+            stock = stock.replace("\tchroot /var/lib/haproxy\n", "")
         c.write_file("/etc/haproxy/haproxy.cfg", stock + (HAPROXY_BEFORE if before else HAPROXY_AFTER))
         extra = [] if before else ["-f", "/etc/haproxy/matrix-synapse-workers.cfg"]
         if not before:  # as the package's file and README.Debian say

@@ -183,12 +183,13 @@ def serve_site(c: Container, server: str, before: bool, advice: str = "") -> Non
     elif server == "caddy":
         c.write_file("/etc/caddy/Caddyfile", CADDY_BEFORE if before else CADDY_AFTER)
         c.run(["caddy", "validate", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"])
-        assert before or "systemctl reload caddy" in advice, advice
-        c.run(["systemctl", "reload", "caddy.service"])
+        c.run(["systemctl", "restart" if "systemctl restart caddy" in advice else "reload", "caddy.service"])
     else:
         stock = c.read_file("/etc/haproxy/haproxy.cfg").split("\nfrontend matrix\n")[0]
-        if "'chroot /var/lib/haproxy'" in advice:  # Debian's global section has it
+        if "remove 'chroot /var/lib/haproxy'" in advice:  # Debian's global section has it
             stock = stock.replace("\tchroot /var/lib/haproxy\n", "")
+        for group in re.findall(r"set '(group \S+)'", advice):
+            stock = stock.replace("\tgroup haproxy\n", f"\t{group}\n")
         c.write_file("/etc/haproxy/haproxy.cfg", stock + (HAPROXY_BEFORE if before else HAPROXY_AFTER))
         extra = [] if before else ["-f", "/etc/haproxy/matrix-synapse-workers.cfg"]
         if not before:  # as the package's file and README.Debian say

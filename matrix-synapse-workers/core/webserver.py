@@ -20,6 +20,7 @@ from enum import Enum
 from typing import AbstractSet
 
 from .errors import SelectionError
+from .paths import DEFAULT_SOCKET_GROUP
 
 
 class WebServer(Enum):
@@ -81,11 +82,15 @@ CHECK_TOOL = {WebServer.NGINX: "nginx -t", WebServer.APACHE: "apache2ctl -t",
               WebServer.HAPROXY: "haproxy -c -f /etc/haproxy/haproxy.cfg -f FILE"}
 #: How the admin's configuration takes our file in (FILE: its path).
 INCLUDE_ADVICE = {
-    WebServer.APACHE: "add 'Include FILE' inside the <VirtualHost> that serves Matrix, in place of "
+    WebServer.APACHE: "run 'a2enmod proxy_http proxy_balancer lbmethod_bybusyness headers rewrite', "
+                      "add 'Include FILE' inside the <VirtualHost> that serves Matrix, in place of "
                       "your ProxyPass lines, then apache2ctl -t && systemctl reload apache2",
     WebServer.CADDY: "add 'import FILE' inside the Caddyfile's site block that serves Matrix, in "
-                     "place of your reverse_proxy, then systemctl reload caddy",
-    WebServer.HAPROXY: "add '-f FILE' to EXTRAOPTS in /etc/default/haproxy and 'use_backend "
+                     "place of your reverse_proxy, then systemctl restart caddy (a reload keeps the "
+                     "groups Caddy started with, without the socket group)",
+    WebServer.HAPROXY: "in the global section of /etc/haproxy/haproxy.cfg remove 'chroot /var/lib/haproxy' "
+                       f"and set 'group {DEFAULT_SOCKET_GROUP}' (the socket group: HAProxy keeps no other "
+                       "group, and the Synapse sockets are outside the chroot), add '-f FILE' to EXTRAOPTS in /etc/default/haproxy and 'use_backend "
                        "msw_entry if { path_beg /_matrix/ /_synapse/client/ }' to your frontend, "
-                       "then systemctl reload haproxy",
+                       "then systemctl restart haproxy (a reload keeps the old EXTRAOPTS)",
 }

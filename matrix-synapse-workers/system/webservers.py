@@ -138,28 +138,29 @@ _INCLUDED_BY: dict[WebServer, tuple[str, ...]] = {
 
 
 def dump(server: WebServer, root: Path, ours: tuple[str, ...],
-         timeout: float = 3) -> tuple[bool | None, str, frozenset[str]]:
-    """For ``status``, as ``nginx -T`` gives it: (the server's own check passed (None:
-    not asked), its messages, which of ``ours`` its configuration uses)."""
+         timeout: float = 3) -> tuple[bool | None, str, frozenset[str], None]:
+    """For ``status``, as ``nginx -T`` gives it (status/clients.py's nginx_dump): (the
+    server's own check passed (None: not asked), its messages, which of ``ours`` its
+    configuration uses, None: no judgement of the routing as nginx's has)."""
     import subprocess
     _, binary, _, arguments = SERVERS[server]
     found = shutil.which(binary, path=_PATH)
     if found is None or root != Path("/"):
-        return None, "", frozenset()
+        return None, "", frozenset(), None
     if server is WebServer.APACHE:
         arguments = ("-t", "-D", "DUMP_INCLUDES")
     try:
         done = subprocess.run([found, *arguments], capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
-        return None, "", frozenset()
+        return None, "", frozenset(), None
     if server is WebServer.APACHE:
         used = frozenset(f for f in ours if f in done.stdout)
     else:
         texts = "".join((root / p).read_text(errors="replace") for p in _INCLUDED_BY[server]
                         if (root / p).is_file())
         used = frozenset(f for f in ours if f in texts)
-    return done.returncode == 0, done.stderr + done.stdout, used
+    return done.returncode == 0, done.stderr + done.stdout, used, None
 
 
 def left_to_do(root: Path, server: WebServer) -> list[str]:

@@ -139,3 +139,11 @@ def test_none_is_kept_by_the_record_and_status_looks_at_no_server(tmp_path) -> N
     seen = probe.look(root)
     assert seen.nginx_files == () and seen.settings.web_server is WebServer.NONE
     assert "nginx" not in probe.probes(root, seen, 1)
+
+
+@pytest.mark.parametrize("server", [WebServer.APACHE, WebServer.CADDY, WebServer.HAPROXY])
+def test_another_servers_dump_unpacks_as_nginxs(tmp_path: Path, server: WebServer) -> None:
+    """status unpacks either dump alike, as status/probe.py's nginx_facts does (found by
+    the booted test: status crashed with Apache in front)."""
+    test_ok, _output, included, routing = webservers.dump(server, tmp_path, ("/etc/x",))
+    assert (test_ok, included, routing) == (None, frozenset(), None)

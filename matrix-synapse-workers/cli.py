@@ -23,7 +23,7 @@ from .core.words import plural
 from .core.facts import HostFacts, require_postgres
 from .system.hostfacts import read_host_facts
 from .system import webservers
-from .core.webserver import WebServer, parse_web_server
+from .core.webserver import WebServer, parse_web_server, web_user_for
 from .system.clusterfile import deployed_topology
 from .core.plan import Plan
 from .render.files import RenderedFile
@@ -244,13 +244,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     """What is asked for; every choice not named stays as deployed (changes only what it is told)."""
     deployed = deployed_settings(args.root)
     metrics = args.metrics if args.metrics is not None else deployed.metrics
+    server = webservers.resolve(args.root, parse_web_server(args.web_server) if args.web_server
+                                else deployed.web_server)
     return Settings(
         socket_group=args.socket_group if args.socket_group is not None else deployed.socket_group,
-        web_user=args.web_user if args.web_user is not None else deployed.web_user,
+        web_user=(args.web_user if args.web_user is not None
+                  else web_user_for(server, deployed.web_user)),
         redis=parse_redis(args.redis) if args.redis is not None else deployed.redis,
-        topology=_topology(args), metrics=metrics,
-        web_server=webservers.resolve(args.root, parse_web_server(args.web_server) if args.web_server
-                                      else deployed.web_server),
+        topology=_topology(args), metrics=metrics, web_server=server,
         memory_budget=(parse_budget(args.memory_budget) if args.memory_budget is not None
                        else deployed.memory_budget))
 

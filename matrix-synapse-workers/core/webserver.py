@@ -12,6 +12,10 @@
 <WebServer.HAPROXY: 'haproxy'>
 >>> detect(set(), set())
 <WebServer.NGINX: 'nginx'>
+>>> web_user_for(WebServer.CADDY, "www-data"), web_user_for(WebServer.NGINX, "haproxy")
+('caddy', 'www-data')
+>>> web_user_for(WebServer.CADDY, "proxy"), web_user_for(WebServer.NONE, "www-data")
+('proxy', 'www-data')
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ def parse_web_server(text: str) -> WebServer:
         return WebServer(key)
     except ValueError:
         raise SelectionError(f"web server {text!r} is not known; accepted: {WEB_SERVER_CHOICES}") from None
+
+
+#: The user each server runs as in Debian's package: the one put in the socket group.
+RUNS_AS = {WebServer.NGINX: "www-data", WebServer.APACHE: "www-data", WebServer.CADDY: "caddy",
+           WebServer.HAPROXY: "haproxy"}
+
+
+def web_user_for(server: WebServer, user: str) -> str:
+    """The web server user for ``server``: the answer, unless it is another server's own
+    user (www-data, the default, with Caddy in front): then ``server``'s, which is the one
+    that must reach the sockets.  Any other name is the admin's and kept."""
+    if server in RUNS_AS and user in RUNS_AS.values():
+        return RUNS_AS[server]
+    return user
 
 
 def debconf_value(server: WebServer) -> str:

@@ -40,7 +40,7 @@ from ..core.plan import Plan
 from ..core.selection import AUTO, Selection
 from ..core.settings import RedisMode, Settings
 from ..core.topology import HostRole
-from ..core.webserver import WebServer
+from ..core.webserver import WebServer, web_user_for
 from ..core.words import plural
 from ..system import applied
 from ..system.synapseversion import SYNAPSE_PACKAGE, package_version
@@ -297,7 +297,8 @@ def configure(db: Debconf, root: Path = Path("/"), out: TextIO | None = None, *,
             if selection is not None and preset.strip().lower() == AUTO else None)
 
     if settings.topology.role is not HostRole.WORKER_HOST:
-        settings = replace(settings, web_server=web_server_now(root, settings, reconfiguring))
+        server = web_server_now(root, settings, reconfiguring)
+        settings = replace(settings, web_server=server, web_user=web_user_for(server, settings.web_user))
     adopt = db.get(answers.Q_HAND_MADE) != "leave"
     # Everything the apply engine checks before its first change, while the
     # admin can still be shown the result.

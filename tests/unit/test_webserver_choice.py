@@ -147,3 +147,14 @@ def test_another_servers_dump_unpacks_as_nginxs(tmp_path: Path, server: WebServe
     the booted test: status crashed with Apache in front)."""
     test_ok, _output, included, routing = webservers.dump(server, tmp_path, ("/etc/x",))
     assert (test_ok, included, routing) == (None, frozenset(), None)
+
+
+def test_the_default_web_user_follows_the_server_in_front() -> None:
+    """www-data (the question's default) with Caddy in front would leave Caddy outside the
+    socket group: every request a 502 (found by the booted test with default answers)."""
+    from matrix_synapse_workers.core.webserver import web_user_for
+    assert [web_user_for(s, "www-data") for s in WebServer] == [
+        "www-data", "www-data", "caddy", "haproxy", "www-data"]
+    assert web_user_for(WebServer.NGINX, "caddy") == "www-data"  # back to nginx: its user
+    assert web_user_for(WebServer.HAPROXY, "") == ""  # no user asked for: none
+    assert web_user_for(WebServer.CADDY, "proxy") == "proxy"  # the admin's own name is kept

@@ -16,4 +16,4 @@ Its floors, each a folder:
 tests/unit/test_layers.py keeps ``core`` and ``render`` from importing the edge.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

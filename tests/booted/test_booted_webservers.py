@@ -235,7 +235,8 @@ def test_server_in_front(release: Container, server: str, package_deb: Path) -> 
         # The install's last lines say what is left; status says the same; the admin does it.
         said = done.stdout + done.stderr
         code, data = status(c)
-        [advice] = [ch["advice"] for ch in data["checks"] if ch["check"] == server and ch["status"] != "ok"]
+        [advice] = [ch["advice"] for ch in data["checks"]
+                   if ch["check"] == server and ch["status"] in ("warn", "fail")]
         assert f"left to do: {advice}" in said, (advice, said)
         serve_site(c, server, before=False, advice=advice)
         code, data = status(c)

@@ -24,7 +24,6 @@ from enum import Enum
 from typing import AbstractSet
 
 from .errors import SelectionError
-from .paths import DEFAULT_SOCKET_GROUP
 
 
 class WebServer(Enum):
@@ -107,8 +106,13 @@ INCLUDE_ADVICE = {
                      "place of your reverse_proxy, then systemctl restart caddy (a reload keeps the "
                      "groups Caddy started with, without the socket group)",
     WebServer.HAPROXY: "in the global section of /etc/haproxy/haproxy.cfg remove 'chroot /var/lib/haproxy' "
-                       f"and set 'group {DEFAULT_SOCKET_GROUP}' (the socket group: HAProxy keeps no other "
+                       "and set 'group GROUP' (the socket group: HAProxy keeps no other "
                        "group, and the Synapse sockets are outside the chroot), add '-f FILE' to EXTRAOPTS in /etc/default/haproxy and 'use_backend "
                        "msw_entry if { path_beg /_matrix/ /_synapse/client/ }' to your frontend, "
                        "then systemctl restart haproxy (a reload keeps the old EXTRAOPTS)",
 }
+
+
+def include_advice(server: WebServer, file: str, socket_group: str) -> str:
+    """What the admin adds for ``server`` to use our ``file`` (status and the install say it)."""
+    return INCLUDE_ADVICE[server].replace("FILE", file).replace("GROUP", socket_group)

@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from ..core import paths, vhost
 from ..core.vhost import Routing
 from ..core.words import plural
-from ..core.webserver import CHECK_TOOL, INCLUDE_ADVICE, WebServer
+from ..core.webserver import CHECK_TOOL, WebServer, include_advice
 from ..render.webserver import ADMIN_PATHS
 from .model import FAIL, INFO, OK, WARN, Facts, Row
 from .advice import RECONFIGURE
@@ -86,7 +86,7 @@ def check_web_server(facts: Facts) -> list[Row]:
     if not_included:
         rows.append(Row(web.server, "include", WARN,
                         f"not in {web.server}'s configuration: {', '.join(not_included)}",
-                        INCLUDE_ADVICE[server].replace("FILE", not_included[0])))
+                        include_advice(server, not_included[0], facts.expected.socket_group)))
     if admin:  # optional: only where admins reach the admin API
         rows.append(Row(web.server, "admin API", INFO, f"{admin[0]} is not included",
                         f"name it after {web.rendered[0]} where admins reach /_synapse/admin "

@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core.webserver import INCLUDE_ADVICE, WebServer, detect
+from ..core.paths import DEFAULT_SOCKET_GROUP
+from ..core.webserver import WebServer, detect, include_advice
 from . import applied
 from .run import run
 
@@ -172,5 +173,7 @@ def left_to_do(root: Path, server: WebServer) -> list[str]:
         return []
     ours = tuple(f"/{p}" for p in ALL_PATHS[server] if (root / p).is_file() and p not in ADMIN_PATHS)
     passed, _, used = dump(server, root, ours)[:3]
-    return [INCLUDE_ADVICE[server].replace("FILE", f) for f in ours
+    record = applied.read(root)
+    group = (record.socket_group if record and record.socket_group else DEFAULT_SOCKET_GROUP)
+    return [include_advice(server, f, group) for f in ours
             if passed is not None and f not in used]

@@ -158,3 +158,12 @@ def test_the_default_web_user_follows_the_server_in_front() -> None:
     assert web_user_for(WebServer.NGINX, "caddy") == "www-data"  # back to nginx: its user
     assert web_user_for(WebServer.HAPROXY, "") == ""  # no user asked for: none
     assert web_user_for(WebServer.CADDY, "proxy") == "proxy"  # the admin's own name is kept
+
+
+def test_haproxy_advice_names_the_socket_group_in_use() -> None:
+    """HAProxy keeps only the group its global section names: the advice names the one the
+    sockets have (an adopted guide setup may keep its own), not the package default."""
+    from matrix_synapse_workers.core.webserver import include_advice
+    advice = include_advice(WebServer.HAPROXY, "/etc/haproxy/matrix-synapse-workers.cfg", "synapse-sock")
+    assert "'group synapse-sock'" in advice and "-f /etc/haproxy/matrix-synapse-workers.cfg" in advice
+    assert "GROUP" not in include_advice(WebServer.APACHE, "/x", "g")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from support.debs import deb_version, kept_releases
+from support.debs import deb_version, upgrade_sources
 from support.require import need
 from support.chroot import (CACHE, POSTGRES_DATABASE, SUITE, WORK, _build_layer, _key, debian_mirror,
                             deb_identity, run)
@@ -71,7 +71,7 @@ def piuparts_tool(chroot_tools) -> str:
     return tool
 
 
-@pytest.mark.parametrize("release", kept_releases(), ids=lambda deb: deb_version(deb))
+@pytest.mark.parametrize("release", upgrade_sources(), ids=lambda deb: deb_version(deb))
 def test_piuparts_install_purge_and_upgrade_from_a_release(piuparts_tool, piuparts_layer, release, upgrade_deb):
     version = deb_version(upgrade_deb)
     LOGS.mkdir(parents=True, exist_ok=True)

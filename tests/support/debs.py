@@ -86,6 +86,16 @@ def kept_releases() -> list[Path]:
     return order
 
 
+def upgrade_sources() -> list[Path]:
+    """The releases the upgrade tests start from: the newest (what admins run), or with
+    MSW_UPGRADE_FROM_EVERY_RELEASE=1 every kept one (each costs a booted upgrade and a
+    piuparts run: CI, with its 60-minute budget, starts from the newest only)."""
+    releases = kept_releases()
+    if os.environ.get("MSW_UPGRADE_FROM_EVERY_RELEASE") == "1":
+        return releases
+    return releases[-1:]
+
+
 def upgrade_target(tree_deb: Path) -> Path:
     """What every kept release upgrades to: the tree's .deb when its version is newer than
     every release's; otherwise (the tree of a release commit) the tree built as that version

@@ -381,12 +381,9 @@ _F = "^/_matrix/federation/"
 #: Synapse's admin API (served to admins through their own snippet: see render/routing.py).
 ADMIN_PREFIX = "^/_synapse/admin/"
 _A = "^/_synapse/admin/v1/"
-#: Local membership changes: POST, or PUT with a transaction id; joins by alias; knocks;
-#: and a member event PUT as room state, which Synapse hands to the same
-#: RoomMemberHandler.update_membership (reading that state goes along: one location).
+#: Local membership changes: POST, or PUT with a transaction id; joins by alias; knocks.
 _MEMBERSHIP = (f"{_CS}{_V}/rooms/.*/(join|invite|leave|ban|unban|kick)(/[^/]*)?$",
-               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/",
-               f"{_CS}{_V}/rooms/.*/state/m\\.room\\.member/")
+               f"{_CS}{_V}/join/", f"{_CS}{_R}/knock/")
 
 # Patterns follow the servlet regexes Synapse registers on a generic worker
 # (version prefixes included: a prefix a worker does not register would get a

@@ -280,12 +280,8 @@ def test_membership_changes_go_where_background_tasks_run():
     for method, path in (("POST", "/_matrix/client/v3/rooms/!a:x/leave"),
                          ("PUT", "/_matrix/client/v3/rooms/!a:x/invite/t1"),
                          ("POST", "/_matrix/client/v3/knock/!a:x"),
-                         ("POST", "/_matrix/client/r0/join/!a:x"),
-                         ("PUT", "/_matrix/client/v3/rooms/!a:x/state/m.room.member/@u:x")):
+                         ("POST", "/_matrix/client/r0/join/!a:x")):
         assert routing.destination(plan, path, method) == ("background", ("background-1",)), path
-    # other state stays with the room's client worker.
-    assert routing.destination(plan, "/_matrix/client/v3/rooms/!a:x/state/m.room.topic/",
-                               "PUT")[0] == "client"
     # before 1.150 the profile request wrote the joins itself: client workers keep them.
     assert routing.destination(plan, "/_matrix/client/v3/rooms/!a:x/leave", "POST",
                                (1, 149, 0))[0] == "client"

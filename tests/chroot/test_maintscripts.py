@@ -567,10 +567,11 @@ def test_synapse_upgrade_restarts_main_then_workers(bare_host, standin_old_deb, 
     done = c.apt_install(standin_deb)
 
     log = c.policy_log()
-    assert log[:2] == ["matrix-synapse.service restart",  # the Synapse postinst
-                       "matrix-synapse.service restart"], done.stdout  # our trigger: main first,
-    assert sorted(log[2:]) == ["matrix-synapse-worker@client-1.service restart",  # then every worker
-                               "matrix-synapse-worker@sync-1.service restart"], done.stdout
+    # The Synapse postinst restarts main, then our trigger (main does not answer as the
+    # installed version: policy-rc.d refused).  The workers restart only once main answers
+    # on the new schema (system/upgrade.py), which it never does here: none is touched.
+    assert log == ["matrix-synapse.service restart",
+                   "matrix-synapse.service restart"], done.stdout
     assert f"Processing triggers for {PACKAGE}" in done.stdout
     assert f"synapse=matrix-synapse-py3 {standin_deb.name.split('_')[1]}" in (
         c / f"{STATE}/applied").read_text()
